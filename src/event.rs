@@ -1,0 +1,505 @@
+//! Events: what the transfer API and the bank's other systems tell the engine.
+//!
+//! This module owns the wire format. Every event is one JSON object (one line in a
+//! replay file, one Kafka message value) with a `type` tag and a `schema_version`.
+//! Unknown fields are rejected rather than ignored: a producer that adds a field
+//! the engine does not understand is told so at once, instead of having its data
+//! silently dropped.
+//!
+//! Three kinds of event exist:
+//! - [`Transfer`]: a withdrawal transfer request, modelled on the Korean
+//!   open-banking API (`bank_tran_id`, `tran_dtime`, `fintech_use_num`, `tran_amt`,
+//!   `recv_client_*`). This is the only event that gets a decision.
+//! - context events ([`Login`], [`DeviceRegistered`], [`Certificate`],
+//!   [`PhoneChanged`], [`RemoteAppDetected`], [`LimitRaised`], [`EkycCompleted`]):
+//!   they feed the per-account state that transfers are scored against.
+//! - [`Label`]: a fraud report (or its withdrawal) for an earlier transfer. Labels
+//!   arrive days late; they update payee risk and feed training and evaluation.
+//!
+//! Guarantees kept here: money is integer won ([`Won`], always positive); times are
+//! [`EventTime`] (milliseconds since the Unix epoch), parsed from the open-banking
+//! `YYYYMMDDhhmmss` form in Korea Standard Time. Parsing never panics: every bad
+//! input is an [`EventError`] naming the field and the reason.
+
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// The only schema version this engine reads and writes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Korea Standard Time is UTC+9 all year (no daylight saving).
+pub const KST_OFFSET_MS: i64 = 9 * 3_600_000;
+
+/// Largest single transfer accepted: 10 trillion won. Anything above is a
+/// producer bug (a currency mix-up, a unit error), not a transfer.
+pub const MAX_AMOUNT_WON: i64 = 10_000_000_000_000;
+
+/// Why an event could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum EventError {
+    /// Not JSON, a missing or unknown field, a wrong type, a bad value.
+    /// The message includes serde's line and column within the event.
+    #[error("malformed event: {0}")]
+    Malformed(#[from] serde_json::Error),
+}
+
+/// Event time: milliseconds since the Unix epoch (UTC).
+///
+/// The engine never reads the wall clock for windows; all state is aged by the
+/// time written on the events, so a replay gives the same answers as the live run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct EventTime(pub i64);
+
+impl EventTime {
+    pub const fn from_millis(ms: i64) -> Self {
+        EventTime(ms)
+    }
+    pub const fn from_secs(s: i64) -> Self {
+        EventTime(s * 1000)
+    }
+    pub const fn millis(self) -> i64 {
+        self.0
+    }
+    pub const fn secs(self) -> i64 {
+        self.0.div_euclid(1000)
+    }
+    /// Hour of day (0..=23) on the Korean clock.
+    pub fn kst_hour(self) -> u32 {
+        ((self.0 + KST_OFFSET_MS).div_euclid(3_600_000).rem_euclid(24)) as u32
+    }
+    /// Day of week on the Korean clock, 0 = Monday .. 6 = Sunday.
+    pub fn kst_weekday(self) -> u32 {
+        let day = (self.0 + KST_OFFSET_MS).div_euclid(86_400_000);
+        // 1970-01-01 was a Thursday (3 with Monday = 0).
+        ((day + 3).rem_euclid(7)) as u32
+    }
+    /// Parse the open-banking `YYYYMMDDhhmmss` form, read as Korea Standard Time.
+    pub fn parse_kst(s: &str) -> Result<Self, String> {
+        let b = s.as_bytes();
+        if b.len() != 14 || !b.iter().all(u8::is_ascii_digit) {
+            return Err(format!("expected 14 digits YYYYMMDDhhmmss, got {s:?}"));
+        }
+        let num = |r: std::ops::Range<usize>| -> u32 {
+            b[r].iter().fold(0u32, |acc, d| acc * 10 + u32::from(d - b'0'))
+        };
+        let (y, mo, d, h, mi, se) = (
+            num(0..4) as i32,
+            num(4..6),
+            num(6..8),
+            num(8..10),
+            num(10..12),
+            num(12..14),
+        );
+        let local = chrono::NaiveDate::from_ymd_opt(y, mo, d)
+            .and_then(|date| date.and_hms_opt(h, mi, se))
+            .ok_or_else(|| format!("{s:?} is not a valid date and time"))?;
+        Ok(EventTime(local.and_utc().timestamp_millis() - KST_OFFSET_MS))
+    }
+    /// Format as `YYYYMMDDhhmmss` on the Korean clock (sub-second part dropped).
+    pub fn format_kst(self) -> String {
+        let local = chrono::DateTime::from_timestamp_millis(self.0 + KST_OFFSET_MS)
+            .unwrap_or_default()
+            .naive_utc();
+        local.format("%Y%m%d%H%M%S").to_string()
+    }
+}
+
+impl fmt::Display for EventTime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.format_kst())
+    }
+}
+
+impl Serialize for EventTime {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.format_kst())
+    }
+}
+
+impl<'de> Deserialize<'de> for EventTime {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        EventTime::parse_kst(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// An amount of money in Korean won: a positive integer, never a float.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct Won(i64);
+
+impl Won {
+    /// A valid transfer amount: 1 won up to [`MAX_AMOUNT_WON`].
+    pub fn new(won: i64) -> Result<Self, String> {
+        if won <= 0 {
+            Err(format!("amount must be a positive number of won, got {won}"))
+        } else if won > MAX_AMOUNT_WON {
+            Err(format!("amount {won} won exceeds the maximum of {MAX_AMOUNT_WON}"))
+        } else {
+            Ok(Won(won))
+        }
+    }
+    pub const fn get(self) -> i64 {
+        self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for Won {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // Only JSON integers are accepted: 1000.0 or "1000" is a producer bug
+        // that must be seen, not guessed at.
+        let v = i64::deserialize(d)?;
+        Won::new(v).map_err(serde::de::Error::custom)
+    }
+}
+
+/// The schema version field: deserializes only when it equals [`SCHEMA_VERSION`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SchemaVersion;
+
+impl Serialize for SchemaVersion {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u32(SCHEMA_VERSION)
+    }
+}
+
+impl<'de> Deserialize<'de> for SchemaVersion {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = u32::deserialize(d)?;
+        if v == SCHEMA_VERSION {
+            Ok(SchemaVersion)
+        } else {
+            Err(serde::de::Error::custom(format!(
+                "unsupported schema_version {v}, this engine reads {SCHEMA_VERSION}"
+            )))
+        }
+    }
+}
+
+/// How the customer reached the transfer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Channel {
+    /// The bank's own mobile app (스마트뱅킹).
+    MobileApp,
+    /// Internet banking in a browser.
+    InternetBanking,
+    /// A fintech partner through the open-banking API (오픈뱅킹).
+    OpenBanking,
+}
+
+/// Open-banking transfer purpose code (`transfer_purpose`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum TransferPurpose {
+    /// 송금: a money transfer to a person or account.
+    #[serde(rename = "TR")]
+    Transfer,
+    /// 결제: a payment.
+    #[serde(rename = "ST")]
+    Payment,
+    /// 회수: a recovery (return of funds).
+    #[serde(rename = "RC")]
+    Recovery,
+}
+
+/// A withdrawal transfer request: the event that gets a decision.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Transfer {
+    pub schema_version: SchemaVersion,
+    /// Transfer id, unique per request; the correlation id of the decision.
+    pub bank_tran_id: String,
+    /// Request time (`YYYYMMDDhhmmss`, KST).
+    pub tran_dtime: EventTime,
+    /// The sender's account, as the fintech use number (핀테크이용번호).
+    pub fintech_use_num: String,
+    pub tran_amt: Won,
+    /// Counterparty (payee) bank code, e.g. "088".
+    pub recv_client_bank_code: String,
+    pub recv_client_account_num: String,
+    pub recv_client_name: String,
+    pub channel: Channel,
+    /// Device the request came from; open-banking partners may not send one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+    pub transfer_purpose: TransferPurpose,
+}
+
+impl Transfer {
+    /// The payee's identity across all senders: bank code and account number.
+    pub fn payee_key(&self) -> String {
+        payee_key(&self.recv_client_bank_code, &self.recv_client_account_num)
+    }
+}
+
+/// The key a payee is known by in state and in rule lists: `BANK-ACCOUNT`.
+pub fn payee_key(bank_code: &str, account_num: &str) -> String {
+    let mut k = String::with_capacity(bank_code.len() + 1 + account_num.len());
+    k.push_str(bank_code);
+    k.push('-');
+    k.push_str(account_num);
+    k
+}
+
+/// A login attempt on the sender's account.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Login {
+    pub schema_version: SchemaVersion,
+    pub event_dtime: EventTime,
+    pub fintech_use_num: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+    pub success: bool,
+}
+
+/// A new device registered to the account (기기 등록).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceRegistered {
+    pub schema_version: SchemaVersion,
+    pub event_dtime: EventTime,
+    pub fintech_use_num: String,
+    pub device_id: String,
+}
+
+/// What happened to the joint certificate (공동인증서).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CertificateAction {
+    Issued,
+    Reissued,
+    Renewed,
+}
+
+/// Joint certificate issued, re-issued or renewed. A re-issue on a new device,
+/// followed by a first large transfer, is the voice-phishing signature.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Certificate {
+    pub schema_version: SchemaVersion,
+    pub event_dtime: EventTime,
+    pub fintech_use_num: String,
+    pub action: CertificateAction,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<String>,
+}
+
+/// The phone number on the account changed (휴대폰 번호 변경).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PhoneChanged {
+    pub schema_version: SchemaVersion,
+    pub event_dtime: EventTime,
+    pub fintech_use_num: String,
+}
+
+/// The app found a remote-control app running (원격제어 앱 탐지).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteAppDetected {
+    pub schema_version: SchemaVersion,
+    pub event_dtime: EventTime,
+    pub fintech_use_num: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<String>,
+    pub app_name: String,
+}
+
+/// The account's transfer limit was raised (이체한도 상향).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitRaised {
+    pub schema_version: SchemaVersion,
+    pub event_dtime: EventTime,
+    pub fintech_use_num: String,
+    pub new_limit: Won,
+}
+
+/// Non-face-to-face identity verification completed (비대면 실명확인).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EkycCompleted {
+    pub schema_version: SchemaVersion,
+    pub event_dtime: EventTime,
+    pub fintech_use_num: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<String>,
+}
+
+/// Whether a report says fraud, or withdraws an earlier report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LabelStatus {
+    Fraud,
+    Cleared,
+}
+
+/// A fraud report for an earlier transfer (사기 신고), or its withdrawal.
+///
+/// The report names the payee account the money went to, as a real report does,
+/// so payee risk can be updated without the engine remembering every transfer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Label {
+    pub schema_version: SchemaVersion,
+    pub bank_tran_id: String,
+    pub report_dtime: EventTime,
+    pub status: LabelStatus,
+    /// The fraud typology, e.g. `voice_phishing`; empty for `cleared`.
+    #[serde(default)]
+    pub typology: String,
+    pub recv_client_bank_code: String,
+    pub recv_client_account_num: String,
+}
+
+impl Label {
+    pub fn payee_key(&self) -> String {
+        payee_key(&self.recv_client_bank_code, &self.recv_client_account_num)
+    }
+}
+
+/// Any event the engine consumes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    Transfer(Transfer),
+    Login(Login),
+    DeviceRegistered(DeviceRegistered),
+    Certificate(Certificate),
+    PhoneChanged(PhoneChanged),
+    RemoteAppDetected(RemoteAppDetected),
+    LimitRaised(LimitRaised),
+    EkycCompleted(EkycCompleted),
+    Label(Label),
+}
+
+impl Event {
+    /// Parse one event from JSON.
+    pub fn from_json(bytes: &[u8]) -> Result<Event, EventError> {
+        Ok(serde_json::from_slice(bytes)?)
+    }
+
+    /// Serialize as one JSON line (no trailing newline).
+    pub fn to_json(&self) -> String {
+        // Serializing these plain structs cannot fail.
+        serde_json::to_string(self).expect("events always serialize")
+    }
+
+    /// When the event happened (for labels: when the report was made).
+    pub fn time(&self) -> EventTime {
+        match self {
+            Event::Transfer(e) => e.tran_dtime,
+            Event::Login(e) => e.event_dtime,
+            Event::DeviceRegistered(e) => e.event_dtime,
+            Event::Certificate(e) => e.event_dtime,
+            Event::PhoneChanged(e) => e.event_dtime,
+            Event::RemoteAppDetected(e) => e.event_dtime,
+            Event::LimitRaised(e) => e.event_dtime,
+            Event::EkycCompleted(e) => e.event_dtime,
+            Event::Label(e) => e.report_dtime,
+        }
+    }
+
+    /// The sender account this event belongs to, which is its ordering key:
+    /// all events of one account must be processed in order. Labels have none.
+    pub fn account(&self) -> Option<&str> {
+        match self {
+            Event::Transfer(e) => Some(&e.fintech_use_num),
+            Event::Login(e) => Some(&e.fintech_use_num),
+            Event::DeviceRegistered(e) => Some(&e.fintech_use_num),
+            Event::Certificate(e) => Some(&e.fintech_use_num),
+            Event::PhoneChanged(e) => Some(&e.fintech_use_num),
+            Event::RemoteAppDetected(e) => Some(&e.fintech_use_num),
+            Event::LimitRaised(e) => Some(&e.fintech_use_num),
+            Event::EkycCompleted(e) => Some(&e.fintech_use_num),
+            Event::Label(_) => None,
+        }
+    }
+
+    /// The `type` tag, for counting and error messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::Transfer(_) => "transfer",
+            Event::Login(_) => "login",
+            Event::DeviceRegistered(_) => "device_registered",
+            Event::Certificate(_) => "certificate",
+            Event::PhoneChanged(_) => "phone_changed",
+            Event::RemoteAppDetected(_) => "remote_app_detected",
+            Event::LimitRaised(_) => "limit_raised",
+            Event::EkycCompleted(_) => "ekyc_completed",
+            Event::Label(_) => "label",
+        }
+    }
+}
+
+/// Show an account number with all but its last four characters hidden, for logs.
+pub fn mask_account(account: &str) -> String {
+    let n = account.chars().count();
+    if n <= 4 {
+        return "*".repeat(n);
+    }
+    let tail: String = account.chars().skip(n - 4).collect();
+    format!("{}{}", "*".repeat(n - 4), tail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TRANSFER: &str = r#"{"type":"transfer","schema_version":1,"bank_tran_id":"T1","tran_dtime":"20261126093000","fintech_use_num":"120220000000000000000001","tran_amt":50000,"recv_client_bank_code":"088","recv_client_account_num":"110123456789","recv_client_name":"홍길동","channel":"mobile_app","device_id":"D1","ip":"10.0.0.1","transfer_purpose":"TR"}"#;
+
+    #[test]
+    fn parses_a_transfer_and_round_trips() {
+        let e = Event::from_json(TRANSFER.as_bytes()).unwrap();
+        let Event::Transfer(t) = &e else { panic!("not a transfer") };
+        assert_eq!(t.tran_amt.get(), 50_000);
+        assert_eq!(t.payee_key(), "088-110123456789");
+        assert_eq!(e.time().format_kst(), "20261126093000");
+        assert_eq!(e.time().kst_hour(), 9);
+        let again = Event::from_json(e.to_json().as_bytes()).unwrap();
+        assert_eq!(e, again);
+    }
+
+    #[test]
+    fn kst_parsing_is_nine_hours_ahead_of_utc() {
+        let t = EventTime::parse_kst("19700101090000").unwrap();
+        assert_eq!(t.millis(), 0);
+        assert_eq!(t.kst_weekday(), 3); // Thursday
+        assert!(EventTime::parse_kst("20261332000000").is_err());
+        assert!(EventTime::parse_kst("2026112609300").is_err());
+    }
+
+    #[test]
+    fn rejects_unknown_fields_bad_amounts_and_versions() {
+        let unknown = TRANSFER.replace("\"ip\"", "\"ipaddr\"");
+        let err = Event::from_json(unknown.as_bytes()).unwrap_err().to_string();
+        assert!(err.contains("unknown field `ipaddr`"), "{err}");
+
+        let negative = TRANSFER.replace("50000", "-3");
+        let err = Event::from_json(negative.as_bytes()).unwrap_err().to_string();
+        assert!(err.contains("positive"), "{err}");
+
+        let float = TRANSFER.replace("50000", "500.5");
+        assert!(Event::from_json(float.as_bytes()).is_err());
+
+        let v2 = TRANSFER.replace("\"schema_version\":1", "\"schema_version\":2");
+        let err = Event::from_json(v2.as_bytes()).unwrap_err().to_string();
+        assert!(err.contains("schema_version 2"), "{err}");
+
+        let kind = TRANSFER.replace("\"transfer\"", "\"teleport\"");
+        let err = Event::from_json(kind.as_bytes()).unwrap_err().to_string();
+        assert!(err.contains("teleport"), "{err}");
+    }
+
+    #[test]
+    fn masks_all_but_the_last_four() {
+        assert_eq!(mask_account("110123456789"), "********6789");
+        assert_eq!(mask_account("12"), "**");
+    }
+}

@@ -1,0 +1,180 @@
+//! Features: one pure function from (transfer, state) to a fixed, named vector.
+//!
+//! This module owns the feature schema: the names, types and order that rules,
+//! the model, training and replay all read. There is exactly one function that
+//! computes features ([`compute`]), and every consumer calls it, so what a rule
+//! or a model sees in training is what it sees on live traffic.
+//!
+//! Guarantees:
+//! - [`compute`] reads the state *as it was before* the transfer: history
+//!   features describe the past, and the transfer's own amount is its own feature.
+//! - Money features are integer won ([`Value::Int`]); only ratios and scores are
+//!   floats. [`FeatureVector::to_f64`] is the model-facing numeric view.
+//! - "Minutes since" features are capped at [`MINUTES_CAP`] (30 days), which also
+//!   stands for "never seen": a rule writes `mins_since_cert_reissue <= 30`
+//!   without caring whether the account ever had a certificate event.
+
+use crate::state::{AccountView, DeviceView, PayeeView};
+
+/// "Minutes since" features stop counting here; it also means "never".
+pub const MINUTES_CAP: i64 = 30 * 24 * 60;
+
+/// The type of a feature, checked when rules are compiled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Bool,
+    /// Integer: counts, minutes, won.
+    Int,
+    /// Ratios and scores.
+    Float,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Bool => "bool",
+            Kind::Int => "integer",
+            Kind::Float => "number",
+        }
+    }
+}
+
+/// One entry of the schema.
+#[derive(Debug, Clone, Copy)]
+pub struct FeatureDef {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub help: &'static str,
+}
+
+/// A feature value, typed so money never passes through a float in rules.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Value {
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+}
+
+impl Value {
+    pub fn as_f64(self) -> f64 {
+        match self {
+            Value::Bool(b) => f64::from(u8::from(b)),
+            Value::Int(i) => i as f64,
+            Value::Float(f) => f,
+        }
+    }
+}
+
+macro_rules! schema {
+    ($( $id:ident : $kind:ident = $name:literal, $help:literal; )*) => {
+        /// Index of each feature in [`FeatureVector`].
+        #[allow(non_camel_case_types, clippy::upper_case_acronyms)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        #[repr(usize)]
+        pub enum F { $( $id, )* }
+
+        /// Every feature, in vector order.
+        pub static SCHEMA: &[FeatureDef] = &[
+            $( FeatureDef { name: $name, kind: Kind::$kind, help: $help }, )*
+        ];
+    };
+}
+
+schema! {
+    AMOUNT: Int = "amount", "transfer amount in won";
+    HOUR_KST: Int = "hour_kst", "hour of day on the Korean clock, 0-23";
+    IS_NIGHT: Bool = "is_night", "sent between 00:00 and 05:59 KST";
+    IS_WEEKEND: Bool = "is_weekend", "sent on a Saturday or Sunday (KST)";
+    CHANNEL_MOBILE_APP: Bool = "channel_mobile_app", "sent from the bank's mobile app";
+    CHANNEL_INTERNET_BANKING: Bool = "channel_internet_banking", "sent from internet banking";
+    CHANNEL_OPEN_BANKING: Bool = "channel_open_banking", "sent through an open-banking partner";
+    ACCT_COUNT_10M: Int = "acct_count_10m", "sender's transfers in the previous 10 minutes";
+    ACCT_COUNT_1H: Int = "acct_count_1h", "sender's transfers in the previous hour";
+    ACCT_COUNT_24H: Int = "acct_count_24h", "sender's transfers in the previous 24 hours";
+    ACCT_COUNT_7D: Int = "acct_count_7d", "sender's transfers in the previous 7 days";
+    ACCT_COUNT_30D: Int = "acct_count_30d", "sender's transfers in the previous 30 days";
+    ACCT_SUM_10M: Int = "acct_sum_10m", "won sent by the sender in the previous 10 minutes";
+    ACCT_SUM_1H: Int = "acct_sum_1h", "won sent by the sender in the previous hour";
+    ACCT_SUM_24H: Int = "acct_sum_24h", "won sent by the sender in the previous 24 hours";
+    ACCT_SUM_7D: Int = "acct_sum_7d", "won sent by the sender in the previous 7 days";
+    ACCT_SUM_30D: Int = "acct_sum_30d", "won sent by the sender in the previous 30 days";
+    ACCT_HISTORY_DAYS: Int = "acct_history_days", "days since the engine first saw the sender";
+    ACCT_LIFETIME_COUNT: Int = "acct_lifetime_count", "sender's transfers ever seen";
+    AMOUNT_VS_AVG_30D: Float = "amount_vs_avg_30d", "amount / sender's mean transfer over 30 days (0 with no history)";
+    AMOUNT_VS_MAX: Float = "amount_vs_max", "amount / sender's largest earlier transfer (0 with no history)";
+    AMOUNT_LOG_ZSCORE: Float = "amount_log_zscore", "z-score of log10(amount) against the sender's history (0 under 2 transfers)";
+    PAYEE_FIRST_SEEN: Bool = "payee_first_seen", "the sender has never sent to this payee before";
+    ACCT_KNOWN_PAYEES: Int = "acct_known_payees", "distinct payees the sender has sent to";
+    ACCT_NEW_PAYEES_24H: Int = "acct_new_payees_24h", "first-time payees of the sender in the previous 24 hours";
+    DEVICE_AGE_MIN: Int = "device_age_min", "minutes since the sender first used this device (capped; cap if no device)";
+    MINS_SINCE_CERT_REISSUE: Int = "mins_since_cert_reissue", "minutes since a joint certificate was issued or re-issued (capped)";
+    MINS_SINCE_DEVICE_REGISTERED: Int = "mins_since_device_registered", "minutes since a device was registered (capped)";
+    MINS_SINCE_PHONE_CHANGE: Int = "mins_since_phone_change", "minutes since the phone number changed (capped)";
+    MINS_SINCE_REMOTE_APP: Int = "mins_since_remote_app", "minutes since a remote-control app was detected (capped)";
+    MINS_SINCE_LIMIT_RAISED: Int = "mins_since_limit_raised", "minutes since the transfer limit was raised (capped)";
+    MINS_SINCE_EKYC: Int = "mins_since_ekyc", "minutes since non-face-to-face identity verification (capped)";
+    FAILED_LOGINS_1H: Int = "failed_logins_1h", "failed logins on the sender's account in the previous hour";
+    PAYEE_DISTINCT_SENDERS_1H: Int = "payee_distinct_senders_1h", "distinct senders to this payee in the previous hour";
+    PAYEE_DISTINCT_SENDERS_24H: Int = "payee_distinct_senders_24h", "distinct senders to this payee in the previous 24 hours";
+    PAYEE_IN_COUNT_24H: Int = "payee_in_count_24h", "transfers into this payee in the previous 24 hours";
+    PAYEE_IN_SUM_24H: Int = "payee_in_sum_24h", "won into this payee in the previous 24 hours";
+    PAYEE_AGE_MIN: Int = "payee_age_min", "minutes since the engine first saw this payee (capped)";
+    PAYEE_FRAUD_REPORTS: Int = "payee_fraud_reports", "fraud reports against this payee (reports minus withdrawals)";
+    MINS_SINCE_PAYEE_REPORT: Int = "mins_since_payee_report", "minutes since the last fraud report against this payee (capped)";
+    DEVICE_DISTINCT_ACCOUNTS_24H: Int = "device_distinct_accounts_24h", "distinct sender accounts on this device in the previous 24 hours";
+    DEVICE_COUNT_1H: Int = "device_count_1h", "transfers from this device in the previous hour";
+}
+
+/// Number of features.
+pub const N_FEATURES: usize = F::DEVICE_COUNT_1H as usize + 1;
+
+/// Look a feature up by name.
+pub fn index_of(name: &str) -> Option<usize> {
+    SCHEMA.iter().position(|d| d.name == name)
+}
+
+/// The features of one transfer, in [`SCHEMA`] order.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FeatureVector {
+    values: [Value; N_FEATURES],
+}
+
+impl FeatureVector {
+    /// Build a vector from values in schema order; each value must have its
+    /// feature's kind (checked in debug builds).
+    pub fn from_values(values: [Value; N_FEATURES]) -> Self {
+        debug_assert!(values.iter().zip(SCHEMA).all(|(v, d)| matches!(
+            (v, d.kind),
+            (Value::Bool(_), Kind::Bool) | (Value::Int(_), Kind::Int) | (Value::Float(_), Kind::Float)
+        )));
+        FeatureVector { values }
+    }
+    #[inline]
+    pub fn get(&self, i: usize) -> Value {
+        self.values[i]
+    }
+    #[inline]
+    pub fn feature(&self, f: F) -> Value {
+        self.values[f as usize]
+    }
+    pub fn values(&self) -> &[Value; N_FEATURES] {
+        &self.values
+    }
+    /// The numeric view a model reads: bools as 0/1, integers and won as f64
+    /// (exact below 2^53 won, far above any transfer).
+    pub fn to_f64(&self) -> [f64; N_FEATURES] {
+        let mut out = [0.0; N_FEATURES];
+        for (o, v) in out.iter_mut().zip(&self.values) {
+            *o = v.as_f64();
+        }
+        out
+    }
+}
+
+/// What [`compute`] reads besides the transfer: views of the state as it was
+/// before the transfer. Missing entities (first sight) are `None`.
+pub struct Context<'a> {
+    pub account: Option<&'a AccountView>,
+    pub payee: Option<&'a PayeeView>,
+    pub device: Option<&'a DeviceView>,
+}
