@@ -14,7 +14,8 @@
 //!   stands for "never seen": a rule writes `mins_since_cert_reissue <= 30`
 //!   without caring whether the account ever had a certificate event.
 
-use crate::state::{AccountView, DeviceView, PayeeView};
+use crate::event::{Channel, EventTime, Transfer};
+use crate::state::Observed;
 
 /// "Minutes since" features stop counting here; it also means "never".
 pub const MINUTES_CAP: i64 = 30 * 24 * 60;
@@ -171,10 +172,84 @@ impl FeatureVector {
     }
 }
 
-/// What [`compute`] reads besides the transfer: views of the state as it was
-/// before the transfer. Missing entities (first sight) are `None`.
-pub struct Context<'a> {
-    pub account: Option<&'a AccountView>,
-    pub payee: Option<&'a PayeeView>,
-    pub device: Option<&'a DeviceView>,
+
+/// Minutes from `since` to `now`, capped at [`MINUTES_CAP`]; `None` means never.
+#[inline]
+fn minutes_since(now: EventTime, since: Option<EventTime>) -> i64 {
+    match since {
+        Some(s) => ((now.millis() - s.millis()).max(0) / 60_000).min(MINUTES_CAP),
+        None => MINUTES_CAP,
+    }
+}
+
+#[inline]
+fn ratio(num: i64, den: i64) -> f64 {
+    if den <= 0 {
+        0.0
+    } else {
+        num as f64 / den as f64
+    }
+}
+
+/// The features of `t`, from the state as it was before `t`.
+pub fn compute(t: &Transfer, seen: &Observed) -> FeatureVector {
+    use Value::{Bool, Float, Int};
+    let now = t.tran_dtime;
+    let amount = t.tran_amt.get();
+    let a = &seen.account;
+    let p = &seen.payee;
+    let hour = now.kst_hour();
+    let mean_30d = if a.counts[4] > 0 { a.sums[4] / a.counts[4] } else { 0 };
+    let device_age = match (&t.device_id, a.device_first_seen) {
+        // No device sent (open-banking partners): nothing to judge it by.
+        (None, _) => MINUTES_CAP,
+        // The account's first use of this device is this transfer.
+        (Some(_), None) => 0,
+        (Some(_), first) => minutes_since(now, first),
+    };
+    let (dev_accounts, dev_count) = seen.device.map_or((0, 0), |d| (d.distinct_accounts_24h, d.count_1h));
+    FeatureVector::from_values([
+        Int(amount),
+        Int(i64::from(hour)),
+        Bool(hour < 6),
+        Bool(now.kst_weekday() >= 5),
+        Bool(t.channel == Channel::MobileApp),
+        Bool(t.channel == Channel::InternetBanking),
+        Bool(t.channel == Channel::OpenBanking),
+        Int(a.counts[0]),
+        Int(a.counts[1]),
+        Int(a.counts[2]),
+        Int(a.counts[3]),
+        Int(a.counts[4]),
+        Int(a.sums[0]),
+        Int(a.sums[1]),
+        Int(a.sums[2]),
+        Int(a.sums[3]),
+        Int(a.sums[4]),
+        Int((now.millis() - a.first_seen.millis()).max(0) / 86_400_000),
+        Int(a.lifetime_count as i64),
+        Float(ratio(amount, mean_30d)),
+        Float(ratio(amount, a.max_amount)),
+        Float(a.amount_log_zscore(amount)),
+        Bool(!a.payee_known),
+        Int(a.known_payees),
+        Int(a.new_payees_24h),
+        Int(device_age),
+        Int(minutes_since(now, a.last_cert_reissue)),
+        Int(minutes_since(now, a.last_device_registered)),
+        Int(minutes_since(now, a.last_phone_change)),
+        Int(minutes_since(now, a.last_remote_app)),
+        Int(minutes_since(now, a.last_limit_raised)),
+        Int(minutes_since(now, a.last_ekyc)),
+        Int(a.failed_logins_1h),
+        Int(p.distinct_senders_1h),
+        Int(p.distinct_senders_24h),
+        Int(p.in_count_24h),
+        Int(p.in_sum_24h),
+        Int(minutes_since(now, Some(p.first_seen))),
+        Int(p.fraud_reports),
+        Int(minutes_since(now, p.last_report)),
+        Int(dev_accounts),
+        Int(dev_count),
+    ])
 }

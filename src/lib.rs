@@ -1,14 +1,44 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! # fds: real-time fraud detection for money transfers
+//!
+//! A transfer API (Korean open-banking style) sends each withdrawal transfer
+//! request to `fds` and waits, within a latency budget, for a decision: `allow`,
+//! or `hold` with the verification the bank should run (ARS call, call-back,
+//! delayed transfer) and the reason codes that led there.
+//!
+//! Data flows one way through the modules:
+//!
+//! ```text
+//! event ──► state ──► features ──► rules (+ model) ──► engine::Decision ──► sinks
+//! ```
+//!
+//! - [`event`]: the wire format. Transfers, context events (logins, new devices,
+//!   joint-certificate re-issues, phone changes, remote-control apps...) and late
+//!   fraud labels, as JSON with a `schema_version`; unknown fields are rejected.
+//! - [`state`]: per-account, per-payee and per-device memory in concurrent maps,
+//!   windowed by *event time*, bounded by caps and TTLs.
+//! - [`features`]: the one pure function from a transfer and the state before it
+//!   to a fixed, named feature vector. Rules, models, training and replay all
+//!   call it, so there is no train/serve skew.
+//! - [`rules`]: analyst-written rule files, compiled once into a typed form,
+//!   rejected with file:line:column errors when wrong, hot-reloaded and swapped
+//!   in atomically; the hot path reads them without a lock.
+//! - [`engine`]: ties the above together and makes the [`engine::Decision`]. The
+//!   same input gives the same decisions, bit for bit, on every run.
+//! - [`replay`]: runs recorded streams through the engine and reports throughput,
+//!   latency percentiles and, for labelled data, detection quality per typology.
+//! - [`generate`]: a deterministic generator of labelled Korean transfer traffic
+//!   with fraud typologies (voice phishing, account takeover, mule accounts, loan
+//!   fraud); [`handbook`] reads the labelled card data set of the fraud-detection
+//!   handbook as a stream of the same events.
+//!
+//! Money is integer won everywhere ([`event::Won`]); account numbers are masked
+//! in logs ([`event::mask_account`]).
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+pub mod engine;
+pub mod event;
+pub mod features;
+pub mod generate;
+pub mod handbook;
+pub mod replay;
+pub mod rules;
+pub mod state;

@@ -1,0 +1,134 @@
+//! The hot path, piece by piece, at realistic cardinality.
+//!
+//! A population of 200,000 accounts, 600,000 payees and 220,000 devices is built
+//! by scoring 2,000,000 synthetic transfers first; the benches then measure:
+//! - `state/observe_transfer`: windows, known payees and devices read and updated;
+//! - `features/compute`: the pure feature function alone;
+//! - `features_rules/per_event`: features + the shipped `rules/` (the issue's
+//!   1,000,000 events/s target is on this path);
+//! - `engine/score`: the whole per-transfer path (state + features + rules + decision).
+//!
+//! Run: `cargo bench --bench engine` (add `-- --quick` for a fast look).
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use fds::engine::Engine;
+use fds::event::{Channel, EventTime, SchemaVersion, Transfer, TransferPurpose, Won};
+use fds::features;
+use fds::rules::{Keys, RuleSet};
+
+const ACCOUNTS: u64 = 200_000;
+const WARM_TRANSFERS: usize = 2_000_000;
+
+fn transfers(n: usize, start: EventTime, seed: u64) -> Vec<Transfer> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut t = start.millis();
+    (0..n)
+        .map(|i| {
+            t += rng.gen_range(0..40);
+            let acct = rng.gen_range(0..ACCOUNTS);
+            // Most transfers go to one of the account's few regular payees.
+            let payee = if rng.gen_bool(0.9) { acct * 3 + rng.gen_range(0..3) } else { rng.gen_range(0..ACCOUNTS * 3) };
+            Transfer {
+                schema_version: SchemaVersion,
+                bank_tran_id: format!("B{i:019}"),
+                tran_dtime: EventTime(t),
+                fintech_use_num: format!("120220{acct:018}"),
+                tran_amt: Won::new(rng.gen_range(1..500) * 1_000).expect("positive"),
+                recv_client_bank_code: "088".into(),
+                recv_client_account_num: format!("{payee:012}"),
+                recv_client_name: "홍길동".into(),
+                channel: Channel::MobileApp,
+                device_id: Some(format!("D{:08x}", acct + u64::from(rng.gen_bool(0.1)))),
+                ip: Some("10.1.2.3".into()),
+                transfer_purpose: TransferPurpose::Transfer,
+            }
+        })
+        .collect()
+}
+
+fn warmed_engine() -> (Engine, Vec<Transfer>) {
+    let rules = RuleSet::load_dir(std::path::Path::new("rules")).expect("the shipped rules load");
+    let engine = Engine::with_rules(rules);
+    let start = EventTime::parse_kst("20261102000000").expect("valid time");
+    let warm = transfers(WARM_TRANSFERS, start, 1);
+    for t in &warm {
+        engine.score(t);
+    }
+    let last = warm.last().map_or(start, |t| t.tran_dtime);
+    (engine, transfers(100_000, last, 2))
+}
+
+fn bench(c: &mut Criterion) {
+    let (engine, batch) = warmed_engine();
+    let rules = engine.rules().load_full();
+    let (s, p, d) = engine.state().entities();
+    eprintln!("state: {s} accounts, {p} payees, {d} devices");
+
+    let mut g = c.benchmark_group("state");
+    g.throughput(Throughput::Elements(1));
+    let mut i = 0;
+    g.bench_function("observe_transfer", |b| {
+        b.iter(|| {
+            let t = &batch[i % batch.len()];
+            i += 1;
+            black_box(engine.state().observe_transfer(t, &t.payee_key()))
+        })
+    });
+    g.finish();
+
+    // Fixed inputs for the pure functions: views taken from the warmed state.
+    let samples: Vec<_> = batch
+        .iter()
+        .take(1024)
+        .map(|t| {
+            let payee = t.payee_key();
+            (t.clone(), engine.state().observe_transfer(t, &payee), payee)
+        })
+        .collect();
+
+    let mut g = c.benchmark_group("features");
+    g.throughput(Throughput::Elements(1));
+    let mut i = 0;
+    g.bench_function("compute", |b| {
+        b.iter(|| {
+            let (t, seen, _) = &samples[i % samples.len()];
+            i += 1;
+            black_box(features::compute(t, seen))
+        })
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("features_rules");
+    g.throughput(Throughput::Elements(1));
+    let mut i = 0;
+    g.bench_function("per_event", |b| {
+        b.iter(|| {
+            let (t, seen, payee) = &samples[i % samples.len()];
+            i += 1;
+            let fv = features::compute(t, seen);
+            let keys = Keys { account: &t.fintech_use_num, payee, device: t.device_id.as_deref(), ip: t.ip.as_deref() };
+            black_box(rules.evaluate(&fv, &keys))
+        })
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("engine");
+    g.throughput(Throughput::Elements(1));
+    let mut i = 0;
+    g.bench_function("score", |b| {
+        b.iter(|| {
+            let t = &batch[i % batch.len()];
+            i += 1;
+            black_box(engine.score(t))
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

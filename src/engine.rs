@@ -1,0 +1,225 @@
+//! The engine: one event in, state updated, and for a transfer a decision out.
+//!
+//! This module owns the order of operations for a transfer, which is the whole
+//! product in four lines: read the state as it was before the transfer and record
+//! the transfer ([`State::observe_transfer`]), compute the features
+//! ([`features::compute`]), evaluate the rules, and make the [`Decision`].
+//!
+//! Guarantees:
+//! - **Deterministic.** The same events in the same order give the same decisions,
+//!   bit for bit, apart from the measured latency ([`Decision::fingerprint`] leaves
+//!   it out). Time comes only from the events.
+//! - **Lock-free reads of rules.** The rule set is read through `arc-swap`: a
+//!   reload swaps a pointer and never blocks a transfer.
+//! - **Concurrent across accounts, ordered within one.** [`Engine`] is `Sync`;
+//!   callers must feed one account's events in order (the account is the Kafka key).
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use serde::ser::{SerializeSeq, SerializeStruct};
+use serde::{Serialize, Serializer};
+use smallvec::SmallVec;
+
+use crate::event::{Event, EventTime, Transfer};
+use crate::features::{self, FeatureVector};
+use crate::rules::{Keys, RuleSet, RulesHandle, Verification};
+use crate::state::{State, StateConfig};
+
+/// How often (in event time) idle entities are swept out of the state.
+const EXPIRE_EVERY_MS: i64 = 3_600_000;
+
+/// What the bank should do with the transfer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Allow,
+    /// Stop and verify before the money moves.
+    Hold,
+}
+
+/// The engine's answer for one transfer.
+#[derive(Debug, Clone)]
+pub struct Decision {
+    pub bank_tran_id: String,
+    pub event_time: EventTime,
+    pub action: Action,
+    /// The verification a hold asks for; `None` for allow.
+    pub verification: Option<Verification>,
+    /// Sum of the score contributions of the live rules that fired.
+    pub score: i32,
+    /// Indexes into `rules.rules()` of the live rules that fired.
+    pub fired: SmallVec<[u16; 8]>,
+    /// Shadow rules that fired: reported, never acted on.
+    pub shadow_fired: SmallVec<[u16; 4]>,
+    /// The rule set that made the decision, kept so reasons can be named later
+    /// without copying strings in the hot path.
+    pub rules: Arc<RuleSet>,
+    /// Time spent in the engine for this transfer (state, features, rules).
+    pub latency_ns: u64,
+}
+
+impl Decision {
+    pub fn is_hold(&self) -> bool {
+        self.action == Action::Hold
+    }
+
+    /// The decision as one JSON line: what the transfer API receives.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(&WithLatency(self, true)).expect("decisions always serialize")
+    }
+
+    /// The decision without the measured latency: identical across runs of the
+    /// same input, so runs can be compared by hashing these.
+    pub fn fingerprint(&self) -> String {
+        serde_json::to_string(&WithLatency(self, false)).expect("decisions always serialize")
+    }
+
+    /// Reason codes of the live rules that fired, in rule order.
+    pub fn reason_codes(&self) -> impl Iterator<Item = &str> + '_ {
+        self.fired.iter().map(|&i| self.rules.rules()[usize::from(i)].reason())
+    }
+}
+
+struct WithLatency<'a>(&'a Decision, bool);
+
+/// The reasons of a decision, named from its rule set.
+struct Reasons<'a>(&'a RuleSet, &'a [u16]);
+
+impl Serialize for Reasons<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(self.1.len()))?;
+        for &i in self.1 {
+            let r = &self.0.rules()[usize::from(i)];
+            seq.serialize_element(&Reason { code: r.reason(), rule: r.id(), label: r.label() })?;
+        }
+        seq.end()
+    }
+}
+
+#[derive(Serialize)]
+struct Reason<'a> {
+    code: &'a str,
+    rule: &'a str,
+    label: &'a str,
+}
+
+impl Serialize for WithLatency<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let d = self.0;
+        let mut st = s.serialize_struct("Decision", 11)?;
+        st.serialize_field("schema_version", &crate::event::SCHEMA_VERSION)?;
+        st.serialize_field("bank_tran_id", &d.bank_tran_id)?;
+        st.serialize_field("tran_dtime", &d.event_time)?;
+        st.serialize_field("decision", &d.action)?;
+        st.serialize_field("verification", &d.verification)?;
+        st.serialize_field("score", &d.score)?;
+        st.serialize_field("reasons", &Reasons(&d.rules, &d.fired))?;
+        st.serialize_field("shadow_reasons", &Reasons(&d.rules, &d.shadow_fired))?;
+        st.serialize_field("ruleset_version", d.rules.version())?;
+        st.serialize_field("model_version", &Option::<&str>::None)?;
+        if self.1 {
+            st.serialize_field("engine_latency_us", &(d.latency_ns as f64 / 1000.0))?;
+        }
+        st.end()
+    }
+}
+
+/// A scored transfer: the decision and the features it was made from (kept for
+/// training and for analysts replaying a case).
+#[derive(Debug, Clone)]
+pub struct Scored {
+    pub decision: Decision,
+    pub features: FeatureVector,
+}
+
+/// The scoring engine. Share it by reference (or `Arc`) across threads.
+pub struct Engine {
+    state: State,
+    rules: RulesHandle,
+    last_expiry: AtomicI64,
+}
+
+impl Engine {
+    pub fn new(state: StateConfig, rules: RulesHandle) -> Self {
+        Engine { state: State::new(state), rules, last_expiry: AtomicI64::new(i64::MIN) }
+    }
+
+    /// An engine with a fixed rule set (no reload).
+    pub fn with_rules(rules: RuleSet) -> Self {
+        Engine::new(StateConfig::default(), Arc::new(ArcSwap::from_pointee(rules)))
+    }
+
+    /// The rule handle, for a watcher to swap new rule sets into.
+    pub fn rules(&self) -> &RulesHandle {
+        &self.rules
+    }
+
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// Feed any event. Transfers are scored and return their decision; context
+    /// events and labels update the state and return `None`.
+    pub fn process(&self, event: &Event) -> Option<Scored> {
+        self.maybe_expire(event.time());
+        match event {
+            Event::Transfer(t) => Some(self.score(t)),
+            other => {
+                self.state.apply(other);
+                None
+            }
+        }
+    }
+
+    /// Score one transfer: state, then features, then rules.
+    pub fn score(&self, t: &Transfer) -> Scored {
+        let started = Instant::now();
+        let payee = t.payee_key();
+        let seen = self.state.observe_transfer(t, &payee);
+        let features = features::compute(t, &seen);
+        let rules = self.rules.load_full();
+        let keys = Keys {
+            account: &t.fintech_use_num,
+            payee: &payee,
+            device: t.device_id.as_deref(),
+            ip: t.ip.as_deref(),
+        };
+        let outcome = rules.evaluate(&features, &keys);
+        let decision = Decision {
+            bank_tran_id: t.bank_tran_id.clone(),
+            event_time: t.tran_dtime,
+            action: if outcome.hold.is_some() { Action::Hold } else { Action::Allow },
+            verification: outcome.hold,
+            score: outcome.score,
+            fired: outcome.fired,
+            shadow_fired: outcome.shadow_fired,
+            rules,
+            latency_ns: started.elapsed().as_nanos() as u64,
+        };
+        Scored { decision, features }
+    }
+
+    /// Sweep idle entities once per hour of event time. Whichever thread first
+    /// sees the new hour does the sweep; the rest go on.
+    fn maybe_expire(&self, now: EventTime) {
+        let last = self.last_expiry.load(Ordering::Relaxed);
+        if last == i64::MIN {
+            let _ = self.last_expiry.compare_exchange(last, now.millis(), Ordering::Relaxed, Ordering::Relaxed);
+            return;
+        }
+        if now.millis() - last >= EXPIRE_EVERY_MS
+            && self
+                .last_expiry
+                .compare_exchange(last, now.millis(), Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            let dropped = self.state.expire(now);
+            if dropped > 0 {
+                tracing::debug!(dropped, "expired idle entities");
+            }
+        }
+    }
+}

@@ -1,0 +1,648 @@
+//! Replay: recorded event streams through the engine, with a report.
+//!
+//! This module owns reading recorded streams (JSON lines, plain or gzip, and the
+//! handbook's card data set) and measuring what the engine did with them:
+//! throughput, per-transfer engine latency percentiles, decisions, how often each
+//! rule fired and, when the stream carries labels, detection quality per fraud
+//! typology.
+//!
+//! Guarantees:
+//! - **Bad input never stops a replay.** A malformed line, an unknown event type
+//!   or an invalid amount is counted and reported with its file, line number and
+//!   reason; the replay goes on. Nothing panics on input.
+//! - **Deterministic.** Events are fed in file order on one thread, so the same
+//!   files give the same decisions; [`Report::decisions_digest`] hashes them
+//!   (latency excluded) so two runs can be compared at a glance.
+//! - **Labels are ground truth, read late.** Detection quality uses each
+//!   transfer's *final* label (a report later cleared counts as genuine); the
+//!   engine itself sees labels only when they arrive in the stream.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::engine::{Decision, Engine};
+use crate::event::{Event, LabelStatus};
+use crate::handbook::HandbookReader;
+use crate::state::MemoryReport;
+
+/// At most this many bad lines are listed in a report (all are counted).
+const BAD_LINES_LISTED: usize = 20;
+
+/// Why a replay could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error("cannot open {path}: {source}")]
+    Open { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {reason}")]
+    Format { path: PathBuf, reason: String },
+    #[error("cannot write decisions: {0}")]
+    Output(std::io::Error),
+}
+
+/// How a file is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Format {
+    /// From the content: the handbook's CSV header, or else JSON lines.
+    #[default]
+    Auto,
+    /// One event per line, as on the wire.
+    Jsonl,
+    /// The handbook's `transactions.csv(.gz)`.
+    Handbook,
+}
+
+/// A line that was not an event.
+#[derive(Debug, Clone, Serialize)]
+pub struct BadLine {
+    pub file: String,
+    pub line: u64,
+    pub reason: String,
+}
+
+type EventIter = Box<dyn Iterator<Item = Result<Event, (u64, String)>> + Send>;
+
+/// An opened input: its events, and how far into the file reading has got.
+pub struct Source {
+    pub name: String,
+    pub events: EventIter,
+    /// Bytes of the file read so far (compressed bytes for gzip).
+    pub position: Arc<AtomicU64>,
+    pub size: u64,
+}
+
+struct Counting<R> {
+    inner: R,
+    read: Arc<AtomicU64>,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+/// Open a recorded stream. `.gz` files are decompressed; a directory is taken
+/// to hold the handbook's `transactions.csv.gz`.
+pub fn open(path: &Path, format: Format) -> Result<Source, ReplayError> {
+    let path = if path.is_dir() { path.join("transactions.csv.gz") } else { path.to_path_buf() };
+    let open_err = |source| ReplayError::Open { path: path.clone(), source };
+    let file = File::open(&path).map_err(open_err)?;
+    let size = file.metadata().map_err(open_err)?.len();
+    let position = Arc::new(AtomicU64::new(0));
+    let counted = Counting { inner: file, read: position.clone() };
+    let raw: Box<dyn Read + Send> = if path.extension().is_some_and(|e| e == "gz") {
+        Box::new(flate2::read::MultiGzDecoder::new(BufReader::with_capacity(1 << 16, counted)))
+    } else {
+        Box::new(counted)
+    };
+    let mut reader = BufReader::with_capacity(1 << 16, raw);
+    let format = match format {
+        Format::Auto => {
+            let head = reader.fill_buf().map_err(open_err)?;
+            if head.starts_with(crate::handbook::HEADER.as_bytes()) {
+                Format::Handbook
+            } else {
+                Format::Jsonl
+            }
+        }
+        f => f,
+    };
+    let events: EventIter = match format {
+        Format::Handbook => {
+            let hb = HandbookReader::new(reader)
+                .map_err(|e| ReplayError::Format { path: path.clone(), reason: e.to_string() })?;
+            Box::new(hb.map(|r| r.map_err(|e| (e.line, e.reason))))
+        }
+        _ => Box::new(JsonLines { input: reader, line: 0, buf: Vec::new() }),
+    };
+    Ok(Source { name: path.display().to_string(), events, position, size })
+}
+
+/// Events from JSON lines; blank lines are skipped.
+struct JsonLines<R> {
+    input: R,
+    line: u64,
+    buf: Vec<u8>,
+}
+
+impl<R: BufRead> Iterator for JsonLines<R> {
+    type Item = Result<Event, (u64, String)>;
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            self.buf.clear();
+            self.line += 1;
+            match self.input.read_until(b'\n', &mut self.buf) {
+                Ok(0) => return None,
+                Ok(_) => {
+                    let text = self.buf.trim_ascii();
+                    if text.is_empty() {
+                        continue;
+                    }
+                    return Some(Event::from_json(text).map_err(|e| (self.line, e.to_string())));
+                }
+                Err(e) => return Some(Err((self.line, format!("read error: {e}")))),
+            }
+        }
+    }
+}
+
+/// How to replay.
+#[derive(Default)]
+pub struct Options {
+    /// Replay at the recorded pace, sped up by this factor (1.0 = real time).
+    pub pace: Option<f64>,
+    /// Stop after this many events (all inputs together).
+    pub limit: Option<u64>,
+    /// Show a progress bar on the terminal.
+    pub progress: bool,
+    /// Write every decision here as a JSON line.
+    pub decisions_out: Option<Box<dyn Write>>,
+}
+
+/// Engine latency per transfer, in microseconds.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Latency {
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub p999_us: f64,
+    pub max_us: f64,
+    pub mean_us: f64,
+}
+
+/// How often one rule fired.
+#[derive(Debug, Clone, Serialize)]
+pub struct RuleCount {
+    pub id: String,
+    pub reason: String,
+    pub label: String,
+    pub shadow: bool,
+    pub fired: u64,
+    /// Of those, on transfers labelled fraud (when the stream has labels).
+    pub fired_on_fraud: u64,
+}
+
+/// Detection on one typology.
+#[derive(Debug, Clone, Serialize)]
+pub struct TypologyQuality {
+    pub typology: String,
+    pub frauds: u64,
+    pub held: u64,
+    pub recall: f64,
+    pub fraud_won: i64,
+    pub saved_won: i64,
+}
+
+/// Detection quality against the stream's labels.
+#[derive(Debug, Clone, Serialize)]
+pub struct Quality {
+    pub frauds: u64,
+    pub genuine: u64,
+    pub held_fraud: u64,
+    pub held_genuine: u64,
+    /// Held frauds / all frauds.
+    pub recall: f64,
+    /// Held frauds / all holds.
+    pub precision: f64,
+    /// Held genuine transfers / genuine transfers: the friction customers feel.
+    pub hold_rate_genuine: f64,
+    /// Won in fraudulent transfers, and the part of it held.
+    pub fraud_won: i64,
+    pub saved_won: i64,
+    /// Won in genuine transfers that were held (delayed for verification).
+    pub held_genuine_won: i64,
+    /// Labels naming a transfer the replay never saw.
+    pub unmatched_labels: u64,
+    pub by_typology: Vec<TypologyQuality>,
+}
+
+/// Everything a replay measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub inputs: Vec<String>,
+    pub events: u64,
+    pub transfers: u64,
+    pub context_events: u64,
+    pub labels: u64,
+    pub bad_lines: u64,
+    pub bad_line_samples: Vec<BadLine>,
+    pub elapsed_s: f64,
+    pub events_per_s: f64,
+    pub latency: Latency,
+    pub allow: u64,
+    pub hold: u64,
+    pub holds_by_verification: BTreeMap<String, u64>,
+    pub rules: Vec<RuleCount>,
+    pub quality: Option<Quality>,
+    pub state: MemoryReport,
+    pub ruleset_version: String,
+    /// SHA-256 (first 16 hex digits) over every decision without its latency.
+    pub decisions_digest: String,
+}
+
+/// What is kept per transfer until the labels are in.
+struct TxRecord {
+    amount: i64,
+    hold: bool,
+    /// Bit i set when rule i fired (live or shadow); rules past 64 are not tracked.
+    fired: u64,
+}
+
+/// A 64-bit key for a transfer id: 10M transfers fit in a few hundred MB this
+/// way; a collision (odds about 1 in 10^5 at 10M ids) can only misattribute
+/// one label in the quality report, never a decision.
+fn tx_key(id: &str) -> u64 {
+    let d = Sha256::digest(id.as_bytes());
+    u64::from_le_bytes(d[..8].try_into().expect("8 bytes"))
+}
+
+/// Replay `sources` through `engine`, in order, and report.
+pub fn run(engine: &Engine, sources: Vec<Source>, mut opts: Options) -> Result<Report, ReplayError> {
+    let inputs: Vec<String> = sources.iter().map(|s| s.name.clone()).collect();
+    let total_bytes: u64 = sources.iter().map(|s| s.size).sum();
+    let bar = progress_bar(opts.progress, total_bytes);
+    let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds");
+    let mut digest = Sha256::new();
+    let mut records: HashMap<u64, TxRecord> = HashMap::new();
+    let mut labels: HashMap<u64, (LabelStatus, String)> = HashMap::new();
+    let mut rule_fired: Vec<u64> = Vec::new();
+    let mut report = Report {
+        inputs,
+        events: 0,
+        transfers: 0,
+        context_events: 0,
+        labels: 0,
+        bad_lines: 0,
+        bad_line_samples: Vec::new(),
+        elapsed_s: 0.0,
+        events_per_s: 0.0,
+        latency: Latency::default(),
+        allow: 0,
+        hold: 0,
+        holds_by_verification: BTreeMap::new(),
+        rules: Vec::new(),
+        quality: None,
+        state: MemoryReport::default(),
+        ruleset_version: engine.rules().load().version().to_owned(),
+        decisions_digest: String::new(),
+    };
+    let started = Instant::now();
+    let mut first_event_ms: Option<i64> = None;
+    let mut done_bytes = 0u64;
+    let limit = opts.limit.unwrap_or(u64::MAX);
+
+    'sources: for src in sources {
+        for item in src.events {
+            if report.events + report.bad_lines >= limit {
+                break 'sources;
+            }
+            let event = match item {
+                Ok(e) => e,
+                Err((line, reason)) => {
+                    report.bad_lines += 1;
+                    if report.bad_line_samples.len() < BAD_LINES_LISTED {
+                        report.bad_line_samples.push(BadLine { file: src.name.clone(), line, reason });
+                    }
+                    continue;
+                }
+            };
+            report.events += 1;
+            if let Some(speed) = opts.pace {
+                pace(&mut first_event_ms, event.time().millis(), started, speed);
+            }
+            if let Event::Label(l) = &event {
+                report.labels += 1;
+                labels.insert(tx_key(&l.bank_tran_id), (l.status, l.typology.clone()));
+            }
+            match engine.process(&event) {
+                Some(scored) => {
+                    let d = scored.decision;
+                    report.transfers += 1;
+                    let _ = hist.record(d.latency_ns.max(1));
+                    digest.update(d.fingerprint().as_bytes());
+                    digest.update(b"\n");
+                    let mut fired = 0u64;
+                    for &i in d.fired.iter().chain(d.shadow_fired.iter()) {
+                        let i = usize::from(i);
+                        if rule_fired.len() <= i {
+                            rule_fired.resize(i + 1, 0);
+                        }
+                        rule_fired[i] += 1;
+                        if i < 64 {
+                            fired |= 1 << i;
+                        }
+                    }
+                    count_decision(&mut report, &d);
+                    if let Event::Transfer(t) = &event {
+                        records.insert(
+                            tx_key(&t.bank_tran_id),
+                            TxRecord { amount: t.tran_amt.get(), hold: d.is_hold(), fired },
+                        );
+                    }
+                    if let Some(out) = opts.decisions_out.as_mut() {
+                        writeln!(out, "{}", d.to_json()).map_err(ReplayError::Output)?;
+                    }
+                }
+                None if !matches!(event, Event::Label(_)) => report.context_events += 1,
+                None => {}
+            }
+            if report.events % 4096 == 0 {
+                bar.set_position(done_bytes + src.position.load(Ordering::Relaxed));
+                let secs = started.elapsed().as_secs_f64().max(1e-9);
+                bar.set_message(format!("{:.0} events/s", report.events as f64 / secs));
+            }
+        }
+        done_bytes += src.size;
+    }
+    bar.finish_and_clear();
+    if let Some(out) = opts.decisions_out.as_mut() {
+        out.flush().map_err(ReplayError::Output)?;
+    }
+
+    report.elapsed_s = started.elapsed().as_secs_f64();
+    report.events_per_s = report.events as f64 / report.elapsed_s.max(1e-9);
+    if !hist.is_empty() {
+        let us = |v: u64| v as f64 / 1000.0;
+        report.latency = Latency {
+            p50_us: us(hist.value_at_quantile(0.50)),
+            p99_us: us(hist.value_at_quantile(0.99)),
+            p999_us: us(hist.value_at_quantile(0.999)),
+            max_us: us(hist.max()),
+            mean_us: hist.mean() / 1000.0,
+        };
+    }
+    report.decisions_digest = hex16(&digest.finalize());
+    report.state = engine.state().memory();
+    let quality = (!labels.is_empty()).then(|| quality(&records, &labels, report.transfers));
+    let on_fraud = fired_on_fraud(&records, &labels);
+    let rules = engine.rules().load();
+    report.rules = rules
+        .rules()
+        .iter()
+        .enumerate()
+        .map(|(i, r)| RuleCount {
+            id: r.id().to_owned(),
+            reason: r.reason().to_owned(),
+            label: r.label().to_owned(),
+            shadow: r.shadow(),
+            fired: rule_fired.get(i).copied().unwrap_or(0),
+            fired_on_fraud: on_fraud.get(i).copied().unwrap_or(0),
+        })
+        .collect();
+    report.quality = quality;
+    Ok(report)
+}
+
+fn count_decision(report: &mut Report, d: &Decision) {
+    match d.verification {
+        Some(v) => {
+            report.hold += 1;
+            *report.holds_by_verification.entry(v.name().to_owned()).or_default() += 1;
+        }
+        None => report.allow += 1,
+    }
+}
+
+fn is_fraud(labels: &HashMap<u64, (LabelStatus, String)>, key: u64) -> Option<&str> {
+    match labels.get(&key) {
+        Some((LabelStatus::Fraud, typology)) => Some(typology),
+        _ => None,
+    }
+}
+
+/// For each of the first 64 rules, how many fraud transfers it fired on.
+fn fired_on_fraud(records: &HashMap<u64, TxRecord>, labels: &HashMap<u64, (LabelStatus, String)>) -> [u64; 64] {
+    let mut counts = [0u64; 64];
+    for (k, r) in records {
+        if r.fired != 0 && is_fraud(labels, *k).is_some() {
+            for (i, c) in counts.iter_mut().enumerate() {
+                *c += (r.fired >> i) & 1;
+            }
+        }
+    }
+    counts
+}
+
+fn quality(records: &HashMap<u64, TxRecord>, labels: &HashMap<u64, (LabelStatus, String)>, transfers: u64) -> Quality {
+    let mut q = Quality {
+        frauds: 0,
+        genuine: 0,
+        held_fraud: 0,
+        held_genuine: 0,
+        recall: 0.0,
+        precision: 0.0,
+        hold_rate_genuine: 0.0,
+        fraud_won: 0,
+        saved_won: 0,
+        held_genuine_won: 0,
+        unmatched_labels: 0,
+        by_typology: Vec::new(),
+    };
+    let mut by: BTreeMap<String, TypologyQuality> = BTreeMap::new();
+    for (key, (status, typology)) in labels {
+        if *status != LabelStatus::Fraud {
+            continue;
+        }
+        let Some(r) = records.get(key) else {
+            q.unmatched_labels += 1;
+            continue;
+        };
+        let t = by.entry(typology.clone()).or_insert_with(|| TypologyQuality {
+            typology: typology.clone(),
+            frauds: 0,
+            held: 0,
+            recall: 0.0,
+            fraud_won: 0,
+            saved_won: 0,
+        });
+        q.frauds += 1;
+        t.frauds += 1;
+        q.fraud_won += r.amount;
+        t.fraud_won += r.amount;
+        if r.hold {
+            q.held_fraud += 1;
+            t.held += 1;
+            q.saved_won += r.amount;
+            t.saved_won += r.amount;
+        }
+    }
+    for (key, r) in records {
+        if r.hold && is_fraud(labels, *key).is_none() {
+            q.held_genuine += 1;
+            q.held_genuine_won += r.amount;
+        }
+    }
+    q.genuine = transfers - q.frauds;
+    q.recall = frac(q.held_fraud, q.frauds);
+    q.precision = frac(q.held_fraud, q.held_fraud + q.held_genuine);
+    q.hold_rate_genuine = frac(q.held_genuine, q.genuine);
+    q.by_typology = by
+        .into_values()
+        .map(|mut t| {
+            t.recall = frac(t.held, t.frauds);
+            t
+        })
+        .collect();
+    q
+}
+
+fn frac(a: u64, b: u64) -> f64 {
+    if b == 0 {
+        0.0
+    } else {
+        a as f64 / b as f64
+    }
+}
+
+fn hex16(bytes: &[u8]) -> String {
+    bytes.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+/// Sleep until `event_ms` is due at `speed` times the recorded pace.
+fn pace(first: &mut Option<i64>, event_ms: i64, started: Instant, speed: f64) {
+    let first_ms = *first.get_or_insert(event_ms);
+    let due = Duration::from_secs_f64(((event_ms - first_ms).max(0) as f64 / 1000.0) / speed.max(1e-9));
+    if let Some(wait) = due.checked_sub(started.elapsed()) {
+        std::thread::sleep(wait);
+    }
+}
+
+fn progress_bar(show: bool, total: u64) -> indicatif::ProgressBar {
+    if !show {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} replay [{bar:40}] {bytes}/{total_bytes} {msg} ({eta})")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar
+}
+
+impl Report {
+    /// The report as a person reads it.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let w = &mut s;
+        use std::fmt::Write as _;
+        let _ = writeln!(w, "fds replay: {}", self.inputs.join(", "));
+        let _ = writeln!(w, "  rule set {}   decisions digest {}", self.ruleset_version, self.decisions_digest);
+        let _ = writeln!(
+            w,
+            "  events {} (transfers {}, context {}, labels {}), bad lines {}",
+            self.events, self.transfers, self.context_events, self.labels, self.bad_lines
+        );
+        for b in &self.bad_line_samples {
+            let _ = writeln!(w, "    {}:{}: {}", b.file, b.line, b.reason);
+        }
+        if self.bad_lines as usize > self.bad_line_samples.len() {
+            let _ = writeln!(w, "    ... {} more", self.bad_lines as usize - self.bad_line_samples.len());
+        }
+        let _ = writeln!(w, "\nthroughput  {:.0} events/s over {:.2} s (one thread, parsing included)", self.events_per_s, self.elapsed_s);
+        let l = &self.latency;
+        let _ = writeln!(
+            w,
+            "engine latency per transfer  p50 {:.2} us  p99 {:.2} us  p99.9 {:.2} us  max {:.1} us",
+            l.p50_us, l.p99_us, l.p999_us, l.max_us
+        );
+        let _ = writeln!(w, "\ndecisions  allow {}  hold {}  ({:.2}% held)", self.allow, self.hold, 100.0 * frac(self.hold, self.transfers));
+        for (v, n) in &self.holds_by_verification {
+            let _ = writeln!(w, "  hold/{v:<9} {n}");
+        }
+        if !self.rules.is_empty() {
+            let _ = writeln!(w, "\nrules (fired / of which fraud)");
+            for r in &self.rules {
+                let tag = if r.shadow { " [shadow]" } else { "" };
+                let _ = writeln!(w, "  {:<8} {:>7} / {:<7} {}{}  {}", r.reason, r.fired, r.fired_on_fraud, r.id, tag, r.label);
+            }
+        }
+        if let Some(q) = &self.quality {
+            let _ = writeln!(w, "\ndetection quality (against the stream's labels)");
+            let _ = writeln!(
+                w,
+                "  frauds {}  held {}  recall {:.1}%   precision of holds {:.1}%   hold rate on genuine {:.3}%",
+                q.frauds,
+                q.held_fraud,
+                100.0 * q.recall,
+                100.0 * q.precision,
+                100.0 * q.hold_rate_genuine
+            );
+            let _ = writeln!(
+                w,
+                "  money: fraud {} won, saved {} won ({:.1}%); genuine money held for verification {} won",
+                group(q.fraud_won),
+                group(q.saved_won),
+                100.0 * q.saved_won as f64 / q.fraud_won.max(1) as f64,
+                group(q.held_genuine_won)
+            );
+            let _ = writeln!(w, "  {:<32} {:>7} {:>7} {:>8} {:>18} {:>18}", "typology", "frauds", "held", "recall", "fraud won", "saved won");
+            for t in &q.by_typology {
+                let _ = writeln!(
+                    w,
+                    "  {:<32} {:>7} {:>7} {:>7.1}% {:>18} {:>18}",
+                    t.typology,
+                    t.frauds,
+                    t.held,
+                    100.0 * t.recall,
+                    group(t.fraud_won),
+                    group(t.saved_won)
+                );
+            }
+            if q.unmatched_labels > 0 {
+                let _ = writeln!(w, "  labels naming unseen transfers: {}", q.unmatched_labels);
+            }
+        }
+        let m = &self.state;
+        let _ = writeln!(
+            w,
+            "\nstate  accounts {} ({} B each)  payees {} ({} B each)  devices {} ({} B each)  total {:.1} MiB",
+            m.accounts,
+            m.bytes_per_account(),
+            m.payees,
+            m.bytes_per_payee(),
+            m.devices,
+            m.bytes_per_device(),
+            m.total_bytes() as f64 / (1 << 20) as f64
+        );
+        s
+    }
+}
+
+/// 1234567 -> "1,234,567".
+fn group(n: i64) -> String {
+    let digits = n.unsigned_abs().to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if n < 0 {
+        format!("-{out}")
+    } else {
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_thousands() {
+        assert_eq!(group(0), "0");
+        assert_eq!(group(1_234_567), "1,234,567");
+        assert_eq!(group(-1000), "-1,000");
+    }
+}

@@ -1,0 +1,755 @@
+//! Streaming state: what the engine remembers about each sender account, payee
+//! and device, aged by event time.
+//!
+//! This module owns the three concurrent maps (dashmap) and everything kept in
+//! them: windowed counts and sums, known payees and devices per account, the last
+//! time of each risky context event, a payee's distinct senders (mule fan-in) and
+//! fraud reports, a device's distinct accounts.
+//!
+//! Guarantees:
+//! - **Event time only.** Nothing here reads the wall clock; windows move with the
+//!   times written on the events, so a replay gives bit-identical answers.
+//! - **As-of reads.** [`State::observe_transfer`] returns views of each entity as it
+//!   was *before* the transfer, then records the transfer. The caller must keep
+//!   one account's events in order (the Kafka key is the account); different
+//!   accounts may be processed concurrently.
+//! - **Short locks, one at a time.** Each entity is locked only while it is read
+//!   and updated, and never while another entity is locked, so no lock order
+//!   exists to get wrong.
+//! - **Bounded.** Every per-entity collection has a fixed cap, windows are fixed
+//!   rings, and entities idle longer than their TTL are dropped by
+//!   [`State::expire`]. [`State::memory`] measures bytes per entity.
+//!
+//! Windows are rings of time buckets. A window of `N` buckets of width `w` holds
+//! the events whose bucket is one of the last `N` buckets up to and including the
+//! current one: the near edge is exact, the far edge snaps to a bucket boundary
+//! (so a "1 hour" window at 5-minute buckets covers between 55 and 60 minutes of
+//! the past). Resolutions: 10 min at 1 min, 1 h at 5 min, 24 h at 1 h, 7 d and
+//! 30 d at 1 day (KST days are not used; buckets are aligned to UTC epoch).
+
+use std::mem::size_of;
+
+use dashmap::DashMap;
+
+use crate::event::{CertificateAction, Event, EventTime, Label, LabelStatus, Transfer};
+
+const MINUTE: i64 = 60_000;
+const HOUR: i64 = 60 * MINUTE;
+const DAY: i64 = 24 * HOUR;
+
+/// How long idle entities are kept, and per-entity caps.
+#[derive(Debug, Clone)]
+pub struct StateConfig {
+    /// An account with no event for this long is forgotten (known payees and
+    /// devices included). Must exceed the longest window (30 days).
+    pub account_ttl_ms: i64,
+    pub payee_ttl_ms: i64,
+    pub device_ttl_ms: i64,
+    /// Payees remembered per account; the least recently used is forgotten first.
+    pub max_known_payees: usize,
+    /// Devices remembered per account.
+    pub max_known_devices: usize,
+    /// Distinct senders tracked per payee; the fan-in count saturates here.
+    pub max_payee_senders: usize,
+    /// Distinct accounts tracked per device.
+    pub max_device_accounts: usize,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            account_ttl_ms: 90 * DAY,
+            payee_ttl_ms: 90 * DAY,
+            device_ttl_ms: 35 * DAY,
+            max_known_payees: 256,
+            max_known_devices: 16,
+            max_payee_senders: 256,
+            max_device_accounts: 64,
+        }
+    }
+}
+
+/// Counts and sums in `N` buckets of `WIDTH_MS`, indexed by absolute bucket number.
+#[derive(Debug, Clone)]
+pub struct Ring<const N: usize, const WIDTH_MS: i64> {
+    /// Absolute bucket number of the newest bucket written (or cleared up to).
+    head: i64,
+    counts: [u32; N],
+    sums: [i64; N],
+}
+
+impl<const N: usize, const WIDTH_MS: i64> Default for Ring<N, WIDTH_MS> {
+    fn default() -> Self {
+        Ring { head: i64::MIN, counts: [0; N], sums: [0; N] }
+    }
+}
+
+impl<const N: usize, const WIDTH_MS: i64> Ring<N, WIDTH_MS> {
+    #[inline]
+    fn bucket(t: EventTime) -> i64 {
+        t.millis().div_euclid(WIDTH_MS)
+    }
+
+    #[inline]
+    fn slot(b: i64) -> usize {
+        b.rem_euclid(N as i64) as usize
+    }
+
+    /// Record one event. Events older than the ring (late arrivals beyond the
+    /// window) are dropped: they could not be in any window that is still read.
+    pub fn add(&mut self, t: EventTime, amount: i64) {
+        let b = Self::bucket(t);
+        if self.head == i64::MIN || b > self.head {
+            // Clear the buckets between the old head and the new one.
+            let stale = if self.head == i64::MIN { N as i64 } else { (b - self.head).min(N as i64) };
+            for k in 0..stale {
+                let s = Self::slot(b - k);
+                self.counts[s] = 0;
+                self.sums[s] = 0;
+            }
+            self.head = b;
+        } else if b <= self.head - N as i64 {
+            return;
+        }
+        let s = Self::slot(b);
+        self.counts[s] = self.counts[s].saturating_add(1);
+        self.sums[s] = self.sums[s].saturating_add(amount);
+    }
+
+    /// Count and sum over the last `k` buckets (k <= N) up to the one holding `now`.
+    #[inline]
+    pub fn total(&self, now: EventTime, k: usize) -> (i64, i64) {
+        debug_assert!(k <= N);
+        if self.head == i64::MIN {
+            return (0, 0);
+        }
+        let nb = Self::bucket(now);
+        let lo = (nb - k as i64 + 1).max(self.head - N as i64 + 1);
+        let hi = nb.min(self.head);
+        let (mut c, mut s) = (0i64, 0i64);
+        let mut b = lo;
+        while b <= hi {
+            let i = Self::slot(b);
+            c += i64::from(self.counts[i]);
+            s = s.saturating_add(self.sums[i]);
+            b += 1;
+        }
+        (c, s)
+    }
+}
+
+/// Times of recent occurrences, newest last, pruned by age and capped in length.
+#[derive(Debug, Clone, Default)]
+struct RecentTimes(Vec<i64>);
+
+impl RecentTimes {
+    fn push(&mut self, t: EventTime, keep_ms: i64, cap: usize) {
+        self.prune(t, keep_ms);
+        if self.0.len() >= cap {
+            self.0.remove(0);
+        }
+        self.0.push(t.millis());
+    }
+    fn prune(&mut self, now: EventTime, keep_ms: i64) {
+        let cutoff = now.millis() - keep_ms;
+        let stale = self.0.iter().take_while(|&&x| x <= cutoff).count();
+        if stale > 0 {
+            self.0.drain(..stale);
+        }
+    }
+    /// Occurrences in (now - window, now].
+    fn count_within(&self, now: EventTime, window_ms: i64) -> i64 {
+        let cutoff = now.millis() - window_ms;
+        self.0.iter().rev().take_while(|&&x| x > cutoff).count() as i64
+    }
+    fn heap_bytes(&self) -> usize {
+        self.0.capacity() * size_of::<i64>()
+    }
+}
+
+/// Distinct keys (by 64-bit hash) with the last time each was seen, capped:
+/// when full, the least recently seen key is replaced.
+#[derive(Debug, Clone, Default)]
+struct LastSeen(Vec<(u64, i64)>);
+
+impl LastSeen {
+    fn get(&self, h: u64) -> Option<i64> {
+        self.0.iter().find(|(k, _)| *k == h).map(|&(_, t)| t)
+    }
+    /// Record `h` at `t`; returns true when `h` was not there before.
+    fn touch(&mut self, h: u64, t: EventTime, cap: usize) -> bool {
+        if let Some(e) = self.0.iter_mut().find(|(k, _)| *k == h) {
+            e.1 = e.1.max(t.millis());
+            return false;
+        }
+        if self.0.len() >= cap {
+            if let Some(oldest) = (0..self.0.len()).min_by_key(|&i| self.0[i].1) {
+                self.0.swap_remove(oldest);
+            }
+        }
+        self.0.push((h, t.millis()));
+        true
+    }
+    fn count_within(&self, now: EventTime, window_ms: i64) -> i64 {
+        let cutoff = now.millis() - window_ms;
+        self.0.iter().filter(|&&(_, t)| t > cutoff && t <= now.millis()).count() as i64
+    }
+    fn heap_bytes(&self) -> usize {
+        self.0.capacity() * size_of::<(u64, i64)>()
+    }
+}
+
+/// Running mean and variance (Welford) of log10(amount): amounts are
+/// log-normal, so deviation is measured in orders of magnitude.
+#[derive(Debug, Clone, Copy, Default)]
+struct LogStats {
+    n: u32,
+    mean: f64,
+    m2: f64,
+}
+
+impl LogStats {
+    fn add(&mut self, amount: i64) {
+        let x = (amount.max(1) as f64).log10();
+        self.n += 1;
+        let d = x - self.mean;
+        self.mean += d / f64::from(self.n);
+        self.m2 += d * (x - self.mean);
+    }
+    fn zscore(&self, amount: i64) -> f64 {
+        if self.n < 2 {
+            return 0.0;
+        }
+        // A floor on the spread keeps a perfectly regular account (same rent every
+        // month) from turning a tiny change into an enormous score.
+        let sd = (self.m2 / f64::from(self.n - 1)).sqrt().max(0.1);
+        ((amount.max(1) as f64).log10() - self.mean) / sd
+    }
+}
+
+const NEVER: i64 = i64::MIN;
+
+/// Everything kept per sender account.
+#[derive(Debug, Clone)]
+pub struct AccountState {
+    first_seen: i64,
+    last_seen: i64,
+    lifetime_count: u64,
+    max_amount: i64,
+    log_stats: LogStats,
+    out_1m: Ring<10, MINUTE>,
+    out_5m: Ring<12, { 5 * MINUTE }>,
+    out_1h: Ring<24, HOUR>,
+    out_1d: Ring<30, DAY>,
+    payees: LastSeen,
+    new_payees: RecentTimes,
+    /// Device hash and the time this account first used it.
+    devices: Vec<(u64, i64)>,
+    failed_logins: RecentTimes,
+    last_cert_reissue: i64,
+    last_device_registered: i64,
+    last_phone_change: i64,
+    last_remote_app: i64,
+    last_limit_raised: i64,
+    last_ekyc: i64,
+}
+
+impl AccountState {
+    fn new(t: EventTime) -> Self {
+        AccountState {
+            first_seen: t.millis(),
+            last_seen: t.millis(),
+            lifetime_count: 0,
+            max_amount: 0,
+            log_stats: LogStats::default(),
+            out_1m: Ring::default(),
+            out_5m: Ring::default(),
+            out_1h: Ring::default(),
+            out_1d: Ring::default(),
+            payees: LastSeen::default(),
+            new_payees: RecentTimes::default(),
+            devices: Vec::new(),
+            failed_logins: RecentTimes::default(),
+            last_cert_reissue: NEVER,
+            last_device_registered: NEVER,
+            last_phone_change: NEVER,
+            last_remote_app: NEVER,
+            last_limit_raised: NEVER,
+            last_ekyc: NEVER,
+        }
+    }
+
+    fn device_first_seen(&self, h: u64) -> Option<i64> {
+        self.devices.iter().find(|(k, _)| *k == h).map(|&(_, t)| t)
+    }
+
+    fn remember_device(&mut self, h: u64, t: EventTime, cap: usize) {
+        if self.device_first_seen(h).is_some() {
+            return;
+        }
+        if self.devices.len() >= cap {
+            // Forget the device first seen longest ago.
+            if let Some(i) = (0..self.devices.len()).min_by_key(|&i| self.devices[i].1) {
+                self.devices.swap_remove(i);
+            }
+        }
+        self.devices.push((h, t.millis()));
+    }
+
+    fn view(&self, now: EventTime, payee: u64, device: Option<u64>) -> AccountView {
+        let (c10m, s10m) = self.out_1m.total(now, 10);
+        let (c1h, s1h) = self.out_5m.total(now, 12);
+        let (c24h, s24h) = self.out_1h.total(now, 24);
+        let (c7d, s7d) = self.out_1d.total(now, 7);
+        let (c30d, s30d) = self.out_1d.total(now, 30);
+        AccountView {
+            first_seen: EventTime(self.first_seen),
+            lifetime_count: self.lifetime_count,
+            counts: [c10m, c1h, c24h, c7d, c30d],
+            sums: [s10m, s1h, s24h, s7d, s30d],
+            max_amount: self.max_amount,
+            log_zscore_of: self.log_stats,
+            payee_known: self.payees.get(payee).is_some(),
+            known_payees: self.payees.0.len() as i64,
+            new_payees_24h: self.new_payees.count_within(now, DAY),
+            device_first_seen: device.and_then(|d| self.device_first_seen(d)).map(EventTime),
+            last_cert_reissue: opt_time(self.last_cert_reissue),
+            last_device_registered: opt_time(self.last_device_registered),
+            last_phone_change: opt_time(self.last_phone_change),
+            last_remote_app: opt_time(self.last_remote_app),
+            last_limit_raised: opt_time(self.last_limit_raised),
+            last_ekyc: opt_time(self.last_ekyc),
+            failed_logins_1h: self.failed_logins.count_within(now, HOUR),
+        }
+    }
+
+    fn apply_transfer(&mut self, t: EventTime, amount: i64, payee: u64, device: Option<u64>, cfg: &StateConfig) {
+        self.last_seen = self.last_seen.max(t.millis());
+        self.lifetime_count += 1;
+        self.max_amount = self.max_amount.max(amount);
+        self.log_stats.add(amount);
+        self.out_1m.add(t, amount);
+        self.out_5m.add(t, amount);
+        self.out_1h.add(t, amount);
+        self.out_1d.add(t, amount);
+        if self.payees.touch(payee, t, cfg.max_known_payees) {
+            self.new_payees.push(t, DAY, 64);
+        }
+        if let Some(d) = device {
+            self.remember_device(d, t, cfg.max_known_devices);
+        }
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.payees.heap_bytes()
+            + self.new_payees.heap_bytes()
+            + self.devices.capacity() * size_of::<(u64, i64)>()
+            + self.failed_logins.heap_bytes()
+    }
+}
+
+fn opt_time(t: i64) -> Option<EventTime> {
+    (t != NEVER).then_some(EventTime(t))
+}
+
+/// An account as it was just before a transfer, as features read it.
+#[derive(Debug, Clone, Copy)]
+pub struct AccountView {
+    pub first_seen: EventTime,
+    pub lifetime_count: u64,
+    /// Transfers sent in the previous 10 min, 1 h, 24 h, 7 d, 30 d.
+    pub counts: [i64; 5],
+    /// Won sent in the same windows.
+    pub sums: [i64; 5],
+    pub max_amount: i64,
+    log_zscore_of: LogStats,
+    /// The account has sent to this payee before.
+    pub payee_known: bool,
+    pub known_payees: i64,
+    pub new_payees_24h: i64,
+    /// When this account first used the transfer's device, if ever.
+    pub device_first_seen: Option<EventTime>,
+    pub last_cert_reissue: Option<EventTime>,
+    pub last_device_registered: Option<EventTime>,
+    pub last_phone_change: Option<EventTime>,
+    pub last_remote_app: Option<EventTime>,
+    pub last_limit_raised: Option<EventTime>,
+    pub last_ekyc: Option<EventTime>,
+    pub failed_logins_1h: i64,
+}
+
+impl AccountView {
+    /// z-score of log10(amount) against the account's earlier transfers.
+    pub fn amount_log_zscore(&self, amount: i64) -> f64 {
+        self.log_zscore_of.zscore(amount)
+    }
+}
+
+/// Everything kept per payee (bank code + account number), across all senders.
+#[derive(Debug, Clone)]
+pub struct PayeeState {
+    first_seen: i64,
+    last_seen: i64,
+    in_1h: Ring<24, HOUR>,
+    senders: LastSeen,
+    fraud_reports: i64,
+    last_report: i64,
+}
+
+impl PayeeState {
+    fn new(t: EventTime) -> Self {
+        PayeeState {
+            first_seen: t.millis(),
+            last_seen: t.millis(),
+            in_1h: Ring::default(),
+            senders: LastSeen::default(),
+            fraud_reports: 0,
+            last_report: NEVER,
+        }
+    }
+    fn view(&self, now: EventTime) -> PayeeView {
+        let (c24h, s24h) = self.in_1h.total(now, 24);
+        PayeeView {
+            first_seen: EventTime(self.first_seen),
+            distinct_senders_1h: self.senders.count_within(now, HOUR),
+            distinct_senders_24h: self.senders.count_within(now, DAY),
+            in_count_24h: c24h,
+            in_sum_24h: s24h,
+            fraud_reports: self.fraud_reports,
+            last_report: opt_time(self.last_report),
+        }
+    }
+    fn heap_bytes(&self) -> usize {
+        self.senders.heap_bytes()
+    }
+}
+
+/// A payee as it was just before a transfer.
+#[derive(Debug, Clone, Copy)]
+pub struct PayeeView {
+    pub first_seen: EventTime,
+    pub distinct_senders_1h: i64,
+    pub distinct_senders_24h: i64,
+    pub in_count_24h: i64,
+    pub in_sum_24h: i64,
+    pub fraud_reports: i64,
+    pub last_report: Option<EventTime>,
+}
+
+/// Everything kept per device, across all accounts that use it.
+#[derive(Debug, Clone)]
+pub struct DeviceState {
+    last_seen: i64,
+    transfers_5m: Ring<12, { 5 * MINUTE }>,
+    accounts: LastSeen,
+}
+
+impl DeviceState {
+    fn new(t: EventTime) -> Self {
+        DeviceState { last_seen: t.millis(), transfers_5m: Ring::default(), accounts: LastSeen::default() }
+    }
+    fn view(&self, now: EventTime) -> DeviceView {
+        DeviceView {
+            distinct_accounts_24h: self.accounts.count_within(now, DAY),
+            count_1h: self.transfers_5m.total(now, 12).0,
+        }
+    }
+    fn heap_bytes(&self) -> usize {
+        self.accounts.heap_bytes()
+    }
+}
+
+/// A device as it was just before a transfer.
+#[derive(Debug, Clone, Copy)]
+pub struct DeviceView {
+    pub distinct_accounts_24h: i64,
+    pub count_1h: i64,
+}
+
+/// Views of the three entities a transfer touches, each as it was before it.
+#[derive(Debug, Clone, Copy)]
+pub struct Observed {
+    pub account: AccountView,
+    pub payee: PayeeView,
+    pub device: Option<DeviceView>,
+}
+
+/// Entity counts and measured memory.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct MemoryReport {
+    pub accounts: usize,
+    pub payees: usize,
+    pub devices: usize,
+    pub account_bytes: usize,
+    pub payee_bytes: usize,
+    pub device_bytes: usize,
+}
+
+impl MemoryReport {
+    pub fn bytes_per_account(&self) -> usize {
+        self.account_bytes.checked_div(self.accounts).unwrap_or(0)
+    }
+    pub fn bytes_per_payee(&self) -> usize {
+        self.payee_bytes.checked_div(self.payees).unwrap_or(0)
+    }
+    pub fn bytes_per_device(&self) -> usize {
+        self.device_bytes.checked_div(self.devices).unwrap_or(0)
+    }
+    pub fn total_bytes(&self) -> usize {
+        self.account_bytes + self.payee_bytes + self.device_bytes
+    }
+}
+
+type Map<V> = DashMap<Box<str>, V, ahash::RandomState>;
+
+/// A stable 64-bit hash of a key, for the small per-entity sets. Fixed seeds so
+/// the same input gives the same state (and the same decisions) on every run.
+fn key_hash(s: &str) -> u64 {
+    static HASHER: std::sync::OnceLock<ahash::RandomState> = std::sync::OnceLock::new();
+    HASHER
+        .get_or_init(|| ahash::RandomState::with_seeds(0x6664_735f_6b65_7931, 0x9e37_79b9_7f4a_7c15, 0xc2b2_ae3d_27d4_eb4f, 0x1656_67b1_9e37_79f9))
+        .hash_one(s)
+}
+
+/// The engine's memory of accounts, payees and devices.
+pub struct State {
+    cfg: StateConfig,
+    accounts: Map<AccountState>,
+    payees: Map<PayeeState>,
+    devices: Map<DeviceState>,
+}
+
+impl State {
+    pub fn new(cfg: StateConfig) -> Self {
+        State {
+            cfg,
+            accounts: Map::default(),
+            payees: Map::default(),
+            devices: Map::default(),
+        }
+    }
+
+    /// Read the sender, payee and device as they were before `t`, then record `t`.
+    /// `payee_key` is `t.payee_key()`, passed in so it is built once per transfer.
+    pub fn observe_transfer(&self, t: &Transfer, payee_key: &str) -> Observed {
+        let now = t.tran_dtime;
+        let amount = t.tran_amt.get();
+        let payee_h = key_hash(payee_key);
+        let account_h = key_hash(&t.fintech_use_num);
+        let device_h = t.device_id.as_deref().map(key_hash);
+
+        let account = {
+            let mut a = entry(&self.accounts, &t.fintech_use_num, || AccountState::new(now));
+            let view = a.view(now, payee_h, device_h);
+            a.apply_transfer(now, amount, payee_h, device_h, &self.cfg);
+            view
+        };
+        let payee = {
+            let mut p = entry(&self.payees, payee_key, || PayeeState::new(now));
+            let view = p.view(now);
+            p.last_seen = p.last_seen.max(now.millis());
+            p.in_1h.add(now, amount);
+            p.senders.touch(account_h, now, self.cfg.max_payee_senders);
+            view
+        };
+        let device = t.device_id.as_deref().map(|d| {
+            let mut dev = entry(&self.devices, d, || DeviceState::new(now));
+            let view = dev.view(now);
+            dev.last_seen = dev.last_seen.max(now.millis());
+            dev.transfers_5m.add(now, amount);
+            dev.accounts.touch(account_h, now, self.cfg.max_device_accounts);
+            view
+        });
+        Observed { account, payee, device }
+    }
+
+    /// Record a context event or a label. Transfers go through [`observe_transfer`].
+    ///
+    /// [`observe_transfer`]: State::observe_transfer
+    pub fn apply(&self, event: &Event) {
+        let now = event.time();
+        match event {
+            Event::Transfer(t) => {
+                self.observe_transfer(t, &t.payee_key());
+            }
+            Event::Label(l) => self.apply_label(l),
+            Event::Login(e) => {
+                self.with_account(&e.fintech_use_num, now, |a, cfg| {
+                    if !e.success {
+                        a.failed_logins.push(now, HOUR, 64);
+                    }
+                    if let Some(d) = &e.device_id {
+                        a.remember_device(key_hash(d), now, cfg.max_known_devices);
+                    }
+                });
+            }
+            Event::DeviceRegistered(e) => {
+                self.with_account(&e.fintech_use_num, now, |a, cfg| {
+                    a.last_device_registered = now.millis();
+                    a.remember_device(key_hash(&e.device_id), now, cfg.max_known_devices);
+                });
+            }
+            Event::Certificate(e) => {
+                self.with_account(&e.fintech_use_num, now, |a, cfg| {
+                    // A renewal extends a certificate the customer already holds; only a
+                    // new issue or re-issue puts one on a possibly foreign device.
+                    if e.action != CertificateAction::Renewed {
+                        a.last_cert_reissue = now.millis();
+                    }
+                    if let Some(d) = &e.device_id {
+                        a.remember_device(key_hash(d), now, cfg.max_known_devices);
+                    }
+                });
+            }
+            Event::PhoneChanged(e) => {
+                self.with_account(&e.fintech_use_num, now, |a, _| a.last_phone_change = now.millis());
+            }
+            Event::RemoteAppDetected(e) => {
+                self.with_account(&e.fintech_use_num, now, |a, _| a.last_remote_app = now.millis());
+            }
+            Event::LimitRaised(e) => {
+                self.with_account(&e.fintech_use_num, now, |a, _| a.last_limit_raised = now.millis());
+            }
+            Event::EkycCompleted(e) => {
+                self.with_account(&e.fintech_use_num, now, |a, _| a.last_ekyc = now.millis());
+            }
+        }
+    }
+
+    fn with_account(&self, account: &str, now: EventTime, f: impl FnOnce(&mut AccountState, &StateConfig)) {
+        let mut a = entry(&self.accounts, account, || AccountState::new(now));
+        a.last_seen = a.last_seen.max(now.millis());
+        f(&mut a, &self.cfg);
+    }
+
+    /// A fraud report raises the payee's report count; a withdrawal lowers it.
+    fn apply_label(&self, l: &Label) {
+        let now = l.report_dtime;
+        let mut p = entry(&self.payees, &l.payee_key(), || PayeeState::new(now));
+        p.last_seen = p.last_seen.max(now.millis());
+        match l.status {
+            LabelStatus::Fraud => {
+                p.fraud_reports += 1;
+                p.last_report = p.last_report.max(now.millis());
+            }
+            LabelStatus::Cleared => p.fraud_reports = (p.fraud_reports - 1).max(0),
+        }
+    }
+
+    /// Drop entities idle for longer than their TTL, as of event time `now`.
+    /// Returns how many were dropped.
+    pub fn expire(&self, now: EventTime) -> usize {
+        let before = self.accounts.len() + self.payees.len() + self.devices.len();
+        let n = now.millis();
+        self.accounts.retain(|_, a| n - a.last_seen <= self.cfg.account_ttl_ms);
+        // A payee with open fraud reports is kept: forgetting a reported mule
+        // account because it went quiet would reopen it to victims.
+        self.payees.retain(|_, p| p.fraud_reports > 0 || n - p.last_seen <= self.cfg.payee_ttl_ms);
+        self.devices.retain(|_, d| n - d.last_seen <= self.cfg.device_ttl_ms);
+        before - (self.accounts.len() + self.payees.len() + self.devices.len())
+    }
+
+    /// Count entities and measure their memory: the entry itself, its key and its
+    /// heap collections (map overhead per entry is estimated at one hash slot).
+    pub fn memory(&self) -> MemoryReport {
+        fn measure<V>(m: &Map<V>, heap: impl Fn(&V) -> usize) -> usize {
+            let slot = size_of::<(Box<str>, V)>() + size_of::<u64>();
+            m.iter().map(|e| slot + e.key().len() + heap(e.value())).sum()
+        }
+        MemoryReport {
+            accounts: self.accounts.len(),
+            payees: self.payees.len(),
+            devices: self.devices.len(),
+            account_bytes: measure(&self.accounts, AccountState::heap_bytes),
+            payee_bytes: measure(&self.payees, PayeeState::heap_bytes),
+            device_bytes: measure(&self.devices, DeviceState::heap_bytes),
+        }
+    }
+
+    pub fn entities(&self) -> (usize, usize, usize) {
+        (self.accounts.len(), self.payees.len(), self.devices.len())
+    }
+}
+
+/// Get an entity for update, creating it on first sight. The key is allocated
+/// only on creation, not on every lookup.
+fn entry<'a, V>(m: &'a Map<V>, key: &str, new: impl FnOnce() -> V) -> dashmap::mapref::one::RefMut<'a, Box<str>, V> {
+    if let Some(r) = m.get_mut(key) {
+        return r;
+    }
+    m.entry(Box::from(key)).or_insert_with(new)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(secs: i64) -> EventTime {
+        EventTime::from_secs(secs)
+    }
+
+    #[test]
+    fn ring_near_edge_is_exact_and_far_edge_snaps_to_buckets() {
+        let mut r: Ring<10, MINUTE> = Ring::default();
+        // 10:00:00 and 10:00:59 share a bucket; 10:01:00 opens the next.
+        r.add(t(36_000), 5);
+        r.add(t(36_059), 7);
+        assert_eq!(r.total(t(36_059), 10), (2, 12));
+        // 9 minutes later the first bucket is still inside a 10-bucket window...
+        assert_eq!(r.total(t(36_000 + 9 * 60 + 59), 10), (2, 12));
+        // ...and at the tenth bucket it has fallen out.
+        assert_eq!(r.total(t(36_000 + 10 * 60), 10), (0, 0));
+        // A query of fewer buckets sees only the most recent ones.
+        r.add(t(36_000 + 5 * 60), 100);
+        assert_eq!(r.total(t(36_000 + 5 * 60), 1), (1, 100));
+        assert_eq!(r.total(t(36_000 + 5 * 60), 10), (3, 112));
+    }
+
+    #[test]
+    fn ring_clears_stale_slots_after_a_long_gap() {
+        let mut r: Ring<3, MINUTE> = Ring::default();
+        r.add(t(0), 1);
+        r.add(t(60), 2);
+        r.add(t(120), 3);
+        // Jumping far ahead clears every slot, even ones the jump wraps over.
+        r.add(t(60 * 1000 + 60), 10);
+        assert_eq!(r.total(t(60 * 1000 + 60), 3), (1, 10));
+        // Late events older than the ring are dropped, recent late ones counted.
+        r.add(t(0), 99);
+        r.add(t(60 * 1000), 4);
+        assert_eq!(r.total(t(60 * 1000 + 60), 3), (2, 14));
+    }
+
+    #[test]
+    fn last_seen_replaces_the_least_recent_when_full() {
+        let mut s = LastSeen::default();
+        assert!(s.touch(1, t(10), 2));
+        assert!(s.touch(2, t(20), 2));
+        assert!(!s.touch(1, t(30), 2));
+        assert!(s.touch(3, t(40), 2)); // evicts 2, seen least recently
+        assert_eq!(s.get(2), None);
+        assert_eq!(s.get(1), Some(30_000));
+        assert_eq!(s.count_within(t(40), 15_000), 2);
+        assert_eq!(s.count_within(t(40), 10_000), 1);
+    }
+
+    #[test]
+    fn recent_times_window_excludes_its_far_edge() {
+        let mut r = RecentTimes::default();
+        r.push(t(0), HOUR, 8);
+        r.push(t(1800), HOUR, 8);
+        assert_eq!(r.count_within(t(3599), HOUR), 2);
+        assert_eq!(r.count_within(t(3600), HOUR), 1); // (now - 1h, now]
+    }
+
+    #[test]
+    fn log_zscore_measures_orders_of_magnitude() {
+        let mut s = LogStats::default();
+        assert_eq!(s.zscore(1_000), 0.0);
+        for a in [10_000, 20_000, 15_000, 12_000, 30_000] {
+            s.add(a);
+        }
+        assert!(s.zscore(10_000_000) > 5.0);
+        assert!(s.zscore(15_000).abs() < 1.0);
+    }
+}

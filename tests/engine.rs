@@ -1,0 +1,221 @@
+//! The engine end to end on hand-written streams: windows at their edges, the
+//! typologies the starter rules exist for, determinism.
+
+use std::path::Path;
+
+use fds::engine::{Action, Engine, Scored};
+use fds::event::{Event, EventTime};
+use fds::features::{FeatureVector, Value, F, MINUTES_CAP};
+use fds::rules::{RuleSet, Verification};
+
+const ACCT: &str = "120220000000000000000001";
+
+fn at(kst: &str) -> EventTime {
+    EventTime::parse_kst(kst).unwrap()
+}
+
+fn transfer(id: &str, time: &str, amount: i64, payee: &str, device: &str) -> Event {
+    transfer_from(ACCT, id, time, amount, payee, device)
+}
+
+fn transfer_from(acct: &str, id: &str, time: &str, amount: i64, payee: &str, device: &str) -> Event {
+    Event::from_json(
+        format!(
+            r#"{{"type":"transfer","schema_version":1,"bank_tran_id":"{id}","tran_dtime":"{time}","fintech_use_num":"{acct}","tran_amt":{amount},"recv_client_bank_code":"088","recv_client_account_num":"{payee}","recv_client_name":"김민수","channel":"mobile_app","device_id":"{device}","ip":"10.0.0.1","transfer_purpose":"TR"}}"#
+        )
+        .as_bytes(),
+    )
+    .unwrap()
+}
+
+fn context(json: &str) -> Event {
+    Event::from_json(json.as_bytes()).unwrap()
+}
+
+fn starter_engine() -> Engine {
+    Engine::with_rules(RuleSet::load_dir(Path::new("rules")).unwrap())
+}
+
+fn score(engine: &Engine, e: &Event) -> Scored {
+    engine.process(e).expect("a transfer gets a decision")
+}
+
+fn int(fv: &FeatureVector, f: F) -> i64 {
+    match fv.feature(f) {
+        Value::Int(i) => i,
+        other => panic!("{f:?} is {other:?}"),
+    }
+}
+
+fn boolean(fv: &FeatureVector, f: F) -> bool {
+    match fv.feature(f) {
+        Value::Bool(b) => b,
+        other => panic!("{f:?} is {other:?}"),
+    }
+}
+
+#[test]
+fn ten_minute_window_edges() {
+    let engine = Engine::with_rules(RuleSet::empty());
+    score(&engine, &transfer("T1", "20261102100000", 10_000, "1", "D1"));
+    score(&engine, &transfer("T2", "20261102100059", 20_000, "1", "D1"));
+    // 9 min 59 s after the first bucket opened: both still inside.
+    let s = score(&engine, &transfer("T3", "20261102100959", 1_000, "1", "D1"));
+    assert_eq!(int(&s.features, F::ACCT_COUNT_10M), 2);
+    assert_eq!(int(&s.features, F::ACCT_SUM_10M), 30_000);
+    // At 10:10:00 the 10:00 bucket has left the window; T3 (10:09) is inside.
+    let s = score(&engine, &transfer("T4", "20261102101000", 1_000, "1", "D1"));
+    assert_eq!(int(&s.features, F::ACCT_COUNT_10M), 1);
+    assert_eq!(int(&s.features, F::ACCT_SUM_10M), 1_000);
+    // The hour window still holds all four earlier transfers.
+    let s = score(&engine, &transfer("T5", "20261102105500", 1_000, "1", "D1"));
+    assert_eq!(int(&s.features, F::ACCT_COUNT_1H), 4);
+    assert_eq!(int(&s.features, F::ACCT_COUNT_10M), 0);
+    // At 11:00:00 the hour window starts at the 10:05 bucket: T1 and T2 (10:00)
+    // are out; T3 (10:09:59), T4 and T5 are in.
+    let s = score(&engine, &transfer("T6", "20261102110000", 1_000, "1", "D1"));
+    assert_eq!(int(&s.features, F::ACCT_COUNT_1H), 3);
+}
+
+#[test]
+fn day_and_month_windows_edges() {
+    let engine = Engine::with_rules(RuleSet::empty());
+    // Buckets are UTC-aligned: 09:00 KST is 00:00 UTC, a day boundary.
+    score(&engine, &transfer("T1", "20261102090000", 50_000, "1", "D1"));
+    let s = score(&engine, &transfer("T2", "20261103085959", 1_000, "1", "D1"));
+    assert_eq!(int(&s.features, F::ACCT_COUNT_24H), 1);
+    let s = score(&engine, &transfer("T3", "20261103090000", 1_000, "1", "D1"));
+    assert_eq!(int(&s.features, F::ACCT_COUNT_24H), 1, "T1 left the 24 h window, T2 is in it");
+    assert_eq!(int(&s.features, F::ACCT_COUNT_7D), 2);
+    // 29 days later T1's day is the oldest still in the 30-day window.
+    let s = score(&engine, &transfer("T4", "20261201085959", 1_000, "1", "D1"));
+    assert_eq!(int(&s.features, F::ACCT_COUNT_30D), 3);
+    assert_eq!(int(&s.features, F::ACCT_COUNT_7D), 0);
+    // On 3 December (UTC) the window starts on 4 November: only T4 remains.
+    let s = score(&engine, &transfer("T5", "20261203090000", 1_000, "1", "D1"));
+    assert_eq!(int(&s.features, F::ACCT_COUNT_30D), 1, "only T4 remains");
+    assert_eq!(int(&s.features, F::ACCT_SUM_30D), 1_000);
+}
+
+#[test]
+fn features_describe_the_past_not_the_transfer_itself() {
+    let engine = Engine::with_rules(RuleSet::empty());
+    let s = score(&engine, &transfer("T1", "20261102100000", 10_000, "1", "D1"));
+    assert_eq!(int(&s.features, F::ACCT_COUNT_10M), 0);
+    assert!(boolean(&s.features, F::PAYEE_FIRST_SEEN));
+    assert_eq!(int(&s.features, F::DEVICE_AGE_MIN), 0);
+    assert_eq!(int(&s.features, F::MINS_SINCE_CERT_REISSUE), MINUTES_CAP);
+    let s = score(&engine, &transfer("T2", "20261102103000", 10_000, "1", "D1"));
+    assert!(!boolean(&s.features, F::PAYEE_FIRST_SEEN));
+    assert_eq!(int(&s.features, F::DEVICE_AGE_MIN), 30);
+    assert_eq!(int(&s.features, F::AMOUNT), 10_000);
+}
+
+/// The starter rules' reason for existing: certificate re-issued on a new
+/// device, then minutes later a first large transfer to a never-seen payee.
+#[test]
+fn voice_phishing_pattern_is_held_for_a_call_back() {
+    let engine = starter_engine();
+    // A month of ordinary habits: small transfers to two known payees.
+    for day in 1..=28 {
+        let time = format!("202610{day:02}190000");
+        let payee = if day % 2 == 0 { "111" } else { "222" };
+        let s = score(&engine, &transfer(&format!("H{day}"), &time, 50_000, payee, "HOME"));
+        assert_eq!(s.decision.action, Action::Allow, "habitual transfer on day {day}");
+    }
+    engine.process(&context(&format!(
+        r#"{{"type":"device_registered","schema_version":1,"event_dtime":"20261102140000","fintech_use_num":"{ACCT}","device_id":"EVIL"}}"#
+    )));
+    engine.process(&context(&format!(
+        r#"{{"type":"certificate","schema_version":1,"event_dtime":"20261102140200","fintech_use_num":"{ACCT}","action":"reissued","device_id":"EVIL"}}"#
+    )));
+    // The same transfer to a known payee from home is fine...
+    let s = score(&engine, &transfer("K1", "20261102140500", 50_000, "111", "HOME"));
+    assert_eq!(s.decision.action, Action::Allow);
+    // ...the first large transfer to a stranger from the new device is not.
+    let s = score(&engine, &transfer("VP1", "20261102141000", 9_000_000, "999999", "EVIL"));
+    assert_eq!(int(&s.features, F::MINS_SINCE_CERT_REISSUE), 8);
+    assert_eq!(int(&s.features, F::DEVICE_AGE_MIN), 10);
+    assert_eq!(s.decision.action, Action::Hold);
+    assert_eq!(s.decision.verification, Some(Verification::Callback));
+    assert!(s.decision.reason_codes().any(|c| c == "VP001"), "{}", s.decision.to_json());
+    // Two hours later, with no other signal, the same transfer passes the hard rule.
+    let s = score(&engine, &transfer("VP2", "20261102181000", 9_000_000, "888888", "HOME"));
+    assert!(!s.decision.reason_codes().any(|c| c == "VP001"));
+}
+
+#[test]
+fn a_reported_payee_is_held_for_every_later_sender() {
+    let engine = starter_engine();
+    let s = score(&engine, &transfer_from("A1", "T1", "20261102100000", 300_000, "555", "DA"));
+    assert_eq!(s.decision.action, Action::Allow);
+    // Days later the victim reports it; the label names the payee.
+    engine.process(&context(
+        r#"{"type":"label","schema_version":1,"bank_tran_id":"T1","report_dtime":"20261105100000","status":"fraud","typology":"voice_phishing","recv_client_bank_code":"088","recv_client_account_num":"555"}"#,
+    ));
+    let s = score(&engine, &transfer_from("A2", "T2", "20261105110000", 300_000, "555", "DB"));
+    assert_eq!(s.decision.action, Action::Hold);
+    assert!(s.decision.reason_codes().any(|c| c == "MU001"));
+    // A withdrawn report lifts it.
+    engine.process(&context(
+        r#"{"type":"label","schema_version":1,"bank_tran_id":"T1","report_dtime":"20261105120000","status":"cleared","recv_client_bank_code":"088","recv_client_account_num":"555"}"#,
+    ));
+    let s = score(&engine, &transfer_from("A3", "T3", "20261105130000", 300_000, "555", "DC"));
+    assert!(!s.decision.reason_codes().any(|c| c == "MU001"));
+}
+
+#[test]
+fn mule_fan_in_is_held_once_many_senders_pay_a_new_payee() {
+    let engine = starter_engine();
+    let mut held = Vec::new();
+    for i in 0..8 {
+        let acct = format!("V{i}");
+        let time = format!("2026110210{:02}00", i * 5);
+        let s = score(&engine, &transfer_from(&acct, &format!("M{i}"), &time, 700_000, "MULE1", &format!("DV{i}")));
+        held.push(s.decision.action == Action::Hold);
+    }
+    // The first five senders build the fan-in; from the sixth on it is held.
+    assert_eq!(held, [false, false, false, false, false, true, true, true]);
+}
+
+#[test]
+fn same_events_same_decisions() {
+    let events: Vec<Event> = (0..200)
+        .map(|i| {
+            transfer_from(
+                &format!("A{}", i % 7),
+                &format!("T{i}"),
+                &format!("202611021{}{:02}00", i / 60, i % 60),
+                10_000 * (1 + i % 13),
+                &format!("P{}", i % 11),
+                &format!("D{}", i % 5),
+            )
+        })
+        .collect();
+    let run = || {
+        let engine = starter_engine();
+        events.iter().filter_map(|e| engine.process(e)).map(|s| s.decision.fingerprint()).collect::<Vec<_>>()
+    };
+    let a = run();
+    assert_eq!(a.len(), 200);
+    assert_eq!(a, run());
+}
+
+#[test]
+fn decision_json_names_reasons_with_labels() {
+    let engine = starter_engine();
+    engine.process(&context(&format!(
+        r#"{{"type":"remote_app_detected","schema_version":1,"event_dtime":"20261102100000","fintech_use_num":"{ACCT}","app_name":"TeamViewer QS"}}"#
+    )));
+    let s = score(&engine, &transfer("R1", "20261102101500", 800_000, "777", "HOME"));
+    let json: serde_json::Value = serde_json::from_str(&s.decision.to_json()).unwrap();
+    assert_eq!(json["decision"], "hold");
+    assert_eq!(json["verification"], "callback");
+    assert_eq!(json["bank_tran_id"], "R1");
+    assert_eq!(json["schema_version"], 1);
+    let reasons = json["reasons"].as_array().unwrap();
+    assert!(reasons.iter().any(|r| r["code"] == "VP002" && r["label"].as_str().unwrap().contains("원격제어")));
+    assert!(json["ruleset_version"].as_str().unwrap().starts_with("rs-"));
+    assert!(json["engine_latency_us"].as_f64().unwrap() > 0.0);
+    assert!(!s.decision.fingerprint().contains("latency"));
+}
