@@ -14,7 +14,7 @@
 //!   stands for "never seen": a rule writes `mins_since_cert_reissue <= 30`
 //!   without caring whether the account ever had a certificate event.
 
-use crate::event::{Channel, EventTime, Transfer};
+use crate::event::{Channel, EventTime, Transfer, TransferPurpose};
 use crate::state::Observed;
 
 /// "Minutes since" features stop counting here; it also means "never".
@@ -89,6 +89,7 @@ schema! {
     CHANNEL_MOBILE_APP: Bool = "channel_mobile_app", "sent from the bank's mobile app";
     CHANNEL_INTERNET_BANKING: Bool = "channel_internet_banking", "sent from internet banking";
     CHANNEL_OPEN_BANKING: Bool = "channel_open_banking", "sent through an open-banking partner";
+    PURPOSE_PAYMENT: Bool = "purpose_payment", "a payment to a merchant (transfer_purpose ST), not a money transfer";
     ACCT_COUNT_10M: Int = "acct_count_10m", "sender's transfers in the previous 10 minutes";
     ACCT_COUNT_1H: Int = "acct_count_1h", "sender's transfers in the previous hour";
     ACCT_COUNT_24H: Int = "acct_count_24h", "sender's transfers in the previous 24 hours";
@@ -216,6 +217,7 @@ pub fn compute(t: &Transfer, seen: &Observed) -> FeatureVector {
         Bool(t.channel == Channel::MobileApp),
         Bool(t.channel == Channel::InternetBanking),
         Bool(t.channel == Channel::OpenBanking),
+        Bool(t.transfer_purpose == TransferPurpose::Payment),
         Int(a.counts[0]),
         Int(a.counts[1]),
         Int(a.counts[2]),

@@ -167,6 +167,10 @@ pub struct Options {
     pub progress: bool,
     /// Write every decision here as a JSON line.
     pub decisions_out: Option<Box<dyn Write>>,
+    /// The first stretch of event time only builds state: those transfers are
+    /// scored (and timed) but left out of decision counts and detection quality,
+    /// as a bank warms a new engine on history before trusting its numbers.
+    pub warmup: Duration,
 }
 
 /// Engine latency per transfer, in microseconds.
@@ -235,6 +239,8 @@ pub struct Report {
     pub labels: u64,
     pub bad_lines: u64,
     pub bad_line_samples: Vec<BadLine>,
+    /// Transfers scored during the warm-up and left out of the counts below.
+    pub warmup_transfers: u64,
     pub elapsed_s: f64,
     pub events_per_s: f64,
     pub latency: Latency,
@@ -255,6 +261,8 @@ struct TxRecord {
     hold: bool,
     /// Bit i set when rule i fired (live or shadow); rules past 64 are not tracked.
     fired: u64,
+    /// False for warm-up transfers, which quality leaves out.
+    counted: bool,
 }
 
 /// A 64-bit key for a transfer id: 10M transfers fit in a few hundred MB this
@@ -283,6 +291,7 @@ pub fn run(engine: &Engine, sources: Vec<Source>, mut opts: Options) -> Result<R
         labels: 0,
         bad_lines: 0,
         bad_line_samples: Vec::new(),
+        warmup_transfers: 0,
         elapsed_s: 0.0,
         events_per_s: 0.0,
         latency: Latency::default(),
@@ -297,6 +306,7 @@ pub fn run(engine: &Engine, sources: Vec<Source>, mut opts: Options) -> Result<R
     };
     let started = Instant::now();
     let mut first_event_ms: Option<i64> = None;
+    let mut warm_until_ms: Option<i64> = None;
     let mut done_bytes = 0u64;
     let limit = opts.limit.unwrap_or(u64::MAX);
 
@@ -323,13 +333,24 @@ pub fn run(engine: &Engine, sources: Vec<Source>, mut opts: Options) -> Result<R
                 report.labels += 1;
                 labels.insert(tx_key(&l.bank_tran_id), (l.status, l.typology.clone()));
             }
+            let warm_until = *warm_until_ms.get_or_insert(event.time().millis().saturating_add(opts.warmup.as_millis() as i64));
             match engine.process(&event) {
                 Some(scored) => {
                     let d = scored.decision;
-                    report.transfers += 1;
                     let _ = hist.record(d.latency_ns.max(1));
                     digest.update(d.fingerprint().as_bytes());
                     digest.update(b"\n");
+                    if let Some(out) = opts.decisions_out.as_mut() {
+                        writeln!(out, "{}", d.to_json()).map_err(ReplayError::Output)?;
+                    }
+                    let Event::Transfer(t) = &event else { unreachable!("only transfers are scored") };
+                    if d.event_time.millis() < warm_until {
+                        report.warmup_transfers += 1;
+                        let r = TxRecord { amount: t.tran_amt.get(), hold: d.is_hold(), fired: 0, counted: false };
+                        records.insert(tx_key(&t.bank_tran_id), r);
+                        continue;
+                    }
+                    report.transfers += 1;
                     let mut fired = 0u64;
                     for &i in d.fired.iter().chain(d.shadow_fired.iter()) {
                         let i = usize::from(i);
@@ -342,15 +363,8 @@ pub fn run(engine: &Engine, sources: Vec<Source>, mut opts: Options) -> Result<R
                         }
                     }
                     count_decision(&mut report, &d);
-                    if let Event::Transfer(t) = &event {
-                        records.insert(
-                            tx_key(&t.bank_tran_id),
-                            TxRecord { amount: t.tran_amt.get(), hold: d.is_hold(), fired },
-                        );
-                    }
-                    if let Some(out) = opts.decisions_out.as_mut() {
-                        writeln!(out, "{}", d.to_json()).map_err(ReplayError::Output)?;
-                    }
+                    let r = TxRecord { amount: t.tran_amt.get(), hold: d.is_hold(), fired, counted: true };
+                    records.insert(tx_key(&t.bank_tran_id), r);
                 }
                 None if !matches!(event, Event::Label(_)) => report.context_events += 1,
                 None => {}
@@ -456,6 +470,9 @@ fn quality(records: &HashMap<u64, TxRecord>, labels: &HashMap<u64, (LabelStatus,
             q.unmatched_labels += 1;
             continue;
         };
+        if !r.counted {
+            continue;
+        }
         let t = by.entry(typology.clone()).or_insert_with(|| TypologyQuality {
             typology: typology.clone(),
             frauds: 0,
@@ -476,7 +493,7 @@ fn quality(records: &HashMap<u64, TxRecord>, labels: &HashMap<u64, (LabelStatus,
         }
     }
     for (key, r) in records {
-        if r.hold && is_fraud(labels, *key).is_none() {
+        if r.counted && r.hold && is_fraud(labels, *key).is_none() {
             q.held_genuine += 1;
             q.held_genuine_won += r.amount;
         }
@@ -547,6 +564,9 @@ impl Report {
         }
         if self.bad_lines as usize > self.bad_line_samples.len() {
             let _ = writeln!(w, "    ... {} more", self.bad_lines as usize - self.bad_line_samples.len());
+        }
+        if self.warmup_transfers > 0 {
+            let _ = writeln!(w, "  warm-up: the first {} transfers built state and are left out of the counts below", self.warmup_transfers);
         }
         let _ = writeln!(w, "\nthroughput  {:.0} events/s over {:.2} s (one thread, parsing included)", self.events_per_s, self.elapsed_s);
         let l = &self.latency;

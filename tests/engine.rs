@@ -174,8 +174,8 @@ fn mule_fan_in_is_held_once_many_senders_pay_a_new_payee() {
         let s = score(&engine, &transfer_from(&acct, &format!("M{i}"), &time, 700_000, "MULE1", &format!("DV{i}")));
         held.push(s.decision.action == Action::Hold);
     }
-    // The first five senders build the fan-in; from the sixth on it is held.
-    assert_eq!(held, [false, false, false, false, false, true, true, true]);
+    // The first three senders build the fan-in; from the fourth on it is held.
+    assert_eq!(held, [false, false, false, true, true, true, true, true]);
 }
 
 #[test]

@@ -4,6 +4,7 @@ use std::fs::File;
 use std::io::{BufWriter, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use arc_swap::ArcSwap;
@@ -17,6 +18,8 @@ use fds::state::StateConfig;
 
 /// The demo stream that ships with the repository.
 const DEMO_REPLAY: &str = "replay-data/demo.jsonl.gz";
+/// The demo's engine starts empty; its first days only build state.
+const DEMO_WARMUP_DAYS: f64 = 2.0;
 
 #[derive(Parser)]
 #[command(name = "fds", version, about = "Real-time fraud detection for money transfers")]
@@ -32,7 +35,7 @@ enum Command {
     Replay {
         /// Files to replay in order: JSON lines (.jsonl, .jsonl.gz) or the
         /// handbook's transactions.csv.gz (or its directory).
-        #[arg(default_value = DEMO_REPLAY)]
+        #[arg(required = true)]
         files: Vec<PathBuf>,
         /// Rule directory.
         #[arg(long, default_value = "rules")]
@@ -51,6 +54,17 @@ enum Command {
         /// Write every decision as a JSON line to this file.
         #[arg(long, value_name = "FILE")]
         decisions_out: Option<PathBuf>,
+        /// Days of event time at the start that only build state: scored, but
+        /// left out of decision counts and detection quality.
+        #[arg(long, default_value_t = 0.0, value_name = "DAYS")]
+        warmup_days: f64,
+    },
+    /// Replay the shipped demo stream (replay-data/demo.jsonl.gz: 7 days of
+    /// generated traffic; the first 2 days build state) through rules/.
+    Demo {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Write a deterministic, labelled stream of Korean transfer traffic.
     Generate {
@@ -93,8 +107,21 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Replay { files, rules, format, pace, limit, json, decisions_out } => {
-            replay_cmd(&files, &rules, format, pace, limit, json, decisions_out)
+        Command::Replay { files, rules, format, pace, limit, json, decisions_out, warmup_days } => {
+            let args = ReplayArgs { rules, format, pace, limit, json, decisions_out, warmup_days };
+            replay_cmd(&files, args)
+        }
+        Command::Demo { json } => {
+            let args = ReplayArgs {
+                rules: "rules".into(),
+                format: Format::Auto,
+                pace: None,
+                limit: None,
+                json,
+                decisions_out: None,
+                warmup_days: DEMO_WARMUP_DAYS,
+            };
+            replay_cmd(&[PathBuf::from(DEMO_REPLAY)], args)
         }
         Command::Generate { out, seed, accounts, days, start } => {
             let cfg = GeneratorConfig { seed, accounts, days, start, ..GeneratorConfig::default() };
@@ -114,22 +141,27 @@ fn load_rules(dir: &Path) -> Result<RuleSet> {
     RuleSet::load_dir(dir).with_context(|| format!("rule directory {} was rejected", dir.display()))
 }
 
-#[allow(clippy::too_many_arguments)]
-fn replay_cmd(
-    files: &[PathBuf],
-    rules_dir: &Path,
+struct ReplayArgs {
+    rules: PathBuf,
     format: Format,
     pace: Option<f64>,
     limit: Option<u64>,
     json: bool,
     decisions_out: Option<PathBuf>,
-) -> Result<()> {
+    warmup_days: f64,
+}
+
+fn replay_cmd(files: &[PathBuf], args: ReplayArgs) -> Result<()> {
+    let ReplayArgs { rules, format, pace, limit, json, decisions_out, warmup_days } = args;
     if let Some(p) = pace {
         if !(p > 0.0 && p.is_finite()) {
             bail!("--pace must be a positive speed factor, got {p}");
         }
     }
-    let rules = load_rules(rules_dir)?;
+    if !(warmup_days >= 0.0 && warmup_days.is_finite()) {
+        bail!("--warmup-days must be zero or more, got {warmup_days}");
+    }
+    let rules = load_rules(&rules)?;
     let engine = Engine::new(StateConfig::default(), Arc::new(ArcSwap::from_pointee(rules)));
     let sources = files
         .iter()
@@ -154,6 +186,7 @@ fn replay_cmd(
         limit,
         progress: !json && std::io::stderr().is_terminal(),
         decisions_out,
+        warmup: Duration::from_secs_f64(warmup_days * 86_400.0),
     };
     let report = replay::run(&engine, sources, opts)?;
     if json {
