@@ -29,7 +29,9 @@
 
 use std::mem::size_of;
 
+use compact_str::CompactString;
 use dashmap::DashMap;
+use smallvec::SmallVec;
 
 use crate::event::{CertificateAction, Event, EventTime, Label, LabelStatus, Transfer};
 
@@ -102,10 +104,11 @@ impl<const N: usize, const WIDTH_MS: i64> Ring<N, WIDTH_MS> {
         if self.head == i64::MIN || b > self.head {
             // Clear the buckets between the old head and the new one.
             let stale = if self.head == i64::MIN { N as i64 } else { (b - self.head).min(N as i64) };
-            for k in 0..stale {
-                let s = Self::slot(b - k);
+            let mut s = Self::slot(b);
+            for _ in 0..stale {
                 self.counts[s] = 0;
                 self.sums[s] = 0;
+                s = if s == 0 { N - 1 } else { s - 1 };
             }
             self.head = b;
         } else if b <= self.head - N as i64 {
@@ -127,12 +130,19 @@ impl<const N: usize, const WIDTH_MS: i64> Ring<N, WIDTH_MS> {
         let lo = (nb - k as i64 + 1).max(self.head - N as i64 + 1);
         let hi = nb.min(self.head);
         let (mut c, mut s) = (0i64, 0i64);
-        let mut b = lo;
-        while b <= hi {
-            let i = Self::slot(b);
+        if hi < lo {
+            return (0, 0);
+        }
+        // One division for the first slot, then walk and wrap: a division per
+        // bucket would cost more than everything else in the read.
+        let mut i = Self::slot(lo);
+        for _ in lo..=hi {
             c += i64::from(self.counts[i]);
             s = s.saturating_add(self.sums[i]);
-            b += 1;
+            i += 1;
+            if i == N {
+                i = 0;
+            }
         }
         (c, s)
     }
@@ -140,7 +150,7 @@ impl<const N: usize, const WIDTH_MS: i64> Ring<N, WIDTH_MS> {
 
 /// Times of recent occurrences, newest last, pruned by age and capped in length.
 #[derive(Debug, Clone, Default)]
-struct RecentTimes(Vec<i64>);
+struct RecentTimes(SmallVec<[i64; 4]>);
 
 impl RecentTimes {
     fn push(&mut self, t: EventTime, keep_ms: i64, cap: usize) {
@@ -163,14 +173,14 @@ impl RecentTimes {
         self.0.iter().rev().take_while(|&&x| x > cutoff).count() as i64
     }
     fn heap_bytes(&self) -> usize {
-        self.0.capacity() * size_of::<i64>()
+        if self.0.spilled() { self.0.capacity() * size_of::<i64>() } else { 0 }
     }
 }
 
 /// Distinct keys (by 64-bit hash) with the last time each was seen, capped:
 /// when full, the least recently seen key is replaced.
 #[derive(Debug, Clone, Default)]
-struct LastSeen(Vec<(u64, i64)>);
+struct LastSeen(SmallVec<[(u64, i64); 6]>);
 
 impl LastSeen {
     fn get(&self, h: u64) -> Option<i64> {
@@ -195,7 +205,7 @@ impl LastSeen {
         self.0.iter().filter(|&&(_, t)| t > cutoff && t <= now.millis()).count() as i64
     }
     fn heap_bytes(&self) -> usize {
-        self.0.capacity() * size_of::<(u64, i64)>()
+        if self.0.spilled() { self.0.capacity() * size_of::<(u64, i64)>() } else { 0 }
     }
 }
 
@@ -244,7 +254,7 @@ pub struct AccountState {
     payees: LastSeen,
     new_payees: RecentTimes,
     /// Device hash and the time this account first used it.
-    devices: Vec<(u64, i64)>,
+    devices: SmallVec<[(u64, i64); 3]>,
     failed_logins: RecentTimes,
     last_cert_reissue: i64,
     last_device_registered: i64,
@@ -268,7 +278,7 @@ impl AccountState {
             out_1d: Ring::default(),
             payees: LastSeen::default(),
             new_payees: RecentTimes::default(),
-            devices: Vec::new(),
+            devices: SmallVec::new(),
             failed_logins: RecentTimes::default(),
             last_cert_reissue: NEVER,
             last_device_registered: NEVER,
@@ -343,7 +353,7 @@ impl AccountState {
     fn heap_bytes(&self) -> usize {
         self.payees.heap_bytes()
             + self.new_payees.heap_bytes()
-            + self.devices.capacity() * size_of::<(u64, i64)>()
+            + if self.devices.spilled() { self.devices.capacity() * size_of::<(u64, i64)>() } else { 0 }
             + self.failed_logins.heap_bytes()
     }
 }
@@ -500,7 +510,11 @@ impl MemoryReport {
     }
 }
 
-type Map<V> = DashMap<Box<str>, V, ahash::RandomState>;
+/// Keys up to 24 bytes (account numbers, fintech use numbers, payee keys,
+/// device ids) are stored inline and values are boxed, so the table itself is
+/// small (32 bytes a slot) and mostly stays in cache: a lookup then costs about
+/// one cache miss, for the entity itself, instead of three.
+type Map<V> = DashMap<CompactString, Box<V>, ahash::RandomState>;
 
 /// A stable 64-bit hash of a key, for the small per-entity sets. Fixed seeds so
 /// the same input gives the same state (and the same decisions) on every run.
@@ -653,8 +667,8 @@ impl State {
     /// heap collections (map overhead per entry is estimated at one hash slot).
     pub fn memory(&self) -> MemoryReport {
         fn measure<V>(m: &Map<V>, heap: impl Fn(&V) -> usize) -> usize {
-            let slot = size_of::<(Box<str>, V)>() + size_of::<u64>();
-            m.iter().map(|e| slot + e.key().len() + heap(e.value())).sum()
+            let slot = size_of::<(CompactString, Box<V>)>() + size_of::<u64>() + size_of::<V>();
+            m.iter().map(|e| slot + usize::from(e.key().is_heap_allocated()) * e.key().len() + heap(e.value())).sum()
         }
         MemoryReport {
             accounts: self.accounts.len(),
@@ -673,11 +687,11 @@ impl State {
 
 /// Get an entity for update, creating it on first sight. The key is allocated
 /// only on creation, not on every lookup.
-fn entry<'a, V>(m: &'a Map<V>, key: &str, new: impl FnOnce() -> V) -> dashmap::mapref::one::RefMut<'a, Box<str>, V> {
+fn entry<'a, V>(m: &'a Map<V>, key: &str, new: impl FnOnce() -> V) -> dashmap::mapref::one::RefMut<'a, CompactString, Box<V>> {
     if let Some(r) = m.get_mut(key) {
         return r;
     }
-    m.entry(Box::from(key)).or_insert_with(new)
+    m.entry(CompactString::from(key)).or_insert_with(|| Box::new(new()))
 }
 
 #[cfg(test)]
