@@ -1,0 +1,48 @@
+//! The `fds` command as a user runs it.
+
+use std::process::Command;
+
+fn fds(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_fds"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("fds runs")
+}
+
+#[test]
+fn rules_check_accepts_the_shipped_rules_and_rejects_a_bad_file_with_positions() {
+    let ok = fds(&["rules", "check", "rules"]);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("OK"));
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("bad.toml"),
+        "[[rule]]\nid = \"X1\"\nlabel = \"l\"\ndescription = \"d\"\nwhen = \"amout >= 1\"\naction = \"hold\"\nverify = \"ars\"\nreason = \"R\"\n",
+    )
+    .unwrap();
+    let bad = fds(&["rules", "check", dir.path().to_str().unwrap()]);
+    assert_eq!(bad.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("bad.toml:5:9: unknown feature `amout`"), "{err}");
+}
+
+#[test]
+fn demo_prints_a_report_with_quality_per_typology() {
+    let out = fds(&["demo", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report["transfers"].as_u64().unwrap() > 50_000);
+    assert!(report["warmup_transfers"].as_u64().unwrap() > 0);
+    assert!(report["latency"]["p99_us"].as_f64().unwrap() > 0.0);
+    let typologies = report["quality"]["by_typology"].as_array().unwrap();
+    assert_eq!(typologies.len(), 5, "{typologies:?}");
+}
+
+#[test]
+fn replay_without_a_readable_file_says_which() {
+    let out = fds(&["replay", "no/such/file.jsonl"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no/such/file.jsonl"));
+}
