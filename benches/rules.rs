@@ -162,9 +162,7 @@ fn vector(set: &[(F, Value)]) -> FeatureVector {
     for (v, d) in values.iter_mut().zip(SCHEMA) {
         *v = match d.kind {
             Kind::Bool => Value::Bool(false),
-            Kind::Int if d.name.starts_with("mins_since") || d.name.ends_with("_age_min") => {
-                Value::Int(MINUTES_CAP)
-            }
+            Kind::Int if d.name.starts_with("mins_since") || d.name.ends_with("_age_min") => Value::Int(MINUTES_CAP),
             Kind::Int => Value::Int(0),
             Kind::Float => Value::Float(0.0),
         };
@@ -250,55 +248,25 @@ fn bench(c: &mut Criterion) {
         (
             "ordinary",
             ordinary(),
-            Keys {
-                account: "1202200001",
-                payee: "004-555000111",
-                device: Some("DEV-A"),
-                ip: Some("10.1.2.3"),
-            },
+            Keys { account: "1202200001", payee: "004-555000111", device: Some("DEV-A"), ip: Some("10.1.2.3") },
         ),
         (
             "voice_phishing",
             voice_phishing(),
-            Keys {
-                account: "1202200002",
-                payee: "020-998877",
-                device: Some("DEV-NEW"),
-                ip: None,
-            },
+            Keys { account: "1202200002", payee: "020-998877", device: Some("DEV-NEW"), ip: None },
         ),
-        (
-            "mule_payee",
-            mule_payee(),
-            Keys {
-                account: "1202200003",
-                payee: "088-110100004242",
-                device: None,
-                ip: None,
-            },
-        ),
+        ("mule_payee", mule_payee(), Keys { account: "1202200003", payee: "088-110100004242", device: None, ip: None }),
     ];
     // Guard that the cases exercise what they claim.
     let vp = set.evaluate(&cases[1].1, &cases[1].2);
-    assert!(
-        vp.fired.len() >= 4 && vp.hold.is_some(),
-        "voice-phishing case should fire: {vp:?}"
-    );
+    assert!(vp.fired.len() >= 4 && vp.hold.is_some(), "voice-phishing case should fire: {vp:?}");
     let mule = set.evaluate(&cases[2].1, &cases[2].2);
-    assert!(
-        mule.hold.is_some() && !mule.shadow_fired.is_empty(),
-        "mule case should fire: {mule:?}"
-    );
-    assert!(
-        set.evaluate(&cases[0].1, &cases[0].2).fired.is_empty(),
-        "ordinary case should not fire"
-    );
+    assert!(mule.hold.is_some() && !mule.shadow_fired.is_empty(), "mule case should fire: {mule:?}");
+    assert!(set.evaluate(&cases[0].1, &cases[0].2).fired.is_empty(), "ordinary case should not fire");
 
     let mut group = c.benchmark_group("rules/evaluate");
     for (name, features, keys) in &cases {
-        group.bench_function(*name, |b| {
-            b.iter(|| set.evaluate(black_box(features), black_box(keys)))
-        });
+        group.bench_function(*name, |b| b.iter(|| set.evaluate(black_box(features), black_box(keys))));
     }
     group.finish();
 }

@@ -181,12 +181,8 @@ impl Engine {
         let seen = self.state.observe_transfer(t, &payee);
         let features = features::compute(t, &seen);
         let rules = self.rules.load_full();
-        let keys = Keys {
-            account: &t.fintech_use_num,
-            payee: &payee,
-            device: t.device_id.as_deref(),
-            ip: t.ip.as_deref(),
-        };
+        let keys =
+            Keys { account: &t.fintech_use_num, payee: &payee, device: t.device_id.as_deref(), ip: t.ip.as_deref() };
         let outcome = rules.evaluate(&features, &keys);
         let decision = Decision {
             bank_tran_id: t.bank_tran_id.clone(),
@@ -211,10 +207,7 @@ impl Engine {
             return;
         }
         if now.millis() - last >= EXPIRE_EVERY_MS
-            && self
-                .last_expiry
-                .compare_exchange(last, now.millis(), Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
+            && self.last_expiry.compare_exchange(last, now.millis(), Ordering::Relaxed, Ordering::Relaxed).is_ok()
         {
             let dropped = self.state.expire(now);
             if dropped > 0 {

@@ -80,17 +80,9 @@ impl EventTime {
         if b.len() != 14 || !b.iter().all(u8::is_ascii_digit) {
             return Err(format!("expected 14 digits YYYYMMDDhhmmss, got {s:?}"));
         }
-        let num = |r: std::ops::Range<usize>| -> u32 {
-            b[r].iter().fold(0u32, |acc, d| acc * 10 + u32::from(d - b'0'))
-        };
-        let (y, mo, d, h, mi, se) = (
-            num(0..4) as i32,
-            num(4..6),
-            num(6..8),
-            num(8..10),
-            num(10..12),
-            num(12..14),
-        );
+        let num =
+            |r: std::ops::Range<usize>| -> u32 { b[r].iter().fold(0u32, |acc, d| acc * 10 + u32::from(d - b'0')) };
+        let (y, mo, d, h, mi, se) = (num(0..4) as i32, num(4..6), num(6..8), num(8..10), num(10..12), num(12..14));
         let local = chrono::NaiveDate::from_ymd_opt(y, mo, d)
             .and_then(|date| date.and_hms_opt(h, mi, se))
             .ok_or_else(|| format!("{s:?} is not a valid date and time"))?;
@@ -98,9 +90,7 @@ impl EventTime {
     }
     /// Format as `YYYYMMDDhhmmss` on the Korean clock (sub-second part dropped).
     pub fn format_kst(self) -> String {
-        let local = chrono::DateTime::from_timestamp_millis(self.0 + KST_OFFSET_MS)
-            .unwrap_or_default()
-            .naive_utc();
+        let local = chrono::DateTime::from_timestamp_millis(self.0 + KST_OFFSET_MS).unwrap_or_default().naive_utc();
         local.format("%Y%m%d%H%M%S").to_string()
     }
 }
@@ -170,9 +160,7 @@ impl<'de> Deserialize<'de> for SchemaVersion {
         if v == SCHEMA_VERSION {
             Ok(SchemaVersion)
         } else {
-            Err(serde::de::Error::custom(format!(
-                "unsupported schema_version {v}, this engine reads {SCHEMA_VERSION}"
-            )))
+            Err(serde::de::Error::custom(format!("unsupported schema_version {v}, this engine reads {SCHEMA_VERSION}")))
         }
     }
 }

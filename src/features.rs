@@ -173,7 +173,6 @@ impl FeatureVector {
     }
 }
 
-
 /// Minutes from `since` to `now`, capped at [`MINUTES_CAP`]; `None` means never.
 #[inline]
 fn minutes_since(now: EventTime, since: Option<EventTime>) -> i64 {

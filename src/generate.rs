@@ -81,9 +81,8 @@ use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::event::{
-    Certificate, CertificateAction, Channel, DeviceRegistered, EkycCompleted, Event, EventTime,
-    Label, LabelStatus, LimitRaised, Login, PhoneChanged, RemoteAppDetected, SchemaVersion,
-    Transfer, TransferPurpose, Won,
+    Certificate, CertificateAction, Channel, DeviceRegistered, EkycCompleted, Event, EventTime, Label, LabelStatus,
+    LimitRaised, Login, PhoneChanged, RemoteAppDetected, SchemaVersion, Transfer, TransferPurpose, Won,
 };
 
 /// Why traffic could not be generated.
@@ -150,10 +149,7 @@ impl GeneratorConfig {
     pub fn validate(&self) -> Result<(), GenerateError> {
         let bad = |m: String| Err(GenerateError::Config(m));
         if !(100..=MAX_ACCOUNTS).contains(&self.accounts) {
-            return bad(format!(
-                "accounts must be 100..={MAX_ACCOUNTS}, got {}",
-                self.accounts
-            ));
+            return bad(format!("accounts must be 100..={MAX_ACCOUNTS}, got {}", self.accounts));
         }
         if !(1..=MAX_DAYS).contains(&self.days) {
             return bad(format!("days must be 1..={MAX_DAYS}, got {}", self.days));
@@ -165,10 +161,7 @@ impl GeneratorConfig {
             ));
         }
         if !(2000..=2999).contains(&self.start.year()) {
-            return bad(format!(
-                "start must be in the years 2000..=2999, got {}",
-                self.start
-            ));
+            return bad(format!("start must be in the years 2000..=2999, got {}", self.start));
         }
         for (name, v) in [
             ("voice_phishing_per_10k", self.voice_phishing_per_10k),
@@ -180,19 +173,11 @@ impl GeneratorConfig {
                 return bad(format!("{name} must be 0..={MAX_PER_10K}, got {v}"));
             }
         }
-        if !(self.fan_out_probability.is_finite()
-            && (0.0..=1.0).contains(&self.fan_out_probability))
-        {
-            return bad(format!(
-                "fan_out_probability must be 0..=1, got {}",
-                self.fan_out_probability
-            ));
+        if !(self.fan_out_probability.is_finite() && (0.0..=1.0).contains(&self.fan_out_probability)) {
+            return bad(format!("fan_out_probability must be 0..=1, got {}", self.fan_out_probability));
         }
         if !(self.false_report_rate.is_finite() && (0.0..=0.1).contains(&self.false_report_rate)) {
-            return bad(format!(
-                "false_report_rate must be 0..=0.1, got {}",
-                self.false_report_rate
-            ));
+            return bad(format!("false_report_rate must be 0..=0.1, got {}", self.false_report_rate));
         }
         Ok(())
     }
@@ -238,18 +223,10 @@ pub fn generate_with_progress<W: Write>(
     for day in 0..cfg.days {
         g.day(day);
         if g.sink.overflow {
-            return Err(GenerateError::Capacity(
-                "more than 4 billion records".into(),
-            ));
+            return Err(GenerateError::Capacity("more than 4 billion records".into()));
         }
         let day_end = (day + 1) * DAY;
-        w.write_until(
-            &g.world,
-            &mut g.sink.recs,
-            Some(day_end),
-            &mut out,
-            progress,
-        )?;
+        w.write_until(&g.world, &mut g.sink.recs, Some(day_end), &mut out, progress)?;
     }
     w.write_until(&g.world, &mut g.sink.recs, None, &mut out, progress)?;
     out.flush()?;
@@ -317,14 +294,7 @@ const T_ATO: u8 = 2;
 const T_FAN_IN: u8 = 3;
 const T_FAN_OUT: u8 = 4;
 const T_LOAN: u8 = 5;
-const TYPOLOGIES: [&str; 6] = [
-    "",
-    "voice_phishing",
-    "account_takeover",
-    "mule_fan_in",
-    "mule_fan_out",
-    "loan_fraud",
-];
+const TYPOLOGIES: [&str; 6] = ["", "voice_phishing", "account_takeover", "mule_fan_in", "mule_fan_out", "loan_fraud"];
 
 /// Transfer `extra` bit: a label refers to this transfer.
 const X_LABELLED: u8 = 1;
@@ -355,69 +325,15 @@ struct Bank {
 }
 
 const BANKS: [Bank; 9] = [
-    Bank {
-        code: "004",
-        weight: 20,
-        mule_weight: 10,
-        prefix: "",
-        len: 14,
-    }, // KB국민
-    Bank {
-        code: "088",
-        weight: 16,
-        mule_weight: 8,
-        prefix: "110",
-        len: 12,
-    }, // 신한
-    Bank {
-        code: "020",
-        weight: 12,
-        mule_weight: 8,
-        prefix: "1002",
-        len: 13,
-    }, // 우리
-    Bank {
-        code: "081",
-        weight: 11,
-        mule_weight: 8,
-        prefix: "",
-        len: 14,
-    }, // 하나
-    Bank {
-        code: "011",
-        weight: 14,
-        mule_weight: 8,
-        prefix: "3",
-        len: 13,
-    }, // NH농협
-    Bank {
-        code: "003",
-        weight: 7,
-        mule_weight: 4,
-        prefix: "",
-        len: 14,
-    }, // IBK기업
-    Bank {
-        code: "090",
-        weight: 12,
-        mule_weight: 30,
-        prefix: "3333",
-        len: 13,
-    }, // 카카오뱅크
-    Bank {
-        code: "089",
-        weight: 3,
-        mule_weight: 12,
-        prefix: "100",
-        len: 12,
-    }, // 케이뱅크
-    Bank {
-        code: "092",
-        weight: 5,
-        mule_weight: 12,
-        prefix: "100",
-        len: 12,
-    }, // 토스뱅크
+    Bank { code: "004", weight: 20, mule_weight: 10, prefix: "", len: 14 }, // KB국민
+    Bank { code: "088", weight: 16, mule_weight: 8, prefix: "110", len: 12 }, // 신한
+    Bank { code: "020", weight: 12, mule_weight: 8, prefix: "1002", len: 13 }, // 우리
+    Bank { code: "081", weight: 11, mule_weight: 8, prefix: "", len: 14 },  // 하나
+    Bank { code: "011", weight: 14, mule_weight: 8, prefix: "3", len: 13 }, // NH농협
+    Bank { code: "003", weight: 7, mule_weight: 4, prefix: "", len: 14 },   // IBK기업
+    Bank { code: "090", weight: 12, mule_weight: 30, prefix: "3333", len: 13 }, // 카카오뱅크
+    Bank { code: "089", weight: 3, mule_weight: 12, prefix: "100", len: 12 }, // 케이뱅크
+    Bank { code: "092", weight: 5, mule_weight: 12, prefix: "100", len: 12 }, // 토스뱅크
 ];
 
 /// Surnames with rough frequencies (per mille of the population).
@@ -467,10 +383,9 @@ const SURNAMES: [(&str, u32); 42] = [
 ];
 
 const GIVEN: [&str; 50] = [
-    "민", "서", "지", "현", "준", "우", "영", "수", "예", "하", "윤", "은", "도", "재", "정", "승",
-    "연", "진", "희", "성", "호", "혜", "경", "동", "상", "태", "유", "주", "나", "아", "원", "채",
-    "시", "건", "훈", "석", "철", "숙", "자", "순", "미", "옥", "기", "용", "광", "명", "혁", "빈",
-    "린", "율",
+    "민", "서", "지", "현", "준", "우", "영", "수", "예", "하", "윤", "은", "도", "재", "정", "승", "연", "진", "희",
+    "성", "호", "혜", "경", "동", "상", "태", "유", "주", "나", "아", "원", "채", "시", "건", "훈", "석", "철", "숙",
+    "자", "순", "미", "옥", "기", "용", "광", "명", "혁", "빈", "린", "율",
 ];
 
 /// Large merchants and billers, most popular first (payments go to them with
@@ -501,30 +416,9 @@ const MERCHANTS: [&str; 24] = [
     "(주)인터파크트리플",
     "(주)여기어때컴퍼니",
 ];
-const SHOP_PREFIX: [&str; 12] = [
-    "하늘",
-    "바다",
-    "초록",
-    "행복",
-    "다온",
-    "미소",
-    "소담",
-    "온누리",
-    "한빛",
-    "새봄",
-    "푸른",
-    "별빛",
-];
-const SHOP_SUFFIX: [&str; 8] = [
-    "상회",
-    "마켓",
-    "샵",
-    "스토어",
-    "공방",
-    "유통",
-    "푸드",
-    "농원",
-];
+const SHOP_PREFIX: [&str; 12] =
+    ["하늘", "바다", "초록", "행복", "다온", "미소", "소담", "온누리", "한빛", "새봄", "푸른", "별빛"];
+const SHOP_SUFFIX: [&str; 8] = ["상회", "마켓", "샵", "스토어", "공방", "유통", "푸드", "농원"];
 const APT_BRANDS: [&str; 12] = [
     "래미안",
     "자이",
@@ -539,46 +433,27 @@ const APT_BRANDS: [&str; 12] = [
     "호반써밋",
     "센트레빌",
 ];
-const REMOTE_APPS: [&str; 5] = [
-    "TeamViewer QuickSupport",
-    "AnyDesk",
-    "RemoteCall",
-    "RemoteView",
-    "Chrome Remote Desktop",
-];
+const REMOTE_APPS: [&str; 5] =
+    ["TeamViewer QuickSupport", "AnyDesk", "RemoteCall", "RemoteView", "Chrome Remote Desktop"];
 
 /// Institution codes for `bank_tran_id`: the bank's own app, its internet
 /// banking, then open-banking partners (fintech apps).
-const INSTITUTIONS: [&str; 8] = [
-    "120220001",
-    "120220002",
-    "199160010",
-    "199160023",
-    "199160031",
-    "199160045",
-    "199160052",
-    "199160068",
-];
+const INSTITUTIONS: [&str; 8] =
+    ["120220001", "120220002", "199160010", "199160023", "199160031", "199160045", "199160052", "199160068"];
 const INST_MOBILE: u8 = 0;
 const INST_INTERNET: u8 = 1;
 const INST_PARTNERS: u32 = 6;
 
 /// Relative transfer volume per KST hour (weekday, weekend): quiet 01–06, peaks
 /// at lunch and in the evening; weekends start later and are flatter.
-const HOURS_WEEKDAY: [u32; 24] = [
-    6, 3, 2, 1, 1, 2, 6, 15, 25, 35, 40, 45, 60, 50, 40, 40, 40, 45, 55, 60, 60, 55, 40, 20,
-];
-const HOURS_WEEKEND: [u32; 24] = [
-    10, 6, 3, 2, 1, 1, 3, 6, 12, 22, 32, 40, 48, 45, 42, 40, 40, 42, 48, 52, 52, 48, 36, 20,
-];
+const HOURS_WEEKDAY: [u32; 24] =
+    [6, 3, 2, 1, 1, 2, 6, 15, 25, 35, 40, 45, 60, 50, 40, 40, 40, 45, 55, 60, 60, 55, 40, 20];
+const HOURS_WEEKEND: [u32; 24] =
+    [10, 6, 3, 2, 1, 1, 3, 6, 12, 22, 32, 40, 48, 45, 42, 40, 40, 42, 48, 52, 52, 48, 36, 20];
 /// Business hours, for reports and daytime fraud.
-const HOURS_OFFICE: [u32; 24] = [
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 30, 45, 45, 25, 35, 45, 45, 40, 30, 10, 0, 0, 0, 0, 0,
-];
+const HOURS_OFFICE: [u32; 24] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 30, 45, 45, 25, 35, 45, 45, 40, 30, 10, 0, 0, 0, 0, 0];
 /// Night-heavy, for account takeovers.
-const HOURS_NIGHT: [u32; 24] = [
-    40, 45, 45, 40, 35, 25, 8, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 5, 6, 8, 10, 15, 25,
-];
+const HOURS_NIGHT: [u32; 24] = [40, 45, 45, 40, 35, 25, 8, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 5, 6, 8, 10, 15, 25];
 
 /// Day-of-week volume factor, Monday first.
 const WEEKDAY_FACTOR: [f64; 7] = [1.05, 1.0, 1.0, 1.0, 1.12, 0.85, 0.7];
@@ -786,15 +661,7 @@ impl Sink {
     }
 
     fn context(&mut self, kind: u8, t: u32, account: u32, device: u32, ip: u32, extra: u8) {
-        self.push(Rec {
-            t,
-            account,
-            device,
-            ip,
-            kind,
-            extra,
-            ..Rec::default()
-        });
+        self.push(Rec { t, account, device, ip, kind, extra, ..Rec::default() });
     }
 }
 
@@ -831,11 +698,7 @@ impl World {
         let a = cfg.accounts;
         let n_new = (a / 100).max(12);
         let s = mix64(cfg.seed ^ 0x5EED_F00D);
-        let midnight = cfg
-            .start
-            .and_hms_opt(0, 0, 0)
-            .expect("midnight exists")
-            .and_utc();
+        let midnight = cfg.start.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc();
         World {
             accounts: a,
             n_old: a - n_new,
@@ -862,11 +725,7 @@ impl World {
     fn bank_of(&self, payee: u32) -> usize {
         let h = h3(self.salt_payee, u64::from(payee), 1);
         let fraudulent = self.is_mule_id(payee) || payee >= COLLECTOR_BASE;
-        let weights = if fraudulent {
-            &self.mule_bank_cum
-        } else {
-            &self.bank_cum
-        };
+        let weights = if fraudulent { &self.mule_bank_cum } else { &self.bank_cum };
         pick_weighted(weights, (h >> 32) as u32)
     }
 
@@ -906,19 +765,11 @@ impl World {
                 MERCHANTS[k as usize].to_owned()
             } else {
                 let h = h3(self.salt_name, u64::from(payee), 1);
-                format!(
-                    "{}{}",
-                    SHOP_PREFIX[(h % 12) as usize],
-                    SHOP_SUFFIX[((h >> 8) % 8) as usize]
-                )
+                format!("{}{}", SHOP_PREFIX[(h % 12) as usize], SHOP_SUFFIX[((h >> 8) % 8) as usize])
             }
         } else if payee >= OFFICE_BASE {
             let h = h3(self.salt_name, u64::from(payee), 2);
-            format!(
-                "{}{}단지 관리사무소",
-                APT_BRANDS[(h % 12) as usize],
-                1 + (h >> 8) % 9
-            )
+            format!("{}{}단지 관리사무소", APT_BRANDS[(h % 12) as usize], 1 + (h >> 8) % 9)
         } else {
             self.person_name(u64::from(payee))
         }
@@ -1092,12 +943,7 @@ impl<'c> Generator<'c> {
             mules,
             fraud_ips,
             next_fresh_device: FRESH_FRAUD_DEVICE,
-            sink: Sink {
-                recs: Vec::new(),
-                next_ord: 0,
-                end: cfg.days * DAY,
-                overflow: false,
-            },
+            sink: Sink { recs: Vec::new(), next_ord: 0, end: cfg.days * DAY, overflow: false },
         }
     }
 
@@ -1112,12 +958,7 @@ impl<'c> Generator<'c> {
         } else if dom == payday + 1 {
             factor *= 1.15;
         }
-        let info = DayInfo {
-            start: index * DAY,
-            weekday,
-            day_of_month: dom,
-            factor,
-        };
+        let info = DayInfo { start: index * DAY, weekday, day_of_month: dom, factor };
         let mut rng = stream(self.cfg.seed, 2, index);
         // Before the per-account loop, so these use each sender's device as
         // it was at the start of the day (a phone upgrade later that day
@@ -1146,8 +987,7 @@ impl<'c> Generator<'c> {
             let treasurer = EXT_BASE + ((h >> 8) % u64::from(EXT_END - EXT_BASE)) as u32;
             let dues = [20_000, 30_000, 50_000, 100_000][((h >> 50) % 4) as usize];
             for j in 0..8 + ((h >> 40) % 23) as u32 {
-                let member =
-                    (h3(salt, u64::from(c), 1_000 + u64::from(j)) % u64::from(n_old)) as u32;
+                let member = (h3(salt, u64::from(c), 1_000 + u64::from(j)) % u64::from(n_old)) as u32;
                 if chance(rng, 0.8) {
                     let t = day.start + between(rng, 8 * HOUR, 23 * HOUR);
                     self.social_transfer(member, t, treasurer, dues, day.start, rng);
@@ -1161,24 +1001,15 @@ impl<'c> Generator<'c> {
             let t0 = sample_time(rng, &HOURS_OFFICE, day.start);
             for _ in 0..between(rng, 8, 40) {
                 let sender = between(rng, 0, n_old - 1);
-                let amount = [
-                    30_000, 50_000, 50_000, 100_000, 100_000, 100_000, 200_000, 300_000,
-                ][between(rng, 0, 7) as usize];
+                let amount =
+                    [30_000, 50_000, 50_000, 100_000, 100_000, 100_000, 200_000, 300_000][between(rng, 0, 7) as usize];
                 let t = t0 + between(rng, 0, 6 * HOUR);
                 self.social_transfer(sender, t, recipient, amount, day.start, rng);
             }
         }
     }
 
-    fn social_transfer(
-        &mut self,
-        i: u32,
-        t: u32,
-        payee: u32,
-        amount: u32,
-        lo: u32,
-        rng: &mut ChaCha8Rng,
-    ) {
+    fn social_transfer(&mut self, i: u32, t: u32, payee: u32, amount: u32, lo: u32, rng: &mut ChaCha8Rng) {
         let p = self.profiles[i as usize];
         let channel = self.pick_channel(&p, rng);
         self.genuine_transfer(i, &p, p.gen, t, payee, amount, channel, P_TR, lo, rng);
@@ -1200,10 +1031,8 @@ impl<'c> Generator<'c> {
             let t = p.open_t as u32;
             let dev = World::home_device(i, p.gen);
             self.sink.context(K_EKYC, t, i, dev, 0, 0);
-            self.sink
-                .context(K_DEVICE, t + between(rng, 20, 300), i, dev, 0, 0);
-            self.sink
-                .context(K_CERT, t + between(rng, 320, 900), i, dev, 0, CERT_ISSUED);
+            self.sink.context(K_DEVICE, t + between(rng, 20, 300), i, dev, 0, 0);
+            self.sink.context(K_CERT, t + between(rng, 320, 900), i, dev, 0, CERT_ISSUED);
             lo = t + 1_000;
             if lo >= de {
                 return;
@@ -1223,16 +1052,14 @@ impl<'c> Generator<'c> {
         if slot(0.0027) {
             // Yearly certificate renewal.
             let t = sample_time(rng, &HOURS_WEEKDAY, ds).max(lo);
-            self.sink
-                .context(K_CERT, t, i, World::home_device(i, p.gen), 0, CERT_RENEWED);
+            self.sink.context(K_CERT, t, i, World::home_device(i, p.gen), 0, CERT_RENEWED);
             if chance(rng, 0.2) {
                 after = Some((t + between(rng, 120, 1_800), false));
             }
         } else if slot(0.0006) {
             // Certificate re-issued (forgotten password, new PC): a confuser.
             let t = sample_time(rng, &HOURS_WEEKDAY, ds).max(lo);
-            self.sink
-                .context(K_CERT, t, i, World::home_device(i, p.gen), 0, CERT_REISSUED);
+            self.sink.context(K_CERT, t, i, World::home_device(i, p.gen), 0, CERT_REISSUED);
             let u = uniform(rng);
             if u < 0.5 {
                 after = Some((t + between(rng, 180, 2_400), false));
@@ -1264,13 +1091,8 @@ impl<'c> Generator<'c> {
         } else if slot(0.000_05) {
             // IT support on the customer's PC: a remote-app confuser.
             let t = sample_time(rng, &HOURS_OFFICE, ds).max(lo);
-            let dev = if p.flags & F_PC != 0 {
-                World::slot_device(i, SLOT_PC)
-            } else {
-                World::home_device(i, p.gen)
-            };
-            self.sink
-                .context(K_REMOTE, t, i, dev, 0, between(rng, 0, 4) as u8);
+            let dev = if p.flags & F_PC != 0 { World::slot_device(i, SLOT_PC) } else { World::home_device(i, p.gen) };
+            self.sink.context(K_REMOTE, t, i, dev, 0, between(rng, 0, 4) as u8);
         } else if slot(0.0002) && p.flags & F_MULE == 0 {
             self.big_genuine(i, &p, ds, lo, rng);
         }
@@ -1289,11 +1111,7 @@ impl<'c> Generator<'c> {
 
         // Everyday transfers.
         let n = poisson(rng, f64::from(p.rate) * day.factor);
-        let hours = if day.weekday >= 5 {
-            &HOURS_WEEKEND
-        } else {
-            &HOURS_WEEKDAY
-        };
+        let hours = if day.weekday >= 5 { &HOURS_WEEKEND } else { &HOURS_WEEKDAY };
         for _ in 0..n {
             let t = sample_time(rng, hours, ds);
             if t < lo {
@@ -1312,18 +1130,7 @@ impl<'c> Generator<'c> {
                 // friend), to a stranger.
                 let x = det_exp(f64::from(p.mu) - 0.6 + f64::from(p.sigma) * std_normal(rng));
                 let amount = round_won(rng, x);
-                self.genuine_transfer(
-                    i,
-                    &p,
-                    gen,
-                    t,
-                    random_stranger(rng),
-                    amount,
-                    channel,
-                    P_TR,
-                    lo,
-                    rng,
-                );
+                self.genuine_transfer(i, &p, gen, t, random_stranger(rng), amount, channel, P_TR, lo, rng);
             } else {
                 let (payee, amount) = self.regular_payment(i, &p, rng);
                 self.genuine_transfer(i, &p, gen, t, payee, amount, channel, P_TR, lo, rng);
@@ -1336,9 +1143,7 @@ impl<'c> Generator<'c> {
             if t >= lo {
                 let gen = p.gen.wrapping_add(u8::from(upgraded(t)));
                 let landlord = landlord_of(&self.world, i);
-                self.genuine_transfer(
-                    i, &p, gen, t, landlord, p.rent_won, p.channel, P_TR, lo, rng,
-                );
+                self.genuine_transfer(i, &p, gen, t, landlord, p.rent_won, p.channel, P_TR, lo, rng);
             }
         }
         if p.fee_won > 0 && day.day_of_month == u32::from(p.fee_day) && chance(rng, 0.9) {
@@ -1346,8 +1151,7 @@ impl<'c> Generator<'c> {
             if t >= lo {
                 let gen = p.gen.wrapping_add(u8::from(upgraded(t)));
                 let office = OFFICE_BASE
-                    + (h3(self.world.salt_profile, u64::from(i), 11)
-                        % u64::from(self.world.n_offices)) as u32;
+                    + (h3(self.world.salt_profile, u64::from(i), 11) % u64::from(self.world.n_offices)) as u32;
                 let amount = round_to(f64::from(p.fee_won) * (0.8 + 0.45 * uniform(rng)), 10.0);
                 self.genuine_transfer(i, &p, gen, t, office, amount, p.channel, P_TR, lo, rng);
             }
@@ -1420,14 +1224,7 @@ impl<'c> Generator<'c> {
 
     /// Device, IP and institution of a customer's own request on `channel`.
     /// Open-banking partners often send no device or IP.
-    fn endpoint(
-        &self,
-        i: u32,
-        p: &Profile,
-        gen: u8,
-        channel: u8,
-        rng: &mut ChaCha8Rng,
-    ) -> (u32, u32, u8) {
+    fn endpoint(&self, i: u32, p: &Profile, gen: u8, channel: u8, rng: &mut ChaCha8Rng) -> (u32, u32, u8) {
         match channel {
             CH_MOBILE => {
                 let dev = if p.flags & F_TABLET != 0 && chance(rng, 0.2) {
@@ -1437,17 +1234,9 @@ impl<'c> Generator<'c> {
                 };
                 (dev, mobile_ip(rng), INST_MOBILE)
             }
-            CH_INTERNET => (
-                World::slot_device(i, SLOT_PC),
-                self.world.home_ip(i),
-                INST_INTERNET,
-            ),
+            CH_INTERNET => (World::slot_device(i, SLOT_PC), self.world.home_ip(i), INST_INTERNET),
             _ => {
-                let dev = if chance(rng, 0.35) {
-                    World::home_device(i, gen)
-                } else {
-                    0
-                };
+                let dev = if chance(rng, 0.35) { World::home_device(i, gen) } else { 0 };
                 let ip = if chance(rng, 0.5) { mobile_ip(rng) } else { 0 };
                 (dev, ip, 2 + p.partner)
             }
@@ -1515,9 +1304,7 @@ impl<'c> Generator<'c> {
         let x = det_exp(10.3 + 0.85 * std_normal(rng));
         let mut amount = round_to(x, 100.0).max(1_000);
         if chance(rng, 0.5) && amount > 1_000 {
-            amount = round_to(f64::from(amount), 1_000.0)
-                .saturating_sub(100)
-                .max(900);
+            amount = round_to(f64::from(amount), 1_000.0).saturating_sub(100).max(900);
         }
         (payee, amount)
     }
@@ -1532,8 +1319,7 @@ impl<'c> Generator<'c> {
             t += between(rng, 10 * MIN, 2 * HOUR);
         }
         if chance(rng, 0.25) {
-            self.sink
-                .context(K_CERT, t, i, World::home_device(i, p.gen), 0, CERT_REISSUED);
+            self.sink.context(K_CERT, t, i, World::home_device(i, p.gen), 0, CERT_REISSUED);
             t += between(rng, 5 * MIN, 40 * MIN);
         }
         let payee = random_stranger(rng);
@@ -1541,26 +1327,15 @@ impl<'c> Generator<'c> {
         let parts = if chance(rng, 0.25) { 2 } else { 1 };
         for _ in 0..parts {
             let amount = round_to(total / f64::from(parts), 100_000.0);
-            let ch = if p.channel == CH_OPEN {
-                CH_MOBILE
-            } else {
-                p.channel
-            };
+            let ch = if p.channel == CH_OPEN { CH_MOBILE } else { p.channel };
             self.genuine_transfer(i, p, p.gen, t, payee, amount, ch, P_TR, lo, rng);
             t += between(rng, 60, 20 * MIN);
         }
     }
 
     fn limit_raised(&mut self, i: u32, t: u32, rng: &mut ChaCha8Rng) {
-        let limit = [10_000_000, 20_000_000, 30_000_000, 50_000_000, 100_000_000]
-            [between(rng, 0, 4) as usize];
-        self.sink.push(Rec {
-            t,
-            account: i,
-            amount: limit,
-            kind: K_LIMIT,
-            ..Rec::default()
-        });
+        let limit = [10_000_000, 20_000_000, 30_000_000, 50_000_000, 100_000_000][between(rng, 0, 4) as usize];
+        self.sink.push(Rec { t, account: i, amount: limit, kind: K_LIMIT, ..Rec::default() });
     }
 
     /// The day before a mule's first use, the ring registers its own device on
@@ -1574,8 +1349,7 @@ impl<'c> Generator<'c> {
             let dev = m.ring_device;
             let ip = self.fraud_ips[between(rng, 0, self.fraud_ips.len() as u32 - 1) as usize];
             self.sink.context(K_DEVICE, t, i, dev, 0, 0);
-            self.sink
-                .context(K_LOGIN, t + between(rng, 20, 300), i, dev, ip, 1);
+            self.sink.context(K_LOGIN, t + between(rng, 20, 300), i, dev, ip, 1);
         }
     }
 
@@ -1631,28 +1405,19 @@ impl<'c> Generator<'c> {
             let n = self.mules.iter().filter(|m| filter(m)).count() as u32;
             (n > 0).then(|| {
                 let k = between(rng, 0, n - 1) as usize;
-                self.mules
-                    .iter()
-                    .filter(|m| filter(m))
-                    .nth(k)
-                    .map_or(0, |m| m.account)
+                self.mules.iter().filter(|m| filter(m)).nth(k).map_or(0, |m| m.account)
             })
         };
         pick(&active, rng)
             .or_else(|| pick(&ready, rng))
-            .unwrap_or_else(|| {
-                self.mules[between(rng, 0, self.mules.len() as u32 - 1) as usize].account
-            })
+            .unwrap_or_else(|| self.mules[between(rng, 0, self.mules.len() as u32 - 1) as usize].account)
     }
 
     fn fraud_device(&mut self, rng: &mut ChaCha8Rng) -> u32 {
         if chance(rng, 0.5) {
             FRAUD_DEVICE + between(rng, 0, self.world.n_ring_devices - 1)
         } else {
-            self.next_fresh_device = self
-                .next_fresh_device
-                .wrapping_add(1)
-                .max(FRESH_FRAUD_DEVICE);
+            self.next_fresh_device = self.next_fresh_device.wrapping_add(1).max(FRESH_FRAUD_DEVICE);
             self.next_fresh_device
         }
     }
@@ -1751,27 +1516,13 @@ impl<'c> Generator<'c> {
             self.sink.context(K_REMOTE, t0, v, home, 0, app);
             (home, mobile_ip(rng), t0 + between(rng, 60, 600))
         };
-        let action = if chance(rng, 0.25) {
-            CERT_ISSUED
-        } else {
-            CERT_REISSUED
-        };
+        let action = if chance(rng, 0.25) { CERT_ISSUED } else { CERT_REISSUED };
         self.sink.context(K_CERT, t, v, device, 0, action);
         let cert_t = t;
         if chance(rng, 0.3) {
             t += between(rng, 30, 150);
-            let limit = if chance(rng, 0.5) {
-                50_000_000
-            } else {
-                100_000_000
-            };
-            self.sink.push(Rec {
-                t,
-                account: v,
-                amount: limit,
-                kind: K_LIMIT,
-                ..Rec::default()
-            });
+            let limit = if chance(rng, 0.5) { 50_000_000 } else { 100_000_000 };
+            self.sink.push(Rec { t, account: v, amount: limit, kind: K_LIMIT, ..Rec::default() });
         }
         let mut tt = (cert_t + between(rng, 3 * MIN, 20 * MIN)).max(t + 30);
         let n = match between(rng, 0, 99) {
@@ -1781,11 +1532,7 @@ impl<'c> Generator<'c> {
             _ => 4,
         };
         let mule = self.pick_mule(tt, rng);
-        let second_mule = if n > 1 && chance(rng, 0.2) {
-            self.pick_mule(tt, rng)
-        } else {
-            mule
-        };
+        let second_mule = if n > 1 && chance(rng, 0.2) { self.pick_mule(tt, rng) } else { mule };
         let mut done = Vec::new();
         for k in 0..n {
             let amount = if n == 1 {
@@ -1795,17 +1542,13 @@ impl<'c> Generator<'c> {
                 }
             } else {
                 // Just under the round limits people and banks use.
-                [
-                    9_990_000, 9_900_000, 9_950_000, 4_990_000, 4_900_000, 2_990_000,
-                ][between(rng, 0, 5) as usize]
+                [9_990_000, 9_900_000, 9_950_000, 4_990_000, 4_900_000, 2_990_000][between(rng, 0, 5) as usize]
             };
             let payee = if k >= 2 { second_mule } else { mule };
             if tt > cert_t + 40 * MIN {
                 break;
             }
-            self.fraud_transfer(
-                tt, v, payee, amount, CH_MOBILE, device, ip, T_VOICE, &mut done,
-            );
+            self.fraud_transfer(tt, v, payee, amount, CH_MOBILE, device, ip, T_VOICE, &mut done);
             tt += between(rng, 60, 300);
         }
         self.report(rng, &done);
@@ -1836,8 +1579,7 @@ impl<'c> Generator<'c> {
             self.sink.context(K_CERT, t, v, dev, 0, CERT_REISSUED);
         }
         // Drain most of the typical balance within the hour.
-        let balance = (det_exp(f64::from(p.mu)) * (15.0 + 45.0 * uniform(rng)))
-            .clamp(500_000.0, 50_000_000.0);
+        let balance = (det_exp(f64::from(p.mu)) * (15.0 + 45.0 * uniform(rng))).clamp(500_000.0, 50_000_000.0);
         let total = balance * (0.7 + 0.25 * uniform(rng));
         let n = between(rng, 2, 5);
         let mut done = Vec::new();
@@ -1847,27 +1589,18 @@ impl<'c> Generator<'c> {
         let n_mules = if chance(rng, 0.6) { 1 } else { 2 };
         // Some takeovers drain through a fintech app the fraudster links the
         // account to; the partner may not pass the device on.
-        let (channel, drain_dev) = if chance(rng, 0.2) {
-            (CH_OPEN, if chance(rng, 0.5) { dev } else { 0 })
-        } else {
-            (CH_MOBILE, dev)
-        };
+        let (channel, drain_dev) =
+            if chance(rng, 0.2) { (CH_OPEN, if chance(rng, 0.5) { dev } else { 0 }) } else { (CH_MOBILE, dev) };
         let end = t + HOUR;
         for k in 0..n {
-            let share = if k + 1 == n {
-                left
-            } else {
-                left * (0.3 + 0.4 * uniform(rng))
-            };
+            let share = if k + 1 == n { left } else { left * (0.3 + 0.4 * uniform(rng)) };
             left -= share;
             let amount = round_to(share, 10_000.0);
             let payee = mules[(k % n_mules) as usize];
             if t >= end {
                 break;
             }
-            self.fraud_transfer(
-                t, v, payee, amount, channel, drain_dev, ip, T_ATO, &mut done,
-            );
+            self.fraud_transfer(t, v, payee, amount, channel, drain_dev, ip, T_ATO, &mut done);
             t += between(rng, 2 * MIN, 15 * MIN);
         }
         self.report(rng, &done);
@@ -1889,8 +1622,7 @@ impl<'c> Generator<'c> {
             let channel = self.pick_channel(&p, rng);
             let (dev, ip, _) = self.endpoint(v, &p, p.gen, channel, rng);
             if channel != CH_OPEN && chance(rng, 0.6) {
-                self.sink
-                    .context(K_LOGIN, t - between(rng, 10, 240), v, dev, ip, 1);
+                self.sink.context(K_LOGIN, t - between(rng, 10, 240), v, dev, ip, 1);
             }
             let pays = if chance(rng, 0.15) { 2 } else { 1 };
             let mut done = Vec::new();
@@ -1925,17 +1657,11 @@ impl<'c> Generator<'c> {
         for k in 0..n {
             if k > 0 {
                 // The next "fee" is demanded within hours, or the next day.
-                t += if chance(rng, 0.6) {
-                    between(rng, HOUR, 6 * HOUR)
-                } else {
-                    between(rng, 16 * HOUR, 40 * HOUR)
-                };
+                t += if chance(rng, 0.6) { between(rng, HOUR, 6 * HOUR) } else { between(rng, 16 * HOUR, 40 * HOUR) };
                 // Move into office hours: the "loan officer" calls in the day.
                 let h = (t % DAY) / HOUR;
                 if !(9..20).contains(&h) {
-                    t = (t / DAY + u32::from(h >= 20)) * DAY
-                        + 10 * HOUR
-                        + between(rng, 0, 6 * HOUR);
+                    t = (t / DAY + u32::from(h >= 20)) * DAY + 10 * HOUR + between(rng, 0, 6 * HOUR);
                 }
                 if chance(rng, 0.3) {
                     payee = LOAN_BASE + between(rng, 0, n_payees - 1);
@@ -1944,15 +1670,10 @@ impl<'c> Generator<'c> {
             let channel = self.pick_channel(&p, rng);
             let (dev, ip, _) = self.endpoint(v, &p, p.gen, channel, rng);
             if channel != CH_OPEN && chance(rng, 0.7) {
-                self.sink
-                    .context(K_LOGIN, t - between(rng, 10, 300), v, dev, ip, 1);
+                self.sink.context(K_LOGIN, t - between(rng, 10, 300), v, dev, ip, 1);
             }
             let fee = log_uniform(rng, 300_000.0, 3_000_000.0);
-            let amount = if chance(rng, 0.5) {
-                round_to(fee, 100_000.0)
-            } else {
-                round_to(fee, 10_000.0)
-            };
+            let amount = if chance(rng, 0.5) { round_to(fee, 100_000.0) } else { round_to(fee, 10_000.0) };
             self.fraud_transfer(t, v, payee, amount, channel, dev, ip, T_LOAN, &mut done);
         }
         self.report(rng, &done);
@@ -1965,11 +1686,7 @@ impl<'c> Generator<'c> {
         payees.dedup();
         for m in payees {
             if chance(rng, self.cfg.fan_out_probability) {
-                let mine: Vec<(Rec, u32)> = received
-                    .iter()
-                    .filter(|(r, _)| r.payee == m)
-                    .copied()
-                    .collect();
+                let mine: Vec<(Rec, u32)> = received.iter().filter(|(r, _)| r.payee == m).copied().collect();
                 self.fan_out(rng, &mine);
             }
         }
@@ -1987,16 +1704,8 @@ impl<'c> Generator<'c> {
         }
         let total: f64 = batch.iter().map(|(r, _)| f64::from(r.amount)).sum();
         let last = batch.iter().map(|(r, _)| r.t).max().unwrap_or(first.t);
-        let ring = self
-            .mules
-            .iter()
-            .find(|x| x.account == m)
-            .map_or(FRAUD_DEVICE, |x| x.ring_device);
-        let dev = if chance(rng, 0.7) {
-            ring
-        } else {
-            World::home_device(m, self.profiles[m as usize].gen)
-        };
+        let ring = self.mules.iter().find(|x| x.account == m).map_or(FRAUD_DEVICE, |x| x.ring_device);
+        let dev = if chance(rng, 0.7) { ring } else { World::home_device(m, self.profiles[m as usize].gen) };
         let ip = self.fraud_ip(rng);
         let mut t = last + between(rng, 5 * MIN, 40 * MIN);
         self.sink.context(K_LOGIN, t, m, dev, ip, 1);
@@ -2005,11 +1714,7 @@ impl<'c> Generator<'c> {
         let mut left = total * (0.9 + 0.09 * uniform(rng));
         let mut done = Vec::new();
         for k in 0..n {
-            let share = if k + 1 == n {
-                left
-            } else {
-                left * (0.4 + 0.3 * uniform(rng))
-            };
+            let share = if k + 1 == n { left } else { left * (0.4 + 0.3 * uniform(rng)) };
             left -= share;
             if share < 10_000.0 {
                 continue;
@@ -2025,17 +1730,7 @@ impl<'c> Generator<'c> {
             } else {
                 COLLECTOR_BASE + between(rng, 0, self.world.n_collectors - 1)
             };
-            self.fraud_transfer(
-                t,
-                m,
-                payee,
-                round_to(share, 10_000.0),
-                CH_MOBILE,
-                dev,
-                ip,
-                T_FAN_OUT,
-                &mut done,
-            );
+            self.fraud_transfer(t, m, payee, round_to(share, 10_000.0), CH_MOBILE, dev, ip, T_FAN_OUT, &mut done);
             t += between(rng, 30, 300);
         }
         self.report(rng, &done);
@@ -2079,10 +1774,7 @@ fn new_profile(w: &World, rng: &mut ChaCha8Rng, i: u32, window_end: i64) -> Prof
         (0, 0)
     };
     let (fee_won, fee_day) = if chance(rng, 0.35) {
-        (
-            round_to(120_000.0 + 230_000.0 * uniform(rng), 10.0),
-            between(rng, 20, 28) as u8,
-        )
+        (round_to(120_000.0 + 230_000.0 * uniform(rng), 10.0), between(rng, 20, 28) as u8)
     } else {
         (0, 0)
     };
@@ -2229,17 +1921,13 @@ impl Writer {
             K_TRANSFER => {
                 let seq = self.next_seq;
                 if seq > 999_999_999 {
-                    return Err(GenerateError::Capacity(
-                        "more than 999,999,999 transfers".into(),
-                    ));
+                    return Err(GenerateError::Capacity("more than 999,999,999 transfers".into()));
                 }
                 self.next_seq += 1;
                 s.transfers += 1;
                 if r.typology != T_GENUINE {
                     s.fraud_transfers += 1;
-                    *s.frauds_by_typology
-                        .entry(TYPOLOGIES[usize::from(r.typology)].to_owned())
-                        .or_insert(0) += 1;
+                    *s.frauds_by_typology.entry(TYPOLOGIES[usize::from(r.typology)].to_owned()).or_insert(0) += 1;
                 }
                 if r.extra & X_LABELLED != 0 {
                     self.labelled.insert(r.ord, seq);
@@ -2250,8 +1938,7 @@ impl Writer {
                     bank_tran_id: tran_id(r.inst, seq),
                     tran_dtime: time,
                     fintech_use_num: acct(),
-                    tran_amt: Won::new(i64::from(r.amount.max(1)))
-                        .map_err(GenerateError::Capacity)?,
+                    tran_amt: Won::new(i64::from(r.amount.max(1))).map_err(GenerateError::Capacity)?,
                     recv_client_bank_code: bank,
                     recv_client_account_num: account,
                     recv_client_name: w.payee_name(r.payee),
@@ -2283,11 +1970,7 @@ impl Writer {
                     schema_version: SchemaVersion,
                     bank_tran_id: tran_id(r.inst, seq),
                     report_dtime: time,
-                    status: if r.extra == L_CLEARED {
-                        LabelStatus::Cleared
-                    } else {
-                        LabelStatus::Fraud
-                    },
+                    status: if r.extra == L_CLEARED { LabelStatus::Cleared } else { LabelStatus::Fraud },
                     typology: TYPOLOGIES[usize::from(r.typology)].to_owned(),
                     recv_client_bank_code: bank,
                     recv_client_account_num: account,
@@ -2338,8 +2021,7 @@ impl Writer {
                         schema_version: SchemaVersion,
                         event_dtime: time,
                         fintech_use_num,
-                        new_limit: Won::new(i64::from(r.amount.max(1)))
-                            .map_err(GenerateError::Capacity)?,
+                        new_limit: Won::new(i64::from(r.amount.max(1))).map_err(GenerateError::Capacity)?,
                     }),
                     _ => Event::EkycCompleted(EkycCompleted {
                         schema_version: SchemaVersion,
@@ -2387,10 +2069,7 @@ mod tests {
         bytes
             .split(|&b| b == b'\n')
             .filter(|l| !l.is_empty())
-            .map(|l| {
-                Event::from_json(l)
-                    .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(l)))
-            })
+            .map(|l| Event::from_json(l).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(l))))
             .collect()
     }
 
@@ -2411,19 +2090,14 @@ mod tests {
         let cleared: BTreeSet<&str> = events
             .iter()
             .filter_map(|e| match e {
-                Event::Label(l) if l.status == LabelStatus::Cleared => {
-                    Some(l.bank_tran_id.as_str())
-                }
+                Event::Label(l) if l.status == LabelStatus::Cleared => Some(l.bank_tran_id.as_str()),
                 _ => None,
             })
             .collect();
         events
             .iter()
             .filter_map(|e| match e {
-                Event::Label(l)
-                    if l.status == LabelStatus::Fraud
-                        && !cleared.contains(l.bank_tran_id.as_str()) =>
-                {
+                Event::Label(l) if l.status == LabelStatus::Fraud && !cleared.contains(l.bank_tran_id.as_str()) => {
                     Some((l.bank_tran_id.clone(), l.typology.clone()))
                 }
                 _ => None,
@@ -2461,31 +2135,19 @@ mod tests {
             if let Event::Transfer(t) = e {
                 n_transfers += 1;
                 assert_eq!(t.bank_tran_id.len(), 20, "{}", t.bank_tran_id);
-                assert!(
-                    ids.insert(t.bank_tran_id.clone()),
-                    "duplicate {}",
-                    t.bank_tran_id
-                );
+                assert!(ids.insert(t.bank_tran_id.clone()), "duplicate {}", t.bank_tran_id);
                 assert_eq!(t.fintech_use_num.len(), 24);
                 assert!((12..=14).contains(&t.recv_client_account_num.len()));
                 assert!(!t.recv_client_name.is_empty());
             }
         }
         assert_eq!(n_transfers, summary.transfers);
-        let labels = events
-            .iter()
-            .filter(|e| matches!(e, Event::Label(_)))
-            .count() as u64;
+        let labels = events.iter().filter(|e| matches!(e, Event::Label(_))).count() as u64;
         assert_eq!(labels, summary.labels);
-        assert_eq!(
-            summary.transfers + summary.context_events + summary.labels,
-            summary.events
-        );
+        assert_eq!(summary.transfers + summary.context_events + summary.labels, summary.events);
         // Traffic stays inside the window; only labels come later.
         let end = EventTime::parse_kst("20261104000000").unwrap();
-        assert!(events
-            .iter()
-            .all(|e| matches!(e, Event::Label(_)) || e.time() < end));
+        assert!(events.iter().all(|e| matches!(e, Event::Label(_)) || e.time() < end));
         let start = EventTime::parse_kst("20261102000000").unwrap();
         assert!(events.iter().all(|e| e.time() >= start));
     }
@@ -2500,14 +2162,9 @@ mod tests {
         let mut reported = BTreeSet::new();
         for e in &events {
             let Event::Label(l) = e else { continue };
-            let (_, t) = by_id
-                .get(&l.bank_tran_id)
-                .expect("label for a transfer that exists");
+            let (_, t) = by_id.get(&l.bank_tran_id).expect("label for a transfer that exists");
             assert_eq!(l.payee_key(), t.payee_key());
-            assert!(
-                l.report_dtime.secs() >= t.tran_dtime.secs() + 86_400,
-                "reported within a day"
-            );
+            assert!(l.report_dtime.secs() >= t.tran_dtime.secs() + 86_400, "reported within a day");
             match l.status {
                 LabelStatus::Fraud => {
                     // 1–10 days after the incident's last transfer; a loan
@@ -2515,35 +2172,22 @@ mod tests {
                     let late = l.report_dtime.secs() - t.tran_dtime.secs();
                     assert!(late <= 16 * 86_400, "reported {late}s later");
                     fraud_labels += 1;
-                    assert!(
-                        TYPOLOGIES[1..].contains(&l.typology.as_str()),
-                        "{}",
-                        l.typology
-                    );
+                    assert!(TYPOLOGIES[1..].contains(&l.typology.as_str()), "{}", l.typology);
                     reported.insert(l.bank_tran_id.clone());
                 }
                 LabelStatus::Cleared => {
                     cleared += 1;
-                    assert!(
-                        reported.contains(&l.bank_tran_id),
-                        "cleared before reported"
-                    );
+                    assert!(reported.contains(&l.bank_tran_id), "cleared before reported");
                     assert!(l.typology.is_empty());
                 }
             }
         }
-        assert_eq!(
-            fraud_labels,
-            summary.fraud_transfers + summary.false_reports
-        );
+        assert_eq!(fraud_labels, summary.fraud_transfers + summary.false_reports);
         assert_eq!(cleared, summary.false_reports);
         assert!(summary.false_reports > 0);
         let by_typology: u64 = summary.frauds_by_typology.values().sum();
         assert_eq!(by_typology, summary.fraud_transfers);
-        assert_eq!(
-            fraud_typologies(&events).len() as u64,
-            summary.fraud_transfers
-        );
+        assert_eq!(fraud_typologies(&events).len() as u64, summary.fraud_transfers);
     }
 
     #[test]
@@ -2554,14 +2198,8 @@ mod tests {
             assert!(n >= 5, "typology {t}: {n} transfers");
         }
         let rate = summary.fraud_transfers as f64 / summary.transfers as f64;
-        assert!(
-            (0.001..=0.01).contains(&rate),
-            "fraud rate {rate}: {summary:?}"
-        );
-        assert!(
-            (20_000..=40_000).contains(&summary.transfers),
-            "{summary:?}"
-        );
+        assert!((0.001..=0.01).contains(&rate), "fraud rate {rate}: {summary:?}");
+        assert!((20_000..=40_000).contains(&summary.transfers), "{summary:?}");
         // Shopping payments and all three channels are there.
         let text = std::str::from_utf8(&bytes).unwrap();
         for needle in [
@@ -2597,20 +2235,13 @@ mod tests {
                         && c.event_dtime.secs() >= from
                         && matches!(c.action, CertificateAction::Issued | CertificateAction::Reissued))
             });
-            assert!(
-                cert,
-                "no certificate event 40 min before {}",
-                t.bank_tran_id
-            );
+            assert!(cert, "no certificate event 40 min before {}", t.bank_tran_id);
             // Earlier transfers from the victim to this payee are part of the
             // same scam, never genuine history.
             for p in &events[..i] {
                 if let Event::Transfer(q) = p {
                     if q.fintech_use_num == t.fintech_use_num && q.payee_key() == t.payee_key() {
-                        assert_eq!(
-                            fraud.get(&q.bank_tran_id).map(String::as_str),
-                            Some("voice_phishing")
-                        );
+                        assert_eq!(fraud.get(&q.bank_tran_id).map(String::as_str), Some("voice_phishing"));
                     }
                 }
             }
@@ -2631,10 +2262,7 @@ mod tests {
             let Event::Transfer(t) = e else { continue };
             match fraud.get(&t.bank_tran_id).map(String::as_str) {
                 Some("mule_fan_in") => {
-                    senders
-                        .entry(t.payee_key())
-                        .or_default()
-                        .insert(t.fintech_use_num.clone());
+                    senders.entry(t.payee_key()).or_default().insert(t.fintech_use_num.clone());
                 }
                 Some("mule_fan_out") => {
                     fan_out_senders.insert(t.fintech_use_num.clone());
@@ -2643,10 +2271,7 @@ mod tests {
             }
             if let Some(ty) = fraud.get(&t.bank_tran_id) {
                 if ty != "mule_fan_out" {
-                    fraud_payees
-                        .entry(t.payee_key())
-                        .or_default()
-                        .insert(t.fintech_use_num.clone());
+                    fraud_payees.entry(t.payee_key()).or_default().insert(t.fintech_use_num.clone());
                 }
             }
         }
@@ -2664,47 +2289,16 @@ mod tests {
     fn bad_configs_are_errors_not_panics() {
         let ok = GeneratorConfig::default();
         let bad = [
-            GeneratorConfig {
-                accounts: 99,
-                ..ok.clone()
-            },
-            GeneratorConfig {
-                accounts: 20_000_000,
-                ..ok.clone()
-            },
-            GeneratorConfig {
-                days: 0,
-                ..ok.clone()
-            },
-            GeneratorConfig {
-                days: 1_000,
-                ..ok.clone()
-            },
-            GeneratorConfig {
-                accounts: 1_000_000,
-                days: 200,
-                ..ok.clone()
-            },
-            GeneratorConfig {
-                start: NaiveDate::from_ymd_opt(1969, 1, 1).unwrap(),
-                ..ok.clone()
-            },
-            GeneratorConfig {
-                voice_phishing_per_10k: f64::NAN,
-                ..ok.clone()
-            },
-            GeneratorConfig {
-                loan_fraud_per_10k: -1.0,
-                ..ok.clone()
-            },
-            GeneratorConfig {
-                fan_out_probability: 1.5,
-                ..ok.clone()
-            },
-            GeneratorConfig {
-                false_report_rate: f64::INFINITY,
-                ..ok.clone()
-            },
+            GeneratorConfig { accounts: 99, ..ok.clone() },
+            GeneratorConfig { accounts: 20_000_000, ..ok.clone() },
+            GeneratorConfig { days: 0, ..ok.clone() },
+            GeneratorConfig { days: 1_000, ..ok.clone() },
+            GeneratorConfig { accounts: 1_000_000, days: 200, ..ok.clone() },
+            GeneratorConfig { start: NaiveDate::from_ymd_opt(1969, 1, 1).unwrap(), ..ok.clone() },
+            GeneratorConfig { voice_phishing_per_10k: f64::NAN, ..ok.clone() },
+            GeneratorConfig { loan_fraud_per_10k: -1.0, ..ok.clone() },
+            GeneratorConfig { fan_out_probability: 1.5, ..ok.clone() },
+            GeneratorConfig { false_report_rate: f64::INFINITY, ..ok.clone() },
         ];
         for cfg in bad {
             let mut out = Vec::new();
@@ -2713,11 +2307,7 @@ mod tests {
             assert!(out.is_empty());
         }
         // The smallest config works, with or without fraud.
-        let tiny = GeneratorConfig {
-            accounts: 100,
-            days: 3,
-            ..ok.clone()
-        };
+        let tiny = GeneratorConfig { accounts: 100, days: 3, ..ok.clone() };
         run(&tiny);
         let none = GeneratorConfig {
             accounts: 100,
@@ -2739,18 +2329,14 @@ mod tests {
         }
         for x in [1e-6, 0.2, 0.5, 1.0, 1.5, 2.0, 3.0, 80_000.0, 3e7] {
             let (a, b) = (det_ln(x), f64::ln(x));
-            assert!(
-                (a - b).abs() <= 1e-14 * b.abs().max(1.0),
-                "ln({x}): {a} vs {b}"
-            );
+            assert!((a - b).abs() <= 1e-14 * b.abs().max(1.0), "ln({x}): {a} vs {b}");
         }
     }
 
     #[test]
     fn progress_is_reported() {
         let mut calls = Vec::new();
-        let summary =
-            generate_with_progress(&small(1), std::io::sink(), &mut |n| calls.push(n)).unwrap();
+        let summary = generate_with_progress(&small(1), std::io::sink(), &mut |n| calls.push(n)).unwrap();
         assert_eq!(calls.last(), Some(&summary.events));
         assert!(calls.windows(2).all(|w| w[0] <= w[1]));
     }
@@ -2759,10 +2345,7 @@ mod tests {
     #[test]
     #[ignore = "timing; run in release"]
     fn throughput_200k_accounts() {
-        let cfg = GeneratorConfig {
-            accounts: 200_000,
-            ..GeneratorConfig::default()
-        };
+        let cfg = GeneratorConfig { accounts: 200_000, ..GeneratorConfig::default() };
         let started = std::time::Instant::now();
         let summary = generate(&cfg, std::io::sink()).unwrap();
         let secs = started.elapsed().as_secs_f64();

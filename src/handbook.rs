@@ -29,13 +29,10 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::io::BufRead;
 
-use crate::event::{
-    Channel, Event, EventTime, Label, LabelStatus, SchemaVersion, Transfer, TransferPurpose, Won,
-};
+use crate::event::{Channel, Event, EventTime, Label, LabelStatus, SchemaVersion, Transfer, TransferPurpose, Won};
 
 /// The exact header the published file has.
-pub const HEADER: &str =
-    "transaction_id,tx_datetime,customer_id,terminal_id,tx_amount,tx_fraud,tx_fraud_scenario";
+pub const HEADER: &str = "transaction_id,tx_datetime,customer_id,terminal_id,tx_amount,tx_fraud,tx_fraud_scenario";
 
 /// Fraud labels are delivered this long after the transaction.
 pub const LABEL_DELAY_MS: i64 = 7 * 86_400_000;
@@ -88,9 +85,7 @@ impl<R: BufRead> HandbookReader<R> {
     /// Check the header and start reading.
     pub fn new(mut input: R) -> Result<Self, BadRow> {
         let mut header = String::new();
-        input
-            .read_line(&mut header)
-            .map_err(|e| BadRow { line: 1, reason: format!("cannot read header: {e}") })?;
+        input.read_line(&mut header).map_err(|e| BadRow { line: 1, reason: format!("cannot read header: {e}") })?;
         if header.trim_end() != HEADER {
             return Err(BadRow {
                 line: 1,
@@ -148,20 +143,19 @@ impl<R: BufRead> Iterator for HandbookReader<R> {
     type Item = Result<Event, BadRow>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        loop {
-            if self.held.is_none() && !self.done {
-                match self.next_row() {
-                    Some(Ok(t)) => self.held = Some(t),
-                    Some(Err(e)) => return Some(Err(e)),
-                    None => self.done = true,
-                }
+        if self.held.is_none() && !self.done {
+            match self.next_row() {
+                Some(Ok(t)) => self.held = Some(t),
+                Some(Err(e)) => return Some(Err(e)),
+                None => self.done = true,
             }
-            let by = self.held.as_ref().map(|t| t.tran_dtime);
-            if let Some(label) = self.pop_label_due(by) {
-                return Some(Ok(label));
-            }
-            return self.held.take().map(|t| Ok(Event::Transfer(t)));
         }
+        // Labels due by the next transfer's time (or all, at the end) go first.
+        let by = self.held.as_ref().map(|t| t.tran_dtime);
+        if let Some(label) = self.pop_label_due(by) {
+            return Some(Ok(label));
+        }
+        self.held.take().map(|t| Ok(Event::Transfer(t)))
     }
 }
 

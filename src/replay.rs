@@ -333,7 +333,8 @@ pub fn run(engine: &Engine, sources: Vec<Source>, mut opts: Options) -> Result<R
                 report.labels += 1;
                 labels.insert(tx_key(&l.bank_tran_id), (l.status, l.typology.clone()));
             }
-            let warm_until = *warm_until_ms.get_or_insert(event.time().millis().saturating_add(opts.warmup.as_millis() as i64));
+            let warm_until =
+                *warm_until_ms.get_or_insert(event.time().millis().saturating_add(opts.warmup.as_millis() as i64));
             match engine.process(&event) {
                 Some(scored) => {
                     let d = scored.decision;
@@ -566,16 +567,30 @@ impl Report {
             let _ = writeln!(w, "    ... {} more", self.bad_lines as usize - self.bad_line_samples.len());
         }
         if self.warmup_transfers > 0 {
-            let _ = writeln!(w, "  warm-up: the first {} transfers built state and are left out of the counts below", self.warmup_transfers);
+            let _ = writeln!(
+                w,
+                "  warm-up: the first {} transfers built state and are left out of the counts below",
+                self.warmup_transfers
+            );
         }
-        let _ = writeln!(w, "\nthroughput  {:.0} events/s over {:.2} s (one thread, parsing included)", self.events_per_s, self.elapsed_s);
+        let _ = writeln!(
+            w,
+            "\nthroughput  {:.0} events/s over {:.2} s (one thread, parsing included)",
+            self.events_per_s, self.elapsed_s
+        );
         let l = &self.latency;
         let _ = writeln!(
             w,
             "engine latency per transfer  p50 {:.2} us  p99 {:.2} us  p99.9 {:.2} us  max {:.1} us",
             l.p50_us, l.p99_us, l.p999_us, l.max_us
         );
-        let _ = writeln!(w, "\ndecisions  allow {}  hold {}  ({:.2}% held)", self.allow, self.hold, 100.0 * frac(self.hold, self.transfers));
+        let _ = writeln!(
+            w,
+            "\ndecisions  allow {}  hold {}  ({:.2}% held)",
+            self.allow,
+            self.hold,
+            100.0 * frac(self.hold, self.transfers)
+        );
         for (v, n) in &self.holds_by_verification {
             let _ = writeln!(w, "  hold/{v:<9} {n}");
         }
@@ -583,7 +598,11 @@ impl Report {
             let _ = writeln!(w, "\nrules (fired / of which fraud)");
             for r in &self.rules {
                 let tag = if r.shadow { " [shadow]" } else { "" };
-                let _ = writeln!(w, "  {:<8} {:>7} / {:<7} {}{}  {}", r.reason, r.fired, r.fired_on_fraud, r.id, tag, r.label);
+                let _ = writeln!(
+                    w,
+                    "  {:<8} {:>7} / {:<7} {}{}  {}",
+                    r.reason, r.fired, r.fired_on_fraud, r.id, tag, r.label
+                );
             }
         }
         if let Some(q) = &self.quality {
@@ -605,7 +624,11 @@ impl Report {
                 100.0 * q.saved_won as f64 / q.fraud_won.max(1) as f64,
                 group(q.held_genuine_won)
             );
-            let _ = writeln!(w, "  {:<32} {:>7} {:>7} {:>8} {:>18} {:>18}", "typology", "frauds", "held", "recall", "fraud won", "saved won");
+            let _ = writeln!(
+                w,
+                "  {:<32} {:>7} {:>7} {:>8} {:>18} {:>18}",
+                "typology", "frauds", "held", "recall", "fraud won", "saved won"
+            );
             for t in &q.by_typology {
                 let _ = writeln!(
                     w,

@@ -173,7 +173,11 @@ impl RecentTimes {
         self.0.iter().rev().take_while(|&&x| x > cutoff).count() as i64
     }
     fn heap_bytes(&self) -> usize {
-        if self.0.spilled() { self.0.capacity() * size_of::<i64>() } else { 0 }
+        if self.0.spilled() {
+            self.0.capacity() * size_of::<i64>()
+        } else {
+            0
+        }
     }
 }
 
@@ -205,7 +209,11 @@ impl LastSeen {
         self.0.iter().filter(|&&(_, t)| t > cutoff && t <= now.millis()).count() as i64
     }
     fn heap_bytes(&self) -> usize {
-        if self.0.spilled() { self.0.capacity() * size_of::<(u64, i64)>() } else { 0 }
+        if self.0.spilled() {
+            self.0.capacity() * size_of::<(u64, i64)>()
+        } else {
+            0
+        }
     }
 }
 
@@ -521,7 +529,14 @@ type Map<V> = DashMap<CompactString, Box<V>, ahash::RandomState>;
 fn key_hash(s: &str) -> u64 {
     static HASHER: std::sync::OnceLock<ahash::RandomState> = std::sync::OnceLock::new();
     HASHER
-        .get_or_init(|| ahash::RandomState::with_seeds(0x6664_735f_6b65_7931, 0x9e37_79b9_7f4a_7c15, 0xc2b2_ae3d_27d4_eb4f, 0x1656_67b1_9e37_79f9))
+        .get_or_init(|| {
+            ahash::RandomState::with_seeds(
+                0x6664_735f_6b65_7931,
+                0x9e37_79b9_7f4a_7c15,
+                0xc2b2_ae3d_27d4_eb4f,
+                0x1656_67b1_9e37_79f9,
+            )
+        })
         .hash_one(s)
 }
 
@@ -535,12 +550,7 @@ pub struct State {
 
 impl State {
     pub fn new(cfg: StateConfig) -> Self {
-        State {
-            cfg,
-            accounts: Map::default(),
-            payees: Map::default(),
-            devices: Map::default(),
-        }
+        State { cfg, accounts: Map::default(), payees: Map::default(), devices: Map::default() }
     }
 
     /// Read the sender, payee and device as they were before `t`, then record `t`.
@@ -687,7 +697,11 @@ impl State {
 
 /// Get an entity for update, creating it on first sight. The key is allocated
 /// only on creation, not on every lookup.
-fn entry<'a, V>(m: &'a Map<V>, key: &str, new: impl FnOnce() -> V) -> dashmap::mapref::one::RefMut<'a, CompactString, Box<V>> {
+fn entry<'a, V>(
+    m: &'a Map<V>,
+    key: &str,
+    new: impl FnOnce() -> V,
+) -> dashmap::mapref::one::RefMut<'a, CompactString, Box<V>> {
     if let Some(r) = m.get_mut(key) {
         return r;
     }

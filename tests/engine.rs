@@ -4,15 +4,11 @@
 use std::path::Path;
 
 use fds::engine::{Action, Engine, Scored};
-use fds::event::{Event, EventTime};
+use fds::event::Event;
 use fds::features::{FeatureVector, Value, F, MINUTES_CAP};
 use fds::rules::{RuleSet, Verification};
 
 const ACCT: &str = "120220000000000000000001";
-
-fn at(kst: &str) -> EventTime {
-    EventTime::parse_kst(kst).unwrap()
-}
 
 fn transfer(id: &str, time: &str, amount: i64, payee: &str, device: &str) -> Event {
     transfer_from(ACCT, id, time, amount, payee, device)

@@ -72,8 +72,12 @@ fn a_different_rule_set_changes_the_digest() {
     let demo = PathBuf::from("replay-data/demo.jsonl.gz");
     let a = replay_files(std::slice::from_ref(&demo), Format::Auto, Some(20_000));
     let engine = Engine::with_rules(RuleSet::empty());
-    let b = replay::run(&engine, vec![replay::open(&demo, Format::Auto).unwrap()], Options { limit: Some(20_000), ..Options::default() })
-        .unwrap();
+    let b = replay::run(
+        &engine,
+        vec![replay::open(&demo, Format::Auto).unwrap()],
+        Options { limit: Some(20_000), ..Options::default() },
+    )
+    .unwrap();
     assert_eq!(a.transfers, b.transfers);
     assert_eq!(b.hold, 0);
     assert_ne!(a.decisions_digest, b.decisions_digest);

@@ -7,8 +7,7 @@ use std::time::{Duration, Instant};
 
 use fds::features::{FeatureVector, Kind, Value, F, N_FEATURES, SCHEMA};
 use fds::rules::{
-    new_handle, reload_now, watch_with, Action, Keys, Problem, RuleSet, RulesError, Verification,
-    WatchOptions,
+    new_handle, reload_now, watch_with, Action, Keys, Problem, RuleSet, RulesError, Verification, WatchOptions,
 };
 use tempfile::TempDir;
 
@@ -30,11 +29,7 @@ fn write(dir: &Path, name: &str, text: &str) {
     let path = dir.join(name);
     let parent = path.parent().expect("parent");
     fs::create_dir_all(parent).expect("mkdir");
-    let file_name = path
-        .file_name()
-        .expect("file name")
-        .to_string_lossy()
-        .into_owned();
+    let file_name = path.file_name().expect("file name").to_string_lossy().into_owned();
     let tmp = parent.join(format!(".{file_name}.tmp"));
     fs::write(&tmp, text).expect("write");
     fs::rename(&tmp, &path).expect("rename");
@@ -60,10 +55,7 @@ fn only_problem(rule_file: &str, extra: &[(&str, &str)]) -> Problem {
 }
 
 fn show(ps: &[Problem]) -> String {
-    ps.iter()
-        .map(|p| p.to_string())
-        .collect::<Vec<_>>()
-        .join("\n")
+    ps.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n")
 }
 
 fn at(p: &Problem) -> (usize, usize) {
@@ -71,10 +63,7 @@ fn at(p: &Problem) -> (usize, usize) {
 }
 
 fn assert_mentions(p: &Problem, needle: &str) {
-    assert!(
-        p.message.contains(needle),
-        "{p}\n  does not mention {needle:?}"
-    );
+    assert!(p.message.contains(needle), "{p}\n  does not mention {needle:?}");
 }
 
 /// A rule whose `when` string sits on line 5 with its text starting at
@@ -114,12 +103,7 @@ fn features(set: &[(F, Value)]) -> FeatureVector {
 }
 
 fn keys() -> Keys<'static> {
-    Keys {
-        account: "120220000000000000000001",
-        payee: "088-110123456789",
-        device: Some("D1"),
-        ip: Some("10.0.0.1"),
-    }
+    Keys { account: "120220000000000000000001", payee: "088-110123456789", device: Some("D1"), ip: Some("10.0.0.1") }
 }
 
 fn load(files: &[(&str, &str)]) -> RuleSet {
@@ -127,9 +111,7 @@ fn load(files: &[(&str, &str)]) -> RuleSet {
 }
 
 fn fired_ids(set: &RuleSet, idx: &[u16]) -> Vec<String> {
-    idx.iter()
-        .map(|&i| set.rules()[usize::from(i)].id().to_string())
-        .collect()
+    idx.iter().map(|&i| set.rules()[usize::from(i)].id().to_string()).collect()
 }
 
 /// Poll `cond` every 20 ms for up to 10 s.
@@ -145,9 +127,7 @@ fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
 }
 
 fn fast() -> WatchOptions {
-    WatchOptions {
-        debounce: Duration::from_millis(50),
-    }
+    WatchOptions { debounce: Duration::from_millis(50) }
 }
 
 // ---------------------------------------------------------------- a valid directory
@@ -181,10 +161,7 @@ shadow = true
 fn a_valid_directory_loads_with_its_metadata() {
     let dir = dir_with(&[
         ("vp.toml", VOICE_PHISHING),
-        (
-            "ruleset.toml",
-            "hold_score = 80\nscore_verify = \"delay\"\n",
-        ),
+        ("ruleset.toml", "hold_score = 80\nscore_verify = \"delay\"\n"),
         ("lists/mule_accounts.txt", "088-110123456789\n"),
         ("README.md", "ignored: not a rule file"),
     ]);
@@ -192,10 +169,7 @@ fn a_valid_directory_loads_with_its_metadata() {
     assert_eq!(set.rules().len(), 2);
     let r = &set.rules()[0];
     assert_eq!(r.id(), "VP_CERT_NEW_DEVICE_FIRST_LARGE");
-    assert_eq!(
-        r.label(),
-        "보이스피싱 의심: 인증서 재발급 직후 신규 수취인 고액이체"
-    );
+    assert_eq!(r.label(), "보이스피싱 의심: 인증서 재발급 직후 신규 수취인 고액이체");
     assert!(r.description().starts_with("Certificate re-issued"));
     assert_eq!(r.reason(), "VP001");
     assert_eq!(r.action(), Action::Hold(Verification::Callback));
@@ -203,10 +177,7 @@ fn a_valid_directory_loads_with_its_metadata() {
     assert_eq!(r.source(), dir.path().join("vp.toml"));
     assert_eq!(r.line(), 3);
     let r = &set.rules()[1];
-    assert_eq!(
-        (r.action(), r.shadow(), r.line()),
-        (Action::Score(60), true, 12)
-    );
+    assert_eq!((r.action(), r.shadow(), r.line()), (Action::Score(60), true, 12));
     assert_eq!(set.settings().hold_score, 80);
     assert_eq!(set.settings().score_verify, Verification::Delay);
     assert_eq!(set.lists().collect::<Vec<_>>(), vec![("mule_accounts", 1)]);
@@ -244,10 +215,7 @@ fn unknown_key_in_a_rule_suggests_the_right_one() {
     assert_eq!(at(&ps[0]), (1, 1));
     assert_mentions(&ps[0], "rule `A` is missing `reason`");
     assert_eq!(at(&ps[1]), (8, 1));
-    assert_mentions(
-        &ps[1],
-        "unknown key `reasn` in a rule; did you mean `reason`?",
-    );
+    assert_mentions(&ps[1], "unknown key `reasn` in a rule; did you mean `reason`?");
 }
 
 #[test]
@@ -292,10 +260,7 @@ fn unknown_feature_with_did_you_mean() {
 fn type_mismatch_says_the_types_found() {
     let p = only_problem(&rule("A", "amount and payee_first_seen", HOLD), &[]);
     assert_eq!(at(&p), (5, 9));
-    assert_mentions(
-        &p,
-        "`and` needs true or false on both sides, but `amount` is integer",
-    );
+    assert_mentions(&p, "`and` needs true or false on both sides, but `amount` is integer");
 
     let p = only_problem(&rule("A", "payee_first_seen > 3", HOLD), &[]);
     assert_eq!(at(&p), (5, 9));
@@ -303,27 +268,18 @@ fn type_mismatch_says_the_types_found() {
 
     let p = only_problem(&rule("A", "amount + 1", HOLD), &[]);
     assert_eq!(at(&p), (5, 9));
-    assert_mentions(
-        &p,
-        "a condition must be true or false, but `amount + 1` is integer",
-    );
+    assert_mentions(&p, "a condition must be true or false, but `amount + 1` is integer");
 
     let p = only_problem(&rule("A", "is_night == amount_vs_max", HOLD), &[]);
     assert_eq!(at(&p), (5, 18));
-    assert_mentions(
-        &p,
-        "`==` cannot compare bool `is_night` with number `amount_vs_max`",
-    );
+    assert_mentions(&p, "`==` cannot compare bool `is_night` with number `amount_vs_max`");
 }
 
 #[test]
 fn expression_syntax_errors() {
     let p = only_problem(&rule("A", "amount >= ) 1", HOLD), &[]);
     assert_eq!(at(&p), (5, 19));
-    assert_mentions(
-        &p,
-        "expected a value (a feature, a number, true or false), found `)`",
-    );
+    assert_mentions(&p, "expected a value (a feature, a number, true or false), found `)`");
 
     let p = only_problem(&rule("A", "is_night and (amount > 1", HOLD), &[]);
     assert_eq!(at(&p), (5, 22));
@@ -331,10 +287,7 @@ fn expression_syntax_errors() {
 
     let p = only_problem(&rule("A", "amount > 1 is_night", HOLD), &[]);
     assert_eq!(at(&p), (5, 20));
-    assert_mentions(
-        &p,
-        "expected `and`, `or` or the end of the condition, found `is_night`",
-    );
+    assert_mentions(&p, "expected `and`, `or` or the end of the condition, found `is_night`");
 
     // An expression that ends too early points at the closing quote.
     let p = only_problem(&rule("A", "amount >", HOLD), &[]);
@@ -347,7 +300,10 @@ fn unknown_list_suggests_an_existing_one() {
     let lists = [("lists/mule_accounts.txt", "088-1\n")];
     let p = only_problem(&rule("A", "payee in mule_acounts", HOLD), &lists);
     assert_eq!(at(&p), (5, 18));
-    assert_mentions(&p, "unknown list `mule_acounts`: there is no lists/mule_acounts.txt; did you mean `mule_accounts`?");
+    assert_mentions(
+        &p,
+        "unknown list `mule_acounts`: there is no lists/mule_acounts.txt; did you mean `mule_accounts`?",
+    );
 
     let p = only_problem(&rule("A", "payee in mules", HOLD), &[]);
     assert_mentions(&p, "the lists/ directory holds no lists");
@@ -357,15 +313,9 @@ fn unknown_list_suggests_an_existing_one() {
 fn a_key_outside_in_is_refused() {
     let p = only_problem(&rule("A", "amount > 1 and device == 3", HOLD), &[]);
     assert_eq!(at(&p), (5, 24));
-    assert_mentions(
-        &p,
-        "`device` is a transfer key, usable only as `device in <list>`",
-    );
+    assert_mentions(&p, "`device` is a transfer key, usable only as `device in <list>`");
 
-    let p = only_problem(
-        &rule("A", "amount in mules", HOLD),
-        &[("lists/mules.txt", "")],
-    );
+    let p = only_problem(&rule("A", "amount in mules", HOLD), &[("lists/mules.txt", "")]);
     assert_eq!(at(&p), (5, 9));
     assert_mentions(&p, "only `account`, `payee`, `device` or `ip` can be looked up in a list; `amount` is a feature");
 }
@@ -374,32 +324,20 @@ fn a_key_outside_in_is_refused() {
 fn duplicate_rule_id_names_both_places() {
     let (dir, ps) = problems(&[
         ("a.toml", &rule("DUP", "amount > 1", HOLD)),
-        (
-            "b.toml",
-            &format!(
-                "{}\n{}",
-                rule("OTHER", "amount > 2", HOLD),
-                rule("DUP", "amount > 3", HOLD)
-            ),
-        ),
+        ("b.toml", &format!("{}\n{}", rule("OTHER", "amount > 2", HOLD), rule("DUP", "amount > 3", HOLD))),
     ]);
     assert_eq!(ps.len(), 1, "{}", show(&ps));
     assert_eq!(ps[0].path, dir.path().join("b.toml"));
     assert_eq!(at(&ps[0]), (11, 6));
-    let first = format!(
-        "already used at {}:2:6",
-        dir.path().join("a.toml").display()
-    );
+    let first = format!("already used at {}:2:6", dir.path().join("a.toml").display());
     assert_mentions(&ps[0], "duplicate rule id `DUP`");
     assert_mentions(&ps[0], &first);
 }
 
 #[test]
 fn duplicates_are_found_even_when_the_rule_has_other_problems() {
-    let (_dir, ps) = problems(&[
-        ("a.toml", &rule("DUP", "amount > 1", HOLD)),
-        ("b.toml", &rule("DUP", "amout > 1", HOLD)),
-    ]);
+    let (_dir, ps) =
+        problems(&[("a.toml", &rule("DUP", "amount > 1", HOLD)), ("b.toml", &rule("DUP", "amout > 1", HOLD))]);
     let messages: Vec<&str> = ps.iter().map(|p| p.message.as_str()).collect();
     assert_eq!(ps.len(), 2, "{}", show(&ps));
     assert!(messages[0].starts_with("duplicate rule id"), "{messages:?}");
@@ -410,33 +348,18 @@ fn duplicates_are_found_even_when_the_rule_has_other_problems() {
 fn bad_id_action_verify_and_score_combinations() {
     // Each rule is 6 lines plus its action lines, then a blank line.
     let rules = [
-        rule("vp-1", "amount > 1", HOLD),                          // 1-8
-        rule("HOLD_NO_VERIFY", "amount > 1", "action = \"hold\""), // 10-16
-        rule(
-            "HOLD_WITH_SCORE",
-            "amount > 1",
-            &format!("{HOLD}\nscore = 5"),
-        ), // 18-26
-        rule(
-            "SCORE_WITH_VERIFY",
-            "amount > 1",
-            &format!("{SCORE_10}\nverify = \"ars\""),
-        ), // 28-36
-        rule("SCORE_NO_SCORE", "amount > 1", "action = \"score\""), // 38-44
-        rule("SCORE_ZERO", "amount > 1", &score(0)),               // 46-53
-        rule("BAD_ACTION", "amount > 1", "action = \"block\""),    // 55-61
-        rule("BAD_VERIFY", "amount > 1", &hold("sms")),            // 63-70
-        rule(
-            "BAD_SHADOW",
-            "amount > 1",
-            &format!("{HOLD}\nshadow = \"yes\""),
-        ), // 72-80
+        rule("vp-1", "amount > 1", HOLD),                                                  // 1-8
+        rule("HOLD_NO_VERIFY", "amount > 1", "action = \"hold\""),                         // 10-16
+        rule("HOLD_WITH_SCORE", "amount > 1", &format!("{HOLD}\nscore = 5")),              // 18-26
+        rule("SCORE_WITH_VERIFY", "amount > 1", &format!("{SCORE_10}\nverify = \"ars\"")), // 28-36
+        rule("SCORE_NO_SCORE", "amount > 1", "action = \"score\""),                        // 38-44
+        rule("SCORE_ZERO", "amount > 1", &score(0)),                                       // 46-53
+        rule("BAD_ACTION", "amount > 1", "action = \"block\""),                            // 55-61
+        rule("BAD_VERIFY", "amount > 1", &hold("sms")),                                    // 63-70
+        rule("BAD_SHADOW", "amount > 1", &format!("{HOLD}\nshadow = \"yes\"")),            // 72-80
     ];
     let (_dir, ps) = problems(&[("r.toml", &rules.join("\n"))]);
-    let got: Vec<(usize, usize, &str)> = ps
-        .iter()
-        .map(|p| (p.line, p.column, p.message.as_str()))
-        .collect();
+    let got: Vec<(usize, usize, &str)> = ps.iter().map(|p| (p.line, p.column, p.message.as_str())).collect();
     let expected: Vec<(usize, usize, &str)> = vec![
         (2, 6, "rule id `vp-1` may use only A-Z, 0-9 and `_`, e.g. `VP_1`"),
         (10, 1, "rule `HOLD_NO_VERIFY` has action = \"hold\" but no `verify` (\"delay\", \"ars\" or \"callback\")"),
@@ -471,17 +394,11 @@ fn rule_written_as_a_single_table_is_reported() {
 
 #[test]
 fn bad_list_file_name() {
-    let (dir, ps) = problems(&[
-        ("r.toml", &rule("A", "amount > 1", HOLD)),
-        ("lists/Mule-Accounts.txt", "088-1\n"),
-    ]);
+    let (dir, ps) = problems(&[("r.toml", &rule("A", "amount > 1", HOLD)), ("lists/Mule-Accounts.txt", "088-1\n")]);
     assert_eq!(ps.len(), 1, "{}", show(&ps));
     assert_eq!(ps[0].path, dir.path().join("lists/Mule-Accounts.txt"));
     assert_eq!(at(&ps[0]), (1, 1));
-    assert_mentions(
-        &ps[0],
-        "list file name `Mule-Accounts.txt` may use only a-z, 0-9 and `_`",
-    );
+    assert_mentions(&ps[0], "list file name `Mule-Accounts.txt` may use only a-z, 0-9 and `_`");
     assert_mentions(&ps[0], "`mule_accounts.txt`");
 }
 
@@ -495,26 +412,10 @@ fn bad_ruleset_toml() {
         assert_eq!(at(&ps[0]), pos, "{}", ps[0]);
         assert_mentions(&ps[0], needle);
     };
-    check(
-        "hold_score = 100\nhold_scor = 5\n",
-        (2, 1),
-        "unknown field `hold_scor`",
-    );
-    check(
-        "hold_score = 0\n",
-        (1, 14),
-        "`hold_score` must be a positive integer",
-    );
-    check(
-        "hold_score = 99999999999\n",
-        (1, 14),
-        "`hold_score` must be a positive integer",
-    );
-    check(
-        "# thresholds\nscore_verify = \"sms\"\n",
-        (2, 16),
-        "unknown variant `sms`",
-    );
+    check("hold_score = 100\nhold_scor = 5\n", (2, 1), "unknown field `hold_scor`");
+    check("hold_score = 0\n", (1, 14), "`hold_score` must be a positive integer");
+    check("hold_score = 99999999999\n", (1, 14), "`hold_score` must be a positive integer");
+    check("# thresholds\nscore_verify = \"sms\"\n", (2, 16), "unknown variant `sms`");
     check("hold_score = \"high\"\n", (1, 14), "invalid type");
 }
 
@@ -553,34 +454,14 @@ fn errors_after_escapes_point_at_the_right_column() {
 #[test]
 fn every_problem_in_every_file_is_reported_in_order() {
     let (dir, ps) = problems(&[
-        (
-            "a.toml",
-            &format!(
-                "{}\n{}",
-                rule("A1", "amout > 1", HOLD),
-                rule("A2", "is_night and", HOLD)
-            ),
-        ),
+        ("a.toml", &format!("{}\n{}", rule("A1", "amout > 1", HOLD), rule("A2", "is_night and", HOLD))),
         ("b.toml", "[[rule]\n"),
-        (
-            "c.toml",
-            &rule("C1", "payee in nowhere", "action = \"hold\""),
-        ),
+        ("c.toml", &rule("C1", "payee in nowhere", "action = \"hold\"")),
         ("ruleset.toml", "hold_score = -1\n"),
     ]);
     let got: Vec<(String, usize, usize)> = ps
         .iter()
-        .map(|p| {
-            (
-                p.path
-                    .file_name()
-                    .unwrap_or_default()
-                    .to_string_lossy()
-                    .into_owned(),
-                p.line,
-                p.column,
-            )
-        })
+        .map(|p| (p.path.file_name().unwrap_or_default().to_string_lossy().into_owned(), p.line, p.column))
         .collect();
     let expected = [
         ("a.toml", 5, 9),
@@ -590,10 +471,7 @@ fn every_problem_in_every_file_is_reported_in_order() {
         ("c.toml", 5, 18),
         ("ruleset.toml", 1, 14),
     ];
-    let expected: Vec<(String, usize, usize)> = expected
-        .iter()
-        .map(|(f, l, c)| (f.to_string(), *l, *c))
-        .collect();
+    let expected: Vec<(String, usize, usize)> = expected.iter().map(|(f, l, c)| (f.to_string(), *l, *c)).collect();
     assert_eq!(got, expected, "\n{}", show(&ps));
     assert_eq!(ps[2].message, "invalid table header: expected `.`, `]]`");
 
@@ -601,14 +479,8 @@ fn every_problem_in_every_file_is_reported_in_order() {
     let err = RuleSet::load_dir(dir.path()).expect_err("invalid");
     let text = err.to_string();
     assert_eq!(text.lines().count(), 6, "{text}");
-    let first = format!(
-        "{}:5:9: unknown feature `amout`",
-        dir.path().join("a.toml").display()
-    );
-    assert!(
-        text.lines().next().is_some_and(|l| l.starts_with(&first)),
-        "{text}"
-    );
+    let first = format!("{}:5:9: unknown feature `amout`", dir.path().join("a.toml").display());
+    assert!(text.lines().next().is_some_and(|l| l.starts_with(&first)), "{text}");
 }
 
 #[test]
@@ -624,20 +496,14 @@ fn a_non_utf8_file_is_reported_where_it_breaks() {
 
 #[test]
 fn list_entries_with_spaces_are_reported() {
-    let p = only_problem(
-        &rule("A", "amount > 1", HOLD),
-        &[("lists/mules.txt", "# mules\n088-1\n088-2 홍길동\n")],
-    );
+    let p = only_problem(&rule("A", "amount > 1", HOLD), &[("lists/mules.txt", "# mules\n088-1\n088-2 홍길동\n")]);
     assert_eq!(at(&p), (3, 6));
     assert_mentions(&p, "cannot contain spaces");
 }
 
 #[test]
 fn half_written_files_never_panic_and_always_position_their_problems() {
-    let text = format!(
-        "{VOICE_PHISHING}\n{}",
-        rule("X", "payee in mules and amount >= 1.5억", &score(5))
-    );
+    let text = format!("{VOICE_PHISHING}\n{}", rule("X", "payee in mules and amount >= 1.5억", &score(5)));
     let lines = text.lines().count() + 1;
     for (cut, _) in text.char_indices() {
         let prefix = &text[..cut];
@@ -646,10 +512,7 @@ fn half_written_files_never_panic_and_always_position_their_problems() {
             Err(e) => {
                 assert!(!e.problems().is_empty(), "cut {cut}: {e}");
                 for p in e.problems() {
-                    assert!(
-                        p.line >= 1 && p.line <= lines && p.column >= 1,
-                        "cut {cut}: {p}"
-                    );
+                    assert!(p.line >= 1 && p.line <= lines && p.column >= 1, "cut {cut}: {p}");
                 }
             }
         }
@@ -670,10 +533,7 @@ fn int_and_float_comparisons() {
         .join("\n"),
     )]);
     let run = |amount, ratio| {
-        let f = features(&[
-            (F::AMOUNT, Value::Int(amount)),
-            (F::AMOUNT_VS_AVG_30D, Value::Float(ratio)),
-        ]);
+        let f = features(&[(F::AMOUNT, Value::Int(amount)), (F::AMOUNT_VS_AVG_30D, Value::Float(ratio))]);
         fired_ids(&set, &set.evaluate(&f, &keys()).fired)
     };
     assert_eq!(run(3, 3.0), ["RATIO", "INT_VS_FLOAT"]);
@@ -687,11 +547,7 @@ fn int_and_float_comparisons() {
 fn korean_unit_literals() {
     let set = load(&[(
         "r.toml",
-        &[
-            rule("MAN", "amount >= 300만", SCORE_10),
-            rule("EOK", "amount >= 1.5억", SCORE_10),
-        ]
-        .join("\n"),
+        &[rule("MAN", "amount >= 300만", SCORE_10), rule("EOK", "amount >= 1.5억", SCORE_10)].join("\n"),
     )]);
     let run = |amount| {
         let f = features(&[(F::AMOUNT, Value::Int(amount))]);
@@ -705,14 +561,7 @@ fn korean_unit_literals() {
 
 #[test]
 fn and_or_not_and_parentheses() {
-    let set = load(&[(
-        "r.toml",
-        &rule(
-            "A",
-            "not is_night and (is_weekend or amount > 10)",
-            SCORE_10,
-        ),
-    )]);
+    let set = load(&[("r.toml", &rule("A", "not is_night and (is_weekend or amount > 10)", SCORE_10))]);
     let run = |night, weekend, amount| {
         let f = features(&[
             (F::IS_NIGHT, Value::Bool(night)),
@@ -741,70 +590,28 @@ fn list_membership_including_absent_device() {
             ]
             .join("\n"),
         ),
-        (
-            "lists/mule_accounts.txt",
-            "# 대포통장\n088-110123456789\n004-999\n",
-        ),
+        ("lists/mule_accounts.txt", "# 대포통장\n088-110123456789\n004-999\n"),
         ("lists/blocked_devices.txt", "D-BAD\n"),
         ("lists/bad_ips.txt", "10.0.0.1 # seen in case 42\n"),
     ]);
     let f = features(&[]);
     let run = |k: Keys| fired_ids(&set, &set.evaluate(&f, &k).fired);
     assert_eq!(run(keys()), ["MULE", "NOT_BLOCKED", "IP"]);
-    assert_eq!(
-        run(Keys {
-            device: Some("D-BAD"),
-            ip: None,
-            ..keys()
-        }),
-        ["MULE", "BLOCKED"]
-    );
+    assert_eq!(run(Keys { device: Some("D-BAD"), ip: None, ..keys() }), ["MULE", "BLOCKED"]);
     // An absent device is in no list, so `not in` holds.
-    assert_eq!(
-        run(Keys {
-            device: None,
-            payee: "004-1",
-            ..keys()
-        }),
-        ["NOT_BLOCKED", "IP"]
-    );
-    assert_eq!(
-        run(Keys {
-            account: "004-999",
-            payee: "x",
-            device: None,
-            ip: None
-        }),
-        ["NOT_BLOCKED", "SELF"]
-    );
+    assert_eq!(run(Keys { device: None, payee: "004-1", ..keys() }), ["NOT_BLOCKED", "IP"]);
+    assert_eq!(run(Keys { account: "004-999", payee: "x", device: None, ip: None }), ["NOT_BLOCKED", "SELF"]);
 }
 
 #[test]
 fn shadow_rules_never_affect_hold_or_score() {
-    let shadow_hold = format!(
-        "{}shadow = true\n",
-        rule("SHADOW_HOLD", "amount > 0", &hold("callback"))
-    );
-    let shadow_score = format!(
-        "{}shadow = true\n",
-        rule("SHADOW_SCORE", "amount > 0", &score(1000))
-    );
-    let set = load(&[(
-        "r.toml",
-        &[
-            shadow_hold,
-            rule("LIVE", "amount > 100", &score(30)),
-            shadow_score,
-        ]
-        .join("\n"),
-    )]);
+    let shadow_hold = format!("{}shadow = true\n", rule("SHADOW_HOLD", "amount > 0", &hold("callback")));
+    let shadow_score = format!("{}shadow = true\n", rule("SHADOW_SCORE", "amount > 0", &score(1000)));
+    let set = load(&[("r.toml", &[shadow_hold, rule("LIVE", "amount > 100", &score(30)), shadow_score].join("\n"))]);
     let f = features(&[(F::AMOUNT, Value::Int(500))]);
     let out = set.evaluate(&f, &keys());
     assert_eq!(fired_ids(&set, &out.fired), ["LIVE"]);
-    assert_eq!(
-        fired_ids(&set, &out.shadow_fired),
-        ["SHADOW_HOLD", "SHADOW_SCORE"]
-    );
+    assert_eq!(fired_ids(&set, &out.shadow_fired), ["SHADOW_HOLD", "SHADOW_SCORE"]);
     assert_eq!(out.score, 30);
     assert_eq!(out.hold, None);
 }
@@ -820,10 +627,7 @@ fn the_strongest_verification_wins() {
         ]
         .join("\n"),
     )]);
-    let run = |amount| {
-        set.evaluate(&features(&[(F::AMOUNT, Value::Int(amount))]), &keys())
-            .hold
-    };
+    let run = |amount| set.evaluate(&features(&[(F::AMOUNT, Value::Int(amount))]), &keys()).hold;
     assert_eq!(run(50), Some(Verification::Ars));
     assert_eq!(run(500), Some(Verification::Callback));
     assert_eq!(run(0), None);
@@ -832,18 +636,8 @@ fn the_strongest_verification_wins() {
 
 #[test]
 fn score_threshold_comes_from_ruleset_toml() {
-    let rules = [
-        rule("S1", "amount > 0", &score(30)),
-        rule("S2", "amount > 100", &score(30)),
-    ]
-    .join("\n");
-    let set = load(&[
-        ("r.toml", &rules),
-        (
-            "ruleset.toml",
-            "hold_score = 60\nscore_verify = \"delay\"\n",
-        ),
-    ]);
+    let rules = [rule("S1", "amount > 0", &score(30)), rule("S2", "amount > 100", &score(30))].join("\n");
+    let set = load(&[("r.toml", &rules), ("ruleset.toml", "hold_score = 60\nscore_verify = \"delay\"\n")]);
     let run = |set: &RuleSet, amount| {
         let out = set.evaluate(&features(&[(F::AMOUNT, Value::Int(amount))]), &keys());
         (out.score, out.hold)
@@ -858,14 +652,8 @@ fn score_threshold_comes_from_ruleset_toml() {
 
     // A score hold and a hold rule together: the stronger verification wins.
     let mixed = load(&[
-        (
-            "r.toml",
-            &format!("{rules}\n{}", rule("H", "amount > 100", &hold("delay"))),
-        ),
-        (
-            "ruleset.toml",
-            "hold_score = 60\nscore_verify = \"callback\"\n",
-        ),
+        ("r.toml", &format!("{rules}\n{}", rule("H", "amount > 100", &hold("delay")))),
+        ("ruleset.toml", "hold_score = 60\nscore_verify = \"callback\"\n"),
     ]);
     assert_eq!(run(&mixed, 500), (60, Some(Verification::Callback)));
 }
@@ -874,14 +662,7 @@ fn score_threshold_comes_from_ruleset_toml() {
 fn rules_run_in_file_name_order_then_position() {
     let set = load(&[
         ("b.toml", &rule("B1", "amount > 0", SCORE_10)),
-        (
-            "a.toml",
-            &format!(
-                "{}\n{}",
-                rule("A1", "amount > 0", SCORE_10),
-                rule("A2", "amount > 0", SCORE_10)
-            ),
-        ),
+        ("a.toml", &format!("{}\n{}", rule("A1", "amount > 0", SCORE_10), rule("A2", "amount > 0", SCORE_10))),
     ]);
     let out = set.evaluate(&features(&[(F::AMOUNT, Value::Int(1))]), &keys());
     assert_eq!(fired_ids(&set, &out.fired), ["A1", "A2", "B1"]);
@@ -891,10 +672,7 @@ fn rules_run_in_file_name_order_then_position() {
 #[test]
 fn the_empty_set_fires_nothing() {
     let set = RuleSet::empty();
-    let out = set.evaluate(
-        &features(&[(F::AMOUNT, Value::Int(1_000_000_000))]),
-        &keys(),
-    );
+    let out = set.evaluate(&features(&[(F::AMOUNT, Value::Int(1_000_000_000))]), &keys());
     assert_eq!(out, Default::default());
     assert_eq!(*set.settings(), Default::default());
 }
@@ -903,37 +681,20 @@ fn the_empty_set_fires_nothing() {
 
 #[test]
 fn version_is_stable_for_identical_content_and_changes_with_it() {
-    let files = [
-        ("vp.toml", VOICE_PHISHING),
-        ("lists/mules.txt", "088-1\n"),
-        ("ruleset.toml", "hold_score = 90\n"),
-    ];
+    let files = [("vp.toml", VOICE_PHISHING), ("lists/mules.txt", "088-1\n"), ("ruleset.toml", "hold_score = 90\n")];
     let a = dir_with(&files);
     let b = dir_with(&files);
-    let va = RuleSet::load_dir(a.path())
-        .expect("a")
-        .version()
-        .to_string();
+    let va = RuleSet::load_dir(a.path()).expect("a").version().to_string();
     assert_eq!(va, RuleSet::load_dir(b.path()).expect("b").version());
     assert_eq!(va, load(&files).version());
-    assert!(
-        va.starts_with("rs-") && va.len() == 15 && va[3..].bytes().all(|c| c.is_ascii_hexdigit()),
-        "{va}"
-    );
+    assert!(va.starts_with("rs-") && va.len() == 15 && va[3..].bytes().all(|c| c.is_ascii_hexdigit()), "{va}");
 
     write(b.path(), "lists/mules.txt", "088-1\n088-2\n");
-    let vb = RuleSet::load_dir(b.path())
-        .expect("b")
-        .version()
-        .to_string();
+    let vb = RuleSet::load_dir(b.path()).expect("b").version().to_string();
     assert_ne!(va, vb);
     write(b.path(), "lists/mules.txt", "088-1\n");
     assert_eq!(va, RuleSet::load_dir(b.path()).expect("b").version());
-    write(
-        b.path(),
-        "vp.toml",
-        &VOICE_PHISHING.replace("score = 60", "score = 61"),
-    );
+    write(b.path(), "vp.toml", &VOICE_PHISHING.replace("score = 60", "score = 61"));
     assert_ne!(va, RuleSet::load_dir(b.path()).expect("b").version());
 
     // Same contents under other names is another directory.
@@ -942,12 +703,7 @@ fn version_is_stable_for_identical_content_and_changes_with_it() {
         ("lists/mules.txt", "088-1\n"),
         ("ruleset.toml", "hold_score = 90\n"),
     ]);
-    assert_ne!(
-        va,
-        RuleSet::load_dir(renamed.path())
-            .expect("renamed")
-            .version()
-    );
+    assert_ne!(va, RuleSet::load_dir(renamed.path()).expect("renamed").version());
 }
 
 #[test]
@@ -961,12 +717,7 @@ fn an_empty_directory_is_the_empty_set() {
 // ---------------------------------------------------------------- hot reload
 
 fn ids(handle: &fds::rules::RulesHandle) -> Vec<String> {
-    handle
-        .load()
-        .rules()
-        .iter()
-        .map(|r| r.id().to_string())
-        .collect()
+    handle.load().rules().iter().map(|r| r.id().to_string()).collect()
 }
 
 #[test]
@@ -1011,14 +762,8 @@ fn watcher_rejects_a_bad_file_keeps_the_old_set_and_recovers() {
     let full = rule("B", "amount > 2 and is_night", HOLD);
     let half = &full[..full.find("and is_night").expect("cut point") + 3];
     write(dir.path(), "r.toml", half);
-    eventually("the bad file is rejected", || {
-        watcher.status().rejected >= 1
-    });
-    assert_eq!(
-        handle.load().version(),
-        good,
-        "the running set must be kept"
-    );
+    eventually("the bad file is rejected", || watcher.status().rejected >= 1);
+    assert_eq!(handle.load().version(), good, "the running set must be kept");
     assert_eq!(ids(&handle), ["A"]);
     let status = watcher.status();
     assert_eq!(status.reloads, 0);
@@ -1043,14 +788,8 @@ fn watcher_picks_up_list_changes() {
     let hits = || handle.load().evaluate(&f, &keys()).hold;
     assert_eq!(hits(), None);
 
-    write(
-        dir.path(),
-        "lists/mule_accounts.txt",
-        "# none yet\n088-110123456789\n",
-    );
-    eventually("the new list entry is live", || {
-        hits() == Some(Verification::Ars)
-    });
+    write(dir.path(), "lists/mule_accounts.txt", "# none yet\n088-110123456789\n");
+    eventually("the new list entry is live", || hits() == Some(Verification::Ars));
 }
 
 #[test]

@@ -101,9 +101,7 @@ enum RulesCommand {
 
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
@@ -176,9 +174,9 @@ fn replay_cmd(files: &[PathBuf], args: ReplayArgs) -> Result<()> {
         })
         .collect::<Result<Vec<_>>>()?;
     let decisions_out: Option<Box<dyn Write>> = match decisions_out {
-        Some(p) => Some(Box::new(BufWriter::new(
-            File::create(&p).with_context(|| format!("cannot create {}", p.display()))?,
-        ))),
+        Some(p) => {
+            Some(Box::new(BufWriter::new(File::create(&p).with_context(|| format!("cannot create {}", p.display()))?)))
+        }
         None => None,
     };
     let opts = replay::Options {

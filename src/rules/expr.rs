@@ -34,10 +34,7 @@ pub struct ExprError {
 }
 
 fn err(offset: usize, message: impl Into<String>) -> ExprError {
-    ExprError {
-        offset,
-        message: message.into(),
-    }
+    ExprError { offset, message: message.into() }
 }
 
 // ---------------------------------------------------------------- lexer
@@ -81,22 +78,13 @@ fn lex(src: &str) -> Result<Vec<Token<'_>>, ExprError> {
             continue;
         }
         if is_word_char(c) {
-            let end = src[start..]
-                .find(|c: char| !is_word_char(c))
-                .map_or(src.len(), |n| start + n);
-            let (tok, end) = if c.is_ascii_digit()
-                && src[start..end]
-                    .bytes()
-                    .all(|b| b.is_ascii_digit() || b == b'_')
-            {
+            let end = src[start..].find(|c: char| !is_word_char(c)).map_or(src.len(), |n| start + n);
+            let (tok, end) = if c.is_ascii_digit() && src[start..end].bytes().all(|b| b.is_ascii_digit() || b == b'_') {
                 lex_number(src, start, end)?
             } else {
                 (Tok::Word(&src[start..end]), end)
             };
-            tokens.push(Token {
-                tok,
-                span: Span { start, end },
-            });
+            tokens.push(Token { tok, span: Span { start, end } });
             while chars.peek().is_some_and(|&(i, _)| i < end) {
                 chars.next();
             }
@@ -123,21 +111,9 @@ fn lex(src: &str) -> Result<Vec<Token<'_>>, ExprError> {
         if len == 2 {
             chars.next();
         }
-        tokens.push(Token {
-            tok,
-            span: Span {
-                start,
-                end: start + len,
-            },
-        });
+        tokens.push(Token { tok, span: Span { start, end: start + len } });
     }
-    tokens.push(Token {
-        tok: Tok::Eof,
-        span: Span {
-            start: src.len(),
-            end: src.len(),
-        },
-    });
+    tokens.push(Token { tok: Tok::Eof, span: Span { start: src.len(), end: src.len() } });
     Ok(tokens)
 }
 
@@ -150,9 +126,7 @@ fn unexpected_char_message(c: char, next: Option<char>) -> String {
         ('!', _) => "`!` is written `not` here".into(),
         ('=', _) => "use `==` to compare for equality".into(),
         ('.', _) => "a number needs a digit before `.`, e.g. `0.5`".into(),
-        ('"' | '\'', _) => {
-            "quoted text has no meaning in a condition; put entries in a list file".into()
-        }
+        ('"' | '\'', _) => "quoted text has no meaning in a condition; put entries in a list file".into(),
         ('원', _) => "write amounts without `원`, e.g. `300만`".into(),
         _ => format!("unexpected character `{c}`"),
     }
@@ -167,9 +141,8 @@ fn lex_number(src: &str, start: usize, int_end: usize) -> Result<(Tok<'static>, 
     let mut frac_digits: Option<&str> = None;
     if src[end..].starts_with('.') {
         let frac_start = end + 1;
-        let frac_end = src[frac_start..]
-            .find(|c: char| !(c.is_ascii_digit() || c == '_'))
-            .map_or(src.len(), |n| frac_start + n);
+        let frac_end =
+            src[frac_start..].find(|c: char| !(c.is_ascii_digit() || c == '_')).map_or(src.len(), |n| frac_start + n);
         if frac_end == frac_start {
             return Err(err(end, "expected digits after `.`"));
         }
@@ -188,20 +161,13 @@ fn lex_number(src: &str, start: usize, int_end: usize) -> Result<(Tok<'static>, 
     let text = &src[start..end];
     if let Some(c) = src[end..].chars().next() {
         if c == '원' {
-            return Err(err(
-                end,
-                format!("write amounts without `원`, e.g. `{text}`"),
-            ));
+            return Err(err(end, format!("write amounts without `원`, e.g. `{text}`")));
         }
         if is_word_char(c) || c == '.' || c == '만' || c == '억' {
-            return Err(err(
-                end,
-                format!("unexpected `{c}` after the number `{text}`"),
-            ));
+            return Err(err(end, format!("unexpected `{c}` after the number `{text}`")));
         }
     }
-    let tok = number_value(int_digits, frac_digits, unit)
-        .map_err(|m| err(start, format!("`{text}`: {m}")))?;
+    let tok = number_value(int_digits, frac_digits, unit).map_err(|m| err(start, format!("`{text}`: {m}")))?;
     Ok((tok, end))
 }
 
@@ -215,22 +181,13 @@ fn check_underscores(digits: &str, offset: usize) -> Result<(), ExprError> {
     Ok(())
 }
 
-fn number_value(
-    int_digits: &str,
-    frac_digits: Option<&str>,
-    unit: Option<u64>,
-) -> Result<Tok<'static>, String> {
+fn number_value(int_digits: &str, frac_digits: Option<&str>, unit: Option<u64>) -> Result<Tok<'static>, String> {
     let int: String = int_digits.chars().filter(|&c| c != '_').collect();
     let frac: Option<String> = frac_digits.map(|f| f.chars().filter(|&c| c != '_').collect());
     match (frac, unit) {
-        (None, None) => int
-            .parse::<i64>()
-            .map(Tok::Int)
-            .map_err(|_| "integer too large".into()),
+        (None, None) => int.parse::<i64>().map(Tok::Int).map_err(|_| "integer too large".into()),
         (Some(frac), None) => {
-            let v: f64 = format!("{int}.{frac}")
-                .parse()
-                .map_err(|_| "not a number".to_string())?;
+            let v: f64 = format!("{int}.{frac}").parse().map_err(|_| "not a number".to_string())?;
             if v.is_finite() {
                 Ok(Tok::Float(v))
             } else {
@@ -251,21 +208,13 @@ fn unit_value(int: &str, frac: &str, unit: u64) -> Result<i64, String> {
         .ok()
         .and_then(|digits| 10u128.checked_pow(digits))
         .ok_or("not a whole number of won")?;
-    let frac_value: u128 = if frac.is_empty() {
-        0
-    } else {
-        frac.parse().map_err(|_| "not a whole number of won")?
-    };
-    let frac_won = frac_value
-        .checked_mul(u128::from(unit))
-        .ok_or("not a whole number of won")?;
+    let frac_value: u128 = if frac.is_empty() { 0 } else { frac.parse().map_err(|_| "not a whole number of won")? };
+    let frac_won = frac_value.checked_mul(u128::from(unit)).ok_or("not a whole number of won")?;
     if frac_won % scale != 0 {
         return Err("not a whole number of won".into());
     }
-    let total = int
-        .checked_mul(u128::from(unit))
-        .and_then(|w| w.checked_add(frac_won / scale))
-        .ok_or_else(too_large)?;
+    let total =
+        int.checked_mul(u128::from(unit)).and_then(|w| w.checked_add(frac_won / scale)).ok_or_else(too_large)?;
     i64::try_from(total).map_err(|_| too_large())
 }
 
@@ -363,19 +312,8 @@ enum Node<'s> {
     Name(&'s str),
     Neg(Box<Ast<'s>>),
     Not(Box<Ast<'s>>),
-    Bin {
-        op: BinOp,
-        op_at: usize,
-        left: Box<Ast<'s>>,
-        right: Box<Ast<'s>>,
-    },
-    In {
-        key: &'s str,
-        key_at: usize,
-        list: &'s str,
-        list_at: usize,
-        negate: bool,
-    },
+    Bin { op: BinOp, op_at: usize, left: Box<Ast<'s>>, right: Box<Ast<'s>> },
+    In { key: &'s str, key_at: usize, list: &'s str, list_at: usize, negate: bool },
 }
 
 #[derive(Debug)]
@@ -396,12 +334,7 @@ struct Parser<'s> {
 
 fn parse(src: &str) -> Result<Ast<'_>, ExprError> {
     let tokens = lex(src)?;
-    let mut p = Parser {
-        src,
-        tokens,
-        pos: 0,
-        nesting: 0,
-    };
+    let mut p = Parser { src, tokens, pos: 0, nesting: 0 };
     if p.peek().tok == Tok::Eof {
         return Err(err(0, "empty condition"));
     }
@@ -415,10 +348,7 @@ fn parse(src: &str) -> Result<Ast<'_>, ExprError> {
                 format!("comparisons cannot be chained: write `a < b and b < c` instead of `a < b < c` (found {found})")
             }
             Tok::Word(w) if KEYWORDS.contains(&w.to_ascii_lowercase().as_str()) => {
-                format!(
-                    "keywords are lowercase: write `{}`, not `{w}`",
-                    w.to_ascii_lowercase()
-                )
+                format!("keywords are lowercase: write `{}`, not `{w}`", w.to_ascii_lowercase())
             }
             _ => format!("expected `and`, `or` or the end of the condition, found {found}"),
         };
@@ -428,10 +358,7 @@ fn parse(src: &str) -> Result<Ast<'_>, ExprError> {
 }
 
 fn too_deep(at: usize) -> ExprError {
-    err(
-        at,
-        format!("condition is nested too deeply (more than {MAX_DEPTH} levels)"),
-    )
+    err(at, format!("condition is nested too deeply (more than {MAX_DEPTH} levels)"))
 }
 
 impl<'s> Parser<'s> {
@@ -478,11 +405,7 @@ impl<'s> Parser<'s> {
     }
 
     /// Parse `f` one nesting level deeper.
-    fn nested<T>(
-        &mut self,
-        at: usize,
-        f: impl FnOnce(&mut Self) -> Result<T, ExprError>,
-    ) -> Result<T, ExprError> {
+    fn nested<T>(&mut self, at: usize, f: impl FnOnce(&mut Self) -> Result<T, ExprError>) -> Result<T, ExprError> {
         if self.nesting >= MAX_DEPTH {
             return Err(too_deep(at));
         }
@@ -492,28 +415,10 @@ impl<'s> Parser<'s> {
         result
     }
 
-    fn binary(
-        &self,
-        op: BinOp,
-        op_at: usize,
-        left: Ast<'s>,
-        right: Ast<'s>,
-    ) -> Result<Ast<'s>, ExprError> {
-        let span = Span {
-            start: left.span.start,
-            end: right.span.end,
-        };
+    fn binary(&self, op: BinOp, op_at: usize, left: Ast<'s>, right: Ast<'s>) -> Result<Ast<'s>, ExprError> {
+        let span = Span { start: left.span.start, end: right.span.end };
         let depth = left.depth.max(right.depth) + 1;
-        self.node(
-            Node::Bin {
-                op,
-                op_at,
-                left: Box::new(left),
-                right: Box::new(right),
-            },
-            span,
-            depth,
-        )
+        self.node(Node::Bin { op, op_at, left: Box::new(left), right: Box::new(right) }, span, depth)
     }
 
     fn or(&mut self) -> Result<Ast<'s>, ExprError> {
@@ -540,10 +445,7 @@ impl<'s> Parser<'s> {
         if self.is_keyword(0, "not") {
             let start = self.bump().span.start;
             let inner = self.nested(start, Self::not)?;
-            let span = Span {
-                start,
-                end: inner.span.end,
-            };
+            let span = Span { start, end: inner.span.end };
             let depth = inner.depth + 1;
             return self.node(Node::Not(Box::new(inner)), span, depth);
         }
@@ -551,8 +453,7 @@ impl<'s> Parser<'s> {
     }
 
     fn cmp(&mut self) -> Result<Ast<'s>, ExprError> {
-        let membership =
-            self.is_keyword(1, "in") || (self.is_keyword(1, "not") && self.is_keyword(2, "in"));
+        let membership = self.is_keyword(1, "in") || (self.is_keyword(1, "not") && self.is_keyword(2, "in"));
         if let (Tok::Word(key), true) = (self.peek().tok, membership) {
             return self.membership(key);
         }
@@ -563,10 +464,7 @@ impl<'s> Parser<'s> {
             return self.binary(op, op_at, left, right);
         }
         if self.is_keyword(0, "in") || (self.is_keyword(0, "not") && self.is_keyword(1, "in")) {
-            return Err(err(
-                left.span.start,
-                "only `account`, `payee`, `device` or `ip` can be looked up in a list",
-            ));
+            return Err(err(left.span.start, "only `account`, `payee`, `device` or `ip` can be looked up in a list"));
         }
         Ok(left)
     }
@@ -582,28 +480,14 @@ impl<'s> Parser<'s> {
         let list = match list_tok.tok {
             Tok::Word(w) if !KEYWORDS.contains(&w) => w,
             // A list may be named by digits alone (`lists/2024.txt`).
-            Tok::Int(_) if self.text(list_tok).bytes().all(|b| b.is_ascii_digit()) => {
-                self.text(list_tok)
-            }
+            Tok::Int(_) if self.text(list_tok).bytes().all(|b| b.is_ascii_digit()) => self.text(list_tok),
             _ => {
                 let found = self.found(list_tok);
-                return Err(err(
-                    list_tok.span.start,
-                    format!("expected a list name after `in`, found {found}"),
-                ));
+                return Err(err(list_tok.span.start, format!("expected a list name after `in`, found {found}")));
             }
         };
-        let span = Span {
-            start: key_tok.span.start,
-            end: list_tok.span.end,
-        };
-        let node = Node::In {
-            key,
-            key_at: key_tok.span.start,
-            list,
-            list_at: list_tok.span.start,
-            negate,
-        };
+        let span = Span { start: key_tok.span.start, end: list_tok.span.end };
+        let node = Node::In { key, key_at: key_tok.span.start, list, list_at: list_tok.span.start, negate };
         self.node(node, span, 1)
     }
 
@@ -631,10 +515,7 @@ impl<'s> Parser<'s> {
         if self.peek().tok == Tok::Op(BinOp::Sub) {
             let start = self.bump().span.start;
             let inner = self.nested(start, Self::unary)?;
-            let span = Span {
-                start,
-                end: inner.span.end,
-            };
+            let span = Span { start, end: inner.span.end };
             let depth = inner.depth + 1;
             return self.node(Node::Neg(Box::new(inner)), span, depth);
         }
@@ -643,22 +524,15 @@ impl<'s> Parser<'s> {
 
     fn atom(&mut self) -> Result<Ast<'s>, ExprError> {
         let t = self.bump();
-        let leaf = |node| {
-            Ok(Ast {
-                node,
-                span: t.span,
-                depth: 1,
-            })
-        };
+        let leaf = |node| Ok(Ast { node, span: t.span, depth: 1 });
         match t.tok {
             Tok::Int(v) => leaf(Node::Int(v)),
             Tok::Float(v) => leaf(Node::Float(v)),
             Tok::Word("true") => leaf(Node::Bool(true)),
             Tok::Word("false") => leaf(Node::Bool(false)),
-            Tok::Word(w) if w.starts_with(|c: char| c.is_ascii_digit()) => Err(err(
-                t.span.start,
-                format!("`{w}` is neither a number nor a feature name"),
-            )),
+            Tok::Word(w) if w.starts_with(|c: char| c.is_ascii_digit()) => {
+                Err(err(t.span.start, format!("`{w}` is neither a number nor a feature name")))
+            }
             Tok::Word(w) if !KEYWORDS.contains(&w) => leaf(Node::Name(w)),
             Tok::LParen => {
                 let inner = self.nested(t.span.start, Self::or)?;
@@ -666,33 +540,21 @@ impl<'s> Parser<'s> {
                 match close.tok {
                     Tok::RParen => {
                         self.bump();
-                        let span = Span {
-                            start: t.span.start,
-                            end: close.span.end,
-                        };
+                        let span = Span { start: t.span.start, end: close.span.end };
                         let depth = inner.depth + 1;
                         self.node(inner.node, span, depth)
                     }
                     Tok::Eof => Err(err(t.span.start, "unclosed `(`: no matching `)`")),
                     _ => {
                         let found = self.found(close);
-                        Err(err(
-                            close.span.start,
-                            format!("expected `)` to close the `(`, found {found}"),
-                        ))
+                        Err(err(close.span.start, format!("expected `)` to close the `(`, found {found}")))
                     }
                 }
             }
-            Tok::Eof => Err(err(
-                t.span.start,
-                "condition ends too early: expected a value",
-            )),
+            Tok::Eof => Err(err(t.span.start, "condition ends too early: expected a value")),
             _ => {
                 let found = self.found(t);
-                Err(err(
-                    t.span.start,
-                    format!("expected a value (a feature, a number, true or false), found {found}"),
-                ))
+                Err(err(t.span.start, format!("expected a value (a feature, a number, true or false), found {found}")))
             }
         }
     }
@@ -742,10 +604,7 @@ pub(crate) struct List {
 
 impl List {
     pub(crate) fn new(name: String, entries: impl IntoIterator<Item = String>) -> List {
-        List {
-            name,
-            entries: entries.into_iter().map(String::into_boxed_str).collect(),
-        }
+        List { name, entries: entries.into_iter().map(String::into_boxed_str).collect() }
     }
     pub(crate) fn name(&self) -> &str {
         &self.name
@@ -779,15 +638,8 @@ pub(crate) enum BoolExpr {
     FloatFeatureCmp(u16, Cmp, f64),
     IntCmp(Cmp, Box<(IntExpr, IntExpr)>),
     FloatCmp(Cmp, Box<(FloatExpr, FloatExpr)>),
-    BoolEq {
-        negate: bool,
-        sides: Box<(BoolExpr, BoolExpr)>,
-    },
-    InList {
-        key: KeyField,
-        list: u16,
-        negate: bool,
-    },
+    BoolEq { negate: bool, sides: Box<(BoolExpr, BoolExpr)> },
+    InList { key: KeyField, list: u16, negate: bool },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -896,12 +748,8 @@ impl BoolExpr {
             BoolExpr::FloatFeatureCmp(f, op, v) => op.float(read_float(cx.features, *f), *v),
             BoolExpr::Const(b) => *b,
             BoolExpr::Not(e) => !e.eval(cx),
-            BoolExpr::IntCmp(op, sides) => {
-                op.int(sides.0.eval(cx.features), sides.1.eval(cx.features))
-            }
-            BoolExpr::FloatCmp(op, sides) => {
-                op.float(sides.0.eval(cx.features), sides.1.eval(cx.features))
-            }
+            BoolExpr::IntCmp(op, sides) => op.int(sides.0.eval(cx.features), sides.1.eval(cx.features)),
+            BoolExpr::FloatCmp(op, sides) => op.float(sides.0.eval(cx.features), sides.1.eval(cx.features)),
             BoolExpr::BoolEq { negate, sides } => (sides.0.eval(cx) == sides.1.eval(cx)) != *negate,
             BoolExpr::InList { key, list, negate } => {
                 // An absent device or IP is in no list.
@@ -981,11 +829,7 @@ struct Checker<'a> {
 /// returned, not only the first.
 pub(crate) fn compile(src: &str, lists: &[String]) -> Result<BoolExpr, Vec<ExprError>> {
     let ast = parse(src).map_err(|e| vec![e])?;
-    let mut checker = Checker {
-        src,
-        lists,
-        errors: Vec::new(),
-    };
+    let mut checker = Checker { src, lists, errors: Vec::new() };
     let typed = checker.check(&ast);
     if !checker.errors.is_empty() {
         return Err(checker.errors);
@@ -995,10 +839,7 @@ pub(crate) fn compile(src: &str, lists: &[String]) -> Result<BoolExpr, Vec<ExprE
         Some(other) => {
             let snippet = checker.snippet(&ast);
             let kind = other.kind().name();
-            Err(vec![err(
-                ast.span.start,
-                format!("a condition must be true or false, but `{snippet}` is {kind}"),
-            )])
+            Err(vec![err(ast.span.start, format!("a condition must be true or false, but `{snippet}` is {kind}"))])
         }
         // Unreachable in practice: a failed check always records an error.
         None => Err(vec![err(ast.span.start, "invalid condition")]),
@@ -1039,46 +880,29 @@ impl Checker<'_> {
                 Typed::Float(e) => Some(Typed::Float(fold_float_neg(e))),
                 Typed::Bool(_) => {
                     let s = self.snippet(inner);
-                    self.fail(
-                        ast.span.start,
-                        format!("`-` needs a number, but `{s}` is bool"),
-                    )
+                    self.fail(ast.span.start, format!("`-` needs a number, but `{s}` is bool"))
                 }
             },
             Node::Not(inner) => match self.check(inner)? {
                 Typed::Bool(e) => Some(Typed::Bool(fold_not(e))),
                 other => {
                     let (s, k) = (self.snippet(inner), other.kind().name());
-                    self.fail(
-                        ast.span.start,
-                        format!("`not` needs true or false, but `{s}` is {k}"),
-                    )
+                    self.fail(ast.span.start, format!("`not` needs true or false, but `{s}` is {k}"))
                 }
             },
-            Node::Bin {
-                op,
-                op_at,
-                left,
-                right,
-            } => {
+            Node::Bin { op, op_at, left, right } => {
                 let l = self.check(left);
                 let r = self.check(right);
                 let (l, r) = (l?, r?);
                 self.binary(*op, *op_at, (left, l), (right, r))
             }
-            Node::In {
-                key,
-                key_at,
-                list,
-                list_at,
-                negate,
-            } => self.membership(key, *key_at, list, *list_at, *negate),
+            Node::In { key, key_at, list, list_at, negate } => self.membership(key, *key_at, list, *list_at, *negate),
         }
     }
 
     fn name(&mut self, name: &str, at: usize) -> Option<Typed> {
-        let feature = features::index_of(name)
-            .and_then(|index| Some((u16::try_from(index).ok()?, features::SCHEMA.get(index)?)));
+        let feature =
+            features::index_of(name).and_then(|index| Some((u16::try_from(index).ok()?, features::SCHEMA.get(index)?)));
         if let Some((i, def)) = feature {
             return Some(match def.kind {
                 Kind::Bool => Typed::Bool(BoolExpr::Feature(i)),
@@ -1094,33 +918,17 @@ impl Checker<'_> {
         }
         let lower = name.to_ascii_lowercase();
         if KEYWORDS.contains(&lower.as_str()) {
-            return self.fail(
-                at,
-                format!("keywords are lowercase: write `{lower}`, not `{name}`"),
-            );
+            return self.fail(at, format!("keywords are lowercase: write `{lower}`, not `{name}`"));
         }
         let names = features::SCHEMA.iter().map(|d| d.name);
-        let hint = did_you_mean(name, names)
-            .map(|s| format!("; did you mean `{s}`?"))
-            .unwrap_or_default();
+        let hint = did_you_mean(name, names).map(|s| format!("; did you mean `{s}`?")).unwrap_or_default();
         self.fail(at, format!("unknown feature `{name}`{hint}"))
     }
 
-    fn membership(
-        &mut self,
-        key: &str,
-        key_at: usize,
-        list: &str,
-        list_at: usize,
-        negate: bool,
-    ) -> Option<Typed> {
+    fn membership(&mut self, key: &str, key_at: usize, list: &str, list_at: usize, negate: bool) -> Option<Typed> {
         let key_field = KeyField::from_name(key);
         if key_field.is_none() {
-            let what = if features::index_of(key).is_some() {
-                "a feature"
-            } else {
-                "not a transfer key"
-            };
+            let what = if features::index_of(key).is_some() { "a feature" } else { "not a transfer key" };
             self.errors.push(err(
                 key_at,
                 format!("only `account`, `payee`, `device` or `ip` can be looked up in a list; `{key}` is {what}"),
@@ -1130,65 +938,39 @@ impl Checker<'_> {
         if list_index.is_none() {
             let hint = match did_you_mean(list, self.lists.iter().map(String::as_str)) {
                 Some(s) => format!("; did you mean `{s}`?"),
-                None if self.lists.is_empty() => {
-                    " (the lists/ directory holds no lists)".to_string()
-                }
+                None if self.lists.is_empty() => " (the lists/ directory holds no lists)".to_string(),
                 None => format!("; the lists are: {}", self.lists.join(", ")),
             };
-            self.errors.push(err(
-                list_at,
-                format!("unknown list `{list}`: there is no lists/{list}.txt{hint}"),
-            ));
+            self.errors.push(err(list_at, format!("unknown list `{list}`: there is no lists/{list}.txt{hint}")));
         }
         let (key, list) = (key_field?, list_index?);
         let list = u16::try_from(list).ok()?;
         Some(Typed::Bool(BoolExpr::InList { key, list, negate }))
     }
 
-    fn binary(
-        &mut self,
-        op: BinOp,
-        op_at: usize,
-        left: (&Ast, Typed),
-        right: (&Ast, Typed),
-    ) -> Option<Typed> {
+    fn binary(&mut self, op: BinOp, op_at: usize, left: (&Ast, Typed), right: (&Ast, Typed)) -> Option<Typed> {
         let (lk, rk) = (left.1.kind(), right.1.kind());
         match op {
             BinOp::And | BinOp::Or => {
-                let bad: Vec<&(&Ast, Typed)> = [&left, &right]
-                    .into_iter()
-                    .filter(|s| s.1.kind() != Kind::Bool)
-                    .collect();
+                let bad: Vec<&(&Ast, Typed)> =
+                    [&left, &right].into_iter().filter(|s| s.1.kind() != Kind::Bool).collect();
                 if let Some(first) = bad.first() {
-                    let found: Vec<String> = bad
-                        .iter()
-                        .map(|s| format!("`{}` is {}", self.snippet(s.0), s.1.kind().name()))
-                        .collect();
-                    let message = format!(
-                        "`{}` needs true or false on both sides, but {}",
-                        op.symbol(),
-                        found.join(" and ")
-                    );
+                    let found: Vec<String> =
+                        bad.iter().map(|s| format!("`{}` is {}", self.snippet(s.0), s.1.kind().name())).collect();
+                    let message =
+                        format!("`{}` needs true or false on both sides, but {}", op.symbol(), found.join(" and "));
                     return self.fail(first.0.span.start, message);
                 }
                 let (Typed::Bool(l), Typed::Bool(r)) = (left.1, right.1) else {
                     return None;
                 };
-                Some(Typed::Bool(if op == BinOp::And {
-                    fold_all(l, r)
-                } else {
-                    fold_any(l, r)
-                }))
+                Some(Typed::Bool(if op == BinOp::And { fold_all(l, r) } else { fold_any(l, r) }))
             }
             BinOp::Cmp(cmp @ (Cmp::Eq | Cmp::Ne)) if lk == Kind::Bool || rk == Kind::Bool => {
                 if lk != rk {
                     let (ls, rs) = (self.snippet(left.0), self.snippet(right.0));
-                    let message = format!(
-                        "`{}` cannot compare {} `{ls}` with {} `{rs}`",
-                        cmp.symbol(),
-                        lk.name(),
-                        rk.name()
-                    );
+                    let message =
+                        format!("`{}` cannot compare {} `{ls}` with {} `{rs}`", cmp.symbol(), lk.name(), rk.name());
                     return self.fail(op_at, message);
                 }
                 let (Typed::Bool(l), Typed::Bool(r)) = (left.1, right.1) else {
@@ -1199,16 +981,8 @@ impl Checker<'_> {
             _ => {
                 for side in [&left, &right] {
                     if side.1.kind() == Kind::Bool {
-                        let what = if matches!(op, BinOp::Cmp(_)) {
-                            "compares numbers"
-                        } else {
-                            "needs numbers"
-                        };
-                        let message = format!(
-                            "`{}` {what}, but `{}` is bool",
-                            op.symbol(),
-                            self.snippet(side.0)
-                        );
+                        let what = if matches!(op, BinOp::Cmp(_)) { "compares numbers" } else { "needs numbers" };
+                        let message = format!("`{}` {what}, but `{}` is bool", op.symbol(), self.snippet(side.0));
                         return self.fail(side.0.span.start, message);
                     }
                 }
@@ -1219,10 +993,7 @@ impl Checker<'_> {
 }
 
 /// Suggest the closest candidate, if it is close enough to be a likely typo.
-pub(crate) fn did_you_mean<'c>(
-    name: &str,
-    candidates: impl Iterator<Item = &'c str>,
-) -> Option<&'c str> {
+pub(crate) fn did_you_mean<'c>(name: &str, candidates: impl Iterator<Item = &'c str>) -> Option<&'c str> {
     let lower = name.to_lowercase();
     candidates
         .map(|c| (c, strsim::jaro_winkler(&lower, c)))
@@ -1273,11 +1044,7 @@ fn fold_not(e: BoolExpr) -> BoolExpr {
     match e {
         BoolExpr::Const(b) => BoolExpr::Const(!b),
         BoolExpr::Not(inner) => *inner,
-        BoolExpr::InList { key, list, negate } => BoolExpr::InList {
-            key,
-            list,
-            negate: !negate,
-        },
+        BoolExpr::InList { key, list, negate } => BoolExpr::InList { key, list, negate: !negate },
         other => BoolExpr::Not(Box::new(other)),
     }
 }
@@ -1328,10 +1095,7 @@ fn fold_bool_eq(negate: bool, l: BoolExpr, r: BoolExpr) -> BoolExpr {
                 fold_not(e)
             }
         }
-        (l, r) => BoolExpr::BoolEq {
-            negate,
-            sides: Box::new((l, r)),
-        },
+        (l, r) => BoolExpr::BoolEq { negate, sides: Box::new((l, r)) },
     }
 }
 
@@ -1425,25 +1189,13 @@ mod tests {
     }
 
     fn keys() -> Keys<'static> {
-        Keys {
-            account: "A1",
-            payee: "088-1",
-            device: None,
-            ip: None,
-        }
+        Keys { account: "A1", payee: "088-1", device: None, ip: None }
     }
 
     fn eval(src: &str, f: &FeatureVector) -> bool {
-        let l = [
-            List::new("blocked_devices".into(), ["D9".to_string()]),
-            List::new("mule_accounts".into(), []),
-        ];
+        let l = [List::new("blocked_devices".into(), ["D9".to_string()]), List::new("mule_accounts".into(), [])];
         let k = keys();
-        compile_ok(src).eval(&EvalCx {
-            features: f,
-            keys: &k,
-            lists: &l,
-        })
+        compile_ok(src).eval(&EvalCx { features: f, keys: &k, lists: &l })
     }
 
     fn int_literal(src: &str) -> Result<i64, ExprError> {
@@ -1468,29 +1220,15 @@ mod tests {
     fn bad_number_literals_are_refused_with_a_position() {
         assert_eq!(int_literal("1__000").unwrap_err().offset, 1);
         assert_eq!(int_literal("1000_").unwrap_err().offset, 4);
-        assert!(int_literal("9223372036854775808")
-            .unwrap_err()
-            .message
-            .contains("too large"));
-        assert!(int_literal("1.23456만")
-            .unwrap_err()
-            .message
-            .contains("whole number of won"));
-        assert!(int_literal("10000000000000억")
-            .unwrap_err()
-            .message
-            .contains("too large"));
+        assert!(int_literal("9223372036854775808").unwrap_err().message.contains("too large"));
+        assert!(int_literal("1.23456만").unwrap_err().message.contains("whole number of won"));
+        assert!(int_literal("10000000000000억").unwrap_err().message.contains("too large"));
         let e = lex("amount > 300만원").unwrap_err();
         assert_eq!(e.offset, "amount > 300만".len());
         assert!(e.message.contains("without `원`"), "{}", e.message);
         assert_eq!(lex("3.").unwrap_err().offset, 1);
-        assert!(lex("1.5x")
-            .unwrap_err()
-            .message
-            .contains("after the number"));
-        assert!(compile_err("amount > 3x")
-            .message
-            .contains("neither a number nor a feature"));
+        assert!(lex("1.5x").unwrap_err().message.contains("after the number"));
+        assert!(compile_err("amount > 3x").message.contains("neither a number nor a feature"));
     }
 
     #[test]
@@ -1502,12 +1240,8 @@ mod tests {
 
     #[test]
     fn c_style_operators_get_a_hint() {
-        assert!(compile_err("amount > 1 && is_night")
-            .message
-            .contains("`and`"));
-        assert!(compile_err("amount > 1 || is_night")
-            .message
-            .contains("`or`"));
+        assert!(compile_err("amount > 1 && is_night").message.contains("`and`"));
+        assert!(compile_err("amount > 1 || is_night").message.contains("`or`"));
         assert!(compile_err("!is_night").message.contains("`not`"));
         assert!(compile_err("amount = 1").message.contains("`==`"));
     }
@@ -1527,22 +1261,10 @@ mod tests {
     #[test]
     fn constants_are_folded() {
         assert_eq!(compile_ok("1 + 2 == 3"), BoolExpr::Const(true));
-        assert_eq!(
-            compile_ok("amount >= 100만"),
-            BoolExpr::IntFeatureCmp(F::AMOUNT as u16, Cmp::Ge, 1_000_000)
-        );
-        assert_eq!(
-            compile_ok("100만 <= amount"),
-            BoolExpr::IntFeatureCmp(F::AMOUNT as u16, Cmp::Ge, 1_000_000)
-        );
-        assert_eq!(
-            compile_ok("true and is_night"),
-            BoolExpr::Feature(F::IS_NIGHT as u16)
-        );
-        assert_eq!(
-            compile_ok("is_night == false"),
-            BoolExpr::Not(Box::new(BoolExpr::Feature(F::IS_NIGHT as u16)))
-        );
+        assert_eq!(compile_ok("amount >= 100만"), BoolExpr::IntFeatureCmp(F::AMOUNT as u16, Cmp::Ge, 1_000_000));
+        assert_eq!(compile_ok("100만 <= amount"), BoolExpr::IntFeatureCmp(F::AMOUNT as u16, Cmp::Ge, 1_000_000));
+        assert_eq!(compile_ok("true and is_night"), BoolExpr::Feature(F::IS_NIGHT as u16));
+        assert_eq!(compile_ok("is_night == false"), BoolExpr::Not(Box::new(BoolExpr::Feature(F::IS_NIGHT as u16))));
         match compile_ok("is_night and is_weekend and payee_first_seen") {
             BoolExpr::All(items) => assert_eq!(items.len(), 3),
             other => panic!("not flattened: {other:?}"),
@@ -1551,10 +1273,7 @@ mod tests {
 
     #[test]
     fn int_and_float_comparisons() {
-        let f = vector(&[
-            (F::AMOUNT, Value::Int(9_007_199_254_740_993)),
-            (F::AMOUNT_VS_MAX, Value::Float(2.5)),
-        ]);
+        let f = vector(&[(F::AMOUNT, Value::Int(9_007_199_254_740_993)), (F::AMOUNT_VS_MAX, Value::Float(2.5))]);
         // Int vs Int compares exactly even above 2^53, where f64 would round.
         assert!(eval("amount > 9_007_199_254_740_992", &f));
         assert!(eval("amount_vs_max > 2", &f));
@@ -1565,10 +1284,7 @@ mod tests {
 
     #[test]
     fn arithmetic_saturates_and_division_by_zero_is_zero() {
-        let f = vector(&[
-            (F::AMOUNT, Value::Int(i64::MAX)),
-            (F::ACCT_SUM_24H, Value::Int(500)),
-        ]);
+        let f = vector(&[(F::AMOUNT, Value::Int(i64::MAX)), (F::ACCT_SUM_24H, Value::Int(500))]);
         assert!(eval("amount + 1 == amount", &f));
         assert!(eval("amount * 2 == amount", &f));
         assert!(eval("-amount - 10 < 0", &f));
@@ -1594,19 +1310,12 @@ mod tests {
     #[test]
     fn list_membership_and_absent_keys() {
         let f = vector(&[]);
-        let l = [
-            List::new("blocked_devices".into(), ["D9".to_string()]),
-            List::new("mule_accounts".into(), []),
-        ];
+        let l = [List::new("blocked_devices".into(), ["D9".to_string()]), List::new("mule_accounts".into(), [])];
         let e = compile_ok("device in blocked_devices");
         let ne = compile_ok("device not in blocked_devices");
         let run = |e: &BoolExpr, device| {
             let k = Keys { device, ..keys() };
-            e.eval(&EvalCx {
-                features: &f,
-                keys: &k,
-                lists: &l,
-            })
+            e.eval(&EvalCx { features: &f, keys: &k, lists: &l })
         };
         assert!(run(&e, Some("D9")));
         assert!(!run(&e, Some("D1")));
@@ -1623,46 +1332,26 @@ mod tests {
 
         let e = compile_err("payee_first_seen > 3");
         assert_eq!(e.offset, 0);
-        assert!(
-            e.message.contains("`payee_first_seen` is bool"),
-            "{}",
-            e.message
-        );
+        assert!(e.message.contains("`payee_first_seen` is bool"), "{}", e.message);
 
         let e = compile_err("is_night == 1");
         assert_eq!(e.offset, 9);
-        assert!(
-            e.message.contains("bool `is_night` with integer `1`"),
-            "{}",
-            e.message
-        );
+        assert!(e.message.contains("bool `is_night` with integer `1`"), "{}", e.message);
 
         let e = compile_err("amount + 1");
-        assert!(
-            e.message.contains("must be true or false") && e.message.contains("is integer"),
-            "{}",
-            e.message
-        );
+        assert!(e.message.contains("must be true or false") && e.message.contains("is integer"), "{}", e.message);
 
         let e = compile_err("not amount_vs_max");
         assert!(e.message.contains("is number"), "{}", e.message);
 
         // Snippets of multi-line conditions stay on one line.
         let e = compile_err("amount\n    + 1");
-        assert!(
-            e.message.contains("`amount + 1` is integer"),
-            "{}",
-            e.message
-        );
+        assert!(e.message.contains("`amount + 1` is integer"), "{}", e.message);
     }
 
     #[test]
     fn every_independent_problem_is_reported() {
-        let errors = compile(
-            "amout > 1 and devce_age_min < 3 and payee in mules",
-            &lists(),
-        )
-        .unwrap_err();
+        let errors = compile("amout > 1 and devce_age_min < 3 and payee in mules", &lists()).unwrap_err();
         let offsets: Vec<usize> = errors.iter().map(|e| e.offset).collect();
         assert_eq!(offsets, vec![0, 14, 45]);
         assert!(errors[0].message.contains("did you mean `amount`?"));
@@ -1686,12 +1375,7 @@ mod tests {
         let e = compile_err("amount in mule_accounts");
         assert!(e.message.contains("`amount` is a feature"), "{}", e.message);
         let e = compile_err("AMOUNT > 1");
-        assert!(
-            e.message
-                .contains("unknown feature `AMOUNT`; did you mean `amount`?"),
-            "{}",
-            e.message
-        );
+        assert!(e.message.contains("unknown feature `AMOUNT`; did you mean `amount`?"), "{}", e.message);
         let e = compile_err("is_night AND is_weekend");
         assert_eq!(e.offset, 9);
         assert!(e.message.contains("write `and`"), "{}", e.message);
@@ -1757,28 +1441,18 @@ mod tests {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
         for _ in 0..20_000 {
             let n = rng.gen_range(0..12);
-            let src: String = (0..n)
-                .map(|_| pieces[rng.gen_range(0..pieces.len())])
-                .collect::<Vec<_>>()
-                .join(" ");
+            let src: String = (0..n).map(|_| pieces[rng.gen_range(0..pieces.len())]).collect::<Vec<_>>().join(" ");
             let glued: String = src.replace(' ', "");
             for s in [src, glued] {
                 match compile(&s, &lists()) {
                     Ok(e) => {
                         let (f, k) = (vector(&[]), keys());
-                        e.eval(&EvalCx {
-                            features: &f,
-                            keys: &k,
-                            lists: &[],
-                        });
+                        e.eval(&EvalCx { features: &f, keys: &k, lists: &[] });
                     }
                     Err(errors) => {
                         assert!(!errors.is_empty());
                         for e in errors {
-                            assert!(
-                                e.offset <= s.len() && s.is_char_boundary(e.offset),
-                                "{s:?}: {e:?}"
-                            );
+                            assert!(e.offset <= s.len() && s.is_char_boundary(e.offset), "{s:?}: {e:?}");
                         }
                     }
                 }

@@ -18,25 +18,13 @@ use toml::Spanned;
 
 use super::expr::{self, did_you_mean, List};
 use super::source::{line_col, StringMap};
-use super::{
-    Action, Compiled, Problem, Rule, RuleSet, RulesError, Settings, Verification, MAX_RULE_SCORE,
-};
+use super::{Action, Compiled, Problem, Rule, RuleSet, RulesError, Settings, Verification, MAX_RULE_SCORE};
 
 /// The settings file; every other `*.toml` in the directory is a rule file.
 const SETTINGS_FILE: &str = "ruleset.toml";
 const LISTS_DIR: &str = "lists";
 
-const RULE_KEYS: [&str; 9] = [
-    "id",
-    "label",
-    "description",
-    "when",
-    "action",
-    "verify",
-    "score",
-    "reason",
-    "shadow",
-];
+const RULE_KEYS: [&str; 9] = ["id", "label", "description", "when", "action", "verify", "score", "reason", "shadow"];
 
 /// One file of a rules directory, as read.
 #[derive(Debug)]
@@ -111,10 +99,7 @@ fn read_dir_files(dir: &Path) -> Result<Vec<SourceFile>, RulesError> {
 
 /// Regular files (after following symlinks) that are not hidden, by name.
 fn sorted_files(dir: &Path) -> Result<Vec<(String, PathBuf)>, RulesError> {
-    let io_err = |source| RulesError::Io {
-        path: dir.to_path_buf(),
-        source,
-    };
+    let io_err = |source| RulesError::Io { path: dir.to_path_buf(), source };
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(io_err)? {
         let entry = entry.map_err(io_err)?;
@@ -155,24 +140,14 @@ impl FileCx<'_> {
     fn problem(&self, offset: usize, message: impl Into<String>) -> Problem {
         let (line, column) = line_col(self.text, offset);
         let message = message.into().replace(|c: char| c.is_control(), " ");
-        Problem {
-            path: self.path.to_path_buf(),
-            line,
-            column,
-            message,
-        }
+        Problem { path: self.path.to_path_buf(), line, column, message }
     }
 
     /// toml's messages come in several lines ("invalid table header" /
     /// "expected `.`, `]]`"); join them into one.
     fn toml_problem(&self, e: &toml::de::Error, prefix: &str) -> Problem {
         let offset = e.span().map_or(0, |s| s.start);
-        let lines: Vec<&str> = e
-            .message()
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .collect();
+        let lines: Vec<&str> = e.message().lines().map(str::trim).filter(|l| !l.is_empty()).collect();
         self.problem(offset, format!("{prefix}{}", lines.join(": ")))
     }
 }
@@ -189,10 +164,8 @@ fn role(rel: &str) -> FileRole<'_> {
         FileRole::Settings
     } else if !rel.contains('/') && rel.ends_with(".toml") {
         FileRole::Rules
-    } else if let Some(name) = rel
-        .strip_prefix("lists/")
-        .and_then(|n| n.strip_suffix(".txt"))
-        .filter(|n| !n.contains('/'))
+    } else if let Some(name) =
+        rel.strip_prefix("lists/").and_then(|n| n.strip_suffix(".txt")).filter(|n| !n.contains('/'))
     {
         FileRole::List(name)
     } else {
@@ -206,10 +179,7 @@ fn decode(file: &SourceFile, problems: &mut Vec<Problem>) -> Option<String> {
         Ok(text) => Some(text.strip_prefix('\u{feff}').unwrap_or(text).to_string()),
         Err(e) => {
             let valid = String::from_utf8_lossy(&file.bytes[..e.valid_up_to()]).into_owned();
-            let cx = FileCx {
-                path: &file.path,
-                text: &valid,
-            };
+            let cx = FileCx { path: &file.path, text: &valid };
             problems.push(cx.problem(valid.len(), "file is not UTF-8 text; save it as UTF-8"));
             None
         }
@@ -232,10 +202,7 @@ struct IdSite {
 }
 
 fn file_cx<'a>(file: &'a SourceFile, text: &'a str) -> FileCx<'a> {
-    FileCx {
-        path: &file.path,
-        text,
-    }
+    FileCx { path: &file.path, text }
 }
 
 fn build(mut files: Vec<SourceFile>) -> Result<RuleSet, RulesError> {
@@ -257,7 +224,8 @@ fn build(mut files: Vec<SourceFile>) -> Result<RuleSet, RulesError> {
             // A list with a bad name or bad content still counts as existing,
             // so rules using it are not also reported as naming a missing list.
             FileRole::List(name) => {
-                let entries = text.as_deref().map(|t| parse_list(&file_cx(file, t), name, &mut problems)).unwrap_or_default();
+                let entries =
+                    text.as_deref().map(|t| parse_list(&file_cx(file, t), name, &mut problems)).unwrap_or_default();
                 lists.push(List::new(name.to_string(), entries));
             }
             FileRole::Unknown => problems.push(file_cx(file, "").problem(
@@ -270,13 +238,7 @@ fn build(mut files: Vec<SourceFile>) -> Result<RuleSet, RulesError> {
     let mut drafts = Vec::new();
     let mut ids = Vec::new();
     for (file, text) in &rule_files {
-        parse_rule_file(
-            &file_cx(file, text),
-            &list_names,
-            &mut drafts,
-            &mut ids,
-            &mut problems,
-        );
+        parse_rule_file(&file_cx(file, text), &list_names, &mut drafts, &mut ids, &mut problems);
     }
     check_duplicate_ids(&ids, &mut problems);
     if let Some(extra) = ids.get(usize::from(u16::MAX)) {
@@ -284,10 +246,7 @@ fn build(mut files: Vec<SourceFile>) -> Result<RuleSet, RulesError> {
             path: extra.path.clone(),
             line: extra.line,
             column: extra.column,
-            message: format!(
-                "a rule set holds at most {} rules; this is one too many",
-                u16::MAX
-            ),
+            message: format!("a rule set holds at most {} rules; this is one too many", u16::MAX),
         });
     }
     if !problems.is_empty() {
@@ -295,13 +254,7 @@ fn build(mut files: Vec<SourceFile>) -> Result<RuleSet, RulesError> {
         return Err(RulesError::Invalid { problems });
     }
     let (rules, compiled) = drafts.into_iter().map(|d| (d.rule, d.compiled)).unzip();
-    Ok(RuleSet {
-        version,
-        rules,
-        compiled,
-        lists,
-        settings,
-    })
+    Ok(RuleSet { version, rules, compiled, lists, settings })
 }
 
 /// Ids are unique across the directory; name both places so the analyst can
@@ -352,11 +305,7 @@ fn parse_settings(cx: &FileCx, problems: &mut Vec<Problem>) -> Settings {
             Ok(s) if s > 0 => settings.hold_score = s,
             _ => problems.push(cx.problem(
                 score.span().start,
-                format!(
-                    "`hold_score` must be a positive integer up to {}, found {}",
-                    i32::MAX,
-                    score.get_ref()
-                ),
+                format!("`hold_score` must be a positive integer up to {}, found {}", i32::MAX, score.get_ref()),
             )),
         }
     }
@@ -369,25 +318,14 @@ fn parse_settings(cx: &FileCx, problems: &mut Vec<Problem>) -> Settings {
 // ---------------------------------------------------------------- lists
 
 fn is_list_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
 /// One entry per line; `#` starts a comment; blank lines are skipped.
 fn parse_list(cx: &FileCx, name: &str, problems: &mut Vec<Problem>) -> Vec<String> {
     if !is_list_name(name) {
-        let fixed: String = name
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() {
-                    c.to_ascii_lowercase()
-                } else {
-                    '_'
-                }
-            })
-            .collect();
+        let fixed: String =
+            name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
         problems.push(cx.problem(
             0,
             format!("list file name `{name}.txt` may use only a-z, 0-9 and `_`; rename it, e.g. to `{fixed}.txt`"),
@@ -400,10 +338,8 @@ fn parse_list(cx: &FileCx, name: &str, problems: &mut Vec<Problem>) -> Vec<Strin
         let entry = content.trim();
         if let Some(space) = entry.find(char::is_whitespace) {
             let at = line_start + (content.len() - content.trim_start().len()) + space;
-            problems.push(cx.problem(
-                at,
-                format!("a list entry cannot contain spaces: `{entry}` (one entry per line)"),
-            ));
+            problems
+                .push(cx.problem(at, format!("a list entry cannot contain spaces: `{entry}` (one entry per line)")));
         } else if !entry.is_empty() {
             entries.push(entry.to_string());
         }
@@ -416,11 +352,7 @@ fn parse_list(cx: &FileCx, name: &str, problems: &mut Vec<Problem>) -> Vec<Strin
 
 /// A TOML type name with its article: "a string", "an integer".
 fn a(type_name: &str) -> String {
-    let article = if type_name.starts_with(['a', 'e', 'i', 'o', 'u']) {
-        "an"
-    } else {
-        "a"
-    };
+    let article = if type_name.starts_with(['a', 'e', 'i', 'o', 'u']) { "an" } else { "a" };
     format!("{article} {type_name}")
 }
 
@@ -446,43 +378,24 @@ fn parse_rule_file(
         Err(e) => return problems.push(cx.toml_problem(&e, "")),
     };
     for key in top.keys().filter(|k| k.get_ref() != "rule") {
-        let message = format!(
-            "unknown key `{}`: a rule file holds only [[rule]] tables",
-            key.get_ref()
-        );
+        let message = format!("unknown key `{}`: a rule file holds only [[rule]] tables", key.get_ref());
         problems.push(cx.problem(key.span().start, message));
     }
     // Second pass: each rule as a positioned table, so one bad rule does not
     // hide the problems of the others.
     let raw: RawRuleFile = match toml::from_str(cx.text) {
         Ok(raw) => raw,
-        Err(e) => {
-            return problems.push(cx.toml_problem(&e, "rules must be written as [[rule]] tables: "))
-        }
+        Err(e) => return problems.push(cx.toml_problem(&e, "rules must be written as [[rule]] tables: ")),
     };
     if raw.rule.is_empty() {
-        problems.push(cx.problem(
-            0,
-            "no rules in this file: expected one or more [[rule]] tables",
-        ));
+        problems.push(cx.problem(0, "no rules in this file: expected one or more [[rule]] tables"));
     }
     for table in &raw.rule {
-        let mut rcx = RuleCx {
-            cx,
-            table: table.get_ref(),
-            header: table.span().start,
-            id: None,
-            problems,
-        };
+        let mut rcx = RuleCx { cx, table: table.get_ref(), header: table.span().start, id: None, problems };
         let draft = rcx.parse(lists);
         if let Some((id, offset)) = rcx.id {
             let (line, column) = line_col(cx.text, offset);
-            ids.push(IdSite {
-                id,
-                path: cx.path.to_path_buf(),
-                line,
-                column,
-            });
+            ids.push(IdSite { id, path: cx.path.to_path_buf(), line, column });
         }
         drafts.extend(draft);
     }
@@ -526,14 +439,7 @@ impl<'a> RuleCx<'a, '_> {
             source: self.cx.path.to_path_buf(),
             line: line_col(self.cx.text, self.header).0,
         };
-        Some(Draft {
-            rule,
-            compiled: Compiled {
-                cond,
-                action,
-                shadow,
-            },
-        })
+        Some(Draft { rule, compiled: Compiled { cond, action, shadow } })
     }
 
     fn report(&mut self, offset: usize, message: String) {
@@ -550,10 +456,7 @@ impl<'a> RuleCx<'a, '_> {
                     Some(s) => format!("; did you mean `{s}`?"),
                     None => format!("; a rule has {}", RULE_KEYS.join(", ")),
                 };
-                (
-                    k.span().start,
-                    format!("unknown key `{}` in a rule{hint}", k.get_ref()),
-                )
+                (k.span().start, format!("unknown key `{}` in a rule{hint}", k.get_ref()))
             })
             .collect();
         for (offset, message) in unknown {
@@ -569,9 +472,7 @@ impl<'a> RuleCx<'a, '_> {
     }
 
     fn key_offset(&self, key: &str) -> usize {
-        self.table
-            .get_key_value(key)
-            .map_or(self.header, |(k, _)| k.span().start)
+        self.table.get_key_value(key).map_or(self.header, |(k, _)| k.span().start)
     }
 
     /// A key that must be present, with the type `want` (a TOML type name).
@@ -599,10 +500,7 @@ impl<'a> RuleCx<'a, '_> {
             return Some(value);
         }
         let found = value.get_ref().type_str();
-        self.report(
-            value.span().start,
-            format!("`{key}` must be {}, found {}", a(want), a(found)),
-        );
+        self.report(value.span().start, format!("`{key}` must be {}, found {}", a(want), a(found)));
         None
     }
 
@@ -623,25 +521,11 @@ impl<'a> RuleCx<'a, '_> {
 
     fn id(&mut self) -> Option<String> {
         let (id, span) = self.string("id")?;
-        let valid = !id.is_empty()
-            && id
-                .bytes()
-                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+        let valid = !id.is_empty() && id.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
         if !valid {
-            let fixed: String = id
-                .chars()
-                .map(|c| {
-                    if c.is_ascii_alphanumeric() {
-                        c.to_ascii_uppercase()
-                    } else {
-                        '_'
-                    }
-                })
-                .collect();
-            self.report(
-                span.start,
-                format!("rule id `{id}` may use only A-Z, 0-9 and `_`, e.g. `{fixed}`"),
-            );
+            let fixed: String =
+                id.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect();
+            self.report(span.start, format!("rule id `{id}` may use only A-Z, 0-9 and `_`, e.g. `{fixed}`"));
             return None;
         }
         self.id = Some((id.to_string(), span.start));
@@ -651,15 +535,9 @@ impl<'a> RuleCx<'a, '_> {
     /// Reason codes travel in decisions to other systems: keep them plain.
     fn reason(&mut self) -> Option<String> {
         let (reason, span) = self.string("reason")?;
-        let valid = !reason.is_empty()
-            && reason
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
+        let valid = !reason.is_empty() && reason.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
         if !valid {
-            self.report(
-                span.start,
-                format!("reason code `{reason}` may use only letters, digits, `_`, `-` and `.`"),
-            );
+            self.report(span.start, format!("reason code `{reason}` may use only letters, digits, `_`, `-` and `.`"));
             return None;
         }
         Some(reason.to_string())
@@ -698,7 +576,8 @@ impl<'a> RuleCx<'a, '_> {
         match action {
             "hold" => {
                 if table.contains_key("score") {
-                    let message = "`score` is not allowed with action = \"hold\": a hold rule holds the transfer outright".into();
+                    let message =
+                        "`score` is not allowed with action = \"hold\": a hold rule holds the transfer outright".into();
                     self.report(self.key_offset("score"), message);
                 }
                 match (verify, table.contains_key("verify")) {
@@ -735,10 +614,7 @@ impl<'a> RuleCx<'a, '_> {
                 }
             }
             other => {
-                self.report(
-                    span.start,
-                    format!("unknown action `{other}`: expected \"hold\" or \"score\""),
-                );
+                self.report(span.start, format!("unknown action `{other}`: expected \"hold\" or \"score\""));
                 None
             }
         }
@@ -764,10 +640,7 @@ impl<'a> RuleCx<'a, '_> {
         match i32::try_from(value) {
             Ok(v) if (1..=MAX_RULE_SCORE).contains(&v) => Some(v),
             _ => {
-                self.report(
-                    s.span().start,
-                    format!("`score` must be from 1 to {MAX_RULE_SCORE}, found {value}"),
-                );
+                self.report(s.span().start, format!("`score` must be from 1 to {MAX_RULE_SCORE}, found {value}"));
                 None
             }
         }
@@ -792,24 +665,16 @@ reason = "X1"
     fn list_files_strip_comments_blanks_and_whitespace() {
         let set = RuleSet::from_files(&[
             ("r.toml", RULE),
-            (
-                "lists/mules.txt",
-                "# header\n  088-1  \n\n088-2 # from case 17\r\n#088-3\n",
-            ),
+            ("lists/mules.txt", "# header\n  088-1  \n\n088-2 # from case 17\r\n#088-3\n"),
         ])
         .unwrap();
         assert_eq!(set.lists().collect::<Vec<_>>(), vec![("mules", 2)]);
-        assert!(
-            set.lists[0].contains("088-1")
-                && set.lists[0].contains("088-2")
-                && !set.lists[0].contains("088-3")
-        );
+        assert!(set.lists[0].contains("088-1") && set.lists[0].contains("088-2") && !set.lists[0].contains("088-3"));
     }
 
     #[test]
     fn list_entries_with_spaces_are_refused_at_the_space() {
-        let err = RuleSet::from_files(&[("r.toml", RULE), ("lists/mules.txt", "088-1\n  088 2\n")])
-            .unwrap_err();
+        let err = RuleSet::from_files(&[("r.toml", RULE), ("lists/mules.txt", "088-1\n  088 2\n")]).unwrap_err();
         let p = &err.problems()[0];
         assert_eq!((p.line, p.column), (2, 6));
     }
@@ -823,16 +688,8 @@ reason = "X1"
 
     #[test]
     fn version_hashes_names_and_contents() {
-        let a = SourceFile {
-            rel: "a.toml".into(),
-            path: "a.toml".into(),
-            bytes: b"xy".to_vec(),
-        };
-        let b = SourceFile {
-            rel: "a.tomlx".into(),
-            path: "a.toml".into(),
-            bytes: b"y".to_vec(),
-        };
+        let a = SourceFile { rel: "a.toml".into(), path: "a.toml".into(), bytes: b"xy".to_vec() };
+        let b = SourceFile { rel: "a.tomlx".into(), path: "a.toml".into(), bytes: b"y".to_vec() };
         assert_ne!(version_of(&[a]), version_of(&[b]));
         assert_eq!(version_of(&[]), "rs-e3b0c44298fc");
     }

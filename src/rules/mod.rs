@@ -89,9 +89,7 @@ use smallvec::SmallVec;
 
 use crate::features::FeatureVector;
 
-pub use watch::{
-    new_handle, reload_now, watch, watch_with, ReloadStatus, RuleWatcher, RulesHandle, WatchOptions,
-};
+pub use watch::{new_handle, reload_now, watch, watch_with, ReloadStatus, RuleWatcher, RulesHandle, WatchOptions};
 
 /// Score total at which a hold is made when `ruleset.toml` does not say.
 pub const DEFAULT_HOLD_SCORE: i32 = 100;
@@ -114,11 +112,7 @@ pub enum Verification {
 }
 
 impl Verification {
-    pub const ALL: [Verification; 3] = [
-        Verification::Delay,
-        Verification::Ars,
-        Verification::Callback,
-    ];
+    pub const ALL: [Verification; 3] = [Verification::Delay, Verification::Ars, Verification::Callback];
 
     /// The spelling used in rule files and decisions.
     pub fn name(self) -> &'static str {
@@ -173,10 +167,7 @@ pub struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings {
-            hold_score: DEFAULT_HOLD_SCORE,
-            score_verify: Verification::Ars,
-        }
+        Settings { hold_score: DEFAULT_HOLD_SCORE, score_verify: Verification::Ars }
     }
 }
 
@@ -326,11 +317,7 @@ impl RuleSet {
 
     /// Evaluate every rule against one transfer.
     pub fn evaluate(&self, features: &FeatureVector, keys: &Keys) -> RuleOutcome {
-        let cx = expr::EvalCx {
-            features,
-            keys,
-            lists: &self.lists,
-        };
+        let cx = expr::EvalCx { features, keys, lists: &self.lists };
         let mut out = RuleOutcome::default();
         let mut hold: Option<Verification> = None;
         for (i, rule) in self.compiled.iter().enumerate() {
@@ -370,14 +357,7 @@ pub struct Problem {
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{}:{}: {}",
-            self.path.display(),
-            self.line,
-            self.column,
-            self.message
-        )
+        write!(f, "{}:{}:{}: {}", self.path.display(), self.line, self.column, self.message)
     }
 }
 

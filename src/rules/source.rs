@@ -43,17 +43,11 @@ impl StringMap {
             .get(span.clone())
             .and_then(|raw| decode_offsets(raw, value))
             .map(|offsets| offsets.into_iter().map(|o| o + span.start).collect());
-        StringMap {
-            start: span.start,
-            offsets,
-        }
+        StringMap { start: span.start, offsets }
     }
 
     pub(crate) fn file_offset(&self, value_offset: usize) -> usize {
-        self.offsets
-            .as_ref()
-            .and_then(|o| o.get(value_offset).copied())
-            .unwrap_or(self.start)
+        self.offsets.as_ref().and_then(|o| o.get(value_offset).copied()).unwrap_or(self.start)
     }
 }
 
@@ -81,11 +75,7 @@ fn decode_offsets(raw: &str, value: &str) -> Option<Vec<usize>> {
     if multiline {
         // A newline right after the opening delimiter is not part of the value.
         let rest = raw.get(start..)?;
-        start += if rest.starts_with("\r\n") {
-            2
-        } else {
-            usize::from(rest.starts_with('\n'))
-        };
+        start += if rest.starts_with("\r\n") { 2 } else { usize::from(rest.starts_with('\n')) };
     }
     let content = raw.get(start..end)?;
     let mut decoded = String::with_capacity(content.len());
@@ -107,9 +97,7 @@ fn decode_offsets(raw: &str, value: &str) -> Option<Vec<usize>> {
                     '\\' => '\\',
                     'u' | 'U' => {
                         let len = if e == 'u' { 4 } else { 8 };
-                        let hex: String = (0..len)
-                            .filter_map(|_| chars.next().map(|(_, h)| h))
-                            .collect();
+                        let hex: String = (0..len).filter_map(|_| chars.next().map(|(_, h)| h)).collect();
                         char::from_u32(u32::from_str_radix(&hex, 16).ok()?)?
                     }
                     ' ' | '\t' | '\r' | '\n' if multiline => {

@@ -76,9 +76,7 @@ pub struct WatchOptions {
 
 impl Default for WatchOptions {
     fn default() -> Self {
-        WatchOptions {
-            debounce: Duration::from_millis(250),
-        }
+        WatchOptions { debounce: Duration::from_millis(250) }
     }
 }
 
@@ -99,9 +97,7 @@ impl ReloadStatus {
     /// The positioned problems of the last rejection, if it was an invalid
     /// directory (rather than an I/O failure).
     pub fn last_problems(&self) -> &[Problem] {
-        self.last_rejection
-            .as_deref()
-            .map_or(&[], RulesError::problems)
+        self.last_rejection.as_deref().map_or(&[], RulesError::problems)
     }
 }
 
@@ -122,10 +118,7 @@ pub struct RuleWatcher {
 
 impl RuleWatcher {
     pub fn status(&self) -> ReloadStatus {
-        self.status
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.status.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     pub fn dir(&self) -> &Path {
@@ -152,15 +145,8 @@ pub fn watch(dir: &Path, handle: RulesHandle) -> Result<RuleWatcher, RulesError>
 ///
 /// Before returning, the directory is reloaded once, so a change made between
 /// the caller's initial load and the start of the watch is not missed.
-pub fn watch_with(
-    dir: &Path,
-    handle: RulesHandle,
-    options: WatchOptions,
-) -> Result<RuleWatcher, RulesError> {
-    let watch_err = |source| RulesError::Watch {
-        path: dir.to_path_buf(),
-        source,
-    };
+pub fn watch_with(dir: &Path, handle: RulesHandle, options: WatchOptions) -> Result<RuleWatcher, RulesError> {
+    let watch_err = |source| RulesError::Watch { path: dir.to_path_buf(), source };
     let (tx, rx) = mpsc::channel();
     let events = tx.clone();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
@@ -170,9 +156,7 @@ pub fn watch_with(
         }
     })
     .map_err(watch_err)?;
-    watcher
-        .watch(dir, RecursiveMode::Recursive)
-        .map_err(watch_err)?;
+    watcher.watch(dir, RecursiveMode::Recursive).map_err(watch_err)?;
 
     let status = Arc::new(Mutex::new(ReloadStatus::default()));
     record(&status, reload_now(dir, &handle));
@@ -182,28 +166,13 @@ pub fn watch_with(
         std::thread::Builder::new()
             .name("fds-rules-watch".into())
             .spawn(move || run(&dir, &handle, &rx, options.debounce, &status))
-            .map_err(|source| RulesError::Io {
-                path: PathBuf::from("fds-rules-watch thread"),
-                source,
-            })?
+            .map_err(|source| RulesError::Io { path: PathBuf::from("fds-rules-watch thread"), source })?
     };
-    Ok(RuleWatcher {
-        dir: dir.to_path_buf(),
-        watcher: Some(watcher),
-        tx,
-        thread: Some(thread),
-        status,
-    })
+    Ok(RuleWatcher { dir: dir.to_path_buf(), watcher: Some(watcher), tx, thread: Some(thread), status })
 }
 
 /// The watcher thread: wait for a change, wait for quiet, reload, repeat.
-fn run(
-    dir: &Path,
-    handle: &RulesHandle,
-    rx: &Receiver<Msg>,
-    debounce: Duration,
-    status: &Mutex<ReloadStatus>,
-) {
+fn run(dir: &Path, handle: &RulesHandle, rx: &Receiver<Msg>, debounce: Duration, status: &Mutex<ReloadStatus>) {
     let max_wait = debounce.saturating_mul(10);
     while let Ok(Msg::Changed) = rx.recv() {
         let first = Instant::now();
@@ -246,11 +215,7 @@ fn is_editor_temp(path: &Path) -> bool {
     let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
         return false;
     };
-    [".swp", ".swx", ".swo", "~"]
-        .iter()
-        .any(|s| name.ends_with(s))
-        || name.starts_with(".#")
-        || name == "4913"
+    [".swp", ".swx", ".swo", "~"].iter().any(|s| name.ends_with(s)) || name.starts_with(".#") || name == "4913"
 }
 
 #[cfg(test)]
@@ -259,20 +224,11 @@ mod tests {
 
     #[test]
     fn editor_scratch_files_are_not_changes() {
-        for temp in [
-            "rules/.vp.toml.swp",
-            "rules/vp.toml~",
-            "rules/.#vp.toml",
-            "rules/4913",
-            "rules/lists/.m.txt.swx",
-        ] {
+        for temp in ["rules/.vp.toml.swp", "rules/vp.toml~", "rules/.#vp.toml", "rules/4913", "rules/lists/.m.txt.swx"]
+        {
             assert!(is_editor_temp(Path::new(temp)), "{temp}");
         }
-        for real in [
-            "rules/vp.toml",
-            "rules/lists/mule_accounts.txt",
-            "rules/ruleset.toml",
-        ] {
+        for real in ["rules/vp.toml", "rules/lists/mule_accounts.txt", "rules/ruleset.toml"] {
             assert!(!is_editor_temp(Path::new(real)), "{real}");
         }
     }
@@ -283,14 +239,8 @@ mod tests {
         let modify = EventKind::Modify(notify::event::ModifyKind::Any);
         assert!(is_relevant(&ev(modify, "r/vp.toml")));
         assert!(!is_relevant(&ev(modify, "r/.vp.toml.swp")));
-        assert!(!is_relevant(&ev(
-            EventKind::Access(AccessKind::Open(notify::event::AccessMode::Any)),
-            "r/vp.toml"
-        )));
-        assert!(is_relevant(&ev(
-            EventKind::Access(AccessKind::Close(AccessMode::Write)),
-            "r/vp.toml"
-        )));
+        assert!(!is_relevant(&ev(EventKind::Access(AccessKind::Open(notify::event::AccessMode::Any)), "r/vp.toml")));
+        assert!(is_relevant(&ev(EventKind::Access(AccessKind::Close(AccessMode::Write)), "r/vp.toml")));
         assert!(is_relevant(&notify::Event::new(EventKind::Other)));
     }
 }
