@@ -75,6 +75,14 @@ impl EventTime {
         ((day + 3).rem_euclid(7)) as u32
     }
     /// Parse the open-banking `YYYYMMDDhhmmss` form, read as Korea Standard Time.
+    ///
+    /// ```
+    /// use fds::event::EventTime;
+    /// let t = EventTime::parse_kst("20261102090000").unwrap();
+    /// assert_eq!(t.kst_hour(), 9);
+    /// assert_eq!(t.secs() % 86_400, 0); // 09:00 KST is midnight UTC
+    /// assert!(EventTime::parse_kst("20261302090000").is_err());
+    /// ```
     pub fn parse_kst(s: &str) -> Result<Self, String> {
         let b = s.as_bytes();
         if b.len() != 14 || !b.iter().all(u8::is_ascii_digit) {

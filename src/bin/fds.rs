@@ -159,8 +159,15 @@ fn replay_cmd(files: &[PathBuf], args: ReplayArgs) -> Result<()> {
     if !(warmup_days >= 0.0 && warmup_days.is_finite()) {
         bail!("--warmup-days must be zero or more, got {warmup_days}");
     }
-    let rules = load_rules(&rules)?;
+    let rules_dir = rules;
+    let rules = load_rules(&rules_dir)?;
     let engine = Engine::new(StateConfig::default(), Arc::new(ArcSwap::from_pointee(rules)));
+    // At the recorded pace a replay runs like live traffic, so analysts' edits
+    // to the rules take effect while it runs, as they would in production.
+    let _watcher = match pace {
+        Some(_) => Some(fds::rules::watch(&rules_dir, engine.rules().clone())?),
+        None => None,
+    };
     let sources = files
         .iter()
         .map(|f| {
