@@ -151,6 +151,26 @@ impl FeatureVector {
         )));
         FeatureVector { values }
     }
+    /// Every feature at its zero: false, 0, 0.0. With [`FeatureVector::with`], this
+    /// builds the vectors rule tests and benches evaluate.
+    pub fn zeroed() -> Self {
+        let mut values = [Value::Int(0); N_FEATURES];
+        for (v, d) in values.iter_mut().zip(SCHEMA) {
+            *v = match d.kind {
+                Kind::Bool => Value::Bool(false),
+                Kind::Int => Value::Int(0),
+                Kind::Float => Value::Float(0.0),
+            };
+        }
+        FeatureVector { values }
+    }
+    /// This vector with the given features set (kinds checked in debug builds).
+    pub fn with(mut self, set: &[(F, Value)]) -> Self {
+        for &(f, v) in set {
+            self.values[f as usize] = v;
+        }
+        FeatureVector::from_values(self.values)
+    }
     #[inline]
     pub fn get(&self, i: usize) -> Value {
         self.values[i]

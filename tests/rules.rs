@@ -5,7 +5,7 @@ use std::fs;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use fds::features::{FeatureVector, Kind, Value, F, N_FEATURES, SCHEMA};
+use fds::features::{FeatureVector, Value, F};
 use fds::rules::{
     new_handle, reload_now, watch_with, Action, Keys, Problem, RuleSet, RulesError, Verification, WatchOptions,
 };
@@ -86,20 +86,9 @@ fn score(points: i32) -> String {
     format!("action = \"score\"\nscore = {points}")
 }
 
-/// A feature vector of zeros and falses with some features set.
+/// A vector of zeros and falses, with some features set.
 fn features(set: &[(F, Value)]) -> FeatureVector {
-    let mut values = [Value::Int(0); N_FEATURES];
-    for (v, d) in values.iter_mut().zip(SCHEMA) {
-        *v = match d.kind {
-            Kind::Bool => Value::Bool(false),
-            Kind::Int => Value::Int(0),
-            Kind::Float => Value::Float(0.0),
-        };
-    }
-    for (f, v) in set {
-        values[*f as usize] = *v;
-    }
-    FeatureVector::from_values(values)
+    FeatureVector::zeroed().with(set)
 }
 
 fn keys() -> Keys<'static> {

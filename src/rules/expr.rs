@@ -1155,7 +1155,7 @@ fn fold_float_cmp(op: Cmp, l: FloatExpr, r: FloatExpr) -> BoolExpr {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::features::{F, N_FEATURES, SCHEMA};
+    use crate::features::F;
 
     fn lists() -> Vec<String> {
         vec!["blocked_devices".to_string(), "mule_accounts".to_string()]
@@ -1174,18 +1174,7 @@ mod tests {
 
     /// A vector of zeros and falses, with some features set.
     fn vector(set: &[(F, Value)]) -> FeatureVector {
-        let mut values = [Value::Int(0); N_FEATURES];
-        for (v, d) in values.iter_mut().zip(SCHEMA) {
-            *v = match d.kind {
-                Kind::Bool => Value::Bool(false),
-                Kind::Int => Value::Int(0),
-                Kind::Float => Value::Float(0.0),
-            };
-        }
-        for (f, v) in set {
-            values[*f as usize] = *v;
-        }
-        FeatureVector::from_values(values)
+        FeatureVector::zeroed().with(set)
     }
 
     fn keys() -> Keys<'static> {
