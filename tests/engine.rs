@@ -215,3 +215,23 @@ fn decision_json_names_reasons_with_labels() {
     assert!(json["engine_latency_us"].as_f64().unwrap() > 0.0);
     assert!(!s.decision.fingerprint().contains("latency"));
 }
+
+#[test]
+fn one_report_against_a_busy_payee_adds_score_but_does_not_hold() {
+    let engine = starter_engine();
+    // Forty customers pay the same shop through the morning.
+    for i in 0..40 {
+        let time = format!("202611020{}{:02}00", 8 + i / 20, (i % 20) * 3);
+        score(&engine, &transfer_from(&format!("C{i}"), &format!("S{i}"), &time, 30_000, "SHOP", &format!("DC{i}")));
+    }
+    engine.process(&context(
+        r#"{"type":"label","schema_version":1,"bank_tran_id":"S0","report_dtime":"20261102110000","status":"fraud","typology":"loan_fraud","recv_client_bank_code":"088","recv_client_account_num":"SHOP"}"#,
+    ));
+    let s = score(&engine, &transfer_from("C99", "S99", "20261102113000", 30_000, "SHOP", "DC99"));
+    let codes: Vec<&str> = s.decision.reason_codes().collect();
+    // The report adds MU011's 40 points (the young payee's fan-in adds MU010's
+    // 50), below the hold score of 100; the hard reported-payee holds stay quiet.
+    assert_eq!(codes, ["MU011", "MU010"]);
+    assert_eq!(s.decision.score, 90);
+    assert_eq!(s.decision.action, Action::Allow);
+}
