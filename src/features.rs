@@ -90,11 +90,11 @@ schema! {
     CHANNEL_INTERNET_BANKING: Bool = "channel_internet_banking", "sent from internet banking";
     CHANNEL_OPEN_BANKING: Bool = "channel_open_banking", "sent through an open-banking partner";
     PURPOSE_PAYMENT: Bool = "purpose_payment", "a payment to a merchant (transfer_purpose ST), not a money transfer";
-    ACCT_COUNT_10M: Int = "acct_count_10m", "sender's transfers in the previous 10 minutes";
-    ACCT_COUNT_1H: Int = "acct_count_1h", "sender's transfers in the previous hour";
-    ACCT_COUNT_24H: Int = "acct_count_24h", "sender's transfers in the previous 24 hours";
-    ACCT_COUNT_7D: Int = "acct_count_7d", "sender's transfers in the previous 7 days";
-    ACCT_COUNT_30D: Int = "acct_count_30d", "sender's transfers in the previous 30 days";
+    ACCT_COUNT_10M: Int = "acct_count_10m", "sender's transfers in the previous 10 minutes (1-minute buckets: 9-10 min)";
+    ACCT_COUNT_1H: Int = "acct_count_1h", "sender's transfers in the previous hour (5-minute buckets: 55-60 min)";
+    ACCT_COUNT_24H: Int = "acct_count_24h", "sender's transfers in the previous 24 hours (1-hour buckets: 23-24 h)";
+    ACCT_COUNT_7D: Int = "acct_count_7d", "sender's transfers in the previous 7 days (1-day buckets: 6-7 d)";
+    ACCT_COUNT_30D: Int = "acct_count_30d", "sender's transfers in the previous 30 days (1-day buckets: 29-30 d)";
     ACCT_SUM_10M: Int = "acct_sum_10m", "won sent by the sender in the previous 10 minutes";
     ACCT_SUM_1H: Int = "acct_sum_1h", "won sent by the sender in the previous hour";
     ACCT_SUM_24H: Int = "acct_sum_24h", "won sent by the sender in the previous 24 hours";
@@ -115,16 +115,17 @@ schema! {
     MINS_SINCE_REMOTE_APP: Int = "mins_since_remote_app", "minutes since a remote-control app was detected (capped)";
     MINS_SINCE_LIMIT_RAISED: Int = "mins_since_limit_raised", "minutes since the transfer limit was raised (capped)";
     MINS_SINCE_EKYC: Int = "mins_since_ekyc", "minutes since non-face-to-face identity verification (capped)";
+    MINS_SINCE_HOLD: Int = "mins_since_hold", "minutes since one of the sender's transfers was held (capped)";
     FAILED_LOGINS_1H: Int = "failed_logins_1h", "failed logins on the sender's account in the previous hour";
-    PAYEE_DISTINCT_SENDERS_1H: Int = "payee_distinct_senders_1h", "distinct senders to this payee in the previous hour";
-    PAYEE_DISTINCT_SENDERS_24H: Int = "payee_distinct_senders_24h", "distinct senders to this payee in the previous 24 hours";
-    PAYEE_IN_COUNT_24H: Int = "payee_in_count_24h", "transfers into this payee in the previous 24 hours";
-    PAYEE_IN_SUM_24H: Int = "payee_in_sum_24h", "won into this payee in the previous 24 hours";
+    PAYEE_DISTINCT_SENDERS_1H: Int = "payee_distinct_senders_1h", "distinct senders to this payee in the previous hour (exact)";
+    PAYEE_DISTINCT_SENDERS_24H: Int = "payee_distinct_senders_24h", "distinct senders to this payee in the previous 24 hours (exact)";
+    PAYEE_IN_COUNT_24H: Int = "payee_in_count_24h", "transfers into this payee in the previous 24 hours (1-hour buckets: 23-24 h)";
+    PAYEE_IN_SUM_24H: Int = "payee_in_sum_24h", "won into this payee in the previous 24 hours (1-hour buckets: 23-24 h)";
     PAYEE_AGE_MIN: Int = "payee_age_min", "minutes since the engine first saw this payee (capped)";
-    PAYEE_FRAUD_REPORTS: Int = "payee_fraud_reports", "fraud reports against this payee (reports minus withdrawals)";
+    PAYEE_FRAUD_REPORTS: Int = "payee_fraud_reports", "open fraud reports against this payee (one per reported transfer; a withdrawal closes it)";
     MINS_SINCE_PAYEE_REPORT: Int = "mins_since_payee_report", "minutes since the last fraud report against this payee (capped)";
     DEVICE_DISTINCT_ACCOUNTS_24H: Int = "device_distinct_accounts_24h", "distinct sender accounts on this device in the previous 24 hours";
-    DEVICE_COUNT_1H: Int = "device_count_1h", "transfers from this device in the previous hour";
+    DEVICE_COUNT_1H: Int = "device_count_1h", "transfers from this device in the previous hour (5-minute buckets: 55-60 min)";
 }
 
 /// Number of features.
@@ -262,6 +263,7 @@ pub fn compute(t: &Transfer, seen: &Observed) -> FeatureVector {
         Int(minutes_since(now, a.last_remote_app)),
         Int(minutes_since(now, a.last_limit_raised)),
         Int(minutes_since(now, a.last_ekyc)),
+        Int(minutes_since(now, a.last_hold)),
         Int(a.failed_logins_1h),
         Int(p.distinct_senders_1h),
         Int(p.distinct_senders_24h),

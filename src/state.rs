@@ -154,11 +154,19 @@ struct RecentTimes(SmallVec<[i64; 4]>);
 
 impl RecentTimes {
     fn push(&mut self, t: EventTime, keep_ms: i64, cap: usize) {
-        self.prune(t, keep_ms);
+        // Prune by the newest time known, not by `t`: a late event must not
+        // drop occurrences that are still inside the window.
+        let newest = self.0.last().copied().unwrap_or(i64::MIN).max(t.millis());
+        self.prune(EventTime(newest), keep_ms);
+        if t.millis() <= newest - keep_ms {
+            return;
+        }
         if self.0.len() >= cap {
             self.0.remove(0);
         }
-        self.0.push(t.millis());
+        // Late arrivals are inserted in order, so the list stays sorted.
+        let at = self.0.partition_point(|&x| x <= t.millis());
+        self.0.insert(at, t.millis());
     }
     fn prune(&mut self, now: EventTime, keep_ms: i64) {
         let cutoff = now.millis() - keep_ms;
@@ -169,8 +177,8 @@ impl RecentTimes {
     }
     /// Occurrences in (now - window, now].
     fn count_within(&self, now: EventTime, window_ms: i64) -> i64 {
-        let cutoff = now.millis() - window_ms;
-        self.0.iter().rev().take_while(|&&x| x > cutoff).count() as i64
+        let (lo, hi) = (now.millis() - window_ms, now.millis());
+        self.0.iter().filter(|&&x| x > lo && x <= hi).count() as i64
     }
     fn heap_bytes(&self) -> usize {
         if self.0.spilled() {
@@ -221,7 +229,7 @@ impl LastSeen {
 /// log-normal, so deviation is measured in orders of magnitude.
 #[derive(Debug, Clone, Copy, Default)]
 struct LogStats {
-    n: u32,
+    n: u64,
     mean: f64,
     m2: f64,
 }
@@ -231,7 +239,7 @@ impl LogStats {
         let x = (amount.max(1) as f64).log10();
         self.n += 1;
         let d = x - self.mean;
-        self.mean += d / f64::from(self.n);
+        self.mean += d / self.n as f64;
         self.m2 += d * (x - self.mean);
     }
     fn zscore(&self, amount: i64) -> f64 {
@@ -240,7 +248,7 @@ impl LogStats {
         }
         // A floor on the spread keeps a perfectly regular account (same rent every
         // month) from turning a tiny change into an enormous score.
-        let sd = (self.m2 / f64::from(self.n - 1)).sqrt().max(0.1);
+        let sd = (self.m2 / (self.n - 1) as f64).sqrt().max(0.1);
         ((amount.max(1) as f64).log10() - self.mean) / sd
     }
 }
@@ -261,8 +269,8 @@ pub struct AccountState {
     out_1d: Ring<30, DAY>,
     payees: LastSeen,
     new_payees: RecentTimes,
-    /// Device hash and the time this account first used it.
-    devices: SmallVec<[(u64, i64); 3]>,
+    /// Device hash, when this account first used it, and when it last did.
+    devices: SmallVec<[(u64, i64, i64); 3]>,
     failed_logins: RecentTimes,
     last_cert_reissue: i64,
     last_device_registered: i64,
@@ -270,6 +278,7 @@ pub struct AccountState {
     last_remote_app: i64,
     last_limit_raised: i64,
     last_ekyc: i64,
+    last_hold: i64,
 }
 
 impl AccountState {
@@ -294,24 +303,28 @@ impl AccountState {
             last_remote_app: NEVER,
             last_limit_raised: NEVER,
             last_ekyc: NEVER,
+            last_hold: NEVER,
         }
     }
 
     fn device_first_seen(&self, h: u64) -> Option<i64> {
-        self.devices.iter().find(|(k, _)| *k == h).map(|&(_, t)| t)
+        self.devices.iter().find(|(k, _, _)| *k == h).map(|&(_, first, _)| first)
     }
 
     fn remember_device(&mut self, h: u64, t: EventTime, cap: usize) {
-        if self.device_first_seen(h).is_some() {
+        if let Some(d) = self.devices.iter_mut().find(|(k, _, _)| *k == h) {
+            d.1 = d.1.min(t.millis());
+            d.2 = d.2.max(t.millis());
             return;
         }
         if self.devices.len() >= cap {
-            // Forget the device first seen longest ago.
-            if let Some(i) = (0..self.devices.len()).min_by_key(|&i| self.devices[i].1) {
+            // Forget the device used least recently: the customer's everyday
+            // phone is used all the time and must not be the one to go.
+            if let Some(i) = (0..self.devices.len()).min_by_key(|&i| self.devices[i].2) {
                 self.devices.swap_remove(i);
             }
         }
-        self.devices.push((h, t.millis()));
+        self.devices.push((h, t.millis(), t.millis()));
     }
 
     fn view(&self, now: EventTime, payee: u64, device: Option<u64>) -> AccountView {
@@ -337,19 +350,31 @@ impl AccountState {
             last_remote_app: opt_time(self.last_remote_app),
             last_limit_raised: opt_time(self.last_limit_raised),
             last_ekyc: opt_time(self.last_ekyc),
+            last_hold: opt_time(self.last_hold),
             failed_logins_1h: self.failed_logins.count_within(now, HOUR),
         }
     }
 
-    fn apply_transfer(&mut self, t: EventTime, amount: i64, payee: u64, device: Option<u64>, cfg: &StateConfig) {
+    /// Every attempt counts toward velocity, whatever its decision.
+    fn count_attempt(&mut self, t: EventTime, amount: i64) {
         self.last_seen = self.last_seen.max(t.millis());
         self.lifetime_count += 1;
-        self.max_amount = self.max_amount.max(amount);
-        self.log_stats.add(amount);
         self.out_1m.add(t, amount);
         self.out_5m.add(t, amount);
         self.out_1h.add(t, amount);
         self.out_1d.add(t, amount);
+    }
+
+    /// Only an allowed transfer teaches the account's habits: a held one must
+    /// not make its payee "known" or its amount "usual", or simply retrying it
+    /// would get it through.
+    fn settle(&mut self, t: EventTime, amount: i64, payee: u64, device: Option<u64>, held: bool, cfg: &StateConfig) {
+        if held {
+            self.last_hold = self.last_hold.max(t.millis());
+            return;
+        }
+        self.max_amount = self.max_amount.max(amount);
+        self.log_stats.add(amount);
         if self.payees.touch(payee, t, cfg.max_known_payees) {
             self.new_payees.push(t, DAY, 64);
         }
@@ -361,7 +386,7 @@ impl AccountState {
     fn heap_bytes(&self) -> usize {
         self.payees.heap_bytes()
             + self.new_payees.heap_bytes()
-            + if self.devices.spilled() { self.devices.capacity() * size_of::<(u64, i64)>() } else { 0 }
+            + if self.devices.spilled() { self.devices.capacity() * size_of::<(u64, i64, i64)>() } else { 0 }
             + self.failed_logins.heap_bytes()
     }
 }
@@ -393,6 +418,8 @@ pub struct AccountView {
     pub last_remote_app: Option<EventTime>,
     pub last_limit_raised: Option<EventTime>,
     pub last_ekyc: Option<EventTime>,
+    /// The account's last held transfer.
+    pub last_hold: Option<EventTime>,
     pub failed_logins_1h: i64,
 }
 
@@ -410,9 +437,14 @@ pub struct PayeeState {
     last_seen: i64,
     in_1h: Ring<24, HOUR>,
     senders: LastSeen,
-    fraud_reports: i64,
-    last_report: i64,
+    /// Reports by transfer id (hashed): (transfer, report time, still fraud).
+    /// Keyed by transfer so a report delivered twice counts once and a
+    /// withdrawal cancels exactly the report it names.
+    reports: SmallVec<[(u64, i64, bool); 2]>,
 }
+
+/// Reports remembered per payee; the count saturates here.
+const MAX_REPORTS: usize = 64;
 
 impl PayeeState {
     fn new(t: EventTime) -> Self {
@@ -421,8 +453,30 @@ impl PayeeState {
             last_seen: t.millis(),
             in_1h: Ring::default(),
             senders: LastSeen::default(),
-            fraud_reports: 0,
-            last_report: NEVER,
+            reports: SmallVec::new(),
+        }
+    }
+    fn open_reports(&self) -> i64 {
+        self.reports.iter().filter(|r| r.2).count() as i64
+    }
+    fn apply_report(&mut self, tran: u64, at: EventTime, fraud: bool) {
+        match self.reports.iter_mut().find(|r| r.0 == tran) {
+            Some(r) => {
+                r.1 = at.millis();
+                r.2 = fraud;
+            }
+            // A withdrawal of a report never seen changes nothing.
+            None if !fraud => {}
+            None => {
+                if self.reports.len() >= MAX_REPORTS {
+                    // Drop a withdrawn report first, else the oldest.
+                    let victim = (0..self.reports.len()).min_by_key(|&i| (self.reports[i].2, self.reports[i].1));
+                    if let Some(i) = victim {
+                        self.reports.swap_remove(i);
+                    }
+                }
+                self.reports.push((tran, at.millis(), true));
+            }
         }
     }
     fn view(&self, now: EventTime) -> PayeeView {
@@ -433,12 +487,13 @@ impl PayeeState {
             distinct_senders_24h: self.senders.count_within(now, DAY),
             in_count_24h: c24h,
             in_sum_24h: s24h,
-            fraud_reports: self.fraud_reports,
-            last_report: opt_time(self.last_report),
+            fraud_reports: self.open_reports(),
+            last_report: self.reports.iter().filter(|r| r.2).map(|r| EventTime(r.1)).max(),
         }
     }
     fn heap_bytes(&self) -> usize {
         self.senders.heap_bytes()
+            + if self.reports.spilled() { self.reports.capacity() * size_of::<(u64, i64, bool)>() } else { 0 }
     }
 }
 
@@ -565,7 +620,7 @@ impl State {
         let account = {
             let mut a = entry(&self.accounts, &t.fintech_use_num, || AccountState::new(now));
             let view = a.view(now, payee_h, device_h);
-            a.apply_transfer(now, amount, payee_h, device_h, &self.cfg);
+            a.count_attempt(now, amount);
             view
         };
         let payee = {
@@ -587,6 +642,17 @@ impl State {
         Observed { account, payee, device }
     }
 
+    /// Record the decision on a transfer already observed: an allowed transfer
+    /// teaches the account its payee, device and amount; a held one only marks
+    /// the hold. Call it once per [`observe_transfer`](State::observe_transfer).
+    pub fn settle_transfer(&self, t: &Transfer, payee_key: &str, held: bool) {
+        let now = t.tran_dtime;
+        let payee_h = key_hash(payee_key);
+        let device_h = t.device_id.as_deref().map(key_hash);
+        let mut a = entry(&self.accounts, &t.fintech_use_num, || AccountState::new(now));
+        a.settle(now, t.tran_amt.get(), payee_h, device_h, held, &self.cfg);
+    }
+
     /// Record a context event or a label. Transfers go through [`observe_transfer`].
     ///
     /// [`observe_transfer`]: State::observe_transfer
@@ -594,7 +660,9 @@ impl State {
         let now = event.time();
         match event {
             Event::Transfer(t) => {
-                self.observe_transfer(t, &t.payee_key());
+                let payee = t.payee_key();
+                self.observe_transfer(t, &payee);
+                self.settle_transfer(t, &payee, false);
             }
             Event::Label(l) => self.apply_label(l),
             Event::Login(e) => {
@@ -609,7 +677,7 @@ impl State {
             }
             Event::DeviceRegistered(e) => {
                 self.with_account(&e.fintech_use_num, now, |a, cfg| {
-                    a.last_device_registered = now.millis();
+                    a.last_device_registered = a.last_device_registered.max(now.millis());
                     a.remember_device(key_hash(&e.device_id), now, cfg.max_known_devices);
                 });
             }
@@ -618,7 +686,7 @@ impl State {
                     // A renewal extends a certificate the customer already holds; only a
                     // new issue or re-issue puts one on a possibly foreign device.
                     if e.action != CertificateAction::Renewed {
-                        a.last_cert_reissue = now.millis();
+                        a.last_cert_reissue = a.last_cert_reissue.max(now.millis());
                     }
                     if let Some(d) = &e.device_id {
                         a.remember_device(key_hash(d), now, cfg.max_known_devices);
@@ -626,16 +694,22 @@ impl State {
                 });
             }
             Event::PhoneChanged(e) => {
-                self.with_account(&e.fintech_use_num, now, |a, _| a.last_phone_change = now.millis());
+                self.with_account(&e.fintech_use_num, now, |a, _| {
+                    a.last_phone_change = a.last_phone_change.max(now.millis())
+                });
             }
             Event::RemoteAppDetected(e) => {
-                self.with_account(&e.fintech_use_num, now, |a, _| a.last_remote_app = now.millis());
+                self.with_account(&e.fintech_use_num, now, |a, _| {
+                    a.last_remote_app = a.last_remote_app.max(now.millis())
+                });
             }
             Event::LimitRaised(e) => {
-                self.with_account(&e.fintech_use_num, now, |a, _| a.last_limit_raised = now.millis());
+                self.with_account(&e.fintech_use_num, now, |a, _| {
+                    a.last_limit_raised = a.last_limit_raised.max(now.millis())
+                });
             }
             Event::EkycCompleted(e) => {
-                self.with_account(&e.fintech_use_num, now, |a, _| a.last_ekyc = now.millis());
+                self.with_account(&e.fintech_use_num, now, |a, _| a.last_ekyc = a.last_ekyc.max(now.millis()));
             }
         }
     }
@@ -646,18 +720,13 @@ impl State {
         f(&mut a, &self.cfg);
     }
 
-    /// A fraud report raises the payee's report count; a withdrawal lowers it.
+    /// A fraud report opens a report against the payee; a withdrawal closes the
+    /// report it names. Delivering either twice changes nothing more.
     fn apply_label(&self, l: &Label) {
         let now = l.report_dtime;
         let mut p = entry(&self.payees, &l.payee_key(), || PayeeState::new(now));
         p.last_seen = p.last_seen.max(now.millis());
-        match l.status {
-            LabelStatus::Fraud => {
-                p.fraud_reports += 1;
-                p.last_report = p.last_report.max(now.millis());
-            }
-            LabelStatus::Cleared => p.fraud_reports = (p.fraud_reports - 1).max(0),
-        }
+        p.apply_report(key_hash(&l.bank_tran_id), now, l.status == LabelStatus::Fraud);
     }
 
     /// Drop entities idle for longer than their TTL, as of event time `now`.
@@ -668,7 +737,7 @@ impl State {
         self.accounts.retain(|_, a| n - a.last_seen <= self.cfg.account_ttl_ms);
         // A payee with open fraud reports is kept: forgetting a reported mule
         // account because it went quiet would reopen it to victims.
-        self.payees.retain(|_, p| p.fraud_reports > 0 || n - p.last_seen <= self.cfg.payee_ttl_ms);
+        self.payees.retain(|_, p| p.open_reports() > 0 || n - p.last_seen <= self.cfg.payee_ttl_ms);
         self.devices.retain(|_, d| n - d.last_seen <= self.cfg.device_ttl_ms);
         before - (self.accounts.len() + self.payees.len() + self.devices.len())
     }

@@ -235,3 +235,71 @@ fn one_report_against_a_busy_payee_adds_score_but_does_not_hold() {
     assert_eq!(s.decision.score, 90);
     assert_eq!(s.decision.action, Action::Allow);
 }
+
+fn label(id: &str, time: &str, status: &str, payee: &str) -> Event {
+    context(&format!(
+        r#"{{"type":"label","schema_version":1,"bank_tran_id":"{id}","report_dtime":"{time}","status":"{status}","typology":"voice_phishing","recv_client_bank_code":"088","recv_client_account_num":"{payee}"}}"#
+    ))
+}
+
+/// A hold must not teach the engine that the payee is known: retrying the
+/// same transfer (or another to a new payee) right after is held again.
+#[test]
+fn a_held_transfer_retried_is_held_again() {
+    let engine = starter_engine();
+    engine.process(&context(&format!(
+        r#"{{"type":"remote_app_detected","schema_version":1,"event_dtime":"20261102100000","fintech_use_num":"{ACCT}","app_name":"AnyDesk"}}"#
+    )));
+    let first = score(&engine, &transfer("R1", "20261102101000", 800_000, "777", "HOME"));
+    assert_eq!(first.decision.action, Action::Hold);
+    let retry = score(&engine, &transfer("R2", "20261102101100", 800_000, "777", "HOME"));
+    assert!(boolean(&retry.features, F::PAYEE_FIRST_SEEN), "a held transfer made its payee known");
+    assert_eq!(int(&retry.features, F::MINS_SINCE_HOLD), 1);
+    assert_eq!(retry.decision.action, Action::Hold);
+    // Two hours later the remote-app signal and the hold have aged out...
+    let later = score(&engine, &transfer("R3", "20261102121000", 30_000, "888", "HOME"));
+    assert_eq!(later.decision.action, Action::Allow);
+    // ...and an allowed transfer does teach: its payee is known next time.
+    let again = score(&engine, &transfer("R4", "20261102121500", 30_000, "888", "HOME"));
+    assert!(!boolean(&again.features, F::PAYEE_FIRST_SEEN));
+}
+
+#[test]
+fn a_report_delivered_twice_counts_once_and_a_stray_withdrawal_changes_nothing() {
+    let engine = starter_engine();
+    score(&engine, &transfer_from("A1", "T1", "20261102100000", 300_000, "555", "DA"));
+    for _ in 0..3 {
+        engine.process(&label("T1", "20261103100000", "fraud", "555"));
+    }
+    engine.process(&label("NO_SUCH_TRANSFER", "20261103110000", "cleared", "555"));
+    let s = score(&engine, &transfer_from("A2", "T2", "20261103120000", 300_000, "555", "DB"));
+    assert_eq!(int(&s.features, F::PAYEE_FRAUD_REPORTS), 1);
+    assert_eq!(int(&s.features, F::MINS_SINCE_PAYEE_REPORT), 120);
+    let codes: Vec<&str> = s.decision.reason_codes().collect();
+    assert!(codes.contains(&"MU001") && !codes.contains(&"MU004"), "{codes:?}");
+}
+
+#[test]
+fn late_context_events_do_not_move_the_clock_back() {
+    let engine = Engine::with_rules(RuleSet::empty());
+    let cert = |time: &str| {
+        context(&format!(
+            r#"{{"type":"certificate","schema_version":1,"event_dtime":"{time}","fintech_use_num":"{ACCT}","action":"reissued"}}"#
+        ))
+    };
+    let failed_login = |time: &str| {
+        context(&format!(
+            r#"{{"type":"login","schema_version":1,"event_dtime":"{time}","fintech_use_num":"{ACCT}","success":false}}"#
+        ))
+    };
+    engine.process(&cert("20261102140200"));
+    for t in ["20261102140300", "20261102140400", "20261102140500"] {
+        engine.process(&failed_login(t));
+    }
+    // Events from hours ago arrive late.
+    engine.process(&cert("20261102100000"));
+    engine.process(&failed_login("20261102090000"));
+    let s = score(&engine, &transfer("T1", "20261102141000", 10_000, "1", "D1"));
+    assert_eq!(int(&s.features, F::MINS_SINCE_CERT_REISSUE), 8);
+    assert_eq!(int(&s.features, F::FAILED_LOGINS_1H), 3);
+}
