@@ -30,20 +30,26 @@ fn main() -> anyhow::Result<()> {
 
     // A month of habits: 50,000 won to family every other day, from the home phone.
     for day in (1..=28).step_by(2) {
-        engine.process(&transfer(&format!("H{day}"), &format!("202610{day:02}190000"), 50_000, "110222333444", "HOME"));
+        engine.process(&transfer(
+            &format!("H{day}"),
+            &format!("202610{day:02}190000"),
+            50_000,
+            "110222333444",
+            "HOME",
+        ))?;
     }
 
     // The fraudster's device is registered and the certificate re-issued on it.
     engine.process(&event(format!(
         r#"{{"type":"device_registered","schema_version":1,"event_dtime":"20261102140000","fintech_use_num":"{ACCOUNT}","device_id":"NEWPHONE"}}"#
-    )));
+    )))?;
     engine.process(&event(format!(
         r#"{{"type":"certificate","schema_version":1,"event_dtime":"20261102140200","fintech_use_num":"{ACCOUNT}","action":"reissued","device_id":"NEWPHONE"}}"#
-    )));
+    )))?;
 
     // Eight minutes later: 9,000,000 won to a stranger, from the new device.
     let scored = engine
-        .process(&transfer("VP1", "20261102141000", 9_000_000, "3333999888777", "NEWPHONE"))
+        .process(&transfer("VP1", "20261102141000", 9_000_000, "3333999888777", "NEWPHONE"))?
         .expect("a transfer is scored");
     println!("{}", scored.decision.to_json());
     Ok(())

@@ -31,6 +31,24 @@ use crate::state::{State, StateConfig};
 /// How often (in event time) idle entities are swept out of the state.
 const EXPIRE_EVERY_MS: i64 = 3_600_000;
 
+/// How far ahead of the newest event seen so far an event may be dated: 7 days.
+/// One event from a producer with a broken clock (dated next year) would
+/// otherwise move the expiry sweep to next year and wipe the state, and push
+/// its entities' windows past every real event. A bank's transfer stream never
+/// pauses for a week, so a real gap is never refused; a stream that does (a
+/// sparse test) sets its own bound with [`Engine::with_max_skew`].
+pub const DEFAULT_MAX_SKEW_MS: i64 = 7 * 86_400_000;
+
+/// Why the engine refused an event. Nothing was applied to the state.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EngineError {
+    #[error(
+        "{kind} dated {time} is {ahead_min} min ahead of the newest event so far ({watermark}); \
+         at most {max_skew_min} min is allowed, so it was not applied"
+    )]
+    AheadOfStream { kind: &'static str, time: EventTime, watermark: EventTime, ahead_min: i64, max_skew_min: i64 },
+}
+
 /// What the bank should do with the transfer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -140,11 +158,26 @@ pub struct Engine {
     state: State,
     rules: RulesHandle,
     last_expiry: AtomicI64,
+    /// The newest event time accepted: the engine's notion of "now".
+    watermark: AtomicI64,
+    max_skew_ms: i64,
 }
 
 impl Engine {
     pub fn new(state: StateConfig, rules: RulesHandle) -> Self {
-        Engine { state: State::new(state), rules, last_expiry: AtomicI64::new(i64::MIN) }
+        Engine {
+            state: State::new(state),
+            rules,
+            last_expiry: AtomicI64::new(i64::MIN),
+            watermark: AtomicI64::new(i64::MIN),
+            max_skew_ms: DEFAULT_MAX_SKEW_MS,
+        }
+    }
+
+    /// Allow events dated up to `ms` ahead of the newest event so far.
+    pub fn with_max_skew(mut self, ms: i64) -> Self {
+        self.max_skew_ms = ms.max(0);
+        self
     }
 
     /// An engine with a fixed rule set (no reload).
@@ -163,15 +196,31 @@ impl Engine {
 
     /// Feed any event. Transfers are scored and return their decision; context
     /// events and labels update the state and return `None`.
-    pub fn process(&self, event: &Event) -> Option<Scored> {
-        self.maybe_expire(event.time());
-        match event {
+    ///
+    /// An event dated too far ahead of the stream is refused and changes
+    /// nothing; the caller reports it (replay counts it, the pipeline sends it
+    /// to the dead-letter topic).
+    pub fn process(&self, event: &Event) -> Result<Option<Scored>, EngineError> {
+        let time = event.time().millis();
+        let seen = self.watermark.load(Ordering::Relaxed);
+        if seen != i64::MIN && time > seen.saturating_add(self.max_skew_ms) {
+            return Err(EngineError::AheadOfStream {
+                kind: event.kind(),
+                time: event.time(),
+                watermark: EventTime(seen),
+                ahead_min: (time - seen) / 60_000,
+                max_skew_min: self.max_skew_ms / 60_000,
+            });
+        }
+        let now = self.watermark.fetch_max(time, Ordering::Relaxed).max(time);
+        self.maybe_expire(EventTime(now));
+        Ok(match event {
             Event::Transfer(t) => Some(self.score(t)),
             other => {
                 self.state.apply(other);
                 None
             }
-        }
+        })
     }
 
     /// Score one transfer: state, then features, then rules.
@@ -199,8 +248,8 @@ impl Engine {
         Scored { decision, features }
     }
 
-    /// Sweep idle entities once per hour of event time. Whichever thread first
-    /// sees the new hour does the sweep; the rest go on.
+    /// Sweep idle entities once per hour of the watermark. Whichever thread
+    /// first sees the new hour does the sweep; the rest go on.
     fn maybe_expire(&self, now: EventTime) {
         let last = self.last_expiry.load(Ordering::Relaxed);
         if last == i64::MIN {

@@ -53,10 +53,11 @@ pub struct HandbookReader<R> {
     input: R,
     line: u64,
     buf: String,
-    labels: BinaryHeap<Reverse<(i64, u64, LabelSlot)>>,
+    /// Labels waiting for their time: (due, sequence, source line, label).
+    labels: BinaryHeap<Reverse<(i64, u64, u64, LabelSlot)>>,
     label_seq: u64,
     /// A transfer read ahead while due labels are delivered first.
-    held: Option<Transfer>,
+    held: Option<(u64, Transfer)>,
     done: bool,
 }
 
@@ -103,36 +104,40 @@ impl<R: BufRead> HandbookReader<R> {
         })
     }
 
-    fn next_row(&mut self) -> Option<Result<Transfer, BadRow>> {
+    fn next_row(&mut self) -> Option<Result<(u64, Transfer), BadRow>> {
         self.buf.clear();
         match self.input.read_line(&mut self.buf) {
             Ok(0) => None,
             Ok(_) => {
                 self.line += 1;
                 let row = self.buf.trim_end().to_owned();
-                Some(parse_row(&row).map_err(|reason| BadRow { line: self.line, reason }).map(|(t, label)| {
+                let line = self.line;
+                Some(parse_row(&row).map_err(|reason| BadRow { line, reason }).map(|(t, label)| {
                     if let Some(l) = label {
                         self.label_seq += 1;
-                        self.labels.push(Reverse((l.report_dtime.millis(), self.label_seq, LabelSlot(l))));
+                        self.labels.push(Reverse((l.report_dtime.millis(), self.label_seq, line, LabelSlot(l))));
                     }
-                    t
+                    (line, t)
                 }))
             }
             Err(e) => {
+                // A broken file (a truncated gzip stream) fails the same way on
+                // every further read: report it once and end the input.
                 self.line += 1;
-                Some(Err(BadRow { line: self.line, reason: format!("read error: {e}") }))
+                self.done = true;
+                Some(Err(BadRow { line: self.line, reason: format!("read error, input ends here: {e}") }))
             }
         }
     }
 
-    fn pop_label_due(&mut self, by: Option<EventTime>) -> Option<Event> {
+    fn pop_label_due(&mut self, by: Option<EventTime>) -> Option<(u64, Event)> {
         let due = match (self.labels.peek(), by) {
-            (Some(Reverse((t, _, _))), Some(by)) => *t <= by.millis(),
+            (Some(Reverse((t, _, _, _))), Some(by)) => *t <= by.millis(),
             (Some(_), None) => true,
             (None, _) => false,
         };
         if due {
-            self.labels.pop().map(|Reverse((_, _, LabelSlot(l)))| Event::Label(l))
+            self.labels.pop().map(|Reverse((_, _, line, LabelSlot(l)))| (line, Event::Label(l)))
         } else {
             None
         }
@@ -140,7 +145,9 @@ impl<R: BufRead> HandbookReader<R> {
 }
 
 impl<R: BufRead> Iterator for HandbookReader<R> {
-    type Item = Result<Event, BadRow>;
+    /// An event with the line of the row it came from (a label: the row of its
+    /// transaction), or a row that could not be read.
+    type Item = Result<(u64, Event), BadRow>;
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.held.is_none() && !self.done {
@@ -151,11 +158,11 @@ impl<R: BufRead> Iterator for HandbookReader<R> {
             }
         }
         // Labels due by the next transfer's time (or all, at the end) go first.
-        let by = self.held.as_ref().map(|t| t.tran_dtime);
+        let by = self.held.as_ref().map(|(_, t)| t.tran_dtime);
         if let Some(label) = self.pop_label_due(by) {
             return Some(Ok(label));
         }
-        self.held.take().map(|t| Ok(Event::Transfer(t)))
+        self.held.take().map(|(line, t)| Ok((line, Event::Transfer(t))))
     }
 }
 
@@ -231,7 +238,7 @@ mod tests {
 
     fn read(rows: &str) -> Vec<Result<Event, BadRow>> {
         let text = format!("{HEADER}\n{rows}");
-        HandbookReader::new(text.as_bytes()).unwrap().collect()
+        HandbookReader::new(text.as_bytes()).unwrap().map(|r| r.map(|(_, e)| e)).collect()
     }
 
     #[test]

@@ -67,7 +67,8 @@ pub struct BadLine {
     pub reason: String,
 }
 
-type EventIter = Box<dyn Iterator<Item = Result<Event, (u64, String)>> + Send>;
+/// Events with their line number, or a line that is not one, with the reason.
+type EventIter = Box<dyn Iterator<Item = Result<(u64, Event), (u64, String)>> + Send>;
 
 /// An opened input: its events, and how far into the file reading has got.
 pub struct Source {
@@ -123,7 +124,7 @@ pub fn open(path: &Path, format: Format) -> Result<Source, ReplayError> {
                 .map_err(|e| ReplayError::Format { path: path.clone(), reason: e.to_string() })?;
             Box::new(hb.map(|r| r.map_err(|e| (e.line, e.reason))))
         }
-        _ => Box::new(JsonLines { input: reader, line: 0, buf: Vec::new() }),
+        _ => Box::new(JsonLines { input: reader, line: 0, buf: Vec::new(), done: false }),
     };
     Ok(Source { name: path.display().to_string(), events, position, size })
 }
@@ -133,12 +134,13 @@ struct JsonLines<R> {
     input: R,
     line: u64,
     buf: Vec<u8>,
+    done: bool,
 }
 
 impl<R: BufRead> Iterator for JsonLines<R> {
-    type Item = Result<Event, (u64, String)>;
+    type Item = Result<(u64, Event), (u64, String)>;
     fn next(&mut self) -> Option<Self::Item> {
-        loop {
+        while !self.done {
             self.buf.clear();
             self.line += 1;
             match self.input.read_until(b'\n', &mut self.buf) {
@@ -148,11 +150,19 @@ impl<R: BufRead> Iterator for JsonLines<R> {
                     if text.is_empty() {
                         continue;
                     }
-                    return Some(Event::from_json(text).map_err(|e| (self.line, e.to_string())));
+                    return Some(
+                        Event::from_json(text).map(|e| (self.line, e)).map_err(|e| (self.line, e.to_string())),
+                    );
                 }
-                Err(e) => return Some(Err((self.line, format!("read error: {e}")))),
+                Err(e) => {
+                    // A broken file (a truncated gzip stream) fails the same way
+                    // on every further read: report it once and end the input.
+                    self.done = true;
+                    return Some(Err((self.line, format!("read error, input ends here: {e}"))));
+                }
             }
         }
+        None
     }
 }
 
@@ -315,27 +325,31 @@ pub fn run(engine: &Engine, sources: Vec<Source>, mut opts: Options) -> Result<R
             if report.events + report.bad_lines >= limit {
                 break 'sources;
             }
-            let event = match item {
-                Ok(e) => e,
+            let (line, event) = match item {
+                Ok(numbered) => numbered,
                 Err((line, reason)) => {
-                    report.bad_lines += 1;
-                    if report.bad_line_samples.len() < BAD_LINES_LISTED {
-                        report.bad_line_samples.push(BadLine { file: src.name.clone(), line, reason });
-                    }
+                    report.bad_line(&src.name, line, reason);
+                    continue;
+                }
+            };
+            if let Some(speed) = opts.pace {
+                pace(&mut first_event_ms, event.time().millis(), started, speed);
+            }
+            let warm_until =
+                *warm_until_ms.get_or_insert(event.time().millis().saturating_add(opts.warmup.as_millis() as i64));
+            let outcome = match engine.process(&event) {
+                Ok(outcome) => outcome,
+                Err(e) => {
+                    report.bad_line(&src.name, line, e.to_string());
                     continue;
                 }
             };
             report.events += 1;
-            if let Some(speed) = opts.pace {
-                pace(&mut first_event_ms, event.time().millis(), started, speed);
-            }
             if let Event::Label(l) = &event {
                 report.labels += 1;
                 labels.insert(tx_key(&l.bank_tran_id), (l.status, l.typology.clone()));
             }
-            let warm_until =
-                *warm_until_ms.get_or_insert(event.time().millis().saturating_add(opts.warmup.as_millis() as i64));
-            match engine.process(&event) {
+            match outcome {
                 Some(scored) => {
                     let d = scored.decision;
                     let _ = hist.record(d.latency_ns.max(1));
@@ -548,6 +562,13 @@ fn progress_bar(show: bool, total: u64) -> indicatif::ProgressBar {
 }
 
 impl Report {
+    fn bad_line(&mut self, file: &str, line: u64, reason: String) {
+        self.bad_lines += 1;
+        if self.bad_line_samples.len() < BAD_LINES_LISTED {
+            self.bad_line_samples.push(BadLine { file: file.to_owned(), line, reason });
+        }
+    }
+
     /// The report as a person reads it.
     pub fn render(&self) -> String {
         let mut s = String::new();

@@ -33,7 +33,12 @@ fn starter_engine() -> Engine {
 }
 
 fn score(engine: &Engine, e: &Event) -> Scored {
-    engine.process(e).expect("a transfer gets a decision")
+    engine.process(e).expect("the event is accepted").expect("a transfer gets a decision")
+}
+
+/// Feed a context event or a label.
+fn apply(engine: &Engine, e: &Event) {
+    assert!(engine.process(e).expect("the event is accepted").is_none());
 }
 
 fn int(fv: &FeatureVector, f: F) -> i64 {
@@ -75,7 +80,8 @@ fn ten_minute_window_edges() {
 
 #[test]
 fn day_and_month_windows_edges() {
-    let engine = Engine::with_rules(RuleSet::empty());
+    // This stream is silent for four weeks at a time.
+    let engine = Engine::with_rules(RuleSet::empty()).with_max_skew(40 * 86_400_000);
     // Buckets are UTC-aligned: 09:00 KST is 00:00 UTC, a day boundary.
     score(&engine, &transfer("T1", "20261102090000", 50_000, "1", "D1"));
     let s = score(&engine, &transfer("T2", "20261103085959", 1_000, "1", "D1"));
@@ -119,12 +125,18 @@ fn voice_phishing_pattern_is_held_for_a_call_back() {
         let s = score(&engine, &transfer(&format!("H{day}"), &time, 50_000, payee, "HOME"));
         assert_eq!(s.decision.action, Action::Allow, "habitual transfer on day {day}");
     }
-    engine.process(&context(&format!(
-        r#"{{"type":"device_registered","schema_version":1,"event_dtime":"20261102140000","fintech_use_num":"{ACCT}","device_id":"EVIL"}}"#
-    )));
-    engine.process(&context(&format!(
-        r#"{{"type":"certificate","schema_version":1,"event_dtime":"20261102140200","fintech_use_num":"{ACCT}","action":"reissued","device_id":"EVIL"}}"#
-    )));
+    apply(
+        &engine,
+        &context(&format!(
+            r#"{{"type":"device_registered","schema_version":1,"event_dtime":"20261102140000","fintech_use_num":"{ACCT}","device_id":"EVIL"}}"#
+        )),
+    );
+    apply(
+        &engine,
+        &context(&format!(
+            r#"{{"type":"certificate","schema_version":1,"event_dtime":"20261102140200","fintech_use_num":"{ACCT}","action":"reissued","device_id":"EVIL"}}"#
+        )),
+    );
     // The same transfer to a known payee from home is fine...
     let s = score(&engine, &transfer("K1", "20261102140500", 50_000, "111", "HOME"));
     assert_eq!(s.decision.action, Action::Allow);
@@ -146,16 +158,22 @@ fn a_reported_payee_is_held_for_every_later_sender() {
     let s = score(&engine, &transfer_from("A1", "T1", "20261102100000", 300_000, "555", "DA"));
     assert_eq!(s.decision.action, Action::Allow);
     // Days later the victim reports it; the label names the payee.
-    engine.process(&context(
-        r#"{"type":"label","schema_version":1,"bank_tran_id":"T1","report_dtime":"20261105100000","status":"fraud","typology":"voice_phishing","recv_client_bank_code":"088","recv_client_account_num":"555"}"#,
-    ));
+    apply(
+        &engine,
+        &context(
+            r#"{"type":"label","schema_version":1,"bank_tran_id":"T1","report_dtime":"20261105100000","status":"fraud","typology":"voice_phishing","recv_client_bank_code":"088","recv_client_account_num":"555"}"#,
+        ),
+    );
     let s = score(&engine, &transfer_from("A2", "T2", "20261105110000", 300_000, "555", "DB"));
     assert_eq!(s.decision.action, Action::Hold);
     assert!(s.decision.reason_codes().any(|c| c == "MU001"));
     // A withdrawn report lifts it.
-    engine.process(&context(
-        r#"{"type":"label","schema_version":1,"bank_tran_id":"T1","report_dtime":"20261105120000","status":"cleared","recv_client_bank_code":"088","recv_client_account_num":"555"}"#,
-    ));
+    apply(
+        &engine,
+        &context(
+            r#"{"type":"label","schema_version":1,"bank_tran_id":"T1","report_dtime":"20261105120000","status":"cleared","recv_client_bank_code":"088","recv_client_account_num":"555"}"#,
+        ),
+    );
     let s = score(&engine, &transfer_from("A3", "T3", "20261105130000", 300_000, "555", "DC"));
     assert!(!s.decision.reason_codes().any(|c| c == "MU001"));
 }
@@ -190,7 +208,7 @@ fn same_events_same_decisions() {
         .collect();
     let run = || {
         let engine = starter_engine();
-        events.iter().filter_map(|e| engine.process(e)).map(|s| s.decision.fingerprint()).collect::<Vec<_>>()
+        events.iter().filter_map(|e| engine.process(e).unwrap()).map(|s| s.decision.fingerprint()).collect::<Vec<_>>()
     };
     let a = run();
     assert_eq!(a.len(), 200);
@@ -200,9 +218,12 @@ fn same_events_same_decisions() {
 #[test]
 fn decision_json_names_reasons_with_labels() {
     let engine = starter_engine();
-    engine.process(&context(&format!(
-        r#"{{"type":"remote_app_detected","schema_version":1,"event_dtime":"20261102100000","fintech_use_num":"{ACCT}","app_name":"TeamViewer QS"}}"#
-    )));
+    apply(
+        &engine,
+        &context(&format!(
+            r#"{{"type":"remote_app_detected","schema_version":1,"event_dtime":"20261102100000","fintech_use_num":"{ACCT}","app_name":"TeamViewer QS"}}"#
+        )),
+    );
     let s = score(&engine, &transfer("R1", "20261102101500", 800_000, "777", "HOME"));
     let json: serde_json::Value = serde_json::from_str(&s.decision.to_json()).unwrap();
     assert_eq!(json["decision"], "hold");
@@ -224,9 +245,12 @@ fn one_report_against_a_busy_payee_adds_score_but_does_not_hold() {
         let time = format!("202611020{}{:02}00", 8 + i / 20, (i % 20) * 3);
         score(&engine, &transfer_from(&format!("C{i}"), &format!("S{i}"), &time, 30_000, "SHOP", &format!("DC{i}")));
     }
-    engine.process(&context(
-        r#"{"type":"label","schema_version":1,"bank_tran_id":"S0","report_dtime":"20261102110000","status":"fraud","typology":"loan_fraud","recv_client_bank_code":"088","recv_client_account_num":"SHOP"}"#,
-    ));
+    apply(
+        &engine,
+        &context(
+            r#"{"type":"label","schema_version":1,"bank_tran_id":"S0","report_dtime":"20261102110000","status":"fraud","typology":"loan_fraud","recv_client_bank_code":"088","recv_client_account_num":"SHOP"}"#,
+        ),
+    );
     let s = score(&engine, &transfer_from("C99", "S99", "20261102113000", 30_000, "SHOP", "DC99"));
     let codes: Vec<&str> = s.decision.reason_codes().collect();
     // The report adds MU011's 40 points (the young payee's fan-in adds MU010's
@@ -247,9 +271,12 @@ fn label(id: &str, time: &str, status: &str, payee: &str) -> Event {
 #[test]
 fn a_held_transfer_retried_is_held_again() {
     let engine = starter_engine();
-    engine.process(&context(&format!(
-        r#"{{"type":"remote_app_detected","schema_version":1,"event_dtime":"20261102100000","fintech_use_num":"{ACCT}","app_name":"AnyDesk"}}"#
-    )));
+    apply(
+        &engine,
+        &context(&format!(
+            r#"{{"type":"remote_app_detected","schema_version":1,"event_dtime":"20261102100000","fintech_use_num":"{ACCT}","app_name":"AnyDesk"}}"#
+        )),
+    );
     let first = score(&engine, &transfer("R1", "20261102101000", 800_000, "777", "HOME"));
     assert_eq!(first.decision.action, Action::Hold);
     let retry = score(&engine, &transfer("R2", "20261102101100", 800_000, "777", "HOME"));
@@ -269,9 +296,9 @@ fn a_report_delivered_twice_counts_once_and_a_stray_withdrawal_changes_nothing()
     let engine = starter_engine();
     score(&engine, &transfer_from("A1", "T1", "20261102100000", 300_000, "555", "DA"));
     for _ in 0..3 {
-        engine.process(&label("T1", "20261103100000", "fraud", "555"));
+        apply(&engine, &label("T1", "20261103100000", "fraud", "555"));
     }
-    engine.process(&label("NO_SUCH_TRANSFER", "20261103110000", "cleared", "555"));
+    apply(&engine, &label("NO_SUCH_TRANSFER", "20261103110000", "cleared", "555"));
     let s = score(&engine, &transfer_from("A2", "T2", "20261103120000", 300_000, "555", "DB"));
     assert_eq!(int(&s.features, F::PAYEE_FRAUD_REPORTS), 1);
     assert_eq!(int(&s.features, F::MINS_SINCE_PAYEE_REPORT), 120);
@@ -292,14 +319,27 @@ fn late_context_events_do_not_move_the_clock_back() {
             r#"{{"type":"login","schema_version":1,"event_dtime":"{time}","fintech_use_num":"{ACCT}","success":false}}"#
         ))
     };
-    engine.process(&cert("20261102140200"));
+    apply(&engine, &cert("20261102140200"));
     for t in ["20261102140300", "20261102140400", "20261102140500"] {
-        engine.process(&failed_login(t));
+        apply(&engine, &failed_login(t));
     }
     // Events from hours ago arrive late.
-    engine.process(&cert("20261102100000"));
-    engine.process(&failed_login("20261102090000"));
+    apply(&engine, &cert("20261102100000"));
+    apply(&engine, &failed_login("20261102090000"));
     let s = score(&engine, &transfer("T1", "20261102141000", 10_000, "1", "D1"));
     assert_eq!(int(&s.features, F::MINS_SINCE_CERT_REISSUE), 8);
     assert_eq!(int(&s.features, F::FAILED_LOGINS_1H), 3);
+}
+
+#[test]
+fn an_event_dated_far_ahead_of_the_stream_is_refused_and_changes_nothing() {
+    let engine = starter_engine();
+    score(&engine, &transfer("T1", "20261102100000", 10_000, "1", "D1"));
+    let err = engine.process(&transfer("BAD", "20991102100000", 10_000, "1", "D1")).unwrap_err();
+    assert!(err.to_string().contains("ahead of the newest event"), "{err}");
+    // The account's history survived, and its windows still count real events.
+    let s = score(&engine, &transfer("T2", "20261102100500", 10_000, "1", "D1"));
+    assert_eq!(int(&s.features, F::ACCT_COUNT_10M), 1);
+    assert!(!boolean(&s.features, F::PAYEE_FIRST_SEEN));
+    assert_eq!(engine.state().entities().0, 1);
 }

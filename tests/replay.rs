@@ -128,3 +128,15 @@ fn the_handbook_format_is_checked_not_guessed() {
     let err = replay::open(&path, Format::Handbook).err().expect("not the handbook");
     assert!(err.to_string().contains("not the handbook data set"), "{err}");
 }
+
+#[test]
+fn a_truncated_gzip_file_is_reported_once_and_the_replay_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let shipped = std::fs::read("replay-data/demo.jsonl.gz").unwrap();
+    let path = dir.path().join("cut.jsonl.gz");
+    std::fs::write(&path, &shipped[..200_000]).unwrap();
+    let r = replay_files(&[path], Format::Auto, None);
+    assert!(r.transfers > 100, "the readable part was replayed");
+    assert_eq!(r.bad_lines, 1, "{:?}", r.bad_line_samples);
+    assert!(r.bad_line_samples[0].reason.contains("input ends here"), "{:?}", r.bad_line_samples);
+}

@@ -156,8 +156,8 @@ fn replay_cmd(files: &[PathBuf], args: ReplayArgs) -> Result<()> {
             bail!("--pace must be a positive speed factor, got {p}");
         }
     }
-    if !(warmup_days >= 0.0 && warmup_days.is_finite()) {
-        bail!("--warmup-days must be zero or more, got {warmup_days}");
+    if !(0.0..=3650.0).contains(&warmup_days) {
+        bail!("--warmup-days must be between 0 and 3650, got {warmup_days}");
     }
     let rules_dir = rules;
     let rules = load_rules(&rules_dir)?;
