@@ -42,6 +42,10 @@ pub enum EventError {
     /// The message includes serde's line and column within the event.
     #[error("malformed event: {0}")]
     Malformed(#[from] serde_json::Error),
+    /// Well-formed JSON whose values make no sense: an empty id, a bank code
+    /// that is not three digits.
+    #[error("invalid {kind} event: {field} {reason}")]
+    Invalid { kind: &'static str, field: &'static str, reason: String },
 }
 
 /// Event time: milliseconds since the Unix epoch (UTC).
@@ -217,9 +221,10 @@ pub struct Transfer {
     pub recv_client_name: String,
     pub channel: Channel,
     /// Device the request came from; open-banking partners may not send one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// An empty string counts as absent, not as one device shared by everyone.
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "non_empty")]
     pub device_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "non_empty")]
     pub ip: Option<String>,
     pub transfer_purpose: TransferPurpose,
 }
@@ -231,13 +236,46 @@ impl Transfer {
     }
 }
 
-/// The key a payee is known by in state and in rule lists: `BANK-ACCOUNT`.
+/// The key a payee is known by in state and in rule lists: `BANK-ACCOUNT`,
+/// with the account number's separators dropped, so `110-123-456789` and
+/// `110123456789` are one payee. (The bank code is checked to be three digits,
+/// so the first `-` always ends it.)
 pub fn payee_key(bank_code: &str, account_num: &str) -> String {
     let mut k = String::with_capacity(bank_code.len() + 1 + account_num.len());
     k.push_str(bank_code);
     k.push('-');
-    k.push_str(account_num);
+    k.extend(account_num.chars().filter(|c| *c != '-' && *c != ' '));
     k
+}
+
+fn non_empty<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.filter(|s| !s.trim().is_empty()))
+}
+
+/// An identifier: present, not blank, no control characters.
+fn check_id(kind: &'static str, field: &'static str, value: &str) -> Result<(), EventError> {
+    let reason = if value.trim().is_empty() {
+        "must not be empty"
+    } else if value.chars().any(char::is_control) {
+        "must not contain control characters"
+    } else if value.len() > 64 {
+        "must be at most 64 bytes"
+    } else {
+        return Ok(());
+    };
+    Err(EventError::Invalid { kind, field, reason: reason.to_owned() })
+}
+
+fn check_bank_code(kind: &'static str, value: &str) -> Result<(), EventError> {
+    if value.len() == 3 && value.bytes().all(|b| b.is_ascii_digit()) {
+        Ok(())
+    } else {
+        Err(EventError::Invalid {
+            kind,
+            field: "recv_client_bank_code",
+            reason: format!("must be a three-digit bank code, got {value:?}"),
+        })
+    }
 }
 
 /// A login attempt on the sender's account.
@@ -247,9 +285,9 @@ pub struct Login {
     pub schema_version: SchemaVersion,
     pub event_dtime: EventTime,
     pub fintech_use_num: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "non_empty")]
     pub device_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "non_empty")]
     pub ip: Option<String>,
     pub success: bool,
 }
@@ -282,7 +320,7 @@ pub struct Certificate {
     pub event_dtime: EventTime,
     pub fintech_use_num: String,
     pub action: CertificateAction,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "non_empty")]
     pub device_id: Option<String>,
 }
 
@@ -302,7 +340,7 @@ pub struct RemoteAppDetected {
     pub schema_version: SchemaVersion,
     pub event_dtime: EventTime,
     pub fintech_use_num: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "non_empty")]
     pub device_id: Option<String>,
     pub app_name: String,
 }
@@ -324,7 +362,7 @@ pub struct EkycCompleted {
     pub schema_version: SchemaVersion,
     pub event_dtime: EventTime,
     pub fintech_use_num: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "non_empty")]
     pub device_id: Option<String>,
 }
 
@@ -376,9 +414,34 @@ pub enum Event {
 }
 
 impl Event {
-    /// Parse one event from JSON.
+    /// Parse and check one event from JSON.
     pub fn from_json(bytes: &[u8]) -> Result<Event, EventError> {
-        Ok(serde_json::from_slice(bytes)?)
+        let event: Event = serde_json::from_slice(bytes)?;
+        event.validate()?;
+        Ok(event)
+    }
+
+    /// Check what the types alone cannot: identifiers present, bank codes real.
+    pub fn validate(&self) -> Result<(), EventError> {
+        let kind = self.kind();
+        if let Some(account) = self.account() {
+            check_id(kind, "fintech_use_num", account)?;
+        }
+        match self {
+            Event::Transfer(t) => {
+                check_id(kind, "bank_tran_id", &t.bank_tran_id)?;
+                check_bank_code(kind, &t.recv_client_bank_code)?;
+                check_id(kind, "recv_client_account_num", &t.recv_client_account_num)?;
+            }
+            Event::Label(l) => {
+                check_id(kind, "bank_tran_id", &l.bank_tran_id)?;
+                check_bank_code(kind, &l.recv_client_bank_code)?;
+                check_id(kind, "recv_client_account_num", &l.recv_client_account_num)?;
+            }
+            Event::DeviceRegistered(e) => check_id(kind, "device_id", &e.device_id)?,
+            _ => {}
+        }
+        Ok(())
     }
 
     /// Serialize as one JSON line (no trailing newline).
@@ -491,6 +554,20 @@ mod tests {
         let kind = TRANSFER.replace("\"transfer\"", "\"teleport\"");
         let err = Event::from_json(kind.as_bytes()).unwrap_err().to_string();
         assert!(err.contains("teleport"), "{err}");
+    }
+
+    #[test]
+    fn checks_identifiers_and_normalizes_payees() {
+        let empty = TRANSFER.replace("\"bank_tran_id\":\"T1\"", "\"bank_tran_id\":\" \"");
+        let err = Event::from_json(empty.as_bytes()).unwrap_err().to_string();
+        assert_eq!(err, "invalid transfer event: bank_tran_id must not be empty");
+        let bank = TRANSFER.replace("\"088\"", "\"88\"");
+        let err = Event::from_json(bank.as_bytes()).unwrap_err().to_string();
+        assert!(err.contains("three-digit bank code"), "{err}");
+        let dashed = TRANSFER.replace("110123456789", "110-123-456789").replace("\"D1\"", "\"\"");
+        let Event::Transfer(t) = Event::from_json(dashed.as_bytes()).unwrap() else { panic!() };
+        assert_eq!(t.payee_key(), "088-110123456789");
+        assert_eq!(t.device_id, None, "an empty device id is no device");
     }
 
     #[test]

@@ -221,15 +221,13 @@ fn parse_datetime(s: &str) -> Result<EventTime, String> {
 fn parse_amount_won(s: &str) -> Result<i64, String> {
     let bad = || format!("tx_amount {s:?} is not an amount with two decimals");
     let (units, cents) = s.split_once('.').ok_or_else(bad)?;
-    if cents.len() != 2 || units.is_empty() {
+    let digits = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+    if cents.len() != 2 || !digits(units) || !digits(cents) {
         return Err(bad());
     }
     let units: i64 = units.parse().map_err(|_| bad())?;
     let cents: i64 = cents.parse().map_err(|_| bad())?;
-    if units < 0 {
-        return Err(bad());
-    }
-    Ok(units * 1000 + cents * 10)
+    units.checked_mul(1000).and_then(|w| w.checked_add(cents * 10)).ok_or_else(bad)
 }
 
 #[cfg(test)]
@@ -285,5 +283,7 @@ mod tests {
         assert_eq!(parse_amount_won("0.01"), Ok(10));
         assert!(parse_amount_won("1.5").is_err());
         assert!(parse_amount_won("-1.00").is_err());
+        assert!(parse_amount_won("5.-1").is_err());
+        assert!(parse_amount_won("18446744073709552.00").is_err());
     }
 }

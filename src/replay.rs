@@ -27,10 +27,12 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+use smallvec::SmallVec;
 
 use crate::engine::{Decision, Engine};
 use crate::event::{Event, LabelStatus};
 use crate::handbook::HandbookReader;
+use crate::rules::RuleSet;
 use crate::state::MemoryReport;
 
 /// At most this many bad lines are listed in a report (all are counted).
@@ -106,18 +108,18 @@ pub fn open(path: &Path, format: Format) -> Result<Source, ReplayError> {
     } else {
         Box::new(counted)
     };
+    // Look at the whole first line (one read of a decoder may return less),
+    // then put it back in front of the rest.
     let mut reader = BufReader::with_capacity(1 << 16, raw);
+    let mut first = Vec::new();
+    reader.read_until(b'\n', &mut first).map_err(open_err)?;
     let format = match format {
-        Format::Auto => {
-            let head = reader.fill_buf().map_err(open_err)?;
-            if head.starts_with(crate::handbook::HEADER.as_bytes()) {
-                Format::Handbook
-            } else {
-                Format::Jsonl
-            }
-        }
+        Format::Auto if first.starts_with(crate::handbook::HEADER.as_bytes()) => Format::Handbook,
+        Format::Auto => Format::Jsonl,
         f => f,
     };
+    let rest: Box<dyn Read + Send> = Box::new(std::io::Cursor::new(first).chain(reader));
+    let reader = BufReader::with_capacity(1 << 16, rest);
     let events: EventIter = match format {
         Format::Handbook => {
             let hb = HandbookReader::new(reader)
@@ -251,6 +253,9 @@ pub struct Report {
     pub bad_line_samples: Vec<BadLine>,
     /// Transfers scored during the warm-up and left out of the counts below.
     pub warmup_transfers: u64,
+    /// The replay stopped at `--limit`: labels due after that point never
+    /// arrived, so detection quality undercounts fraud.
+    pub stopped_at_limit: bool,
     pub elapsed_s: f64,
     pub events_per_s: f64,
     pub latency: Latency,
@@ -261,6 +266,9 @@ pub struct Report {
     pub quality: Option<Quality>,
     pub state: MemoryReport,
     pub ruleset_version: String,
+    /// Every rule set that made decisions, in order (more than one when rules
+    /// were reloaded during a paced replay).
+    pub ruleset_versions: Vec<String>,
     /// SHA-256 (first 16 hex digits) over every decision without its latency.
     pub decisions_digest: String,
 }
@@ -269,8 +277,8 @@ pub struct Report {
 struct TxRecord {
     amount: i64,
     hold: bool,
-    /// Bit i set when rule i fired (live or shadow); rules past 64 are not tracked.
-    fired: u64,
+    /// Positions in the rule tally of the rules (live or shadow) that fired.
+    fired: SmallVec<[u16; 4]>,
     /// False for warm-up transfers, which quality leaves out.
     counted: bool,
 }
@@ -292,7 +300,7 @@ pub fn run(engine: &Engine, sources: Vec<Source>, mut opts: Options) -> Result<R
     let mut digest = Sha256::new();
     let mut records: HashMap<u64, TxRecord> = HashMap::new();
     let mut labels: HashMap<u64, (LabelStatus, String)> = HashMap::new();
-    let mut rule_fired: Vec<u64> = Vec::new();
+    let mut tally = RuleTally::new(&engine.rules().load_full());
     let mut report = Report {
         inputs,
         events: 0,
@@ -302,6 +310,7 @@ pub fn run(engine: &Engine, sources: Vec<Source>, mut opts: Options) -> Result<R
         bad_lines: 0,
         bad_line_samples: Vec::new(),
         warmup_transfers: 0,
+        stopped_at_limit: false,
         elapsed_s: 0.0,
         events_per_s: 0.0,
         latency: Latency::default(),
@@ -312,6 +321,7 @@ pub fn run(engine: &Engine, sources: Vec<Source>, mut opts: Options) -> Result<R
         quality: None,
         state: MemoryReport::default(),
         ruleset_version: engine.rules().load().version().to_owned(),
+        ruleset_versions: Vec::new(),
         decisions_digest: String::new(),
     };
     let started = Instant::now();
@@ -323,6 +333,7 @@ pub fn run(engine: &Engine, sources: Vec<Source>, mut opts: Options) -> Result<R
     'sources: for src in sources {
         for item in src.events {
             if report.events + report.bad_lines >= limit {
+                report.stopped_at_limit = true;
                 break 'sources;
             }
             let (line, event) = match item {
@@ -361,22 +372,17 @@ pub fn run(engine: &Engine, sources: Vec<Source>, mut opts: Options) -> Result<R
                     let Event::Transfer(t) = &event else { unreachable!("only transfers are scored") };
                     if d.event_time.millis() < warm_until {
                         report.warmup_transfers += 1;
-                        let r = TxRecord { amount: t.tran_amt.get(), hold: d.is_hold(), fired: 0, counted: false };
+                        let r = TxRecord {
+                            amount: t.tran_amt.get(),
+                            hold: d.is_hold(),
+                            fired: SmallVec::new(),
+                            counted: false,
+                        };
                         records.insert(tx_key(&t.bank_tran_id), r);
                         continue;
                     }
                     report.transfers += 1;
-                    let mut fired = 0u64;
-                    for &i in d.fired.iter().chain(d.shadow_fired.iter()) {
-                        let i = usize::from(i);
-                        if rule_fired.len() <= i {
-                            rule_fired.resize(i + 1, 0);
-                        }
-                        rule_fired[i] += 1;
-                        if i < 64 {
-                            fired |= 1 << i;
-                        }
-                    }
+                    let fired = tally.count(&d);
                     count_decision(&mut report, &d);
                     let r = TxRecord { amount: t.tran_amt.get(), hold: d.is_hold(), fired, counted: true };
                     records.insert(tx_key(&t.bank_tran_id), r);
@@ -412,21 +418,15 @@ pub fn run(engine: &Engine, sources: Vec<Source>, mut opts: Options) -> Result<R
     report.decisions_digest = hex16(&digest.finalize());
     report.state = engine.state().memory();
     let quality = (!labels.is_empty()).then(|| quality(&records, &labels, report.transfers));
-    let on_fraud = fired_on_fraud(&records, &labels);
-    let rules = engine.rules().load();
-    report.rules = rules
-        .rules()
-        .iter()
-        .enumerate()
-        .map(|(i, r)| RuleCount {
-            id: r.id().to_owned(),
-            reason: r.reason().to_owned(),
-            label: r.label().to_owned(),
-            shadow: r.shadow(),
-            fired: rule_fired.get(i).copied().unwrap_or(0),
-            fired_on_fraud: on_fraud.get(i).copied().unwrap_or(0),
-        })
-        .collect();
+    for (k, r) in &records {
+        if r.counted && is_fraud(&labels, *k).is_some() {
+            for &g in &r.fired {
+                tally.counts[usize::from(g)].fired_on_fraud += 1;
+            }
+        }
+    }
+    report.ruleset_versions = tally.versions;
+    report.rules = tally.counts;
     report.quality = quality;
     Ok(report)
 }
@@ -448,17 +448,68 @@ fn is_fraud(labels: &HashMap<u64, (LabelStatus, String)>, key: u64) -> Option<&s
     }
 }
 
-/// For each of the first 64 rules, how many fraud transfers it fired on.
-fn fired_on_fraud(records: &HashMap<u64, TxRecord>, labels: &HashMap<u64, (LabelStatus, String)>) -> [u64; 64] {
-    let mut counts = [0u64; 64];
-    for (k, r) in records {
-        if r.fired != 0 && is_fraud(labels, *k).is_some() {
-            for (i, c) in counts.iter_mut().enumerate() {
-                *c += (r.fired >> i) & 1;
+/// Rule counts by rule id, so they stay right when rules are reloaded during
+/// a paced replay (positions shift when a rule is added or removed).
+struct RuleTally {
+    counts: Vec<RuleCount>,
+    by_id: HashMap<String, u16>,
+    /// The rule set last seen, with each of its rules' position in `counts`.
+    current: Arc<RuleSet>,
+    positions: Vec<u16>,
+    versions: Vec<String>,
+}
+
+impl RuleTally {
+    fn new(set: &Arc<RuleSet>) -> Self {
+        let mut t = RuleTally {
+            counts: Vec::new(),
+            by_id: HashMap::new(),
+            current: set.clone(),
+            positions: Vec::new(),
+            versions: Vec::new(),
+        };
+        t.switch_to(set);
+        t
+    }
+
+    fn switch_to(&mut self, set: &Arc<RuleSet>) {
+        self.current = set.clone();
+        self.versions.push(set.version().to_owned());
+        self.positions = set
+            .rules()
+            .iter()
+            .map(|r| {
+                *self.by_id.entry(r.id().to_owned()).or_insert_with(|| {
+                    self.counts.push(RuleCount {
+                        id: r.id().to_owned(),
+                        reason: r.reason().to_owned(),
+                        label: r.label().to_owned(),
+                        shadow: r.shadow(),
+                        fired: 0,
+                        fired_on_fraud: 0,
+                    });
+                    u16::try_from(self.counts.len() - 1).unwrap_or(u16::MAX)
+                })
+            })
+            .collect();
+    }
+
+    /// Count the rules that fired on `d`; returns their positions.
+    fn count(&mut self, d: &Decision) -> SmallVec<[u16; 4]> {
+        if !Arc::ptr_eq(&self.current, &d.rules) {
+            self.switch_to(&d.rules);
+        }
+        let mut fired = SmallVec::new();
+        for &i in d.fired.iter().chain(d.shadow_fired.iter()) {
+            if let Some(&g) = self.positions.get(usize::from(i)) {
+                if let Some(c) = self.counts.get_mut(usize::from(g)) {
+                    c.fired += 1;
+                    fired.push(g);
+                }
             }
         }
+        fired
     }
-    counts
 }
 
 fn quality(records: &HashMap<u64, TxRecord>, labels: &HashMap<u64, (LabelStatus, String)>, transfers: u64) -> Quality {
@@ -576,6 +627,9 @@ impl Report {
         use std::fmt::Write as _;
         let _ = writeln!(w, "fds replay: {}", self.inputs.join(", "));
         let _ = writeln!(w, "  rule set {}   decisions digest {}", self.ruleset_version, self.decisions_digest);
+        if self.ruleset_versions.len() > 1 {
+            let _ = writeln!(w, "  rules reloaded during the replay: {}", self.ruleset_versions.join(" -> "));
+        }
         let _ = writeln!(
             w,
             "  events {} (transfers {}, context {}, labels {}), bad lines {}",
@@ -628,6 +682,12 @@ impl Report {
         }
         if let Some(q) = &self.quality {
             let _ = writeln!(w, "\ndetection quality (against the stream's labels)");
+            if self.stopped_at_limit {
+                let _ = writeln!(
+                    w,
+                    "  stopped at --limit: labels due later never arrived, so fraud near the end counts as genuine"
+                );
+            }
             let _ = writeln!(
                 w,
                 "  frauds {}  held {}  recall {:.1}%   precision of holds {:.1}%   hold rate on genuine {:.3}%",
