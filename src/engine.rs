@@ -12,7 +12,15 @@
 //! - **Lock-free reads of rules.** The rule set is read through `arc-swap`: a
 //!   reload swaps a pointer and never blocks a transfer.
 //! - **Concurrent across accounts, ordered within one.** [`Engine`] is `Sync`;
-//!   callers must feed one account's events in order (the account is the Kafka key).
+//!   callers must feed one account's events in order (the account is the Kafka
+//!   key). Determinism, bit for bit, holds for one thread over a time-ordered
+//!   stream (see [`crate::state`]).
+//! - **Refuses clocks gone wrong.** An event dated more than
+//!   [`DEFAULT_MAX_SKEW_MS`] ahead of the newest event so far is refused with
+//!   [`EngineError::AheadOfStream`] and changes nothing.
+//! - **Housekeeping inline.** Once per hour of event time the thread that
+//!   crosses the hour sweeps idle entities ([`State::expire`]); that pause is
+//!   not part of the transfer's measured latency.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -25,7 +33,7 @@ use smallvec::SmallVec;
 
 use crate::event::{Event, EventTime, Transfer};
 use crate::features::{self, FeatureVector};
-use crate::rules::{Keys, RuleSet, RulesHandle, Verification};
+use crate::rules::{Action as RuleAction, Keys, RuleSet, RulesHandle, Verification};
 use crate::state::{State, StateConfig};
 
 /// How often (in event time) idle entities are swept out of the state.
@@ -111,17 +119,28 @@ impl Serialize for Reasons<'_> {
         let mut seq = s.serialize_seq(Some(self.1.len()))?;
         for &i in self.1 {
             let r = &self.0.rules()[usize::from(i)];
-            seq.serialize_element(&Reason { code: r.reason(), rule: r.id(), label: r.label() })?;
+            let (action, verify, points) = match r.action() {
+                RuleAction::Hold(v) => ("hold", Some(v), None),
+                RuleAction::Score(p) => ("score", None, Some(p)),
+            };
+            seq.serialize_element(&Reason { code: r.reason(), rule: r.id(), label: r.label(), action, verify, points })?;
         }
         seq.end()
     }
 }
 
+/// One rule that fired: which, why in the analysts' words, and what it asked
+/// for, so a reader can tell the rule that held from the ones that added points.
 #[derive(Serialize)]
 struct Reason<'a> {
     code: &'a str,
     rule: &'a str,
     label: &'a str,
+    action: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    verify: Option<Verification>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    points: Option<i32>,
 }
 
 impl Serialize for WithLatency<'_> {

@@ -10,15 +10,24 @@
 //! - **Event time only.** Nothing here reads the wall clock; windows move with the
 //!   times written on the events, so a replay gives bit-identical answers.
 //! - **As-of reads.** [`State::observe_transfer`] returns views of each entity as it
-//!   was *before* the transfer, then records the transfer. The caller must keep
-//!   one account's events in order (the Kafka key is the account); different
-//!   accounts may be processed concurrently.
+//!   was *before* the transfer and counts the attempt; [`State::settle_transfer`]
+//!   then records the decision. Only an allowed transfer teaches the account its
+//!   payee, device and amount; a held one only marks the hold.
+//! - **Ordering.** The caller keeps one account's events in order (the Kafka key
+//!   is the account). Accounts may be processed concurrently, but payees and
+//!   devices are shared between accounts, so their features then depend on how
+//!   threads interleave: bit-identical answers need one thread over a
+//!   time-ordered stream, which is what replay does.
 //! - **Short locks, one at a time.** Each entity is locked only while it is read
 //!   and updated, and never while another entity is locked, so no lock order
 //!   exists to get wrong.
-//! - **Bounded.** Every per-entity collection has a fixed cap, windows are fixed
-//!   rings, and entities idle longer than their TTL are dropped by
-//!   [`State::expire`]. [`State::memory`] measures bytes per entity.
+//! - **Bounded per entity.** Every per-entity collection has a fixed cap and
+//!   windows are fixed rings; the number of entities is bounded by traffic and
+//!   TTL: entities idle longer than their TTL are dropped by [`State::expire`]
+//!   (payees with open fraud reports are kept). [`State::memory`] measures bytes
+//!   per entity.
+//! - **Late events.** Context events that arrive late never move a "last seen"
+//!   time backwards; window adds older than their ring are dropped.
 //!
 //! Windows are rings of time buckets. A window of `N` buckets of width `w` holds
 //! the events whose bucket is one of the last `N` buckets up to and including the

@@ -231,7 +231,10 @@ fn decision_json_names_reasons_with_labels() {
     assert_eq!(json["bank_tran_id"], "R1");
     assert_eq!(json["schema_version"], 1);
     let reasons = json["reasons"].as_array().unwrap();
-    assert!(reasons.iter().any(|r| r["code"] == "VP002" && r["label"].as_str().unwrap().contains("원격제어")));
+    let vp = reasons.iter().find(|r| r["code"] == "VP002").expect("VP002 fired");
+    assert!(vp["label"].as_str().unwrap().contains("원격제어"));
+    assert_eq!(vp["action"], "hold");
+    assert_eq!(vp["verify"], "callback");
     assert!(json["ruleset_version"].as_str().unwrap().starts_with("rs-"));
     assert!(json["engine_latency_us"].as_f64().unwrap() > 0.0);
     assert!(!s.decision.fingerprint().contains("latency"));
