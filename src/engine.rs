@@ -123,7 +123,14 @@ impl Serialize for Reasons<'_> {
                 RuleAction::Hold(v) => ("hold", Some(v), None),
                 RuleAction::Score(p) => ("score", None, Some(p)),
             };
-            seq.serialize_element(&Reason { code: r.reason(), rule: r.id(), label: r.label(), action, verify, points })?;
+            seq.serialize_element(&Reason {
+                code: r.reason(),
+                rule: r.id(),
+                label: r.label(),
+                action,
+                verify,
+                points,
+            })?;
         }
         seq.end()
     }
