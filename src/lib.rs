@@ -31,9 +31,13 @@
 //!   fraud); [`handbook`] reads the labelled card data set of the fraud-detection
 //!   handbook as a stream of the same events.
 //!
+//! - [`config`]: the operator's `fds.toml`, checked whole (every problem reported
+//!   at once) into the runtime types above.
+//!
 //! Money is integer won everywhere ([`event::Won`]); account numbers are masked
 //! in logs ([`event::mask_account`]).
 
+pub mod config;
 pub mod engine;
 pub mod event;
 pub mod features;

@@ -41,7 +41,7 @@ const BAD_LINES_LISTED: usize = 20;
 /// Why a replay could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
-    #[error("cannot open {path}: {source}")]
+    #[error("cannot open {path}", path = path.display())]
     Open { path: PathBuf, source: std::io::Error },
     #[error("{path}: {reason}")]
     Format { path: PathBuf, reason: String },

@@ -46,3 +46,19 @@ fn replay_without_a_readable_file_says_which() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no/such/file.jsonl"));
 }
+
+#[test]
+fn a_bad_config_file_is_refused_with_every_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fds.toml");
+    std::fs::write(&path, "[state]\naccount_ttl_days = 7\nmax_known_devices = 0\n").unwrap();
+    let out = fds(&["--config", path.to_str().unwrap(), "demo"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("2 invalid settings"), "{err}");
+    assert!(err.contains("state.account_ttl_days = 7") && err.contains("state.max_known_devices = 0"), "{err}");
+
+    // The shipped example is valid as it stands.
+    let ok = fds(&["--config", "fds.example.toml", "rules", "check"]);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+}

@@ -3,6 +3,7 @@
 use std::fs::File;
 use std::io::{BufWriter, IsTerminal, Write};
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,11 +11,11 @@ use anyhow::{bail, Context, Result};
 use arc_swap::ArcSwap;
 use clap::{Parser, Subcommand};
 
+use fds::config::Config;
 use fds::engine::Engine;
 use fds::generate::{generate, GeneratorConfig};
 use fds::replay::{self, Format};
 use fds::rules::RuleSet;
-use fds::state::StateConfig;
 
 /// The demo stream that ships with the repository.
 const DEMO_REPLAY: &str = "replay-data/demo.jsonl.gz";
@@ -24,6 +25,9 @@ const DEMO_WARMUP_DAYS: f64 = 2.0;
 #[derive(Parser)]
 #[command(name = "fds", version, about = "Real-time fraud detection for money transfers")]
 struct Cli {
+    /// Settings file (see fds.example.toml); defaults apply without one.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -37,9 +41,9 @@ enum Command {
         /// handbook's transactions.csv.gz (or its directory).
         #[arg(required = true)]
         files: Vec<PathBuf>,
-        /// Rule directory.
-        #[arg(long, default_value = "rules")]
-        rules: PathBuf,
+        /// Rule directory [default: the config's engine.rules_dir, else rules].
+        #[arg(long)]
+        rules: Option<PathBuf>,
         #[arg(long, value_enum, default_value_t = Format::Auto)]
         format: Format,
         /// Replay at the recorded pace, sped up by this factor (1 = real time).
@@ -99,19 +103,36 @@ enum RulesCommand {
     },
 }
 
-fn main() -> Result<()> {
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // `{:#}` prints the whole chain of causes on one line, without the
+            // backtrace that RUST_BACKTRACE would add to the debug form.
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    let config = match &cli.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    match cli.command {
         Command::Replay { files, rules, format, pace, limit, json, decisions_out, warmup_days } => {
             let args = ReplayArgs { rules, format, pace, limit, json, decisions_out, warmup_days };
-            replay_cmd(&files, args)
+            replay_cmd(&files, args, &config)
         }
         Command::Demo { json } => {
             let args = ReplayArgs {
-                rules: "rules".into(),
+                rules: None,
                 format: Format::Auto,
                 pace: None,
                 limit: None,
@@ -119,7 +140,7 @@ fn main() -> Result<()> {
                 decisions_out: None,
                 warmup_days: DEMO_WARMUP_DAYS,
             };
-            replay_cmd(&[PathBuf::from(DEMO_REPLAY)], args)
+            replay_cmd(&[PathBuf::from(DEMO_REPLAY)], args, &config)
         }
         Command::Generate { out, seed, accounts, days, start } => {
             let cfg = GeneratorConfig { seed, accounts, days, start, ..GeneratorConfig::default() };
@@ -140,7 +161,7 @@ fn load_rules(dir: &Path) -> Result<RuleSet> {
 }
 
 struct ReplayArgs {
-    rules: PathBuf,
+    rules: Option<PathBuf>,
     format: Format,
     pace: Option<f64>,
     limit: Option<u64>,
@@ -149,7 +170,7 @@ struct ReplayArgs {
     warmup_days: f64,
 }
 
-fn replay_cmd(files: &[PathBuf], args: ReplayArgs) -> Result<()> {
+fn replay_cmd(files: &[PathBuf], args: ReplayArgs, config: &Config) -> Result<()> {
     let ReplayArgs { rules, format, pace, limit, json, decisions_out, warmup_days } = args;
     if let Some(p) = pace {
         if !(p > 0.0 && p.is_finite()) {
@@ -159,9 +180,10 @@ fn replay_cmd(files: &[PathBuf], args: ReplayArgs) -> Result<()> {
     if !(0.0..=3650.0).contains(&warmup_days) {
         bail!("--warmup-days must be between 0 and 3650, got {warmup_days}");
     }
-    let rules_dir = rules;
+    let rules_dir = rules.unwrap_or_else(|| config.rules_dir.clone());
     let rules = load_rules(&rules_dir)?;
-    let engine = Engine::new(StateConfig::default(), Arc::new(ArcSwap::from_pointee(rules)));
+    let engine =
+        Engine::new(config.state.clone(), Arc::new(ArcSwap::from_pointee(rules))).with_max_skew(config.max_skew_ms);
     // At the recorded pace a replay runs like live traffic, so analysts' edits
     // to the rules take effect while it runs, as they would in production.
     let _watcher = match pace {
@@ -237,7 +259,8 @@ fn rules_check(dir: &Path) -> Result<()> {
             Ok(())
         }
         Err(e) => {
-            eprintln!("{e}");
+            // Each problem on its own line, with the I/O cause when there is one.
+            eprintln!("{:#}", anyhow::Error::from(e));
             std::process::exit(1);
         }
     }

@@ -365,7 +365,7 @@ impl fmt::Display for Problem {
 #[derive(Debug, thiserror::Error)]
 pub enum RulesError {
     /// A file or directory could not be read at all.
-    #[error("cannot read {}: {source}", path.display())]
+    #[error("cannot read {}", path.display())]
     Io {
         path: PathBuf,
         #[source]
@@ -375,7 +375,7 @@ pub enum RulesError {
     #[error("{}", ProblemList(problems))]
     Invalid { problems: Vec<Problem> },
     /// The file watcher could not be started.
-    #[error("cannot watch {}: {source}", path.display())]
+    #[error("cannot watch {}", path.display())]
     Watch {
         path: PathBuf,
         #[source]
