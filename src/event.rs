@@ -507,6 +507,33 @@ pub fn mask_account(account: &str) -> String {
     format!("{}{}", "*".repeat(n - 4), tail)
 }
 
+/// Hide all but the last four digits of every run of eight or more digits in
+/// `text`: error messages quote the input they reject, and that input may hold
+/// an account number that must not reach a log or a report.
+pub fn mask_digit_runs(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut run = String::new();
+    let flush = |run: &mut String, out: &mut String| {
+        if run.len() >= 8 {
+            out.push_str(&"*".repeat(run.len() - 4));
+            out.push_str(&run[run.len() - 4..]);
+        } else {
+            out.push_str(run);
+        }
+        run.clear();
+    };
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            run.push(c);
+        } else {
+            flush(&mut run, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut run, &mut out);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -568,6 +595,14 @@ mod tests {
         let Event::Transfer(t) = Event::from_json(dashed.as_bytes()).unwrap() else { panic!() };
         assert_eq!(t.payee_key(), "088-110123456789");
         assert_eq!(t.device_id, None, "an empty device id is no device");
+    }
+
+    #[test]
+    fn masks_long_digit_runs_in_messages() {
+        assert_eq!(
+            mask_digit_runs("invalid type: integer `120220000000000000012345`, line 1 column 88"),
+            "invalid type: integer `********************2345`, line 1 column 88"
+        );
     }
 
     #[test]

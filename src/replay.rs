@@ -616,6 +616,7 @@ impl Report {
     fn bad_line(&mut self, file: &str, line: u64, reason: String) {
         self.bad_lines += 1;
         if self.bad_line_samples.len() < BAD_LINES_LISTED {
+            let reason = crate::event::mask_digit_runs(&reason);
             self.bad_line_samples.push(BadLine { file: file.to_owned(), line, reason });
         }
     }
