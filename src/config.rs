@@ -13,7 +13,6 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::engine::DEFAULT_MAX_SKEW_MS;
 use crate::state::StateConfig;
 
 const DAY_MS: i64 = 86_400_000;
@@ -64,12 +63,14 @@ struct RawEngine {
 pub struct Config {
     pub state: StateConfig,
     pub rules_dir: PathBuf,
-    pub max_skew_ms: i64,
+    /// Refuse events dated more than this far ahead of the wall clock (live
+    /// consumption); `None` trusts the recorded times, as replay does.
+    pub max_skew_ms: Option<i64>,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { state: StateConfig::default(), rules_dir: PathBuf::from("rules"), max_skew_ms: DEFAULT_MAX_SKEW_MS }
+        Config { state: StateConfig::default(), rules_dir: PathBuf::from("rules"), max_skew_ms: None }
     }
 }
 
@@ -122,11 +123,11 @@ impl Config {
             ),
         };
         let max_skew_ms = match raw.engine.max_skew_minutes {
-            None => DEFAULT_MAX_SKEW_MS,
-            Some(m) if (1..=525_600).contains(&m) => m * 60_000,
+            None => None,
+            Some(m) if (1..=525_600).contains(&m) => Some(m * 60_000),
             Some(m) => {
                 problems.push(format!("engine.max_skew_minutes = {m}: must be between 1 and 525600 (one year)"));
-                DEFAULT_MAX_SKEW_MS
+                None
             }
         };
         let rules_dir = raw.engine.rules_dir.unwrap_or_else(|| PathBuf::from("rules"));
@@ -162,7 +163,7 @@ mod tests {
     fn empty_file_means_defaults() {
         let c = Config::from_toml("").ok().unwrap();
         assert_eq!(c.state.account_ttl_ms, StateConfig::default().account_ttl_ms);
-        assert_eq!(c.max_skew_ms, DEFAULT_MAX_SKEW_MS);
+        assert_eq!(c.max_skew_ms, None);
         assert_eq!(c.rules_dir, PathBuf::from("rules"));
     }
 
@@ -175,7 +176,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.state.account_ttl_ms, 120 * DAY_MS);
         assert_eq!(c.state.max_known_payees, 512);
-        assert_eq!(c.max_skew_ms, 30 * 60_000);
+        assert_eq!(c.max_skew_ms, Some(30 * 60_000));
     }
 
     #[test]

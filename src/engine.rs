@@ -15,9 +15,10 @@
 //!   callers must feed one account's events in order (the account is the Kafka
 //!   key). Determinism, bit for bit, holds for one thread over a time-ordered
 //!   stream (see [`crate::state`]).
-//! - **Refuses clocks gone wrong.** An event dated more than
-//!   [`DEFAULT_MAX_SKEW_MS`] ahead of the newest event so far is refused with
-//!   [`EngineError::AheadOfStream`] and changes nothing.
+//! - **Clocks gone wrong do bounded harm.** Expiry follows a clock that moves
+//!   at most one hour per event, so one event dated next year cannot wipe the
+//!   state; live consumers also refuse events dated ahead of the wall clock
+//!   ([`Engine::with_wall_clock_guard`], [`EngineError::AheadOfClock`]).
 //! - **Housekeeping inline.** Once per hour of event time the thread that
 //!   crosses the hour sweeps idle entities ([`State::expire`]); that pause is
 //!   not part of the transfer's measured latency.
@@ -39,22 +40,15 @@ use crate::state::{State, StateConfig};
 /// How often (in event time) idle entities are swept out of the state.
 const EXPIRE_EVERY_MS: i64 = 3_600_000;
 
-/// How far ahead of the newest event seen so far an event may be dated: 7 days.
-/// One event from a producer with a broken clock (dated next year) would
-/// otherwise move the expiry sweep to next year and wipe the state, and push
-/// its entities' windows past every real event. A bank's transfer stream never
-/// pauses for a week, so a real gap is never refused; a stream that does (a
-/// sparse test) sets its own bound with [`Engine::with_max_skew`].
-pub const DEFAULT_MAX_SKEW_MS: i64 = 7 * 86_400_000;
-
 /// Why the engine refused an event. Nothing was applied to the state.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EngineError {
     #[error(
-        "{kind} dated {time} is {ahead_min} min ahead of the newest event so far ({watermark}); \
-         at most {max_skew_min} min is allowed, so it was not applied"
+        "{kind} dated {} KST is {ahead_min} min ahead of the clock; at most {max_skew_min} min is allowed, \
+         so it was not applied",
+        time.human()
     )]
-    AheadOfStream { kind: &'static str, time: EventTime, watermark: EventTime, ahead_min: i64, max_skew_min: i64 },
+    AheadOfClock { kind: &'static str, time: EventTime, ahead_min: i64, max_skew_min: i64 },
 }
 
 /// What the bank should do with the transfer.
@@ -184,9 +178,13 @@ pub struct Engine {
     state: State,
     rules: RulesHandle,
     last_expiry: AtomicI64,
-    /// The newest event time accepted: the engine's notion of "now".
-    watermark: AtomicI64,
-    max_skew_ms: i64,
+    /// The clock idle entities are expired by. It follows event time but moves
+    /// at most [`EXPIRE_EVERY_MS`] per event, so one event dated next year (a
+    /// producer with a broken clock) cannot expire the whole state, while a real
+    /// gap in the stream is caught up within a few events.
+    expiry_clock: AtomicI64,
+    /// Refuse events dated more than this far ahead of the wall clock.
+    wall_clock_skew_ms: Option<i64>,
 }
 
 impl Engine {
@@ -195,14 +193,16 @@ impl Engine {
             state: State::new(state),
             rules,
             last_expiry: AtomicI64::new(i64::MIN),
-            watermark: AtomicI64::new(i64::MIN),
-            max_skew_ms: DEFAULT_MAX_SKEW_MS,
+            expiry_clock: AtomicI64::new(i64::MIN),
+            wall_clock_skew_ms: None,
         }
     }
 
-    /// Allow events dated up to `ms` ahead of the newest event so far.
-    pub fn with_max_skew(mut self, ms: i64) -> Self {
-        self.max_skew_ms = ms.max(0);
+    /// Refuse events dated more than `ms` ahead of the wall clock. For live
+    /// traffic, where "now" is known; a replay of recorded (or generated,
+    /// possibly future-dated) streams leaves it off and trusts the file.
+    pub fn with_wall_clock_guard(mut self, ms: i64) -> Self {
+        self.wall_clock_skew_ms = Some(ms.max(0));
         self
     }
 
@@ -228,18 +228,18 @@ impl Engine {
     /// to the dead-letter topic).
     pub fn process(&self, event: &Event) -> Result<Option<Scored>, EngineError> {
         let time = event.time().millis();
-        let seen = self.watermark.load(Ordering::Relaxed);
-        if seen != i64::MIN && time > seen.saturating_add(self.max_skew_ms) {
-            return Err(EngineError::AheadOfStream {
-                kind: event.kind(),
-                time: event.time(),
-                watermark: EventTime(seen),
-                ahead_min: (time - seen) / 60_000,
-                max_skew_min: self.max_skew_ms / 60_000,
-            });
+        if let Some(skew) = self.wall_clock_skew_ms {
+            let wall = chrono::Utc::now().timestamp_millis();
+            if time > wall.saturating_add(skew) {
+                return Err(EngineError::AheadOfClock {
+                    kind: event.kind(),
+                    time: event.time(),
+                    ahead_min: (time - wall) / 60_000,
+                    max_skew_min: skew / 60_000,
+                });
+            }
         }
-        let now = self.watermark.fetch_max(time, Ordering::Relaxed).max(time);
-        self.maybe_expire(EventTime(now));
+        self.maybe_expire(self.advance_expiry_clock(time));
         Ok(match event {
             Event::Transfer(t) => Some(self.score(t)),
             other => {
@@ -274,7 +274,22 @@ impl Engine {
         Scored { decision, features }
     }
 
-    /// Sweep idle entities once per hour of the watermark. Whichever thread
+    /// Move the expiry clock toward `time`, by at most one sweep period.
+    fn advance_expiry_clock(&self, time: i64) -> EventTime {
+        let mut cur = self.expiry_clock.load(Ordering::Relaxed);
+        loop {
+            let next = if cur == i64::MIN { time } else { cur.max(time.min(cur.saturating_add(EXPIRE_EVERY_MS))) };
+            if next == cur {
+                return EventTime(cur);
+            }
+            match self.expiry_clock.compare_exchange_weak(cur, next, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return EventTime(next),
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    /// Sweep idle entities once per hour of the expiry clock. Whichever thread
     /// first sees the new hour does the sweep; the rest go on.
     fn maybe_expire(&self, now: EventTime) {
         let last = self.last_expiry.load(Ordering::Relaxed);

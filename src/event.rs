@@ -100,6 +100,11 @@ impl EventTime {
             .ok_or_else(|| format!("{s:?} is not a valid date and time"))?;
         Ok(EventTime(local.and_utc().timestamp_millis() - KST_OFFSET_MS))
     }
+    /// `YYYY-MM-DD hh:mm:ss` on the Korean clock, for messages people read.
+    pub fn human(self) -> String {
+        let local = chrono::DateTime::from_timestamp_millis(self.0 + KST_OFFSET_MS).unwrap_or_default().naive_utc();
+        local.format("%Y-%m-%d %H:%M:%S").to_string()
+    }
     /// Format as `YYYYMMDDhhmmss` on the Korean clock (sub-second part dropped).
     pub fn format_kst(self) -> String {
         let local = chrono::DateTime::from_timestamp_millis(self.0 + KST_OFFSET_MS).unwrap_or_default().naive_utc();

@@ -202,6 +202,11 @@ impl RecentTimes {
             return;
         }
         if self.0.len() >= cap {
+            // Full: a late event older than everything kept would be the one
+            // to go, so it is not added at all.
+            if self.0.first().is_some_and(|&oldest| t.millis() < oldest) {
+                return;
+            }
             self.0.remove(0);
         }
         // Late arrivals are inserted in order, so the list stays sorted.
@@ -245,9 +250,13 @@ impl LastSeen {
             return false;
         }
         if self.0.len() >= cap {
-            if let Some(oldest) = (0..self.0.len()).min_by_key(|&i| self.0[i].1) {
-                self.0.swap_remove(oldest);
+            let Some(oldest) = (0..self.0.len()).min_by_key(|&i| self.0[i].1) else { return true };
+            // A late key older than everything kept would be evicted first:
+            // it is new, but not worth a newer key's place.
+            if t.millis() < self.0[oldest].1 {
+                return true;
             }
+            self.0.swap_remove(oldest);
         }
         self.0.push((h, t.millis()));
         true
@@ -501,9 +510,13 @@ impl PayeeState {
     }
     fn apply_report(&mut self, tran: u64, at: EventTime, fraud: bool) {
         match self.reports.iter_mut().find(|r| r.0 == tran) {
+            // The latest word on a transfer wins, whatever order the labels
+            // arrive in; at the same time a withdrawal wins.
             Some(r) => {
-                r.1 = at.millis();
-                r.2 = fraud;
+                if at.millis() > r.1 || (at.millis() == r.1 && !fraud) {
+                    r.1 = at.millis();
+                    r.2 = fraud;
+                }
             }
             // A withdrawal of a report never seen changes nothing.
             None if !fraud => {}

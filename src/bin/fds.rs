@@ -98,8 +98,8 @@ enum Command {
 enum RulesCommand {
     /// Validate a rule directory without running anything.
     Check {
-        #[arg(default_value = "rules")]
-        dir: PathBuf,
+        /// [default: the config's engine.rules_dir, else rules]
+        dir: Option<PathBuf>,
     },
 }
 
@@ -146,7 +146,9 @@ fn run() -> Result<()> {
             let cfg = GeneratorConfig { seed, accounts, days, start, ..GeneratorConfig::default() };
             generate_cmd(&cfg, &out)
         }
-        Command::Rules { command: RulesCommand::Check { dir } } => rules_check(&dir),
+        Command::Rules { command: RulesCommand::Check { dir } } => {
+            rules_check(&dir.unwrap_or_else(|| config.rules_dir.clone()))
+        }
         Command::Features => {
             for (i, f) in fds::features::SCHEMA.iter().enumerate() {
                 println!("{i:>3}  {:<30} {:<8} {}", f.name, f.kind.name(), f.help);
@@ -182,8 +184,10 @@ fn replay_cmd(files: &[PathBuf], args: ReplayArgs, config: &Config) -> Result<()
     }
     let rules_dir = rules.unwrap_or_else(|| config.rules_dir.clone());
     let rules = load_rules(&rules_dir)?;
-    let engine =
-        Engine::new(config.state.clone(), Arc::new(ArcSwap::from_pointee(rules))).with_max_skew(config.max_skew_ms);
+    let mut engine = Engine::new(config.state.clone(), Arc::new(ArcSwap::from_pointee(rules)));
+    if let Some(skew) = config.max_skew_ms {
+        engine = engine.with_wall_clock_guard(skew);
+    }
     // At the recorded pace a replay runs like live traffic, so analysts' edits
     // to the rules take effect while it runs, as they would in production.
     let _watcher = match pace {

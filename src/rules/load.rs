@@ -341,11 +341,24 @@ fn parse_list(cx: &FileCx, name: &str, problems: &mut Vec<Problem>) -> Vec<Strin
             problems
                 .push(cx.problem(at, format!("a list entry cannot contain spaces: `{entry}` (one entry per line)")));
         } else if !entry.is_empty() {
-            entries.push(entry.to_string());
+            entries.push(normalize_entry(entry));
         }
         line_start += line.len() + 1;
     }
     entries
+}
+
+/// A payee entry (`BANK-ACCOUNT`, three-digit bank code) is stored the way the
+/// engine keys payees, without the account number's hyphens, so analysts can
+/// paste `088-110-123-456789` as printed on a report. Other entries (devices,
+/// accounts, IPs) are kept as written.
+fn normalize_entry(entry: &str) -> String {
+    match entry.split_once('-') {
+        Some((bank, account)) if bank.len() == 3 && bank.bytes().all(|b| b.is_ascii_digit()) => {
+            crate::event::payee_key(bank, account)
+        }
+        _ => entry.to_string(),
+    }
 }
 
 // ---------------------------------------------------------------- rule files
@@ -660,6 +673,14 @@ action = "score"
 score = 10
 reason = "X1"
 "#;
+
+    #[test]
+    fn payee_entries_drop_account_hyphens_like_the_engine_does() {
+        assert_eq!(normalize_entry("088-110-123-456789"), "088-110123456789");
+        assert_eq!(normalize_entry("088-110123456789"), "088-110123456789");
+        assert_eq!(normalize_entry("D-1234"), "D-1234");
+        assert_eq!(normalize_entry("10.0.0.1"), "10.0.0.1");
+    }
 
     #[test]
     fn list_files_strip_comments_blanks_and_whitespace() {
