@@ -146,6 +146,15 @@ fn voice_phishing_pattern_is_held_for_a_call_back() {
     assert_eq!(s.decision.action, Action::Hold);
     assert_eq!(s.decision.verification, Some(Verification::Callback));
     assert!(s.decision.reason_codes().any(|c| c == "VP001"), "{}", s.decision.to_json());
+    // Each reason says what its rule asked for: the hard rule a hold, the
+    // softer one its points.
+    let json: serde_json::Value = serde_json::from_str(&s.decision.to_json()).unwrap();
+    let reason = |code: &str| json["reasons"].as_array().unwrap().iter().find(|r| r["code"] == code).cloned().unwrap();
+    assert_eq!(
+        (reason("VP001")["action"].clone(), reason("VP001")["verify"].clone()),
+        ("hold".into(), "callback".into())
+    );
+    assert_eq!((reason("VP010")["action"].clone(), reason("VP010")["points"].clone()), ("score".into(), 50.into()));
     // Two hours later, with no other signal, the same transfer passes the hard rule.
     let s = score(&engine, &transfer("VP2", "20261102181000", 9_000_000, "888888", "HOME"));
     assert!(!s.decision.reason_codes().any(|c| c == "VP001"));
