@@ -259,7 +259,7 @@ impl Engine {
         let keys =
             Keys { account: &t.fintech_use_num, payee: &payee, device: t.device_id.as_deref(), ip: t.ip.as_deref() };
         let outcome = rules.evaluate(&features, &keys);
-        self.state.settle_transfer(t, &payee, outcome.hold.is_some());
+        self.state.settle_transfer(t, &seen, outcome.hold.is_some());
         let decision = Decision {
             bank_tran_id: t.bank_tran_id.clone(),
             event_time: t.tran_dtime,

@@ -370,21 +370,16 @@ pub fn run(engine: &Engine, sources: Vec<Source>, mut opts: Options) -> Result<R
                         writeln!(out, "{}", d.to_json()).map_err(ReplayError::Output)?;
                     }
                     let Event::Transfer(t) = &event else { unreachable!("only transfers are scored") };
-                    if d.event_time.millis() < warm_until {
+                    let counted = d.event_time.millis() >= warm_until;
+                    let fired = if counted {
+                        report.transfers += 1;
+                        count_decision(&mut report, &d);
+                        tally.count(&d)
+                    } else {
                         report.warmup_transfers += 1;
-                        let r = TxRecord {
-                            amount: t.tran_amt.get(),
-                            hold: d.is_hold(),
-                            fired: SmallVec::new(),
-                            counted: false,
-                        };
-                        records.insert(tx_key(&t.bank_tran_id), r);
-                        continue;
-                    }
-                    report.transfers += 1;
-                    let fired = tally.count(&d);
-                    count_decision(&mut report, &d);
-                    let r = TxRecord { amount: t.tran_amt.get(), hold: d.is_hold(), fired, counted: true };
+                        SmallVec::new()
+                    };
+                    let r = TxRecord { amount: t.tran_amt.get(), hold: d.is_hold(), fired, counted };
                     records.insert(tx_key(&t.bank_tran_id), r);
                 }
                 None if !matches!(event, Event::Label(_)) => report.context_events += 1,

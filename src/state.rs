@@ -598,6 +598,9 @@ pub struct Observed {
     pub account: AccountView,
     pub payee: PayeeView,
     pub device: Option<DeviceView>,
+    /// The payee's and device's key hashes, kept for [`State::settle_transfer`].
+    payee_hash: u64,
+    device_hash: Option<u64>,
 }
 
 /// Entity counts and measured memory.
@@ -692,18 +695,17 @@ impl State {
             dev.accounts.touch(account_h, now, self.cfg.max_device_accounts);
             view
         });
-        Observed { account, payee, device }
+        Observed { account, payee, device, payee_hash: payee_h, device_hash: device_h }
     }
 
     /// Record the decision on a transfer already observed: an allowed transfer
     /// teaches the account its payee, device and amount; a held one only marks
-    /// the hold. Call it once per [`observe_transfer`](State::observe_transfer).
-    pub fn settle_transfer(&self, t: &Transfer, payee_key: &str, held: bool) {
+    /// the hold. Call it once per [`observe_transfer`](State::observe_transfer),
+    /// with what that returned.
+    pub fn settle_transfer(&self, t: &Transfer, seen: &Observed, held: bool) {
         let now = t.tran_dtime;
-        let payee_h = key_hash(payee_key);
-        let device_h = t.device_id.as_deref().map(key_hash);
         let mut a = entry(&self.accounts, &t.fintech_use_num, || AccountState::new(now));
-        a.settle(now, t.tran_amt.get(), payee_h, device_h, held, &self.cfg);
+        a.settle(now, t.tran_amt.get(), seen.payee_hash, seen.device_hash, held, &self.cfg);
     }
 
     /// Record a context event or a label. Transfers go through [`observe_transfer`].
@@ -713,9 +715,8 @@ impl State {
         let now = event.time();
         match event {
             Event::Transfer(t) => {
-                let payee = t.payee_key();
-                self.observe_transfer(t, &payee);
-                self.settle_transfer(t, &payee, false);
+                let seen = self.observe_transfer(t, &t.payee_key());
+                self.settle_transfer(t, &seen, false);
             }
             Event::Label(l) => self.apply_label(l),
             Event::Login(e) => {
