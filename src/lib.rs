@@ -43,6 +43,7 @@ pub mod event;
 pub mod features;
 pub mod generate;
 pub mod handbook;
+pub mod kafka;
 pub mod replay;
 pub mod rules;
 pub mod state;

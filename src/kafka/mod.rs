@@ -1,0 +1,142 @@
+//! The Kafka pipeline: transfers in, decisions out.
+//!
+//! This module owns everything that touches a broker: the topics and message
+//! contract shared with the transfer API, the client settings, the embedded
+//! broker for demos, and the consume → score → produce loop ([`pipeline`]).
+//!
+//! ## The contract with the transfer API
+//!
+//! | topic (default name) | key              | value                                  | headers |
+//! |----------------------|------------------|----------------------------------------|---------|
+//! | `transfers`          | sender account   | a transfer event (JSON, `schema_version`) | `correlation-id`, `deadline-ms` |
+//! | `context-events`     | account          | a context event (login, certificate...) | — |
+//! | `labels`             | payee account    | a fraud report (label event)           | — |
+//! | `decisions`          | sender account   | the decision (JSON, `schema_version`)  | `correlation-id`, `fds-late`, `fds-redelivered` |
+//! | `dead-letter`        | the original key | the original bytes, unchanged          | `fds-error`, `fds-error-kind`, `fds-source-topic`, `fds-source-partition`, `fds-source-offset` |
+//!
+//! Transfers and context events are keyed by the sender's account, and both
+//! topics must have the same partition count, so one account's events land on
+//! one partition number of each and therefore on one `fds` instance, in order.
+//! Labels are read by every instance (each keeps its own reading position), so
+//! every instance learns every reported payee.
+//!
+//! ## Delivery semantics
+//!
+//! See [`pipeline`]: at least once, idempotent by transfer id, offsets stored
+//! only after the decision (or dead-letter record) is acknowledged.
+
+pub mod pipeline;
+
+use std::collections::BTreeMap;
+
+use rdkafka::ClientConfig;
+
+/// The header carrying the transfer id, on transfers and on decisions. The
+/// transfer API matches decisions to waiting requests by it.
+pub const HEADER_CORRELATION_ID: &str = "correlation-id";
+/// The header carrying the moment (Unix epoch milliseconds, UTC) by which the
+/// transfer API needs the decision. A transfer consumed after it is still
+/// scored (the state must see it) but its decision is marked late.
+pub const HEADER_DEADLINE_MS: &str = "deadline-ms";
+/// On decisions: `"true"` when the transfer was consumed after its deadline.
+pub const HEADER_LATE: &str = "fds-late";
+/// On decisions: `"true"` when the transfer was delivered again (after a
+/// restart or rebalance) and the decision is the one already given.
+pub const HEADER_REDELIVERED: &str = "fds-redelivered";
+/// On dead-letter records: why the message was refused, in words.
+pub const HEADER_ERROR: &str = "fds-error";
+/// On dead-letter records: the kind of refusal, one of [`DeadLetterKind`].
+pub const HEADER_ERROR_KIND: &str = "fds-error-kind";
+/// On dead-letter records: where the original message was read.
+pub const HEADER_SOURCE_TOPIC: &str = "fds-source-topic";
+pub const HEADER_SOURCE_PARTITION: &str = "fds-source-partition";
+pub const HEADER_SOURCE_OFFSET: &str = "fds-source-offset";
+
+/// The topic names, configurable per deployment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topics {
+    pub transfers: String,
+    pub context_events: String,
+    pub labels: String,
+    pub decisions: String,
+    pub dead_letter: String,
+}
+
+impl Default for Topics {
+    fn default() -> Self {
+        Topics {
+            transfers: "transfers".into(),
+            context_events: "context-events".into(),
+            labels: "labels".into(),
+            decisions: "decisions".into(),
+            dead_letter: "dead-letter".into(),
+        }
+    }
+}
+
+impl Topics {
+    /// Every topic, inputs first.
+    pub fn all(&self) -> [&str; 5] {
+        [&self.transfers, &self.context_events, &self.labels, &self.decisions, &self.dead_letter]
+    }
+}
+
+/// Why a message went to the dead-letter topic. The name is the value of the
+/// `fds-error-kind` header and of the `reason` label of the metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadLetterKind {
+    /// Not JSON, not an event, an unknown event type, a bad field value.
+    Malformed,
+    /// Well-formed but wrong: an empty id, a bad bank code, an amount out of range.
+    Invalid,
+    /// An event of a type that does not belong on the topic it came from.
+    WrongTopic,
+    /// Dated too far ahead of the wall clock.
+    AheadOfClock,
+}
+
+impl DeadLetterKind {
+    pub const ALL: [DeadLetterKind; 4] =
+        [DeadLetterKind::Malformed, DeadLetterKind::Invalid, DeadLetterKind::WrongTopic, DeadLetterKind::AheadOfClock];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DeadLetterKind::Malformed => "malformed",
+            DeadLetterKind::Invalid => "invalid",
+            DeadLetterKind::WrongTopic => "wrong_topic",
+            DeadLetterKind::AheadOfClock => "ahead_of_clock",
+        }
+    }
+}
+
+/// How to reach the brokers: the bootstrap list and any librdkafka settings
+/// the operator passes through (TLS, SASL, timeouts...), applied last so the
+/// operator has the final word.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Connection {
+    pub brokers: String,
+    pub client: BTreeMap<String, String>,
+}
+
+impl Connection {
+    pub fn new(brokers: impl Into<String>) -> Self {
+        Connection { brokers: brokers.into(), client: BTreeMap::new() }
+    }
+
+    /// A librdkafka configuration with the bootstrap servers, `settings` (the
+    /// role's own defaults), then the operator's pass-through settings.
+    pub fn client_config(&self, settings: &[(&str, &str)]) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers);
+        // Loopback brokers are named 127.0.0.1; skip the IPv6 attempt a name
+        // like localhost would cost.
+        c.set("broker.address.family", "v4");
+        for (k, v) in settings {
+            c.set(*k, *v);
+        }
+        for (k, v) in &self.client {
+            c.set(k, v);
+        }
+        c
+    }
+}

@@ -1,0 +1,1 @@
+//! The consume → score → produce loop (being written).
