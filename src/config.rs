@@ -9,10 +9,14 @@
 //! Every key is optional; an absent file or section means the defaults, which
 //! are the ones documented in `fds.example.toml` at the top of the repository.
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::kafka::Topics;
 use crate::state::StateConfig;
 
 const DAY_MS: i64 = 86_400_000;
@@ -37,6 +41,42 @@ struct RawConfig {
     state: RawState,
     #[serde(default)]
     engine: RawEngine,
+    #[serde(default)]
+    kafka: RawKafka,
+    #[serde(default)]
+    server: RawServer,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKafka {
+    brokers: Option<String>,
+    group_id: Option<String>,
+    partitions: Option<i64>,
+    dedup_capacity: Option<i64>,
+    commit_interval_ms: Option<i64>,
+    linger_ms: Option<i64>,
+    #[serde(default)]
+    topics: RawTopics,
+    /// librdkafka settings passed through as they are (TLS, SASL...).
+    #[serde(default)]
+    client: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTopics {
+    transfers: Option<String>,
+    context_events: Option<String>,
+    labels: Option<String>,
+    decisions: Option<String>,
+    dead_letter: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -66,11 +106,54 @@ pub struct Config {
     /// Refuse events dated more than this far ahead of the wall clock (live
     /// consumption); `None` trusts the recorded times, as replay does.
     pub max_skew_ms: Option<i64>,
+    pub kafka: KafkaConfig,
+    /// Where `/metrics`, `/readyz` and `/healthz` are served.
+    pub listen: SocketAddr,
 }
+
+/// The `[kafka]` section, checked.
+#[derive(Debug, Clone)]
+pub struct KafkaConfig {
+    /// `None`: start the embedded broker.
+    pub brokers: Option<String>,
+    pub group_id: String,
+    /// Partitions of the keyed topics, for the embedded broker and `fds topics create`.
+    pub partitions: i32,
+    pub dedup_capacity: usize,
+    pub commit_interval: Duration,
+    pub linger: Duration,
+    pub topics: Topics,
+    /// Pass-through librdkafka settings, `env:NAME` values already resolved.
+    pub client: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: None,
+            group_id: "fds".into(),
+            partitions: 4,
+            dedup_capacity: 500_000,
+            commit_interval: Duration::from_secs(1),
+            linger: Duration::from_millis(1),
+            topics: Topics::default(),
+            client: BTreeMap::new(),
+        }
+    }
+}
+
+/// The default address of the operator endpoints.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
 
 impl Default for Config {
     fn default() -> Self {
-        Config { state: StateConfig::default(), rules_dir: PathBuf::from("rules"), max_skew_ms: None }
+        Config {
+            state: StateConfig::default(),
+            rules_dir: PathBuf::from("rules"),
+            max_skew_ms: None,
+            kafka: KafkaConfig::default(),
+            listen: DEFAULT_LISTEN.parse().expect("a valid default address"),
+        }
     }
 }
 
@@ -134,11 +217,101 @@ impl Config {
         if rules_dir.as_os_str().is_empty() {
             problems.push("engine.rules_dir is empty".to_owned());
         }
+        let kafka = kafka_config(raw.kafka, &mut problems);
+        let listen = match raw.server.listen.as_deref().unwrap_or(DEFAULT_LISTEN).parse() {
+            Ok(a) => a,
+            Err(_) => {
+                problems.push(format!(
+                    "server.listen = {:?}: must be an IP address and port, like {DEFAULT_LISTEN}",
+                    raw.server.listen.unwrap_or_default()
+                ));
+                DEFAULT_LISTEN.parse().expect("a valid default address")
+            }
+        };
         if problems.is_empty() {
-            Ok(Config { state, rules_dir, max_skew_ms })
+            Ok(Config { state, rules_dir, max_skew_ms, kafka, listen })
         } else {
             Err(Problems::Invalid(problems))
         }
+    }
+}
+
+fn kafka_config(raw: RawKafka, problems: &mut Vec<String>) -> KafkaConfig {
+    let d = KafkaConfig::default();
+    let mut int = |key: &str, value: Option<i64>, range: std::ops::RangeInclusive<i64>, default: i64| match value {
+        None => default,
+        Some(v) if range.contains(&v) => v,
+        Some(v) => {
+            problems.push(format!("kafka.{key} = {v}: must be between {} and {}", range.start(), range.end()));
+            default
+        }
+    };
+    let partitions = int("partitions", raw.partitions, 1..=1024, i64::from(d.partitions)) as i32;
+    let dedup_capacity = int("dedup_capacity", raw.dedup_capacity, 1..=100_000_000, d.dedup_capacity as i64) as usize;
+    let commit_ms = int("commit_interval_ms", raw.commit_interval_ms, 10..=60_000, 1000) as u64;
+    let linger_ms = int("linger_ms", raw.linger_ms, 0..=1000, 1) as u64;
+    let mut name = |key: &str, value: Option<String>, default: &str| match value {
+        None => default.to_owned(),
+        Some(v)
+            if !v.is_empty() && v.len() <= 249 && v.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) =>
+        {
+            v
+        }
+        Some(v) => {
+            problems.push(format!("kafka.{key} = {v:?}: a topic or group name is 1-249 of [A-Za-z0-9._-]"));
+            default.to_owned()
+        }
+    };
+    let t = raw.topics;
+    let topics = Topics {
+        transfers: name("topics.transfers", t.transfers, &d.topics.transfers),
+        context_events: name("topics.context_events", t.context_events, &d.topics.context_events),
+        labels: name("topics.labels", t.labels, &d.topics.labels),
+        decisions: name("topics.decisions", t.decisions, &d.topics.decisions),
+        dead_letter: name("topics.dead_letter", t.dead_letter, &d.topics.dead_letter),
+    };
+    let group_id = name("group_id", raw.group_id, &d.group_id);
+    let all = topics.all();
+    for (i, a) in all.iter().enumerate() {
+        if all[..i].contains(a) {
+            problems.push(format!("kafka.topics: {a:?} is named for two topics"));
+        }
+    }
+    let brokers = match raw.brokers {
+        Some(b) if b.trim().is_empty() => {
+            problems.push("kafka.brokers is empty; leave it out to use the embedded broker".to_owned());
+            None
+        }
+        b => b,
+    };
+    // Secrets stay out of the file: `"sasl.password" = "env:FDS_SASL_PASSWORD"`.
+    let mut client = BTreeMap::new();
+    for (k, v) in raw.client {
+        if k == "bootstrap.servers" {
+            problems.push("kafka.client.\"bootstrap.servers\": set kafka.brokers instead".to_owned());
+            continue;
+        }
+        let value = match v.strip_prefix("env:") {
+            Some(var) => match std::env::var(var) {
+                Ok(v) => v,
+                Err(_) => {
+                    problems.push(format!("kafka.client.{k:?} = \"env:{var}\": environment variable {var} is not set"));
+                    continue;
+                }
+            },
+            None => v,
+        };
+        client.insert(k, value);
+    }
+    KafkaConfig {
+        brokers,
+        group_id,
+        partitions,
+        dedup_capacity,
+        commit_interval: Duration::from_millis(commit_ms),
+        linger: Duration::from_millis(linger_ms),
+        topics,
+        client,
     }
 }
 
@@ -186,6 +359,35 @@ mod tests {
         assert!(p[0].contains("state.account_ttl_days = 7"));
         assert!(p[1].contains("state.max_known_devices = 0"));
         assert!(p[2].contains("engine.max_skew_minutes = -1"));
+    }
+
+    #[test]
+    fn kafka_section_is_checked_whole() {
+        let p = invalid(
+            "[kafka]\nbrokers = \" \"\npartitions = 0\n[kafka.topics]\ndecisions = \"transfers\"\nlabels = \"a b\"\n\
+             [kafka.client]\n\"sasl.password\" = \"env:FDS_TEST_SURELY_UNSET\"\n[server]\nlisten = \"nine\"\n",
+        );
+        assert_eq!(p.len(), 6, "{p:?}");
+        assert!(p.iter().any(|m| m.contains("kafka.partitions = 0")));
+        assert!(p.iter().any(|m| m.contains("\"transfers\" is named for two topics")));
+        assert!(p.iter().any(|m| m.contains("kafka.topics.labels")));
+        assert!(p.iter().any(|m| m.contains("FDS_TEST_SURELY_UNSET is not set")));
+        assert!(p.iter().any(|m| m.contains("server.listen")));
+        assert!(p.iter().any(|m| m.contains("kafka.brokers is empty")));
+    }
+
+    #[test]
+    fn kafka_settings_pass_through() {
+        let c = Config::from_toml(
+            "[kafka]\nbrokers = \"10.0.0.1:9092\"\n[kafka.topics]\ntransfers = \"ob.transfers\"\n\
+             [kafka.client]\n\"security.protocol\" = \"SASL_SSL\"\n",
+        )
+        .ok()
+        .unwrap();
+        assert_eq!(c.kafka.brokers.as_deref(), Some("10.0.0.1:9092"));
+        assert_eq!(c.kafka.topics.transfers, "ob.transfers");
+        assert_eq!(c.kafka.topics.decisions, "decisions");
+        assert_eq!(c.kafka.client.get("security.protocol").map(String::as_str), Some("SASL_SSL"));
     }
 
     #[test]

@@ -88,13 +88,19 @@ impl Decision {
 
     /// The decision as one JSON line: what the transfer API receives.
     pub fn to_json(&self) -> String {
-        serde_json::to_string(&WithLatency(self, true)).expect("decisions always serialize")
+        serde_json::to_string(&WithLatency(self, true, None)).expect("decisions always serialize")
+    }
+
+    /// The decision as the pipeline publishes it: with `late` telling the
+    /// transfer API whether the transfer was scored after its deadline.
+    pub fn to_json_with_late(&self, late: bool) -> Vec<u8> {
+        serde_json::to_vec(&WithLatency(self, true, Some(late))).expect("decisions always serialize")
     }
 
     /// The decision without the measured latency: identical across runs of the
     /// same input, so runs can be compared by hashing these.
     pub fn fingerprint(&self) -> String {
-        serde_json::to_string(&WithLatency(self, false)).expect("decisions always serialize")
+        serde_json::to_string(&WithLatency(self, false, None)).expect("decisions always serialize")
     }
 
     /// Reason codes of the live rules that fired, in rule order.
@@ -103,7 +109,9 @@ impl Decision {
     }
 }
 
-struct WithLatency<'a>(&'a Decision, bool);
+/// A decision to serialize, with or without its measured latency, and with the
+/// pipeline's `late` mark when there is one.
+struct WithLatency<'a>(&'a Decision, bool, Option<bool>);
 
 /// The reasons of a decision, named from its rule set.
 struct Reasons<'a>(&'a RuleSet, &'a [u16]);
@@ -147,7 +155,7 @@ struct Reason<'a> {
 impl Serialize for WithLatency<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let d = self.0;
-        let mut st = s.serialize_struct("Decision", 11)?;
+        let mut st = s.serialize_struct("Decision", 12)?;
         st.serialize_field("schema_version", &crate::event::SCHEMA_VERSION)?;
         st.serialize_field("bank_tran_id", &d.bank_tran_id)?;
         st.serialize_field("tran_dtime", &d.event_time)?;
@@ -158,6 +166,9 @@ impl Serialize for WithLatency<'_> {
         st.serialize_field("shadow_reasons", &Reasons(&d.rules, &d.shadow_fired))?;
         st.serialize_field("ruleset_version", d.rules.version())?;
         st.serialize_field("model_version", &Option::<&str>::None)?;
+        if let Some(late) = self.2 {
+            st.serialize_field("late", &late)?;
+        }
         if self.1 {
             st.serialize_field("engine_latency_us", &(d.latency_ns as f64 / 1000.0))?;
         }

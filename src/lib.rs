@@ -30,13 +30,21 @@
 //!   with fraud typologies (voice phishing, account takeover, mule accounts, loan
 //!   fraud); [`handbook`] reads the labelled card data set of the fraud-detection
 //!   handbook as a stream of the same events.
+//! - [`load`]: the pipeline benchmark. Plays the transfer API against a running
+//!   `fds run` over Kafka and reports end-to-end latency, missed budgets,
+//!   unanswered, late, duplicate and contradictory decisions.
 //!
+//! - [`metrics`]: every Prometheus metric of the product, named once, in a
+//!   registry of its own; no account or payee id is ever a label.
+//! - [`api`]: the operators' HTTP server (`/metrics`, `/readyz`, `/healthz`)
+//!   on a thread of its own, and the readiness flags the pipeline flips.
 //! - [`config`]: the operator's `fds.toml`, checked whole (every problem reported
 //!   at once) into the runtime types above.
 //!
 //! Money is integer won everywhere ([`event::Won`]); account numbers are masked
 //! in logs ([`event::mask_account`]).
 
+pub mod api;
 pub mod config;
 pub mod engine;
 pub mod event;
@@ -44,6 +52,8 @@ pub mod features;
 pub mod generate;
 pub mod handbook;
 pub mod kafka;
+pub mod load;
+pub mod metrics;
 pub mod replay;
 pub mod rules;
 pub mod state;

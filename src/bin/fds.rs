@@ -14,6 +14,7 @@ use clap::{Parser, Subcommand};
 use fds::config::Config;
 use fds::engine::Engine;
 use fds::generate::{generate, GeneratorConfig};
+use fds::kafka::Connection;
 use fds::replay::{self, Format};
 use fds::rules::RuleSet;
 
@@ -92,6 +93,75 @@ enum Command {
     },
     /// List the features rules and models can use.
     Features,
+    /// Play the transfer API against a running `fds run`: send recorded events
+    /// to the input topics and time every decision read back from `decisions`
+    /// (end-to-end latency, missed budgets, unanswered, late, duplicate answers).
+    Load {
+        /// Files to send in order, as for replay.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Kafka bootstrap servers, HOST:PORT[,HOST:PORT...].
+        #[arg(long, required = true)]
+        brokers: String,
+        #[arg(long, value_enum, default_value_t = Format::Auto)]
+        format: Format,
+        /// Transfers per second [default: as fast as possible]. Context events
+        /// and labels go out as they come and do not count.
+        #[arg(long, value_name = "PER_SECOND")]
+        rate: Option<f64>,
+        /// Stop after this many transfers.
+        #[arg(long)]
+        limit: Option<u64>,
+        /// Latency budget: sets each transfer's deadline-ms header; slower
+        /// answers count as missed.
+        #[arg(long, default_value_t = fds::load::DEFAULT_BUDGET_MS, value_name = "MS")]
+        budget_ms: u64,
+        /// Seconds to wait after the last send for outstanding decisions.
+        #[arg(long, default_value_t = fds::load::DEFAULT_DRAIN_SECS, value_name = "SECS")]
+        drain_secs: f64,
+        /// Producer linger.ms.
+        #[arg(long, default_value_t = fds::load::DEFAULT_LINGER_MS, value_name = "MS")]
+        linger_ms: u32,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the Kafka pipeline: consume transfers, context events and labels,
+    /// produce decisions (and dead letters); serve /metrics, /readyz, /healthz.
+    /// Without --brokers (or kafka.brokers) an embedded broker is started on
+    /// loopback and its address printed.
+    Run {
+        /// Kafka bootstrap servers, HOST:PORT[,HOST:PORT...] [default: the
+        /// config's kafka.brokers, else the embedded broker].
+        #[arg(long)]
+        brokers: Option<String>,
+        /// Rule directory [default: the config's engine.rules_dir, else rules].
+        #[arg(long)]
+        rules: Option<PathBuf>,
+        /// Address of the operator endpoints [default: server.listen, else 127.0.0.1:9464].
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+    },
+    /// Kafka topics.
+    Topics {
+        #[command(subcommand)]
+        command: TopicsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TopicsCommand {
+    /// Create the five topics on a cluster (existing ones are left alone).
+    Create {
+        /// [default: the config's kafka.brokers]
+        #[arg(long)]
+        brokers: Option<String>,
+        /// Partitions of transfers, context-events and decisions [default: kafka.partitions, else 4].
+        #[arg(long)]
+        partitions: Option<i32>,
+        #[arg(long, default_value_t = 1)]
+        replication: i32,
+    },
 }
 
 #[derive(Subcommand)]
@@ -149,6 +219,32 @@ fn run() -> Result<()> {
         Command::Rules { command: RulesCommand::Check { dir } } => {
             rules_check(&dir.unwrap_or_else(|| config.rules_dir.clone()))
         }
+        Command::Run { brokers, rules, listen } => {
+            run_cmd(&config, brokers, rules.unwrap_or_else(|| config.rules_dir.clone()), listen)
+        }
+        Command::Topics { command: TopicsCommand::Create { brokers, partitions, replication } } => {
+            let Some(brokers) = brokers.or_else(|| config.kafka.brokers.clone()) else {
+                bail!("no brokers: pass --brokers HOST:PORT or set kafka.brokers in the config");
+            };
+            let connection = Connection { brokers: brokers.clone(), client: config.kafka.client.clone() };
+            let partitions = partitions.unwrap_or(config.kafka.partitions);
+            fds::kafka::create_topics(&connection, &config.kafka.topics, partitions, replication)?;
+            println!("topics ready on {brokers}: {}", config.kafka.topics.all().join(", "));
+            Ok(())
+        }
+        Command::Load { files, brokers, format, rate, limit, budget_ms, drain_secs, linger_ms, json } => {
+            let Ok(drain) = Duration::try_from_secs_f64(drain_secs) else {
+                bail!("--drain-secs must be a number of seconds, got {drain_secs}");
+            };
+            let mut opts = fds::load::LoadOptions::new(files, Connection::new(brokers), fds::kafka::Topics::default());
+            opts.format = format;
+            opts.rate = rate;
+            opts.limit = limit;
+            opts.budget = Duration::from_millis(budget_ms);
+            opts.drain = drain;
+            opts.linger_ms = linger_ms;
+            load_cmd(opts, json)
+        }
         Command::Features => {
             for (i, f) in fds::features::SCHEMA.iter().enumerate() {
                 println!("{i:>3}  {:<30} {:<8} {}", f.name, f.kind.name(), f.help);
@@ -156,6 +252,100 @@ fn run() -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// `fds run`: the engine between the transfer API's topics, until SIGTERM or
+/// Ctrl-C, then a graceful stop (in-flight decisions acknowledged, offsets
+/// committed) and exit 0.
+fn run_cmd(
+    config: &Config,
+    brokers: Option<String>,
+    rules_dir: PathBuf,
+    listen: Option<std::net::SocketAddr>,
+) -> Result<()> {
+    use fds::kafka::{pipeline, EmbeddedBroker};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, stop.clone()).context("cannot install the signal handler")?;
+    }
+    let kafka = &config.kafka;
+    let (embedded, brokers) = match brokers.or_else(|| kafka.brokers.clone()) {
+        Some(b) => (None, b),
+        None => {
+            let broker = EmbeddedBroker::start(&kafka.topics, kafka.partitions)?;
+            let addr = broker.bootstrap_servers();
+            eprintln!("embedded broker (librdkafka mock cluster, in memory) listening on {addr}");
+            eprintln!("  try: fds load --brokers {addr} {DEMO_REPLAY}");
+            (Some(broker), addr)
+        }
+    };
+    let rules = load_rules(&rules_dir)?;
+    // Live traffic: refuse events dated ahead of the wall clock (5 min unless configured).
+    let skew = config.max_skew_ms.unwrap_or(5 * 60_000);
+    let engine = Arc::new(
+        Engine::new(config.state.clone(), Arc::new(ArcSwap::from_pointee(rules))).with_wall_clock_guard(skew),
+    );
+    let watcher = fds::rules::watch(&rules_dir, engine.rules().clone())?;
+
+    let metrics = Arc::new(fds::metrics::Metrics::new());
+    let health = Arc::new(fds::api::Health::new());
+    let refresh = {
+        let (engine, metrics) = (engine.clone(), metrics.clone());
+        let counted = (AtomicU64::new(0), AtomicU64::new(0));
+        let status = watcher.status_handle();
+        Arc::new(move || {
+            metrics.observe_state(engine.state());
+            metrics.rules_loaded.set(engine.rules().load().rules().len() as i64);
+            let s = status();
+            let applied = s.reloads.saturating_sub(counted.0.swap(s.reloads, Ordering::Relaxed));
+            let rejected = s.rejected.saturating_sub(counted.1.swap(s.rejected, Ordering::Relaxed));
+            metrics.rules_reloads.with_label_values(&["applied"]).inc_by(applied);
+            metrics.rules_reloads.with_label_values(&["rejected"]).inc_by(rejected);
+        }) as Arc<dyn Fn() + Send + Sync>
+    };
+    let listen = listen.unwrap_or(config.listen);
+    let server = fds::api::spawn(listen, metrics.clone(), health.clone(), Some(refresh))?;
+    eprintln!("metrics on http://{}/metrics, readiness on /readyz", server.local_addr());
+
+    let mut opts = pipeline::Options::new(Connection { brokers, client: kafka.client.clone() });
+    opts.topics = kafka.topics.clone();
+    opts.group_id = kafka.group_id.clone();
+    opts.dedup_capacity = kafka.dedup_capacity;
+    opts.commit_interval = kafka.commit_interval;
+    opts.linger = kafka.linger;
+    let summary = pipeline::run(engine, opts, metrics, health, stop)?;
+    tracing::info!(
+        consumed = summary.consumed,
+        decisions = summary.decisions,
+        redelivered = summary.redelivered,
+        late = summary.late,
+        dead_letters = summary.dead_letters,
+        unfinished = summary.unfinished,
+        "stopped"
+    );
+    server.shutdown();
+    drop(watcher);
+    drop(embedded);
+    Ok(())
+}
+
+/// `fds load`: the pipeline benchmark; see [`fds::load`].
+fn load_cmd(opts: fds::load::LoadOptions, json: bool) -> Result<()> {
+    if let Some(rate) = opts.rate {
+        if !(rate > 0.0 && rate.is_finite()) {
+            bail!("--rate must be a positive number of transfers per second, got {rate}");
+        }
+    }
+    let progress = (!json && std::io::stderr().is_terminal()).then(fds::load::progress_bar);
+    let report = fds::load::run(opts, progress)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.render());
+    }
+    Ok(())
 }
 
 fn load_rules(dir: &Path) -> Result<RuleSet> {

@@ -29,7 +29,25 @@ pub mod pipeline;
 
 use std::collections::BTreeMap;
 
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::DefaultProducerContext;
 use rdkafka::ClientConfig;
+
+/// Why a broker-side set-up step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaSetupError {
+    #[error("cannot start the embedded broker")]
+    Embedded(#[source] KafkaError),
+    #[error("cannot create topic {topic} on {brokers}")]
+    CreateTopic { topic: String, brokers: String, source: KafkaError },
+    #[error("cannot reach the brokers at {brokers}")]
+    Unreachable { brokers: String, source: KafkaError },
+}
 
 /// The header carrying the transfer id, on transfers and on decisions. The
 /// transfer API matches decisions to waiting requests by it.
@@ -128,9 +146,10 @@ impl Connection {
     pub fn client_config(&self, settings: &[(&str, &str)]) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.brokers);
-        // Loopback brokers are named 127.0.0.1; skip the IPv6 attempt a name
-        // like localhost would cost.
-        c.set("broker.address.family", "v4");
+        if self.brokers.split(',').all(|b| b.starts_with("127.0.0.1:") || b.starts_with("localhost:")) {
+            // A loopback broker: skip the IPv6 attempt `localhost` would cost.
+            c.set("broker.address.family", "v4");
+        }
         for (k, v) in settings {
             c.set(*k, *v);
         }
@@ -139,4 +158,80 @@ impl Connection {
         }
         c
     }
+}
+
+/// A Kafka-protocol broker inside this process, on a loopback port:
+/// librdkafka's mock cluster. It lets the demo and the tests run the real
+/// client code with nothing installed. It keeps records in memory only, and its
+/// transactions are not real (the pipeline uses none).
+pub struct EmbeddedBroker {
+    cluster: MockCluster<'static, DefaultProducerContext>,
+}
+
+impl EmbeddedBroker {
+    /// Start a one-broker cluster with every topic created: `partitions` for
+    /// the keyed topics (transfers, context events, decisions), one for the
+    /// others.
+    pub fn start(topics: &Topics, partitions: i32) -> Result<Self, KafkaSetupError> {
+        let cluster = MockCluster::new(1).map_err(KafkaSetupError::Embedded)?;
+        for (name, n) in topic_layout(topics, partitions) {
+            cluster.create_topic(name, n, 1).map_err(KafkaSetupError::Embedded)?;
+        }
+        Ok(EmbeddedBroker { cluster })
+    }
+
+    /// The `HOST:PORT` other clients (another process too) connect to.
+    pub fn bootstrap_servers(&self) -> String {
+        self.cluster.bootstrap_servers()
+    }
+
+    /// The mock cluster itself, for tests that take its broker down and up.
+    pub fn cluster(&self) -> &MockCluster<'static, DefaultProducerContext> {
+        &self.cluster
+    }
+}
+
+/// Each topic with its partition count: the keyed topics get `partitions`
+/// (transfers and context events must match), labels and dead letters one.
+fn topic_layout(topics: &Topics, partitions: i32) -> [(&str, i32); 5] {
+    [
+        (&topics.transfers, partitions),
+        (&topics.context_events, partitions),
+        (&topics.labels, 1),
+        (&topics.decisions, partitions),
+        (&topics.dead_letter, 1),
+    ]
+}
+
+/// Create the five topics on a real cluster (`fds topics create`); topics that
+/// already exist are left as they are.
+pub fn create_topics(
+    connection: &Connection,
+    topics: &Topics,
+    partitions: i32,
+    replication: i32,
+) -> Result<(), KafkaSetupError> {
+    let brokers = connection.brokers.clone();
+    let admin: AdminClient<DefaultClientContext> = connection
+        .client_config(&[])
+        .create()
+        .map_err(|source| KafkaSetupError::Unreachable { brokers: brokers.clone(), source })?;
+    let layout = topic_layout(topics, partitions);
+    let new: Vec<NewTopic<'_>> =
+        layout.iter().map(|&(name, n)| NewTopic::new(name, n, TopicReplication::Fixed(replication))).collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    // The admin client answers through a future; a one-off runtime waits for it.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
+    let results = runtime
+        .block_on(admin.create_topics(&new, &opts))
+        .map_err(|source| KafkaSetupError::Unreachable { brokers: brokers.clone(), source })?;
+    for r in results {
+        match r {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => {
+                return Err(KafkaSetupError::CreateTopic { topic, brokers, source: KafkaError::AdminOp(code) })
+            }
+        }
+    }
+    Ok(())
 }

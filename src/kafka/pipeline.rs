@@ -1,1 +1,961 @@
-//! The consume → score → produce loop (being written).
+//! The consume → score → produce loop behind `fds run`.
+//!
+//! ## Threads
+//!
+//! - **The scoring thread** (the caller's) polls one consumer-group member
+//!   subscribed to `transfers` and `context-events`, parses each message, runs
+//!   it through the [`Engine`] and hands the decision (or dead-letter record) to
+//!   the producer. It never waits on the network: librdkafka fetches ahead on its
+//!   own threads and the producer batches and sends on its own, so consuming,
+//!   scoring and producing overlap. One thread keeps one account's events in
+//!   order without any locking; the engine itself is lock-free for readers.
+//! - **The producer's thread** (librdkafka's, driven by `ThreadedProducer`)
+//!   receives the broker's acknowledgements and passes them back to the
+//!   scoring thread over a channel.
+//! - **The labels thread** reads the whole `labels` topic, from the beginning,
+//!   with a reading position of this process's own, so every instance learns
+//!   every fraud report (labels are small and few).
+//! - **The health thread** asks the brokers for metadata every second and
+//!   flips [`Health::set_broker_up`]; `/readyz` and `fds_broker_up` follow it.
+//!
+//! ## Delivery semantics
+//!
+//! - **At least once; no decision lost.** Automatic offset *storing* is off: an
+//!   offset is stored (and then committed by the periodic auto-commit, and once
+//!   more synchronously at shutdown) only when every message before it on its
+//!   partition has been *finished*: its decision or dead-letter record
+//!   acknowledged by the broker (`acks=all`), or, for a context event, applied.
+//!   [`OffsetTracker`] keeps that watermark per partition.
+//! - **Idempotent by transfer id.** Every decision given is remembered by its
+//!   `bank_tran_id` (bounded, oldest forgotten first); at start the tail of the
+//!   `decisions` topic is read back into that memory before any transfer is
+//!   consumed. A transfer delivered again (after a crash between the decision
+//!   and the commit, a rebalance, or an API retry) is answered with the same
+//!   decision bytes, marked `fds-redelivered: true`, and is not fed to the state
+//!   a second time. Neither supported broker has transactions, so this is the
+//!   design: at-least-once delivery with an idempotent producer and idempotent
+//!   decisions, not exactly-once.
+//! - **Bad input never stops a partition.** A message that is not an event, is
+//!   invalid, is on the wrong topic or is dated ahead of the clock goes to
+//!   `dead-letter` with the original key and bytes and headers naming the
+//!   reason and the source topic/partition/offset; its offset then moves on like
+//!   any other.
+//! - **Broker trouble.** The producer retries forever (`message.timeout.ms=0`)
+//!   with back-off, so a decision waits for the broker instead of being
+//!   dropped; when its queue is full the scoring thread stops taking new
+//!   messages (back-pressure) until it drains. The process stays up, `/readyz`
+//!   reports the broker unreachable, and it catches up when the broker returns.
+//! - **Shutdown** ([`StopFlag`], set on SIGTERM): stop polling, wait for the
+//!   acknowledgements of everything in flight, store and commit the offsets,
+//!   leave the group.
+//! - **Late transfers.** A transfer consumed after its `deadline-ms` header is
+//!   still scored (the state must see it) and its decision says `"late": true`.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::ClientContext;
+
+use super::{
+    Connection, DeadLetterKind, Topics, HEADER_CORRELATION_ID, HEADER_DEADLINE_MS, HEADER_ERROR, HEADER_ERROR_KIND,
+    HEADER_LATE, HEADER_REDELIVERED, HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION, HEADER_SOURCE_TOPIC,
+};
+use crate::api::Health;
+use crate::engine::{Engine, EngineError};
+use crate::event::{mask_account, Event, EventError};
+use crate::metrics::Metrics;
+
+/// Why the pipeline could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("cannot create the Kafka {role} for {brokers}")]
+    Client { role: &'static str, brokers: String, source: KafkaError },
+    #[error("cannot subscribe to {topics}")]
+    Subscribe { topics: String, source: KafkaError },
+    #[error("cannot read back the recent decisions from topic {topic}")]
+    LoadDecisions { topic: String, source: KafkaError },
+    #[error("topics {a} ({a_n} partitions) and {b} ({b_n} partitions) must have the same partition count, so one account's transfers and context events reach the same instance")]
+    NotCopartitioned { a: String, a_n: usize, b: String, b_n: usize },
+}
+
+/// Set from a signal handler (or a test) to stop the pipeline gracefully.
+pub type StopFlag = Arc<AtomicBool>;
+
+/// How the pipeline runs. [`Options::new`] gives the defaults `fds run` uses.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub connection: Connection,
+    pub topics: Topics,
+    /// The consumer group shared by all instances.
+    pub group_id: String,
+    /// Decisions remembered by transfer id, to answer re-deliveries the same way.
+    pub dedup_capacity: usize,
+    /// How often stored offsets are committed.
+    pub commit_interval: Duration,
+    /// Producer batching delay: the latency/throughput trade-off of the
+    /// decisions topic.
+    pub linger: Duration,
+    /// How long shutdown waits for in-flight decisions to be acknowledged.
+    pub shutdown_timeout: Duration,
+}
+
+impl Options {
+    pub fn new(connection: Connection) -> Self {
+        Options {
+            connection,
+            topics: Topics::default(),
+            group_id: "fds".into(),
+            dedup_capacity: 500_000,
+            commit_interval: Duration::from_secs(1),
+            linger: Duration::from_millis(1),
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What a run did, for the log line at exit and for tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub consumed: u64,
+    pub decisions: u64,
+    pub redelivered: u64,
+    pub late: u64,
+    pub dead_letters: u64,
+    pub context_events: u64,
+    /// Messages consumed whose outcome was still unacknowledged at exit; they
+    /// will be delivered again on the next start.
+    pub unfinished: u64,
+}
+
+// ---------------------------------------------------------------- offsets ---
+
+/// Which offsets of each partition are finished, so the stored offset never
+/// passes a message whose decision is not yet safe at the broker.
+///
+/// Acknowledgements come back out of order (decisions go to other partitions
+/// than their transfers came from), so each partition keeps its unfinished
+/// offsets in consumption order and the committable position is the first
+/// unfinished one.
+#[derive(Debug, Default)]
+pub struct OffsetTracker {
+    parts: HashMap<(u8, i32), PartitionTrack>,
+}
+
+#[derive(Debug, Default)]
+struct PartitionTrack {
+    /// Consumed offsets in order, with whether each is finished.
+    inflight: VecDeque<(i64, bool)>,
+    /// The next offset to commit once it moves; `None` until one is known.
+    committable: Option<i64>,
+    /// Whether `committable` moved since the last `take_committable`.
+    dirty: bool,
+}
+
+impl OffsetTracker {
+    /// A message was consumed and its outcome is pending.
+    pub fn begin(&mut self, topic: u8, partition: i32, offset: i64) {
+        let p = self.parts.entry((topic, partition)).or_default();
+        debug_assert!(p.inflight.back().map_or(true, |&(o, _)| o < offset), "offsets go forward");
+        p.inflight.push_back((offset, false));
+    }
+
+    /// A message's outcome is safe. Unknown offsets (a partition revoked in
+    /// the meantime) are ignored.
+    pub fn finish(&mut self, topic: u8, partition: i32, offset: i64) {
+        let Some(p) = self.parts.get_mut(&(topic, partition)) else { return };
+        if let Ok(i) = p.inflight.binary_search_by_key(&offset, |&(o, _)| o) {
+            p.inflight[i].1 = true;
+        }
+        while let Some(&(o, true)) = p.inflight.front() {
+            p.inflight.pop_front();
+            p.committable = Some(o + 1);
+            p.dirty = true;
+        }
+    }
+
+    /// Messages consumed and not yet finished, over all partitions.
+    pub fn pending(&self) -> usize {
+        self.parts.values().map(|p| p.inflight.iter().filter(|(_, done)| !done).count()).sum()
+    }
+
+    /// The positions that moved since the last call: (topic, partition, next offset).
+    pub fn take_committable(&mut self) -> Vec<(u8, i32, i64)> {
+        let mut out = Vec::new();
+        for (&(t, part), p) in &mut self.parts {
+            if p.dirty {
+                p.dirty = false;
+                if let Some(o) = p.committable {
+                    out.push((t, part, o));
+                }
+            }
+        }
+        out
+    }
+
+    /// Forget a partition (revoked): its unfinished messages will be delivered
+    /// to whichever instance gets it next.
+    pub fn forget(&mut self, topic: u8, partition: i32) {
+        self.parts.remove(&(topic, partition));
+    }
+}
+
+// ------------------------------------------------------- decision memory ---
+
+/// Decisions already given, by transfer id, bounded: the oldest is forgotten
+/// first. Re-deliveries come from the last few seconds before a crash or a
+/// rebalance, so a bounded memory of the most recent decisions covers them.
+pub struct DecisionMemory {
+    map: HashMap<Box<str>, Arc<[u8]>>,
+    order: VecDeque<Box<str>>,
+    capacity: usize,
+}
+
+impl DecisionMemory {
+    pub fn new(capacity: usize) -> Self {
+        DecisionMemory { map: HashMap::new(), order: VecDeque::new(), capacity: capacity.max(1) }
+    }
+
+    pub fn get(&self, tran_id: &str) -> Option<&Arc<[u8]>> {
+        self.map.get(tran_id)
+    }
+
+    /// Remember a decision; the first one given for an id is the one kept.
+    pub fn insert(&mut self, tran_id: &str, decision: Arc<[u8]>) {
+        if self.map.contains_key(tran_id) {
+            return;
+        }
+        if self.order.len() >= self.capacity {
+            if let Some(old) = self.order.pop_front() {
+                self.map.remove(&old);
+            }
+        }
+        self.map.insert(tran_id.into(), decision);
+        self.order.push_back(tran_id.into());
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+// -------------------------------------------------------------- contexts ---
+
+/// Which input a message came from, as a small number for the offset tracker.
+const TOPIC_TRANSFERS: u8 = 0;
+const TOPIC_CONTEXT: u8 = 1;
+
+/// An acknowledgement (or failure) of one produced record, sent from the
+/// producer's thread to the scoring thread.
+struct Ack {
+    source: Source,
+    produced_at: Instant,
+    /// On failure: the record to send again.
+    retry: Option<Retry>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Source {
+    topic: u8,
+    partition: i32,
+    offset: i64,
+}
+
+struct Retry {
+    topic: String,
+    key: Option<Vec<u8>>,
+    payload: Vec<u8>,
+    headers: Option<OwnedHeaders>,
+    error: KafkaError,
+}
+
+struct AckContext {
+    acks: Mutex<Sender<Ack>>,
+    health: Arc<Health>,
+}
+
+impl ClientContext for AckContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if matches!(error.rdkafka_error_code(), Some(RDKafkaErrorCode::AllBrokersDown)) {
+            self.health.set_broker_up(false);
+        }
+        tracing::warn!(%error, reason, "kafka producer");
+    }
+}
+
+impl ProducerContext for AckContext {
+    type DeliveryOpaque = Box<(Source, Instant)>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, opaque: Self::DeliveryOpaque) {
+        let (source, produced_at) = *opaque;
+        let retry = match result {
+            Ok(_) => None,
+            Err((error, msg)) => Some(Retry {
+                topic: msg.topic().to_owned(),
+                key: msg.key().map(<[u8]>::to_vec),
+                payload: msg.payload().unwrap_or_default().to_vec(),
+                headers: msg.headers().map(|h| h.detach()),
+                error: error.clone(),
+            }),
+        };
+        // The receiver only goes away at the very end of shutdown.
+        let _ = self.acks.lock().expect("ack channel lock").send(Ack { source, produced_at, retry });
+    }
+}
+
+struct GroupContext {
+    health: Arc<Health>,
+    /// Partitions revoked by a rebalance, for the scoring thread to settle.
+    revoked: Mutex<Vec<(String, i32)>>,
+}
+
+impl ClientContext for GroupContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if matches!(error.rdkafka_error_code(), Some(RDKafkaErrorCode::AllBrokersDown)) {
+            self.health.set_broker_up(false);
+        }
+        tracing::warn!(%error, reason, "kafka consumer");
+    }
+}
+
+impl ConsumerContext for GroupContext {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Revoke(tpl) => {
+                let mut revoked = self.revoked.lock().expect("revoked lock");
+                revoked.extend(tpl.elements().iter().map(|e| (e.topic().to_owned(), e.partition())));
+                self.health.set_assigned(false);
+            }
+            Rebalance::Assign(tpl) => {
+                tracing::info!(partitions = tpl.count(), "partitions assigned");
+                self.health.set_assigned(true);
+            }
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance failed"),
+        }
+    }
+}
+
+// ------------------------------------------------------------------- run ---
+
+/// Run the pipeline until `stop` is set. Blocks the calling thread, which
+/// becomes the scoring thread.
+pub fn run(
+    engine: Arc<Engine>,
+    opts: Options,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    stop: StopFlag,
+) -> Result<Summary, PipelineError> {
+    let brokers = opts.connection.brokers.clone();
+    let (ack_tx, ack_rx) = mpsc::channel();
+    let linger = opts.linger.as_millis().to_string();
+    let producer: ThreadedProducer<AckContext> = opts
+        .connection
+        .client_config(&[
+            ("enable.idempotence", "true"),
+            ("acks", "all"),
+            // Never give up on a decision: wait for the broker to come back.
+            ("message.timeout.ms", "0"),
+            ("linger.ms", &linger),
+            ("retry.backoff.ms", "100"),
+            ("retry.backoff.max.ms", "2000"),
+        ])
+        .create_with_context(AckContext { acks: Mutex::new(ack_tx), health: health.clone() })
+        .map_err(|source| PipelineError::Client { role: "producer", brokers: brokers.clone(), source })?;
+
+    let memory = load_recent_decisions(&opts, &stop)?;
+    tracing::info!(decisions = memory.len(), "recent decisions read back");
+    health.set_caught_up(true);
+
+    let labels = spawn_labels_reader(engine.clone(), &opts, metrics.clone(), stop.clone())?;
+    let watcher = spawn_health_watch(&opts, health.clone(), stop.clone())?;
+
+    let commit_ms = opts.commit_interval.as_millis().max(1).to_string();
+    let consumer: BaseConsumer<GroupContext> = opts
+        .connection
+        .client_config(&[
+            ("group.id", &opts.group_id),
+            ("enable.auto.commit", "true"),
+            ("auto.commit.interval.ms", &commit_ms),
+            // Offsets are stored by hand, only once the outcome is safe.
+            ("enable.auto.offset.store", "false"),
+            ("auto.offset.reset", "earliest"),
+            ("partition.assignment.strategy", "cooperative-sticky"),
+            // Latency: hand over what has arrived instead of waiting to fill a
+            // batch (the transfer API is waiting for each answer).
+            ("fetch.wait.max.ms", "5"),
+            ("fetch.queue.backoff.ms", "1"),
+        ])
+        .create_with_context(GroupContext { health: health.clone(), revoked: Mutex::new(Vec::new()) })
+        .map_err(|source| PipelineError::Client { role: "consumer", brokers: brokers.clone(), source })?;
+    check_copartitioned(&consumer, &opts.topics)?;
+    let inputs = [opts.topics.transfers.as_str(), opts.topics.context_events.as_str()];
+    consumer.subscribe(&inputs).map_err(|source| PipelineError::Subscribe { topics: inputs.join(", "), source })?;
+    tracing::info!(brokers = %brokers, group = %opts.group_id, "consuming {}", inputs.join(", "));
+
+    let mut scorer = Scorer {
+        engine: &engine,
+        topics: &opts.topics,
+        metrics: &metrics,
+        producer: &producer,
+        consumer: &consumer,
+        acks: ack_rx,
+        tracker: OffsetTracker::default(),
+        memory,
+        summary: Summary::default(),
+        consumed_transfers: metrics.events_consumed.with_label_values(&[opts.topics.transfers.as_str()]),
+        consumed_context: metrics.events_consumed.with_label_values(&[opts.topics.context_events.as_str()]),
+    };
+
+    while !stop.load(Ordering::Relaxed) {
+        scorer.settle_acks();
+        scorer.settle_revoked();
+        match consumer.poll(Duration::from_millis(50)) {
+            None => {}
+            Some(Ok(msg)) => scorer.handle(&msg),
+            Some(Err(e)) => tracing::warn!(error = %e, "kafka consumer poll"),
+        }
+    }
+
+    // Graceful stop: no new messages; wait for what is in flight, then commit.
+    health.set_stopping();
+    tracing::info!(pending = scorer.tracker.pending(), "stopping: waiting for in-flight decisions");
+    let deadline = Instant::now() + opts.shutdown_timeout;
+    while scorer.tracker.pending() > 0 && Instant::now() < deadline {
+        let _ = producer.flush(Duration::from_millis(100));
+        scorer.settle_acks();
+    }
+    scorer.settle_acks();
+    scorer.summary.unfinished = scorer.tracker.pending() as u64;
+    if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+        // Nothing stored since the last commit is also a "failure" here.
+        if e.rdkafka_error_code() != Some(RDKafkaErrorCode::NoOffset) {
+            tracing::warn!(error = %e, "final commit failed; the last messages will be delivered again");
+        }
+    }
+    consumer.unsubscribe();
+    let summary = scorer.summary.clone();
+    drop(scorer);
+    let _ = labels.join();
+    let _ = watcher.join();
+    Ok(summary)
+}
+
+/// The scoring thread's working set.
+struct Scorer<'a> {
+    engine: &'a Engine,
+    topics: &'a Topics,
+    metrics: &'a Metrics,
+    producer: &'a ThreadedProducer<AckContext>,
+    consumer: &'a BaseConsumer<GroupContext>,
+    acks: Receiver<Ack>,
+    tracker: OffsetTracker,
+    memory: DecisionMemory,
+    summary: Summary,
+    consumed_transfers: prometheus::IntCounter,
+    consumed_context: prometheus::IntCounter,
+}
+
+/// Where an output record goes and what it carries.
+struct Out<'m> {
+    topic: &'m str,
+    key: Option<&'m [u8]>,
+    payload: &'m [u8],
+    headers: OwnedHeaders,
+}
+
+impl Scorer<'_> {
+    fn handle(&mut self, msg: &BorrowedMessage<'_>) {
+        let topic = if msg.topic() == self.topics.transfers { TOPIC_TRANSFERS } else { TOPIC_CONTEXT };
+        let source = Source { topic, partition: msg.partition(), offset: msg.offset() };
+        self.tracker.begin(topic, source.partition, source.offset);
+        self.summary.consumed += 1;
+        if topic == TOPIC_TRANSFERS {
+            self.consumed_transfers.inc();
+        } else {
+            self.consumed_context.inc();
+        }
+        let payload = msg.payload().unwrap_or_default();
+        let event = match Event::from_json(payload) {
+            Ok(e) => e,
+            Err(e) => {
+                let kind = match e {
+                    EventError::Malformed(_) => DeadLetterKind::Malformed,
+                    EventError::Invalid { .. } => DeadLetterKind::Invalid,
+                };
+                return self.dead_letter(msg, source, kind, &e.to_string());
+            }
+        };
+        let belongs = match &event {
+            Event::Transfer(_) => topic == TOPIC_TRANSFERS,
+            Event::Label(_) => false,
+            _ => topic == TOPIC_CONTEXT,
+        };
+        if !belongs {
+            let reason = format!("a {} event does not belong on topic {}", event.kind(), msg.topic());
+            return self.dead_letter(msg, source, DeadLetterKind::WrongTopic, &reason);
+        }
+
+        if let Event::Transfer(t) = &event {
+            if let Some(given) = self.memory.get(&t.bank_tran_id).cloned() {
+                self.metrics.decisions_redelivered.inc();
+                self.summary.redelivered += 1;
+                let headers = OwnedHeaders::new()
+                    .insert(Header { key: HEADER_CORRELATION_ID, value: Some(t.bank_tran_id.as_bytes()) })
+                    .insert(Header { key: HEADER_REDELIVERED, value: Some("true") });
+                let out = Out { topic: &self.topics.decisions, key: msg.key(), payload: &given, headers };
+                return self.produce(out, source);
+            }
+        }
+
+        match self.engine.process(&event) {
+            Err(e @ EngineError::AheadOfClock { .. }) => {
+                self.dead_letter(msg, source, DeadLetterKind::AheadOfClock, &e.to_string())
+            }
+            Ok(None) => {
+                self.summary.context_events += 1;
+                self.tracker.finish(source.topic, source.partition, source.offset);
+            }
+            Ok(Some(scored)) => {
+                let d = &scored.decision;
+                let now_ms = chrono::Utc::now().timestamp_millis();
+                let late = deadline_ms(msg).is_some_and(|deadline| now_ms > deadline);
+                let json: Arc<[u8]> = d.to_json_with_late(late).into();
+                self.memory.insert(&d.bank_tran_id, json.clone());
+                self.metrics.count_decision(d.action, d.verification);
+                self.metrics.engine_latency.observe(d.latency_ns as f64 * 1e-9);
+                if let Some(created) = msg.timestamp().to_millis() {
+                    self.metrics.decision_age.observe((now_ms - created).max(0) as f64 * 1e-3);
+                }
+                for &i in &d.fired {
+                    self.metrics.rules_fired.with_label_values(&[d.rules.rules()[usize::from(i)].id(), "false"]).inc();
+                }
+                for &i in &d.shadow_fired {
+                    self.metrics.rules_fired.with_label_values(&[d.rules.rules()[usize::from(i)].id(), "true"]).inc();
+                }
+                if late {
+                    self.metrics.decisions_late.inc();
+                    self.summary.late += 1;
+                }
+                self.summary.decisions += 1;
+                let headers = OwnedHeaders::new()
+                    .insert(Header { key: HEADER_CORRELATION_ID, value: Some(d.bank_tran_id.as_bytes()) })
+                    .insert(Header { key: HEADER_LATE, value: Some(if late { "true" } else { "false" }) });
+                let out = Out { topic: &self.topics.decisions, key: msg.key(), payload: &json, headers };
+                self.produce(out, source);
+            }
+        }
+    }
+
+    fn dead_letter(&mut self, msg: &BorrowedMessage<'_>, source: Source, kind: DeadLetterKind, reason: &str) {
+        // The reason may quote the payload; account numbers stay out of logs.
+        tracing::warn!(
+            topic = msg.topic(),
+            partition = msg.partition(),
+            offset = msg.offset(),
+            key = %msg.key().map(|k| mask_account(&String::from_utf8_lossy(k))).unwrap_or_default(),
+            kind = kind.name(),
+            "dead-lettered: {}",
+            crate::event::mask_digit_runs(reason)
+        );
+        self.metrics.dead_letters.with_label_values(&[kind.name()]).inc();
+        self.summary.dead_letters += 1;
+        let partition = msg.partition().to_string();
+        let offset = msg.offset().to_string();
+        let headers = OwnedHeaders::new()
+            .insert(Header { key: HEADER_ERROR, value: Some(reason) })
+            .insert(Header { key: HEADER_ERROR_KIND, value: Some(kind.name()) })
+            .insert(Header { key: HEADER_SOURCE_TOPIC, value: Some(msg.topic()) })
+            .insert(Header { key: HEADER_SOURCE_PARTITION, value: Some(&partition) })
+            .insert(Header { key: HEADER_SOURCE_OFFSET, value: Some(&offset) });
+        let out = Out {
+            topic: &self.topics.dead_letter,
+            key: msg.key(),
+            payload: msg.payload().unwrap_or_default(),
+            headers,
+        };
+        self.produce(out, source);
+    }
+
+    /// Hand a record to the producer. When its queue is full (the broker is
+    /// slow or away) wait here, settling acknowledgements, until there is room:
+    /// back-pressure instead of unbounded memory.
+    fn produce(&mut self, out: Out<'_>, source: Source) {
+        let mut headers = Some(out.headers);
+        loop {
+            let mut record = BaseRecord::with_opaque_to(out.topic, Box::new((source, Instant::now())))
+                .payload(out.payload)
+                .headers(headers.take().expect("headers are put back on retry"));
+            if let Some(k) = out.key {
+                record = record.key(k);
+            }
+            match self.producer.send(record) {
+                Ok(()) => {
+                    self.metrics.offsets_pending.set(self.tracker.pending() as i64);
+                    return;
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), record)) => {
+                    headers = record.headers;
+                    self.settle_acks();
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err((e, record)) => {
+                    // Not a full queue: a record the client refuses (too large,
+                    // unknown topic). Retrying is all that keeps it from being
+                    // lost; say so loudly and back off.
+                    tracing::error!(error = %e, topic = out.topic, "cannot produce; retrying in 1 s");
+                    self.metrics.produce_retries.inc();
+                    headers = record.headers;
+                    self.settle_acks();
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+
+    /// Take the broker's acknowledgements, move the offset watermarks and
+    /// store the offsets that became safe.
+    fn settle_acks(&mut self) {
+        let mut moved = false;
+        while let Ok(ack) = self.acks.try_recv() {
+            match ack.retry {
+                None => {
+                    self.metrics.ack_latency.observe(ack.produced_at.elapsed().as_secs_f64());
+                    self.tracker.finish(ack.source.topic, ack.source.partition, ack.source.offset);
+                    moved = true;
+                }
+                Some(r) => {
+                    tracing::warn!(error = %r.error, topic = %r.topic, "delivery failed; producing again");
+                    self.metrics.produce_retries.inc();
+                    let out = Out {
+                        topic: &r.topic,
+                        key: r.key.as_deref(),
+                        payload: &r.payload,
+                        headers: r.headers.clone().unwrap_or_default(),
+                    };
+                    self.produce(out, ack.source);
+                }
+            }
+        }
+        if moved {
+            self.store_offsets();
+        }
+    }
+
+    fn store_offsets(&mut self) {
+        let ready = self.tracker.take_committable();
+        if ready.is_empty() {
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (t, partition, next) in ready {
+            let topic = if t == TOPIC_TRANSFERS { &self.topics.transfers } else { &self.topics.context_events };
+            let _ = tpl.add_partition_offset(topic, partition, Offset::Offset(next));
+        }
+        if let Err(e) = self.consumer.store_offsets(&tpl) {
+            // A partition revoked meanwhile: its new owner re-reads from the
+            // last commit, which is the at-least-once promise.
+            tracing::debug!(error = %e, "offsets not stored");
+        }
+        self.metrics.offsets_pending.set(self.tracker.pending() as i64);
+    }
+
+    /// After a rebalance took partitions away: wait (briefly) for their
+    /// in-flight outcomes, commit what is safe, and forget them.
+    fn settle_revoked(&mut self) {
+        let revoked = std::mem::take(&mut *self.consumer.context().revoked.lock().expect("revoked lock"));
+        if revoked.is_empty() {
+            return;
+        }
+        let _ = self.producer.flush(Duration::from_secs(5));
+        self.settle_acks();
+        let _ = self.consumer.commit_consumer_state(CommitMode::Sync);
+        for (topic, partition) in revoked {
+            let t = if topic == self.topics.transfers { TOPIC_TRANSFERS } else { TOPIC_CONTEXT };
+            self.tracker.forget(t, partition);
+        }
+    }
+}
+
+/// The `deadline-ms` header, if the transfer API sent one.
+fn deadline_ms(msg: &BorrowedMessage<'_>) -> Option<i64> {
+    let headers = msg.headers()?;
+    headers
+        .iter()
+        .find(|h| h.key == HEADER_DEADLINE_MS)
+        .and_then(|h| std::str::from_utf8(h.value?).ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
+fn correlation_id<M: Message>(msg: &M) -> Option<String> {
+    let headers = msg.headers()?;
+    headers
+        .iter()
+        .find(|h| h.key == HEADER_CORRELATION_ID)
+        .and_then(|h| std::str::from_utf8(h.value?).ok())
+        .map(str::to_owned)
+}
+
+/// Transfers and context events of one account must meet on one instance.
+fn check_copartitioned<C: ConsumerContext>(consumer: &BaseConsumer<C>, topics: &Topics) -> Result<(), PipelineError> {
+    let count = |topic: &str| -> Option<usize> {
+        let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).ok()?;
+        let t = md.topics().first()?;
+        (t.error().is_none() && !t.partitions().is_empty()).then(|| t.partitions().len())
+    };
+    // Unknown counts (broker away, topic not yet created) are not an error
+    // here: the consumer waits for the topics like any other client.
+    if let (Some(a_n), Some(b_n)) = (count(&topics.transfers), count(&topics.context_events)) {
+        if a_n != b_n {
+            return Err(PipelineError::NotCopartitioned {
+                a: topics.transfers.clone(),
+                a_n,
+                b: topics.context_events.clone(),
+                b_n,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Read the tail of the decisions topic into the decision memory, so that
+/// transfers delivered again after a restart get the decision already given.
+fn load_recent_decisions(opts: &Options, stop: &StopFlag) -> Result<DecisionMemory, PipelineError> {
+    let topic = opts.topics.decisions.clone();
+    let err = |source| PipelineError::LoadDecisions { topic: topic.clone(), source };
+    let mut memory = DecisionMemory::new(opts.dedup_capacity);
+    let consumer: BaseConsumer = opts
+        .connection
+        .client_config(&[
+            ("group.id", &format!("{}-decisions-readback", opts.group_id)),
+            ("enable.auto.commit", "false"),
+            ("enable.auto.offset.store", "false"),
+        ])
+        .create()
+        .map_err(err)?;
+    // Wait for the brokers rather than fail: a bank restarts fds and the broker
+    // in any order.
+    let md = loop {
+        match consumer.fetch_metadata(Some(&topic), Duration::from_secs(5)) {
+            Ok(md) if md.topics().first().is_some_and(|t| t.error().is_none() && !t.partitions().is_empty()) => {
+                break md
+            }
+            Ok(_) => tracing::warn!(%topic, "decisions topic not found yet; waiting"),
+            Err(e) => tracing::warn!(error = %e, "brokers unreachable; waiting"),
+        }
+        if stop.load(Ordering::Relaxed) {
+            return Ok(memory);
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    let partitions: Vec<i32> = md.topics()[0].partitions().iter().map(|p| p.id()).collect();
+    let per_partition = (opts.dedup_capacity / partitions.len().max(1)).max(1) as i64;
+    let mut tpl = TopicPartitionList::new();
+    let mut ends = HashMap::new();
+    for &p in &partitions {
+        let (low, high) = consumer.fetch_watermarks(&topic, p, Duration::from_secs(10)).map_err(err)?;
+        if high > low {
+            let from = low.max(high - per_partition);
+            tpl.add_partition_offset(&topic, p, Offset::Offset(from)).map_err(err)?;
+            ends.insert(p, high);
+        }
+    }
+    if ends.is_empty() {
+        return Ok(memory);
+    }
+    consumer.assign(&tpl).map_err(err)?;
+    let started = Instant::now();
+    while !ends.is_empty() && !stop.load(Ordering::Relaxed) {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                if let (Some(id), Some(payload)) = (correlation_id(&m), m.payload()) {
+                    memory.insert(&id, payload.into());
+                }
+                if ends.get(&m.partition()).is_some_and(|&end| m.offset() + 1 >= end) {
+                    ends.remove(&m.partition());
+                }
+            }
+            Some(Err(e)) => tracing::warn!(error = %e, "reading back decisions"),
+            None => {
+                if started.elapsed() > Duration::from_secs(120) {
+                    tracing::warn!(partitions = ends.len(), "gave up reading back decisions after 120 s");
+                    break;
+                }
+            }
+        }
+    }
+    Ok(memory)
+}
+
+/// Every instance reads every label, from the start of the topic: fraud
+/// reports are few, and each instance needs all of them for payee risk.
+fn spawn_labels_reader(
+    engine: Arc<Engine>,
+    opts: &Options,
+    metrics: Arc<Metrics>,
+    stop: StopFlag,
+) -> Result<JoinHandle<()>, PipelineError> {
+    let topic = opts.topics.labels.clone();
+    // A group of its own (never committed) gives this process a reading
+    // position of its own, starting at the beginning each time.
+    let group = format!("{}-labels-{}-{}", opts.group_id, std::process::id(), unique_suffix());
+    let consumer: BaseConsumer = opts
+        .connection
+        .client_config(&[
+            ("group.id", &group),
+            ("enable.auto.commit", "false"),
+            ("auto.offset.reset", "earliest"),
+            ("fetch.wait.max.ms", "100"),
+        ])
+        .create()
+        .map_err(|source| PipelineError::Client {
+            role: "labels consumer",
+            brokers: opts.connection.brokers.clone(),
+            source,
+        })?;
+    consumer.subscribe(&[&topic]).map_err(|source| PipelineError::Subscribe { topics: topic.clone(), source })?;
+    let counter = metrics.events_consumed.with_label_values(&[topic.as_str()]);
+    let dead = metrics.dead_letters.clone();
+    Ok(std::thread::Builder::new()
+        .name("fds-labels".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let Some(r) = consumer.poll(Duration::from_millis(100)) else { continue };
+                let msg = match r {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "labels consumer");
+                        continue;
+                    }
+                };
+                counter.inc();
+                match Event::from_json(msg.payload().unwrap_or_default()) {
+                    Ok(e @ Event::Label(_)) => {
+                        if let Err(err) = engine.process(&e) {
+                            tracing::warn!(error = %err, offset = msg.offset(), "label refused");
+                        }
+                    }
+                    // Labels are read by every instance, so a bad one is
+                    // reported (log, metric) but not dead-lettered: N
+                    // instances would write N copies.
+                    Ok(other) => {
+                        dead.with_label_values(&[DeadLetterKind::WrongTopic.name()]).inc();
+                        tracing::warn!(kind = other.kind(), offset = msg.offset(), "not a label on the labels topic");
+                    }
+                    Err(e) => {
+                        dead.with_label_values(&[DeadLetterKind::Malformed.name()]).inc();
+                        tracing::warn!(
+                            offset = msg.offset(),
+                            "bad label: {}",
+                            crate::event::mask_digit_runs(&e.to_string())
+                        );
+                    }
+                }
+            }
+        })
+        .expect("spawn labels thread"))
+}
+
+/// Ask the brokers for metadata every second: the truth behind `/readyz`.
+fn spawn_health_watch(opts: &Options, health: Arc<Health>, stop: StopFlag) -> Result<JoinHandle<()>, PipelineError> {
+    let client: BaseConsumer =
+        opts.connection.client_config(&[("group.id", "fds-health")]).create().map_err(|source| {
+            PipelineError::Client { role: "health client", brokers: opts.connection.brokers.clone(), source }
+        })?;
+    let topic = opts.topics.decisions.clone();
+    Ok(std::thread::Builder::new()
+        .name("fds-health".into())
+        .spawn(move || {
+            let mut was_up = None;
+            while !stop.load(Ordering::Relaxed) {
+                let up = client.fetch_metadata(Some(&topic), Duration::from_secs(2)).is_ok();
+                if was_up != Some(up) {
+                    if up {
+                        tracing::info!("brokers reachable");
+                    } else {
+                        tracing::error!("brokers unreachable; decisions wait in the producer and are retried");
+                    }
+                    was_up = Some(up);
+                }
+                // The gauges follow the flags at each scrape (`Health::publish`).
+                health.set_broker_up(up);
+                for _ in 0..10 {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        })
+        .expect("spawn health thread"))
+}
+
+fn unique_suffix() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_move_only_past_finished_messages() {
+        let mut t = OffsetTracker::default();
+        for o in 10..15 {
+            t.begin(TOPIC_TRANSFERS, 0, o);
+        }
+        t.finish(TOPIC_TRANSFERS, 0, 12);
+        t.finish(TOPIC_TRANSFERS, 0, 11);
+        assert!(t.take_committable().is_empty(), "10 is not finished, nothing may be stored");
+        assert_eq!(t.pending(), 3);
+        t.finish(TOPIC_TRANSFERS, 0, 10);
+        assert_eq!(t.take_committable(), vec![(TOPIC_TRANSFERS, 0, 13)]);
+        assert!(t.take_committable().is_empty(), "reported once");
+        t.finish(TOPIC_TRANSFERS, 0, 14);
+        assert!(t.take_committable().is_empty(), "13 still open");
+        t.finish(TOPIC_TRANSFERS, 0, 13);
+        assert_eq!(t.take_committable(), vec![(TOPIC_TRANSFERS, 0, 15)]);
+        assert_eq!(t.pending(), 0);
+    }
+
+    #[test]
+    fn partitions_are_tracked_apart_and_forgotten_on_revoke() {
+        let mut t = OffsetTracker::default();
+        t.begin(TOPIC_TRANSFERS, 0, 5);
+        t.begin(TOPIC_TRANSFERS, 1, 5);
+        t.begin(TOPIC_CONTEXT, 0, 7);
+        t.finish(TOPIC_TRANSFERS, 1, 5);
+        t.finish(TOPIC_CONTEXT, 0, 7);
+        let mut c = t.take_committable();
+        c.sort();
+        assert_eq!(c, vec![(TOPIC_TRANSFERS, 1, 6), (TOPIC_CONTEXT, 0, 8)]);
+        t.forget(TOPIC_TRANSFERS, 0);
+        t.finish(TOPIC_TRANSFERS, 0, 5); // a late ack for a revoked partition
+        assert!(t.take_committable().is_empty());
+        assert_eq!(t.pending(), 0);
+    }
+
+    #[test]
+    fn decision_memory_keeps_the_first_answer_and_forgets_the_oldest() {
+        let mut m = DecisionMemory::new(2);
+        m.insert("a", Arc::from(&b"allow"[..]));
+        m.insert("a", Arc::from(&b"hold"[..]));
+        assert_eq!(&**m.get("a").unwrap(), b"allow", "a second answer never replaces the first");
+        m.insert("b", Arc::from(&b"x"[..]));
+        m.insert("c", Arc::from(&b"y"[..]));
+        assert!(m.get("a").is_none(), "oldest forgotten at capacity");
+        assert_eq!(m.len(), 2);
+    }
+}

@@ -124,6 +124,13 @@ impl RuleWatcher {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+
+    /// A reader of the status that outlives borrows of the watcher, for a
+    /// metrics scrape running on another thread.
+    pub fn status_handle(&self) -> impl Fn() -> ReloadStatus + Send + Sync + 'static {
+        let status = self.status.clone();
+        move || status.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
 }
 
 impl Drop for RuleWatcher {

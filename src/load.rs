@@ -1,0 +1,994 @@
+//! Load: the transfer API played against a running `fds run`, end to end.
+//!
+//! This module owns the benchmark of the whole pipeline. It reads recorded
+//! streams (the files and formats of [`crate::replay`]), produces their events
+//! to the input topics as the transfer API and the bank's other systems do (the
+//! contract in [`crate::kafka`]), reads the decisions topic, and times each
+//! transfer from the moment it is handed to the producer to the moment its
+//! decision is read back. Replay times the engine alone; this times what a
+//! customer waits for: producer batching, brokers, the consumer in `fds run`,
+//! the engine, and the decision's way back.
+//!
+//! Guarantees:
+//! - **No decision is missed at the start.** The decisions topic is read from
+//!   explicit offsets, each partition's high watermark fetched before the first
+//!   transfer is sent, not through a consumer group: no rebalance to wait for,
+//!   no offset reset that could skip the first answers.
+//! - **The pace does not drift.** With a rate, transfer `n` is due `n / rate`
+//!   after the first on the monotonic clock; a late send is not carried into
+//!   the next one, and when behind the load sends at once until it catches up.
+//! - **Every transfer is accounted for**: answered (in budget or not), never
+//!   answered within the drain, or never delivered to a broker. Second answers
+//!   and answers to ids never sent are counted apart and kept out of latency.
+//! - **Bad input never stops a load**: lines that are not events are counted
+//!   and skipped, as in replay.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use hdrhistogram::Histogram;
+use indicatif::ProgressBar;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+
+use crate::event::Event;
+use crate::kafka::{Connection, Topics, HEADER_CORRELATION_ID, HEADER_DEADLINE_MS, HEADER_LATE, HEADER_REDELIVERED};
+use crate::replay::{self, BadLine, Format, Latency, ReplayError, Source};
+
+/// The transfer API's usual latency budget.
+pub const DEFAULT_BUDGET_MS: u64 = 200;
+/// Long enough for a pipeline that is behind to catch up, short enough to wait for.
+pub const DEFAULT_DRAIN_SECS: f64 = 10.0;
+/// One millisecond of batching: negligible next to the budget, and it keeps the
+/// producer from sending one request per transfer at high rates.
+pub const DEFAULT_LINGER_MS: u32 = 1;
+/// How long the brokers get to answer at the start.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// At most this many bad lines are listed in a report (all are counted).
+const BAD_LINES_LISTED: usize = 20;
+/// Latencies are recorded in microseconds, up to an hour (anything longer is
+/// clamped: such a transfer has failed whatever its exact figure).
+const MAX_LATENCY_US: u64 = 3_600_000_000;
+/// How long the decision reader waits for a message before it looks at its
+/// notes and the drain deadline again.
+const READ_POLL: Duration = Duration::from_millis(20);
+/// Consumer errors logged one by one before the rest are only counted.
+const CONSUMER_ERRORS_LOGGED: u64 = 5;
+
+/// Why a load could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// An input file could not be opened or is not in the format asked for.
+    #[error(transparent)]
+    Input(#[from] ReplayError),
+    #[error("the rate must be a positive number of transfers per second, got {0}")]
+    InvalidRate(f64),
+    /// The metadata request at the start got no answer: nothing was sent.
+    #[error("no broker answered at {brokers} within {} s", timeout.as_secs_f64())]
+    Unreachable {
+        brokers: String,
+        timeout: Duration,
+        #[source]
+        source: KafkaError,
+    },
+    /// `fds load` creates no topics: a missing one is a deployment mistake that
+    /// `fds run` would trip over too.
+    #[error("topic {topic:?} ({role}) does not exist on {brokers}, or has no partitions")]
+    MissingTopic { topic: String, role: &'static str, brokers: String },
+    /// A client could not be created, or a request or a send failed for good.
+    #[error("{context}")]
+    Kafka {
+        context: String,
+        #[source]
+        source: KafkaError,
+    },
+    /// The thread reading decisions panicked; its counts are lost.
+    #[error("the decision reader thread panicked")]
+    ReaderPanicked,
+}
+
+impl LoadError {
+    fn kafka(context: impl Into<String>) -> impl FnOnce(KafkaError) -> LoadError {
+        let context = context.into();
+        move |source| LoadError::Kafka { context, source }
+    }
+}
+
+/// What to load, where, and how fast.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Recorded streams, sent in order.
+    pub files: Vec<PathBuf>,
+    pub format: Format,
+    pub connection: Connection,
+    pub topics: Topics,
+    /// Transfers per second; `None` sends as fast as the producer takes them.
+    /// Context events and labels go out as they come and do not count.
+    pub rate: Option<f64>,
+    /// Stop after this many transfers.
+    pub limit: Option<u64>,
+    /// Written into each transfer's `deadline-ms` header (wall clock at send
+    /// plus budget); an answer slower than this missed the budget.
+    pub budget: Duration,
+    /// How long to wait after the last send for the decisions still due.
+    pub drain: Duration,
+    /// Producer `linger.ms`.
+    pub linger_ms: u32,
+    /// How long the brokers get to answer the first metadata request.
+    pub connect_timeout: Duration,
+}
+
+impl LoadOptions {
+    /// Options with the defaults above, unpaced and unlimited.
+    pub fn new(files: Vec<PathBuf>, connection: Connection, topics: Topics) -> Self {
+        LoadOptions {
+            files,
+            format: Format::Auto,
+            connection,
+            topics,
+            rate: None,
+            limit: None,
+            budget: Duration::from_millis(DEFAULT_BUDGET_MS),
+            drain: Duration::from_secs_f64(DEFAULT_DRAIN_SECS),
+            linger_ms: DEFAULT_LINGER_MS,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+        }
+    }
+}
+
+/// Everything a load measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadReport {
+    pub inputs: Vec<String>,
+    pub brokers: String,
+    /// The rate asked for, in transfers per second; `None` for flat out.
+    pub target_rate: Option<f64>,
+    pub budget_ms: u64,
+    pub drain_s: f64,
+
+    pub transfers_sent: u64,
+    pub context_events_sent: u64,
+    pub labels_sent: u64,
+    pub bad_lines: u64,
+    pub bad_line_samples: Vec<BadLine>,
+    /// Sending stopped at the transfer limit.
+    pub stopped_at_limit: bool,
+    /// Messages of any kind the producer gave up on, and of those, transfers
+    /// (which are then not waited for).
+    pub delivery_failures: u64,
+    pub transfers_not_delivered: u64,
+    pub first_delivery_error: Option<String>,
+    /// Times a send found the producer queue full and waited.
+    pub queue_full_waits: u64,
+    /// Transfer ids that came up again in the input: their later decisions
+    /// count as duplicates.
+    pub repeated_ids: u64,
+
+    /// From the first transfer sent to the last one.
+    pub send_s: f64,
+    /// Transfers per second achieved while sending.
+    pub sent_per_s: f64,
+    /// From the first transfer sent to the last decision read (or to the last
+    /// send when that is later).
+    pub elapsed_s: f64,
+    pub decisions_per_s: f64,
+
+    /// Transfers answered (first decisions only).
+    pub decisions_received: u64,
+    /// End to end: handed to the producer → decision read back.
+    pub latency: Latency,
+    /// Answered, but later than the budget.
+    pub missed_budget: u64,
+    /// Sent, delivered, and not answered within the drain.
+    pub never_answered: u64,
+    /// Answers `fds run` marked late (header `fds-late` or `"late": true`):
+    /// it consumed the transfer after its deadline.
+    pub late: u64,
+    pub allow: u64,
+    pub hold: u64,
+    /// Answers whose `decision` was missing or neither allow nor hold.
+    pub other_decisions: u64,
+    /// Second and later answers for one transfer...
+    pub duplicates: u64,
+    /// ...of which with a different `decision` than the first.
+    pub contradictory: u64,
+    /// Answers of any rank carrying `fds-redelivered: true`.
+    pub redelivered: u64,
+    /// Answers for ids this load never sent (another client's, or a previous run's).
+    pub unknown: u64,
+    /// Messages on the decisions topic with no id in header or body.
+    pub unreadable: u64,
+    pub consumer_errors: u64,
+}
+
+/// A progress bar for [`run`], drawn on stderr.
+pub fn progress_bar() -> ProgressBar {
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} load [{bar:40}] {bytes}/{total_bytes} {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar
+}
+
+/// Send `opts.files` to the brokers, read the decisions back, and report.
+///
+/// Nothing is sent until the brokers have answered, every topic exists and the
+/// decision reader is positioned at the end of the decisions topic.
+pub fn run(opts: LoadOptions, progress: Option<ProgressBar>) -> Result<LoadReport, LoadError> {
+    if let Some(r) = opts.rate {
+        if !(r > 0.0 && r.is_finite()) {
+            return Err(LoadError::InvalidRate(r));
+        }
+    }
+    let sources = opts.files.iter().map(|f| replay::open(f, opts.format)).collect::<Result<Vec<_>, _>>()?;
+    let inputs: Vec<String> = sources.iter().map(|s| s.name.clone()).collect();
+    let bar = progress.unwrap_or_else(ProgressBar::hidden);
+    bar.set_length(sources.iter().map(|s| s.size).sum());
+
+    let consumer = decision_reader(&opts)?;
+    let (notes, notes_rx) = mpsc::channel();
+    let delivery = Delivery { notes: notes.clone(), failed: AtomicU64::new(0), first_error: Mutex::new(None) };
+    let linger = opts.linger_ms.to_string();
+    let producer: ThreadedProducer<Delivery> = opts
+        .connection
+        .client_config(&[("linger.ms", &linger), ("enable.idempotence", "true"), ("acks", "all")])
+        .create_with_context(delivery)
+        .map_err(LoadError::kafka("cannot create the producer"))?;
+
+    let answered = Arc::new(AtomicU64::new(0));
+    let matcher = Matcher::new(opts.budget);
+    let drain = opts.drain;
+    let reader = {
+        let answered = answered.clone();
+        std::thread::Builder::new()
+            .name("fds-load-decisions".into())
+            .spawn(move || read_decisions(consumer, notes_rx, matcher, drain, &answered))
+            .expect("spawn the decision reader")
+    };
+
+    let produced = produce(&producer, sources, &opts, &notes, &bar, &answered);
+    // Every delivery report is in once the flush returns, so the reader learns
+    // of every undelivered transfer before it gives up waiting.
+    let flushed = producer.flush(opts.drain);
+    let last_send = produced.as_ref().ok().and_then(|p| p.last_send).unwrap_or_else(Instant::now);
+    let _ = notes.send(Note::Done { last_send });
+    drop(notes);
+    let sent = produced.as_ref().map(|p| p.transfers).unwrap_or(0);
+    while !reader.is_finished() {
+        let got = answered.load(Ordering::Relaxed);
+        bar.set_message(format!("sent {sent}, answered {got}, draining"));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bar.finish_and_clear();
+    let read = reader.join().map_err(|_| LoadError::ReaderPanicked)?;
+    let produced = produced?;
+    if let Err(e) = flushed {
+        tracing::warn!(error = %e, "the producer did not deliver everything within the drain");
+    }
+
+    let ctx = producer.context();
+    let delivery_failures = ctx.failed.load(Ordering::Relaxed);
+    let first_delivery_error = ctx.first_error.lock().map(|e| e.clone()).unwrap_or(None);
+    Ok(report(&opts, inputs, produced, read, delivery_failures, first_delivery_error))
+}
+
+fn report(
+    opts: &LoadOptions,
+    inputs: Vec<String>,
+    p: Produced,
+    r: ReaderResult,
+    delivery_failures: u64,
+    first_delivery_error: Option<String>,
+) -> LoadReport {
+    let m = r.matcher;
+    let t = &m.tally;
+    let secs = |a: Option<Instant>, b: Option<Instant>| match (a, b) {
+        (Some(a), Some(b)) => b.saturating_duration_since(a).as_secs_f64(),
+        _ => 0.0,
+    };
+    let send_s = secs(p.first_send, p.last_send);
+    let last = match (p.last_send, m.last_answer) {
+        (Some(s), Some(a)) => Some(s.max(a)),
+        (s, a) => s.or(a),
+    };
+    let elapsed_s = secs(p.first_send, last);
+    let answered_in = secs(p.first_send, m.last_answer);
+    LoadReport {
+        inputs,
+        brokers: opts.connection.brokers.clone(),
+        target_rate: opts.rate,
+        budget_ms: opts.budget.as_millis() as u64,
+        drain_s: opts.drain.as_secs_f64(),
+        transfers_sent: p.transfers,
+        context_events_sent: p.context_events,
+        labels_sent: p.labels,
+        bad_lines: p.bad_lines,
+        bad_line_samples: p.bad_line_samples,
+        stopped_at_limit: p.stopped_at_limit,
+        delivery_failures,
+        transfers_not_delivered: t.retracted,
+        first_delivery_error,
+        queue_full_waits: p.queue_full_waits,
+        repeated_ids: t.repeated_ids,
+        send_s,
+        // Intervals between sends, so a paced run reports exactly its rate.
+        sent_per_s: if p.transfers > 1 { (p.transfers - 1) as f64 / send_s.max(1e-9) } else { 0.0 },
+        elapsed_s,
+        decisions_per_s: if t.answered > 0 { t.answered as f64 / answered_in.max(1e-9) } else { 0.0 },
+        decisions_received: t.answered,
+        latency: latency_summary(&m.hist),
+        missed_budget: t.missed_budget,
+        never_answered: m.outstanding,
+        late: t.late,
+        allow: t.allow,
+        hold: t.hold,
+        other_decisions: t.other,
+        duplicates: t.duplicates,
+        contradictory: t.contradictory,
+        redelivered: t.redelivered,
+        unknown: t.unknown,
+        unreadable: t.unreadable,
+        consumer_errors: r.consumer_errors,
+    }
+}
+
+/// What the producing side tells the decision reader, in send order.
+#[derive(Debug)]
+enum Note {
+    /// A transfer is about to be handed to the producer. Sent before the
+    /// transfer, so it is always queued before its decision can exist.
+    Sent { id: Box<str>, at: Instant },
+    /// The producer gave up on this transfer: do not wait for it.
+    Failed { id: Box<str> },
+    /// No more transfers; wait for the rest until `last_send` plus the drain.
+    Done { last_send: Instant },
+}
+
+/// The producer's delivery reports: failures are counted, and failed
+/// transfers (known by their correlation-id header) are taken off the list of
+/// those waited for.
+struct Delivery {
+    notes: Sender<Note>,
+    failed: AtomicU64,
+    first_error: Mutex<Option<String>>,
+}
+
+impl ClientContext for Delivery {}
+
+impl ProducerContext for Delivery {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        let Err((e, msg)) = result else { return };
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut first) = self.first_error.lock() {
+            if first.is_none() {
+                tracing::warn!(topic = msg.topic(), error = %e, "the producer gave up on a message");
+                *first = Some(format!("{}: {e}", msg.topic()));
+            }
+        }
+        let id = msg.headers().and_then(|h| {
+            h.iter().find(|h| h.key == HEADER_CORRELATION_ID).and_then(|h| h.value).map(String::from_utf8_lossy)
+        });
+        if let Some(id) = id {
+            let _ = self.notes.send(Note::Failed { id: id.into() });
+        }
+    }
+}
+
+/// A consumer assigned every partition of the decisions topic at its current
+/// end, after checking that the brokers answer and every topic exists.
+fn decision_reader(opts: &LoadOptions) -> Result<BaseConsumer, LoadError> {
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos();
+    // No group is joined (the partitions are assigned), but librdkafka wants
+    // a group id for some calls; a unique one can never disturb a real group.
+    let group = format!("fds-load-{}-{nanos}", std::process::id());
+    let consumer: BaseConsumer = opts
+        .connection
+        .client_config(&[
+            ("group.id", &group),
+            ("enable.auto.commit", "false"),
+            ("enable.auto.offset.store", "false"),
+            ("enable.partition.eof", "false"),
+        ])
+        .create()
+        .map_err(LoadError::kafka("cannot create the decisions consumer"))?;
+    let timeout = opts.connect_timeout;
+    let brokers = &opts.connection.brokers;
+    // All topics at once: asking for one by name may create it on brokers
+    // that auto-create topics.
+    let metadata = consumer.fetch_metadata(None, timeout).map_err(|source| LoadError::Unreachable {
+        brokers: brokers.clone(),
+        timeout,
+        source,
+    })?;
+    let t = &opts.topics;
+    let roles = [
+        ("transfers", &t.transfers),
+        ("context events", &t.context_events),
+        ("labels", &t.labels),
+        ("decisions", &t.decisions),
+    ];
+    let mut decision_partitions = Vec::new();
+    for (role, name) in roles {
+        let found = metadata.topics().iter().find(|m| m.name() == name.as_str());
+        let partitions: Vec<i32> = match found {
+            Some(m) if m.error().is_none() => m.partitions().iter().map(|p| p.id()).collect(),
+            _ => Vec::new(),
+        };
+        if partitions.is_empty() {
+            return Err(LoadError::MissingTopic { topic: name.clone(), role, brokers: brokers.clone() });
+        }
+        if role == "decisions" {
+            decision_partitions = partitions;
+        }
+    }
+    // Explicit offsets: everything answered from here on is at or past these,
+    // whenever the fetching actually starts.
+    let mut assignment = TopicPartitionList::new();
+    for p in decision_partitions {
+        let (_, high) = consumer
+            .fetch_watermarks(&t.decisions, p, timeout)
+            .map_err(LoadError::kafka(format!("cannot read the end offset of {}/{p}", t.decisions)))?;
+        assignment
+            .add_partition_offset(&t.decisions, p, Offset::Offset(high))
+            .map_err(LoadError::kafka("cannot build the decisions assignment"))?;
+    }
+    consumer.assign(&assignment).map_err(LoadError::kafka(format!("cannot assign {}", t.decisions)))?;
+    Ok(consumer)
+}
+
+/// What the producing side did.
+#[derive(Debug, Default)]
+struct Produced {
+    transfers: u64,
+    context_events: u64,
+    labels: u64,
+    bad_lines: u64,
+    bad_line_samples: Vec<BadLine>,
+    stopped_at_limit: bool,
+    queue_full_waits: u64,
+    first_send: Option<Instant>,
+    last_send: Option<Instant>,
+}
+
+fn produce(
+    producer: &ThreadedProducer<Delivery>,
+    sources: Vec<Source>,
+    opts: &LoadOptions,
+    notes: &Sender<Note>,
+    bar: &ProgressBar,
+    answered: &AtomicU64,
+) -> Result<Produced, LoadError> {
+    let mut p = Produced::default();
+    let pacer = opts.rate.map(|per_second| Pacer { per_second });
+    let limit = opts.limit.unwrap_or(u64::MAX);
+    let topics = &opts.topics;
+    let mut done_bytes = 0u64;
+    let mut records = 0u64;
+    'sources: for src in sources {
+        for item in src.events {
+            let event = match item {
+                Ok((_, event)) => event,
+                Err((line, reason)) => {
+                    p.bad_lines += 1;
+                    if p.bad_line_samples.len() < BAD_LINES_LISTED {
+                        let reason = crate::event::mask_digit_runs(&reason);
+                        p.bad_line_samples.push(BadLine { file: src.name.clone(), line, reason });
+                    }
+                    continue;
+                }
+            };
+            let payload = event.to_json();
+            match &event {
+                Event::Transfer(t) => {
+                    if p.transfers >= limit {
+                        p.stopped_at_limit = true;
+                        break 'sources;
+                    }
+                    if let (Some(pacer), Some(first)) = (pacer, p.first_send) {
+                        if let Some(wait) = pacer.wait(p.transfers, first.elapsed()) {
+                            std::thread::sleep(wait);
+                        }
+                    }
+                    let deadline_ms = unix_ms() + opts.budget.as_millis() as u64;
+                    let headers = OwnedHeaders::new_with_capacity(2)
+                        .insert(Header { key: HEADER_CORRELATION_ID, value: Some(&t.bank_tran_id) })
+                        .insert(Header { key: HEADER_DEADLINE_MS, value: Some(&deadline_ms.to_string()) });
+                    let at = Instant::now();
+                    let _ = notes.send(Note::Sent { id: t.bank_tran_id.as_str().into(), at });
+                    p.first_send.get_or_insert(at);
+                    p.last_send = Some(at);
+                    p.queue_full_waits +=
+                        send(producer, &topics.transfers, &t.fintech_use_num, payload.as_bytes(), Some(headers))?;
+                    p.transfers += 1;
+                }
+                Event::Label(l) => {
+                    p.queue_full_waits += send(producer, &topics.labels, &l.payee_key(), payload.as_bytes(), None)?;
+                    p.labels += 1;
+                }
+                other => {
+                    let key = other.account().unwrap_or_default();
+                    p.queue_full_waits += send(producer, &topics.context_events, key, payload.as_bytes(), None)?;
+                    p.context_events += 1;
+                }
+            }
+            records += 1;
+            if records % 256 == 0 {
+                bar.set_position(done_bytes + src.position.load(Ordering::Relaxed));
+                let got = answered.load(Ordering::Relaxed);
+                bar.set_message(format!("sent {} transfers, answered {got}", p.transfers));
+            }
+        }
+        done_bytes += src.size;
+        bar.set_position(done_bytes);
+    }
+    Ok(p)
+}
+
+/// Hand one message to the producer, waiting while its queue is full.
+/// Returns how many times it had to wait.
+fn send(
+    producer: &ThreadedProducer<Delivery>,
+    topic: &str,
+    key: &str,
+    payload: &[u8],
+    headers: Option<OwnedHeaders>,
+) -> Result<u64, LoadError> {
+    let mut record = BaseRecord::to(topic).key(key).payload(payload);
+    if let Some(h) = headers {
+        record = record.headers(h);
+    }
+    let mut waits = 0;
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(waits),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                waits += 1;
+                record = back;
+                producer.poll(Duration::from_millis(1));
+            }
+            Err((e, _)) => return Err(LoadError::kafka(format!("cannot produce to {topic}"))(e)),
+        }
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
+}
+
+struct ReaderResult {
+    matcher: Matcher,
+    consumer_errors: u64,
+}
+
+/// The decision reader's loop: match every decision read until all transfers
+/// are answered or the drain after the last send is over.
+fn read_decisions(
+    consumer: BaseConsumer,
+    notes: Receiver<Note>,
+    mut matcher: Matcher,
+    drain: Duration,
+    answered: &AtomicU64,
+) -> ReaderResult {
+    let mut deadline: Option<Instant> = None;
+    let mut consumer_errors = 0u64;
+    loop {
+        let polled = consumer.poll(READ_POLL);
+        let now = Instant::now();
+        // Take in every transfer sent so far before matching: its note was
+        // queued before it was sent, so before its decision could be read.
+        loop {
+            match notes.try_recv() {
+                Ok(Note::Sent { id, at }) => matcher.sent(id, at),
+                Ok(Note::Failed { id }) => matcher.retract(&id),
+                Ok(Note::Done { last_send }) => deadline = Some(last_send + drain),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    deadline.get_or_insert(now);
+                    break;
+                }
+            }
+        }
+        match polled {
+            Some(Ok(msg)) => {
+                let headers = msg.headers().map(|h| h.iter().map(|h| (h.key, h.value)).collect::<Vec<_>>());
+                let d = read_decision(headers.into_iter().flatten(), msg.payload());
+                matcher.answer(d, now);
+                answered.store(matcher.tally.answered, Ordering::Relaxed);
+            }
+            Some(Err(e)) => {
+                consumer_errors += 1;
+                if consumer_errors <= CONSUMER_ERRORS_LOGGED {
+                    tracing::warn!(error = %e, "error reading decisions");
+                }
+            }
+            None => {}
+        }
+        if let Some(deadline) = deadline {
+            if matcher.outstanding == 0 || now >= deadline {
+                break;
+            }
+        }
+    }
+    ReaderResult { matcher, consumer_errors }
+}
+
+/// The send schedule: transfer `n` (from 0) is due `n / per_second` after the
+/// first, so one slow send delays nothing after it.
+#[derive(Debug, Clone, Copy)]
+struct Pacer {
+    per_second: f64,
+}
+
+impl Pacer {
+    fn due(self, n: u64) -> Duration {
+        Duration::try_from_secs_f64(n as f64 / self.per_second).unwrap_or(Duration::MAX)
+    }
+
+    /// How long to sleep before transfer `n`, `elapsed` after the first;
+    /// `None` when it is due or overdue.
+    fn wait(self, n: u64, elapsed: Duration) -> Option<Duration> {
+        self.due(n).checked_sub(elapsed).filter(|d| !d.is_zero())
+    }
+}
+
+/// The `decision` field of an answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Verdict {
+    Allow,
+    Hold,
+    /// Missing (empty) or a value this load does not know.
+    Other(Box<str>),
+}
+
+/// What a message on the decisions topic says, as far as matching goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ReadDecision {
+    id: Option<String>,
+    verdict: Verdict,
+    late: bool,
+    redelivered: bool,
+}
+
+/// The body fields matching needs; the rest of the decision is not looked at.
+#[derive(Debug, Default, Deserialize)]
+struct Body {
+    #[serde(default)]
+    bank_tran_id: Option<String>,
+    #[serde(default)]
+    decision: Option<String>,
+    #[serde(default)]
+    late: Option<bool>,
+}
+
+/// Read a decision from its headers and body. The correlation-id header wins:
+/// it is what the transfer API matches by; the body's `bank_tran_id` is the
+/// fallback for producers that drop headers.
+fn read_decision<'h>(
+    headers: impl IntoIterator<Item = (&'h str, Option<&'h [u8]>)>,
+    body: Option<&[u8]>,
+) -> ReadDecision {
+    let body: Body = body.and_then(|b| serde_json::from_slice(b).ok()).unwrap_or_default();
+    let mut id = None;
+    let mut late = body.late == Some(true);
+    let mut redelivered = false;
+    for (key, value) in headers {
+        let value = value.and_then(|v| std::str::from_utf8(v).ok()).unwrap_or("");
+        match key {
+            HEADER_CORRELATION_ID if !value.is_empty() => id = Some(value.to_owned()),
+            HEADER_LATE => late |= value == "true",
+            HEADER_REDELIVERED => redelivered |= value == "true",
+            _ => {}
+        }
+    }
+    let id = id.or(body.bank_tran_id.filter(|s| !s.is_empty()));
+    let verdict = match body.decision.as_deref() {
+        Some("allow") => Verdict::Allow,
+        Some("hold") => Verdict::Hold,
+        other => Verdict::Other(other.unwrap_or("").into()),
+    };
+    ReadDecision { id, verdict, late, redelivered }
+}
+
+/// Counts kept while matching.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Tally {
+    answered: u64,
+    missed_budget: u64,
+    late: u64,
+    allow: u64,
+    hold: u64,
+    other: u64,
+    duplicates: u64,
+    contradictory: u64,
+    redelivered: u64,
+    unknown: u64,
+    unreadable: u64,
+    repeated_ids: u64,
+    retracted: u64,
+}
+
+/// A transfer sent, and its first answer once there is one (kept to tell a
+/// repeated answer from a contradictory one).
+#[derive(Debug)]
+struct Pending {
+    at: Instant,
+    first: Option<Verdict>,
+}
+
+/// Decisions matched to the transfers sent, by id.
+#[derive(Debug)]
+struct Matcher {
+    budget: Duration,
+    sent: HashMap<Box<str>, Pending>,
+    /// Sent, delivered, not answered yet.
+    outstanding: u64,
+    /// End-to-end latency of first answers, in microseconds.
+    hist: Histogram<u64>,
+    tally: Tally,
+    last_answer: Option<Instant>,
+}
+
+impl Matcher {
+    fn new(budget: Duration) -> Self {
+        Matcher {
+            budget,
+            sent: HashMap::new(),
+            outstanding: 0,
+            hist: Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("valid bounds"),
+            tally: Tally::default(),
+            last_answer: None,
+        }
+    }
+
+    /// A transfer was sent. An id sent before keeps its first send time, so
+    /// the answer to the repeat counts as a duplicate.
+    fn sent(&mut self, id: Box<str>, at: Instant) {
+        if self.sent.contains_key(&id) {
+            self.tally.repeated_ids += 1;
+            return;
+        }
+        self.sent.insert(id, Pending { at, first: None });
+        self.outstanding += 1;
+    }
+
+    /// The transfer never reached a broker: stop waiting for it.
+    fn retract(&mut self, id: &str) {
+        if self.sent.get(id).is_some_and(|p| p.first.is_none()) {
+            self.sent.remove(id);
+            self.outstanding -= 1;
+            self.tally.retracted += 1;
+        }
+    }
+
+    fn answer(&mut self, d: ReadDecision, at: Instant) {
+        let Some(id) = d.id else {
+            self.tally.unreadable += 1;
+            return;
+        };
+        let Some(pending) = self.sent.get_mut(id.as_str()) else {
+            self.tally.unknown += 1;
+            return;
+        };
+        let t = &mut self.tally;
+        t.redelivered += u64::from(d.redelivered);
+        if let Some(first) = &pending.first {
+            t.duplicates += 1;
+            t.contradictory += u64::from(*first != d.verdict);
+            return;
+        }
+        let latency = at.saturating_duration_since(pending.at);
+        self.hist.saturating_record((latency.as_micros() as u64).max(1));
+        t.answered += 1;
+        t.missed_budget += u64::from(latency > self.budget);
+        t.late += u64::from(d.late);
+        match d.verdict {
+            Verdict::Allow => t.allow += 1,
+            Verdict::Hold => t.hold += 1,
+            Verdict::Other(_) => t.other += 1,
+        }
+        pending.first = Some(d.verdict);
+        self.outstanding -= 1;
+        self.last_answer = Some(at);
+    }
+}
+
+/// Percentiles of a histogram of microseconds.
+fn latency_summary(hist: &Histogram<u64>) -> Latency {
+    if hist.is_empty() {
+        return Latency::default();
+    }
+    let q = |q: f64| hist.value_at_quantile(q) as f64;
+    Latency { p50_us: q(0.50), p99_us: q(0.99), p999_us: q(0.999), max_us: hist.max() as f64, mean_us: hist.mean() }
+}
+
+impl LoadReport {
+    /// The report as a person reads it.
+    pub fn render(&self) -> String {
+        use std::fmt::Write as _;
+        let mut s = String::new();
+        let w = &mut s;
+        let pace = match self.target_rate {
+            Some(r) => format!("{r} transfers/s"),
+            None => "as fast as possible".to_owned(),
+        };
+        let _ = writeln!(w, "fds load: {} -> {}", self.inputs.join(", "), self.brokers);
+        let _ = writeln!(w, "  pace {pace}, budget {} ms, drain {} s", self.budget_ms, self.drain_s);
+        let _ = writeln!(
+            w,
+            "  sent transfers {}, context events {}, labels {}; bad lines {}",
+            self.transfers_sent, self.context_events_sent, self.labels_sent, self.bad_lines
+        );
+        for b in &self.bad_line_samples {
+            let _ = writeln!(w, "    {}:{}: {}", b.file, b.line, b.reason);
+        }
+        if self.bad_lines as usize > self.bad_line_samples.len() {
+            let _ = writeln!(w, "    ... {} more", self.bad_lines as usize - self.bad_line_samples.len());
+        }
+        if self.stopped_at_limit {
+            let _ = writeln!(w, "  stopped at the transfer limit");
+        }
+        if self.delivery_failures > 0 {
+            let _ = writeln!(
+                w,
+                "  NOT DELIVERED: {} messages ({} transfers, not waited for); first: {}",
+                self.delivery_failures,
+                self.transfers_not_delivered,
+                self.first_delivery_error.as_deref().unwrap_or("?")
+            );
+        }
+        if self.queue_full_waits > 0 {
+            let _ = writeln!(w, "  producer queue full: waited {} times", self.queue_full_waits);
+        }
+        if self.repeated_ids > 0 {
+            let _ = writeln!(w, "  transfer ids repeated in the input: {}", self.repeated_ids);
+        }
+        let _ = writeln!(w, "\nsending     {:.0} transfers/s over {:.2} s", self.sent_per_s, self.send_s);
+        let _ = writeln!(
+            w,
+            "decisions   {} of {} transfers, {:.0} decisions/s over {:.2} s",
+            self.decisions_received, self.transfers_sent, self.decisions_per_s, self.elapsed_s
+        );
+        let l = &self.latency;
+        let ms = |us: f64| us / 1000.0;
+        let _ = writeln!(
+            w,
+            "end to end  p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms  (mean {:.2} ms)",
+            ms(l.p50_us),
+            ms(l.p99_us),
+            ms(l.p999_us),
+            ms(l.max_us),
+            ms(l.mean_us)
+        );
+        let _ = writeln!(
+            w,
+            "budget      missed by {} answers ({:.2}%), marked late by fds {}, never answered within the drain {}",
+            self.missed_budget,
+            100.0 * self.missed_budget as f64 / self.decisions_received.max(1) as f64,
+            self.late,
+            self.never_answered
+        );
+        let _ = writeln!(w, "answers     allow {}  hold {}  other {}", self.allow, self.hold, self.other_decisions);
+        let _ = writeln!(
+            w,
+            "anomalies   duplicates {} (contradictory {}), redelivered {}, unknown ids {}, unreadable {}",
+            self.duplicates, self.contradictory, self.redelivered, self.unknown, self.unreadable
+        );
+        if self.consumer_errors > 0 {
+            let _ = writeln!(w, "  errors reading decisions: {}", self.consumer_errors);
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decision(id: &str, verdict: &str) -> ReadDecision {
+        let body = format!(r#"{{"schema_version":1,"bank_tran_id":"{id}","decision":"{verdict}","late":false}}"#);
+        read_decision([], Some(body.as_bytes()))
+    }
+
+    #[test]
+    fn pacing_follows_the_schedule_without_drift() {
+        let p = Pacer { per_second: 1000.0 };
+        assert_eq!(p.due(0), Duration::ZERO);
+        assert_eq!(p.due(1500), Duration::from_millis(1500));
+        // Ahead of schedule: sleep the difference.
+        assert_eq!(p.wait(10, Duration::from_millis(4)), Some(Duration::from_millis(6)));
+        // Behind: send at once, and the next transfer is still due on the
+        // original schedule, not one interval after the late send.
+        assert_eq!(p.wait(10, Duration::from_millis(25)), None);
+        assert_eq!(p.wait(30, Duration::from_millis(25)), Some(Duration::from_millis(5)));
+        assert_eq!(p.wait(10, Duration::from_millis(10)), None);
+    }
+
+    #[test]
+    fn reads_the_header_first_and_falls_back_to_the_body() {
+        let body = br#"{"schema_version":1,"bank_tran_id":"B1","decision":"hold","late":true,"score":3}"#;
+        let d = read_decision([("correlation-id", Some(&b"H1"[..]))], Some(&body[..]));
+        assert_eq!(d, ReadDecision { id: Some("H1".into()), verdict: Verdict::Hold, late: true, redelivered: false });
+        let d = read_decision([("fds-late", Some(&b"true"[..])), ("fds-redelivered", Some(&b"true"[..]))], None);
+        assert_eq!(d.id, None);
+        assert!(d.late && d.redelivered);
+        assert_eq!(d.verdict, Verdict::Other("".into()));
+        let d = read_decision([("correlation-id", Some(&b""[..]))], Some(&br#"{"bank_tran_id":"B2"}"#[..]));
+        assert_eq!(d.id.as_deref(), Some("B2"));
+        assert_eq!(read_decision([], Some(&b"not json"[..])).id, None);
+    }
+
+    #[test]
+    fn matches_first_answers_and_counts_duplicates_apart() {
+        let t0 = Instant::now();
+        let mut m = Matcher::new(Duration::from_millis(200));
+        for id in ["A", "B", "C", "D"] {
+            m.sent(id.into(), t0);
+        }
+        m.sent("A".into(), t0 + Duration::from_secs(1));
+        assert_eq!(m.tally.repeated_ids, 1);
+        assert_eq!(m.outstanding, 4);
+
+        m.answer(decision("A", "allow"), t0 + Duration::from_millis(5));
+        m.answer(decision("B", "hold"), t0 + Duration::from_millis(300));
+        m.answer(decision("A", "allow"), t0 + Duration::from_millis(6));
+        m.answer(decision("B", "allow"), t0 + Duration::from_millis(7));
+        m.answer(decision("Z", "allow"), t0 + Duration::from_millis(8));
+        m.answer(read_decision([], Some(&b"{}"[..])), t0);
+        m.retract("D");
+        m.retract("A"); // answered already: not retracted
+
+        let t = &m.tally;
+        assert_eq!((t.answered, t.allow, t.hold), (2, 1, 1));
+        assert_eq!((t.duplicates, t.contradictory), (2, 1));
+        assert_eq!((t.unknown, t.unreadable, t.retracted), (1, 1, 1));
+        assert_eq!(t.missed_budget, 1);
+        assert_eq!(m.outstanding, 1, "C never answered");
+        assert_eq!(m.hist.len(), 2, "duplicates and unknown ids stay out of latency");
+        assert_eq!(m.last_answer, Some(t0 + Duration::from_millis(300)));
+    }
+
+    #[test]
+    fn summarizes_microsecond_percentiles() {
+        assert_eq!(latency_summary(&Histogram::new(3).unwrap()).p99_us, 0.0);
+        let mut h = Histogram::<u64>::new_with_bounds(1, MAX_LATENCY_US, 3).unwrap();
+        for us in 1..=1000 {
+            h.record(us * 1000).unwrap();
+        }
+        let l = latency_summary(&h);
+        let near = |got: f64, want: f64| (got - want).abs() / want < 0.002;
+        assert!(near(l.p50_us, 500_000.0), "{l:?}");
+        assert!(near(l.p99_us, 990_000.0), "{l:?}");
+        assert!(near(l.p999_us, 999_000.0), "{l:?}");
+        assert!(near(l.max_us, 1_000_000.0), "{l:?}");
+        assert!(near(l.mean_us, 500_500.0), "{l:?}");
+    }
+
+    #[test]
+    fn renders_a_report() {
+        let opts = LoadOptions::new(vec![], Connection::new("127.0.0.1:9092"), Topics::default());
+        let r = report(
+            &opts,
+            vec!["x.jsonl".into()],
+            Produced { transfers: 2, ..Produced::default() },
+            ReaderResult { matcher: Matcher::new(opts.budget), consumer_errors: 0 },
+            0,
+            None,
+        );
+        let text = r.render();
+        assert!(text.contains("decisions   0 of 2 transfers"), "{text}");
+        assert!(text.contains("as fast as possible"), "{text}");
+    }
+}

@@ -1,0 +1,470 @@
+//! Prometheus metrics: every metric the product exports, named once, here.
+//!
+//! This module owns the metric names, their help texts, labels and histogram
+//! buckets, and the [`Registry`] they live in. The pipeline and the engine's
+//! callers update the public fields; [`crate::api`] serves [`Metrics::encode`].
+//!
+//! Why it is built this way:
+//! - One place for names, so a dashboard or alert can be checked against one
+//!   file, and a rename is one edit.
+//! - A [`Registry`] owned by [`Metrics`] rather than the process-wide default,
+//!   so tests (and replay) can make as many independent sets as they like.
+//!
+//! Guarantees:
+//! - **Bounded cardinality.** No label ever holds an account, payee, device or
+//!   transfer id; every label value comes from a small fixed set (decision,
+//!   verification, dead-letter kind, entity kind, reload result) or from
+//!   configuration the operator controls (topic names, rule ids).
+//! - **Known series exist from the start.** Labelled metrics whose values are
+//!   known in advance (`fds_decisions_total`, `fds_dead_letter_total`,
+//!   `fds_state_entities`, `fds_rules_reloads_total`) have every series created,
+//!   at 0, in [`Metrics::new`], so `rate()` and absence alerts work before the
+//!   first event. `fds_events_consumed_total` and `fds_rule_fired_total` are
+//!   labelled by configuration (topic names, rule ids) and so appear only once
+//!   the caller first uses a label value.
+//! - **No hashing on the hot path.** [`Metrics::count_decision`] uses children
+//!   resolved once in [`Metrics::new`]. Callers of the labelled vectors should
+//!   do the same: resolve `events_consumed.with_label_values(&[topic])` once per
+//!   topic at start, and the `rules_fired` children once per rule set (indexed
+//!   like [`crate::rules::RuleSet::rules`]), and keep the returned counters.
+
+use std::fmt;
+
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::engine::Action;
+use crate::kafka::DeadLetterKind;
+use crate::rules::Verification;
+use crate::state::State;
+
+/// `fds_engine_latency_seconds`: state, features and rules for one transfer
+/// take microseconds; 10 ms would be a stall worth seeing.
+const ENGINE_BUCKETS: [f64; 13] =
+    [1e-6, 2e-6, 5e-6, 10e-6, 20e-6, 50e-6, 100e-6, 200e-6, 500e-6, 1e-3, 2e-3, 5e-3, 10e-3];
+
+/// End-to-end ages (`fds_decision_age_seconds`, `fds_produce_ack_seconds`):
+/// from a sub-millisecond happy path up to a broker outage or a consumer far
+/// behind, with 1-2-5 steps so any latency budget falls near a bucket bound.
+const END_TO_END_BUCKETS: [f64; 18] =
+    [100e-6, 200e-6, 500e-6, 1e-3, 2e-3, 5e-3, 10e-3, 20e-3, 50e-3, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0];
+
+/// The product's metrics and the registry they are exported from.
+///
+/// Every field is cheap to update from any thread (atomics inside). The
+/// gauges `ready` and `broker_up` are set from [`crate::api::Health`] at each
+/// scrape by [`crate::api`], so callers need not keep them in step.
+pub struct Metrics {
+    pub registry: Registry,
+    /// `fds_events_consumed_total{topic}`. Resolve each topic's child once.
+    pub events_consumed: IntCounterVec,
+    /// `fds_decisions_late_total`: decisions made after the transfer's deadline.
+    pub decisions_late: IntCounter,
+    /// `fds_decisions_redelivered_total`: a re-delivered transfer answered with
+    /// the decision already given.
+    pub decisions_redelivered: IntCounter,
+    /// `fds_dead_letter_total{reason}`, `reason` one of [`DeadLetterKind::name`].
+    pub dead_letters: IntCounterVec,
+    /// `fds_rule_fired_total{rule, shadow}`: rule id, `"true"`/`"false"`.
+    pub rules_fired: IntCounterVec,
+    /// `fds_engine_latency_seconds`: state + features + rules, per transfer.
+    pub engine_latency: Histogram,
+    /// `fds_decision_age_seconds`: from the transfer's Kafka timestamp to its
+    /// decision handed to the producer.
+    pub decision_age: Histogram,
+    /// `fds_produce_ack_seconds`: decision handed to the producer until the
+    /// broker acknowledged it.
+    pub ack_latency: Histogram,
+    /// `fds_produce_retries_total`.
+    pub produce_retries: IntCounter,
+    /// `fds_broker_up`: 1 when the broker is reachable.
+    pub broker_up: IntGauge,
+    /// `fds_offsets_pending`: consumed messages whose outcome is not yet
+    /// acknowledged, so their offsets cannot be stored yet.
+    pub offsets_pending: IntGauge,
+    /// `fds_state_entities{kind}`, `kind` = `account`, `payee` or `device`.
+    pub state_entities: IntGaugeVec,
+    /// `fds_state_bytes`: estimated bytes held by the state.
+    pub state_bytes: IntGauge,
+    /// `fds_rules_reloads_total{result}`, `result` = `applied` or `rejected`.
+    pub rules_reloads: IntCounterVec,
+    /// `fds_rules_loaded`: rules in force (live and shadow).
+    pub rules_loaded: IntGauge,
+    /// `fds_ready`: 1 when the instance answers transfers.
+    pub ready: IntGauge,
+
+    /// `fds_decisions_total{decision, verification}`, for combinations the
+    /// engine never makes (so they have no pre-resolved child).
+    decisions: IntCounterVec,
+    decided_allow: IntCounter,
+    /// Indexed by [`verification_index`].
+    decided_hold: [IntCounter; Verification::ALL.len()],
+    entities_account: IntGauge,
+    entities_payee: IntGauge,
+    entities_device: IntGauge,
+}
+
+impl Metrics {
+    /// Create and register every metric, with every known series at 0.
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let r = &registry;
+
+        let decisions = register(
+            r,
+            IntCounterVec::new(
+                Opts::new("fds_decisions_total", "Transfers decided, by decision and verification asked for."),
+                &["decision", "verification"],
+            ),
+        );
+        let decided_allow = decisions.with_label_values(&["allow", "none"]);
+        let decided_hold = Verification::ALL.map(|v| decisions.with_label_values(&["hold", v.name()]));
+
+        let dead_letters = register(
+            r,
+            IntCounterVec::new(
+                Opts::new("fds_dead_letter_total", "Messages sent to the dead-letter topic, by reason."),
+                &["reason"],
+            ),
+        );
+        for kind in DeadLetterKind::ALL {
+            dead_letters.with_label_values(&[kind.name()]);
+        }
+
+        let state_entities = register(
+            r,
+            IntGaugeVec::new(Opts::new("fds_state_entities", "Entities held in the state, by kind."), &["kind"]),
+        );
+        let entities_account = state_entities.with_label_values(&["account"]);
+        let entities_payee = state_entities.with_label_values(&["payee"]);
+        let entities_device = state_entities.with_label_values(&["device"]);
+
+        let rules_reloads = register(
+            r,
+            IntCounterVec::new(Opts::new("fds_rules_reloads_total", "Rule directory reloads, by result."), &["result"]),
+        );
+        for result in ["applied", "rejected"] {
+            rules_reloads.with_label_values(&[result]);
+        }
+
+        Metrics {
+            events_consumed: register(
+                r,
+                IntCounterVec::new(Opts::new("fds_events_consumed_total", "Messages consumed, by topic."), &["topic"]),
+            ),
+            decisions_late: register(
+                r,
+                IntCounter::new("fds_decisions_late_total", "Decisions made after the transfer's deadline."),
+            ),
+            decisions_redelivered: register(
+                r,
+                IntCounter::new(
+                    "fds_decisions_redelivered_total",
+                    "Re-delivered transfers answered with the decision already given.",
+                ),
+            ),
+            dead_letters,
+            rules_fired: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new("fds_rule_fired_total", "Rules that fired, by rule id and whether in shadow."),
+                    &["rule", "shadow"],
+                ),
+            ),
+            engine_latency: register(
+                r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "fds_engine_latency_seconds",
+                        "Time to update state, compute features and evaluate rules for one transfer.",
+                    )
+                    .buckets(ENGINE_BUCKETS.to_vec()),
+                ),
+            ),
+            decision_age: register(
+                r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "fds_decision_age_seconds",
+                        "From the transfer's Kafka timestamp to its decision handed to the producer.",
+                    )
+                    .buckets(END_TO_END_BUCKETS.to_vec()),
+                ),
+            ),
+            ack_latency: register(
+                r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "fds_produce_ack_seconds",
+                        "From a decision handed to the producer to the broker's acknowledgement.",
+                    )
+                    .buckets(END_TO_END_BUCKETS.to_vec()),
+                ),
+            ),
+            produce_retries: register(
+                r,
+                IntCounter::new("fds_produce_retries_total", "Produce attempts retried after a failure."),
+            ),
+            broker_up: register(r, IntGauge::new("fds_broker_up", "1 when the Kafka broker is reachable.")),
+            offsets_pending: register(
+                r,
+                IntGauge::new(
+                    "fds_offsets_pending",
+                    "Consumed messages whose outcome is not yet acknowledged by the broker.",
+                ),
+            ),
+            state_entities,
+            state_bytes: register(r, IntGauge::new("fds_state_bytes", "Estimated bytes held by the state.")),
+            rules_reloads,
+            rules_loaded: register(r, IntGauge::new("fds_rules_loaded", "Rules in force, live and shadow.")),
+            ready: register(r, IntGauge::new("fds_ready", "1 when this instance is ready to answer transfers.")),
+            decisions,
+            decided_allow,
+            decided_hold,
+            entities_account,
+            entities_payee,
+            entities_device,
+            registry,
+        }
+    }
+
+    /// Count one decision in `fds_decisions_total`.
+    ///
+    /// Called for every transfer, so the usual combinations (allow without
+    /// verification, hold with one) go to counters resolved in [`Metrics::new`]
+    /// and no label is hashed; any other combination still counts, slowly.
+    pub fn count_decision(&self, action: Action, verification: Option<Verification>) {
+        match (action, verification) {
+            (Action::Allow, None) => self.decided_allow.inc(),
+            (Action::Hold, Some(v)) => self.decided_hold[verification_index(v)].inc(),
+            (action, verification) => {
+                let decision = match action {
+                    Action::Allow => "allow",
+                    Action::Hold => "hold",
+                };
+                let verification = verification.map_or("none", Verification::name);
+                self.decisions.with_label_values(&[decision, verification]).inc();
+            }
+        }
+    }
+
+    /// Every metric in the Prometheus text exposition format
+    /// ([`prometheus::TEXT_FORMAT`]).
+    pub fn encode(&self) -> String {
+        TextEncoder::new()
+            .encode_to_string(&self.registry.gather())
+            // Text encoding into a String fails only on a malformed family,
+            // which the registry refuses at registration.
+            .expect("registered metrics encode as text")
+    }
+
+    /// Refresh `fds_state_entities` and `fds_state_bytes` from the state.
+    ///
+    /// Call it before a scrape, not per event: measuring bytes walks every
+    /// entity (briefly read-locking each map shard), so it costs time in
+    /// proportion to the state's size.
+    pub fn observe_state(&self, state: &State) {
+        let memory = state.memory();
+        self.entities_account.set(gauge_value(memory.accounts));
+        self.entities_payee.set(gauge_value(memory.payees));
+        self.entities_device.set(gauge_value(memory.devices));
+        self.state_bytes.set(gauge_value(memory.total_bytes()));
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+/// Register `metric` and hand it back. Registration fails only for a bad or
+/// duplicate name, a bug in this file that every test would catch.
+fn register<M: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: prometheus::Result<M>) -> M {
+    let metric = metric.expect("metric definition is valid");
+    registry.register(Box::new(metric.clone())).expect("metric names are unique");
+    metric
+}
+
+/// The position of `v` in [`Verification::ALL`], by an exhaustive match so a
+/// new variant cannot be forgotten here.
+fn verification_index(v: Verification) -> usize {
+    match v {
+        Verification::Delay => 0,
+        Verification::Ars => 1,
+        Verification::Callback => 2,
+    }
+}
+
+fn gauge_value(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Event;
+    use crate::state::StateConfig;
+
+    const ALL_NAMES: [&str; 17] = [
+        "fds_events_consumed_total",
+        "fds_decisions_total",
+        "fds_decisions_late_total",
+        "fds_decisions_redelivered_total",
+        "fds_dead_letter_total",
+        "fds_rule_fired_total",
+        "fds_engine_latency_seconds",
+        "fds_decision_age_seconds",
+        "fds_produce_ack_seconds",
+        "fds_produce_retries_total",
+        "fds_broker_up",
+        "fds_offsets_pending",
+        "fds_state_entities",
+        "fds_state_bytes",
+        "fds_rules_reloads_total",
+        "fds_rules_loaded",
+        "fds_ready",
+    ];
+
+    /// The value of the one sample line that starts with `series`.
+    fn sample(text: &str, series: &str) -> Option<String> {
+        text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ').map(str::to_owned))
+    }
+
+    #[test]
+    fn labels_without_known_values_appear_on_first_use() {
+        let m = Metrics::new();
+        let text = m.encode();
+        for name in ALL_NAMES {
+            let expected = !matches!(name, "fds_events_consumed_total" | "fds_rule_fired_total");
+            assert_eq!(text.contains(&format!("# TYPE {name} ")), expected, "{name}:\n{text}");
+        }
+        m.events_consumed.with_label_values(&["transfers"]).inc();
+        m.rules_fired.with_label_values(&["NEW_PAYEE", "false"]).inc();
+        let text = m.encode();
+        for name in ALL_NAMES {
+            assert_eq!(text.matches(&format!("# TYPE {name} ")).count(), 1, "{name}:\n{text}");
+        }
+        assert_eq!(sample(&text, r#"fds_events_consumed_total{topic="transfers"}"#).as_deref(), Some("1"));
+        assert_eq!(sample(&text, r#"fds_rule_fired_total{rule="NEW_PAYEE",shadow="false"}"#).as_deref(), Some("1"));
+    }
+
+    #[test]
+    fn known_series_start_at_zero() {
+        let text = Metrics::new().encode();
+        for series in [
+            r#"fds_decisions_total{decision="allow",verification="none"}"#,
+            r#"fds_decisions_total{decision="hold",verification="delay"}"#,
+            r#"fds_decisions_total{decision="hold",verification="ars"}"#,
+            r#"fds_decisions_total{decision="hold",verification="callback"}"#,
+            r#"fds_dead_letter_total{reason="malformed"}"#,
+            r#"fds_dead_letter_total{reason="invalid"}"#,
+            r#"fds_dead_letter_total{reason="wrong_topic"}"#,
+            r#"fds_dead_letter_total{reason="ahead_of_clock"}"#,
+            r#"fds_state_entities{kind="account"}"#,
+            r#"fds_state_entities{kind="payee"}"#,
+            r#"fds_state_entities{kind="device"}"#,
+            r#"fds_rules_reloads_total{result="applied"}"#,
+            r#"fds_rules_reloads_total{result="rejected"}"#,
+            "fds_ready",
+            "fds_broker_up",
+        ] {
+            assert_eq!(sample(&text, series).as_deref(), Some("0"), "{series}:\n{text}");
+        }
+    }
+
+    #[test]
+    fn decisions_count_under_their_labels() {
+        let m = Metrics::new();
+        for (i, v) in Verification::ALL.into_iter().enumerate() {
+            assert_eq!(verification_index(v), i);
+        }
+        m.count_decision(Action::Allow, None);
+        m.count_decision(Action::Allow, None);
+        m.count_decision(Action::Hold, Some(Verification::Callback));
+        m.count_decision(Action::Hold, Some(Verification::Ars));
+        m.count_decision(Action::Hold, Some(Verification::Ars));
+        m.count_decision(Action::Hold, Some(Verification::Ars));
+        // Not made by the engine, but counted rather than lost.
+        m.count_decision(Action::Hold, None);
+        let text = m.encode();
+        let count = |d: &str, v: &str| {
+            sample(&text, &format!(r#"fds_decisions_total{{decision="{d}",verification="{v}"}}"#))
+                .unwrap_or_else(|| panic!("{d}/{v} missing:\n{text}"))
+        };
+        assert_eq!(count("allow", "none"), "2");
+        assert_eq!(count("hold", "callback"), "1");
+        assert_eq!(count("hold", "ars"), "3");
+        assert_eq!(count("hold", "delay"), "0");
+        assert_eq!(count("hold", "none"), "1");
+    }
+
+    #[test]
+    fn histograms_have_their_buckets() {
+        let m = Metrics::new();
+        m.engine_latency.observe(3e-6);
+        m.decision_age.observe(0.015);
+        m.ack_latency.observe(45.0);
+        let text = m.encode();
+        let bucket = |name: &str, le: &str| {
+            sample(&text, &format!(r#"{name}_bucket{{le="{le}"}}"#))
+                .unwrap_or_else(|| panic!("{name} le={le} missing:\n{text}"))
+        };
+        // Lowest and highest bounds: 1 µs .. 10 ms, 100 µs .. 30 s.
+        assert_eq!(bucket("fds_engine_latency_seconds", "0.000001"), "0");
+        assert_eq!(bucket("fds_engine_latency_seconds", "0.000005"), "1");
+        assert_eq!(bucket("fds_engine_latency_seconds", "0.01"), "1");
+        assert_eq!(bucket("fds_engine_latency_seconds", "+Inf"), "1");
+        for name in ["fds_decision_age_seconds", "fds_produce_ack_seconds"] {
+            assert_eq!(bucket(name, "0.0001"), "0");
+            assert_eq!(bucket(name, "30"), bucket(name, "20"));
+        }
+        assert_eq!(bucket("fds_decision_age_seconds", "0.01"), "0");
+        assert_eq!(bucket("fds_decision_age_seconds", "0.02"), "1");
+        assert_eq!(bucket("fds_produce_ack_seconds", "30"), "0");
+        assert_eq!(bucket("fds_produce_ack_seconds", "+Inf"), "1");
+        assert_eq!(text.matches("fds_engine_latency_seconds_bucket").count(), ENGINE_BUCKETS.len() + 1);
+        assert_eq!(text.matches("fds_decision_age_seconds_bucket").count(), END_TO_END_BUCKETS.len() + 1);
+        assert!(ENGINE_BUCKETS.windows(2).all(|w| w[0] < w[1]));
+        assert!(END_TO_END_BUCKETS.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn state_gauges_follow_the_state() {
+        let m = Metrics::new();
+        let state = State::new(StateConfig::default());
+        m.observe_state(&state);
+        let text = m.encode();
+        assert_eq!(sample(&text, r#"fds_state_entities{kind="account"}"#).as_deref(), Some("0"));
+        assert_eq!(sample(&text, "fds_state_bytes").as_deref(), Some("0"));
+
+        let json = r#"{"type":"transfer","schema_version":1,"bank_tran_id":"T1","tran_dtime":"20261126093000","fintech_use_num":"120220000000000000000001","tran_amt":50000,"recv_client_bank_code":"088","recv_client_account_num":"110123456789","recv_client_name":"홍길동","channel":"mobile_app","device_id":"D1","ip":"10.0.0.1","transfer_purpose":"TR"}"#;
+        let Event::Transfer(t) = Event::from_json(json.as_bytes()).unwrap() else { panic!("not a transfer") };
+        let seen = state.observe_transfer(&t, &t.payee_key());
+        state.settle_transfer(&t, &seen, false);
+        m.observe_state(&state);
+        let text = m.encode();
+        for kind in ["account", "payee", "device"] {
+            assert_eq!(sample(&text, &format!(r#"fds_state_entities{{kind="{kind}"}}"#)).as_deref(), Some("1"));
+        }
+        let bytes: i64 = sample(&text, "fds_state_bytes").unwrap().parse().unwrap();
+        assert_eq!(bytes, gauge_value(state.memory().total_bytes()));
+        assert!(bytes > 0);
+    }
+
+    #[test]
+    fn registries_are_independent() {
+        let a = Metrics::new();
+        let b = Metrics::default();
+        a.decisions_late.inc();
+        assert_eq!(sample(&a.encode(), "fds_decisions_late_total").as_deref(), Some("1"));
+        assert_eq!(sample(&b.encode(), "fds_decisions_late_total").as_deref(), Some("0"));
+    }
+}

@@ -1,0 +1,141 @@
+//! The Kafka pipeline against the embedded broker (librdkafka's mock cluster,
+//! a real Kafka-protocol broker on loopback, in this process).
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use fds::kafka::{EmbeddedBroker, Topics, HEADER_CORRELATION_ID};
+use rdkafka::message::OwnedHeaders;
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+#[test]
+fn every_transfer_gets_one_decision_in_account_order() {
+    let topics = Topics::default();
+    let broker = EmbeddedBroker::start(&topics, 4).unwrap();
+    let brokers = broker.bootstrap_servers();
+    let events = stream(300);
+    let ids = transfer_ids(&events);
+    assert!(ids.len() > 300, "a real stream: {}", ids.len());
+
+    let running = Running::start(&brokers, "every-transfer");
+    let p = producer(&brokers);
+    send_events(&p, &topics, &events, 60_000);
+
+    let mut decisions = Reader::new(&brokers, &topics.decisions);
+    assert!(decisions.read_until(WAIT, |r| r.len() >= ids.len()), "only {} of {}", decisions.records.len(), ids.len());
+    assert_eq!(decisions.drain(Duration::from_millis(500)), 0, "no decision twice");
+    let summary = running.stop();
+    assert_eq!(summary.decisions as usize, ids.len());
+    assert_eq!(summary.dead_letters, 0);
+    assert_eq!(summary.unfinished, 0);
+
+    let by_id = decisions_by_id(&decisions.records);
+    for id in &ids {
+        assert_eq!(by_id.get(id).map(Vec::len), Some(1), "{id}");
+    }
+    // One account's decisions are on one partition, in the order its
+    // transfers were sent.
+    let mut sent_order: HashMap<Vec<u8>, Vec<String>> = HashMap::new();
+    for e in &events {
+        if let fds::event::Event::Transfer(t) = e {
+            sent_order.entry(t.fintech_use_num.as_bytes().to_vec()).or_default().push(t.bank_tran_id.clone());
+        }
+    }
+    let mut seen_order: HashMap<Vec<u8>, Vec<String>> = HashMap::new();
+    let mut partitions: HashMap<Vec<u8>, i32> = HashMap::new();
+    for r in &decisions.records {
+        assert_eq!(*partitions.entry(r.key.clone()).or_insert(r.partition), r.partition, "one account, one partition");
+        seen_order.entry(r.key.clone()).or_default().push(r.json()["bank_tran_id"].as_str().unwrap().to_owned());
+        assert_eq!(r.header(HEADER_CORRELATION_ID), r.json()["bank_tran_id"].as_str());
+    }
+    for (account, sent) in &sent_order {
+        let mut seen = seen_order[account].clone();
+        // Records of one partition come back in offset order.
+        seen.dedup();
+        assert_eq!(&seen, sent, "decisions of one account out of order");
+    }
+    let holds = decisions.records.iter().filter(|r| r.json()["decision"] == "hold").count();
+    assert!(holds > 0, "the starter rules hold some of a day of generated fraud");
+}
+
+#[test]
+fn bad_messages_go_to_dead_letter_and_the_partition_moves_on() {
+    let topics = Topics::default();
+    let broker = EmbeddedBroker::start(&topics, 1).unwrap();
+    let brokers = broker.bootstrap_servers();
+    let events = stream(100);
+    let first: Vec<_> =
+        events.iter().filter(|e| matches!(e, fds::event::Event::Transfer(_))).take(3).cloned().collect();
+    let label = events.iter().find(|e| matches!(e, fds::event::Event::Label(_))).cloned();
+
+    let running = Running::start(&brokers, "dead-letter");
+    let p = producer(&brokers);
+    send_events(&p, &topics, &first[..1], 60_000);
+    let bad: Vec<(&str, Vec<u8>)> = vec![
+        ("malformed", b"{not json".to_vec()),
+        ("malformed", br#"{"type":"wire_transfer","schema_version":1}"#.to_vec()),
+        ("malformed", first[1].to_json().replace("\"tran_amt\":", "\"tran_amt\":-").into_bytes()),
+        (
+            "invalid",
+            first[1].to_json().replace("\"recv_client_bank_code\":\"", "\"recv_client_bank_code\":\"9").into_bytes(),
+        ),
+    ];
+    for (_, payload) in &bad {
+        send_raw(&p, &topics.transfers, b"acct", payload, OwnedHeaders::new());
+    }
+    if let Some(l) = &label {
+        send_raw(&p, &topics.transfers, b"acct", l.to_json().as_bytes(), OwnedHeaders::new());
+    }
+    send_events(&p, &topics, &first[2..3], 60_000);
+
+    let mut dead = Reader::new(&brokers, &topics.dead_letter);
+    let expected_dead = bad.len() + usize::from(label.is_some());
+    assert!(dead.read_until(WAIT, |r| r.len() >= expected_dead), "{:?}", dead.records.len());
+    let mut decisions = Reader::new(&brokers, &topics.decisions);
+    assert!(decisions.read_until(WAIT, |r| r.len() >= 2), "transfers after bad ones are decided");
+    running.stop();
+
+    for (r, (kind, payload)) in dead.records.iter().zip(&bad) {
+        assert_eq!(&r.payload, payload, "original bytes kept");
+        assert_eq!(r.header("fds-error-kind"), Some(*kind), "{:?}", r.headers);
+        assert_eq!(r.header("fds-source-topic"), Some("transfers"));
+        assert!(r.header("fds-source-offset").unwrap().parse::<i64>().is_ok());
+        assert!(!r.header("fds-error").unwrap().is_empty());
+    }
+    if label.is_some() {
+        assert_eq!(dead.records[bad.len()].header("fds-error-kind"), Some("wrong_topic"));
+    }
+}
+
+#[test]
+fn late_and_redelivered_transfers() {
+    let topics = Topics::default();
+    let broker = EmbeddedBroker::start(&topics, 2).unwrap();
+    let brokers = broker.bootstrap_servers();
+    let events = stream(100);
+    let t: Vec<_> = events.iter().filter(|e| matches!(e, fds::event::Event::Transfer(_))).take(2).cloned().collect();
+
+    let running = Running::start(&brokers, "late");
+    let p = producer(&brokers);
+    send_events(&p, &topics, &t[..1], -1_000); // deadline already passed
+    send_events(&p, &topics, &t[1..2], 60_000);
+    send_events(&p, &topics, &t[1..2], 60_000); // the API retries
+    let mut decisions = Reader::new(&brokers, &topics.decisions);
+    assert!(decisions.read_until(WAIT, |r| r.len() >= 3));
+    running.stop();
+    let r = &decisions.records;
+    let by_id = |id: &str| r.iter().filter(|x| x.json()["bank_tran_id"] == id).cloned().collect::<Vec<_>>();
+    let ids = transfer_ids(&t);
+    let late = by_id(&ids[0]);
+    assert_eq!(late[0].json()["late"], true);
+    assert_eq!(late[0].header("fds-late"), Some("true"));
+    let twice = by_id(&ids[1]);
+    assert_eq!(twice.len(), 2);
+    assert_eq!(twice[0].payload, twice[1].payload, "the same decision, byte for byte");
+    assert_eq!(twice[0].json()["late"], false);
+    assert_eq!(twice[1].header("fds-redelivered"), Some("true"));
+}

@@ -1,0 +1,221 @@
+//! Shared by the pipeline tests: a small labelled stream, a producer playing
+//! the transfer API, a reader of the output topics, and the pipeline run on a
+//! thread of the test.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use fds::api::Health;
+use fds::engine::Engine;
+use fds::event::Event;
+use fds::generate::{generate, GeneratorConfig};
+use fds::kafka::pipeline::{self, Options, StopFlag, Summary};
+use fds::kafka::{Connection, Topics, HEADER_CORRELATION_ID, HEADER_DEADLINE_MS};
+use fds::metrics::Metrics;
+use fds::rules::RuleSet;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, ThreadedProducer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+/// A day of generated traffic for `accounts` accounts: transfers, context
+/// events and labels, in time order.
+pub fn stream(accounts: u32) -> Vec<Event> {
+    let cfg = GeneratorConfig { accounts, days: 1, ..GeneratorConfig::default() };
+    let mut out = Vec::new();
+    generate(&cfg, &mut out).unwrap();
+    out.split(|&b| b == b'\n').filter(|l| !l.is_empty()).map(|l| Event::from_json(l).unwrap()).collect()
+}
+
+pub fn transfer_ids(events: &[Event]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Transfer(t) => Some(t.bank_tran_id.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+pub fn producer(brokers: &str) -> ThreadedProducer<DefaultProducerContext> {
+    Connection::new(brokers)
+        .client_config(&[("enable.idempotence", "true"), ("acks", "all"), ("linger.ms", "1")])
+        .create()
+        .unwrap()
+}
+
+/// Send events to their topics the way the transfer API and the bank's other
+/// systems do: keyed by account, transfers with correlation id and deadline.
+pub fn send_events(p: &ThreadedProducer<DefaultProducerContext>, topics: &Topics, events: &[Event], budget_ms: i64) {
+    for e in events {
+        let json = e.to_json();
+        let (topic, key) = match e {
+            Event::Transfer(t) => (&topics.transfers, t.fintech_use_num.clone()),
+            Event::Label(l) => (&topics.labels, l.payee_key()),
+            other => (&topics.context_events, other.account().unwrap_or_default().to_owned()),
+        };
+        let mut headers = OwnedHeaders::new();
+        if let Event::Transfer(t) = e {
+            let deadline = (chrono::Utc::now().timestamp_millis() + budget_ms).to_string();
+            headers = headers
+                .insert(Header { key: HEADER_CORRELATION_ID, value: Some(t.bank_tran_id.as_str()) })
+                .insert(Header { key: HEADER_DEADLINE_MS, value: Some(deadline.as_str()) });
+        }
+        send_raw(p, topic, key.as_bytes(), json.as_bytes(), headers);
+    }
+}
+
+pub fn send_raw(
+    p: &ThreadedProducer<DefaultProducerContext>,
+    topic: &str,
+    key: &[u8],
+    payload: &[u8],
+    headers: OwnedHeaders,
+) {
+    let mut headers = Some(headers);
+    loop {
+        let record = BaseRecord::to(topic).key(key).payload(payload).headers(headers.take().unwrap());
+        match p.send(record) {
+            Ok(()) => return,
+            Err((_, r)) => {
+                headers = r.headers;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+}
+
+/// One record read from an output topic.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Vec<u8>,
+    pub payload: Vec<u8>,
+    pub headers: HashMap<String, String>,
+}
+
+impl Record {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.payload).unwrap()
+    }
+    pub fn header(&self, k: &str) -> Option<&str> {
+        self.headers.get(k).map(String::as_str)
+    }
+}
+
+/// Reads a whole topic from the beginning, without a consumer group.
+pub struct Reader {
+    consumer: BaseConsumer,
+    pub records: Vec<Record>,
+}
+
+impl Reader {
+    pub fn new(brokers: &str, topic: &str) -> Reader {
+        let consumer: BaseConsumer = Connection::new(brokers)
+            .client_config(&[("group.id", "fds-test-reader"), ("enable.auto.commit", "false")])
+            .create()
+            .unwrap();
+        let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for p in md.topics()[0].partitions() {
+            tpl.add_partition_offset(topic, p.id(), Offset::Beginning).unwrap();
+        }
+        consumer.assign(&tpl).unwrap();
+        Reader { consumer, records: Vec::new() }
+    }
+
+    /// Read until `done(records)` holds or `timeout` passes; returns whether it held.
+    pub fn read_until(&mut self, timeout: Duration, done: impl Fn(&[Record]) -> bool) -> bool {
+        let start = Instant::now();
+        while !done(&self.records) {
+            if start.elapsed() > timeout {
+                return false;
+            }
+            if let Some(Ok(m)) = self.consumer.poll(Duration::from_millis(100)) {
+                let headers = m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| {
+                                (h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                self.records.push(Record {
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    key: m.key().unwrap_or_default().to_vec(),
+                    payload: m.payload().unwrap_or_default().to_vec(),
+                    headers,
+                });
+            }
+        }
+        true
+    }
+
+    /// Keep reading for `quiet` and return how many more records came.
+    pub fn drain(&mut self, quiet: Duration) -> usize {
+        let before = self.records.len();
+        let start = Instant::now();
+        self.read_until(quiet, |_| start.elapsed() >= quiet);
+        self.records.len() - before
+    }
+}
+
+/// The pipeline running on a thread of the test.
+pub struct Running {
+    pub stop: StopFlag,
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
+    pub engine: Arc<Engine>,
+    thread: Option<JoinHandle<Summary>>,
+}
+
+impl Running {
+    pub fn start(brokers: &str, group: &str) -> Running {
+        let rules = RuleSet::load_dir(std::path::Path::new("rules")).unwrap();
+        let engine = Arc::new(Engine::with_rules(rules));
+        let mut opts = Options::new(Connection::new(brokers));
+        opts.group_id = group.to_owned();
+        opts.commit_interval = Duration::from_millis(100);
+        let stop: StopFlag = Arc::new(AtomicBool::new(false));
+        let metrics = Arc::new(Metrics::new());
+        let health = Arc::new(Health::new());
+        let thread = {
+            let (engine, metrics, health, stop) = (engine.clone(), metrics.clone(), health.clone(), stop.clone());
+            std::thread::spawn(move || pipeline::run(engine, opts, metrics, health, stop).unwrap())
+        };
+        Running { stop, metrics, health, engine, thread: Some(thread) }
+    }
+
+    pub fn stop(mut self) -> Summary {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Decisions by transfer id; panics on a transfer id decided two different ways.
+pub fn decisions_by_id(records: &[Record]) -> HashMap<String, Vec<serde_json::Value>> {
+    let mut by_id: HashMap<String, Vec<serde_json::Value>> = HashMap::new();
+    for r in records {
+        let j = r.json();
+        by_id.entry(j["bank_tran_id"].as_str().unwrap().to_owned()).or_default().push(j);
+    }
+    by_id
+}
