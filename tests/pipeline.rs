@@ -139,3 +139,141 @@ fn late_and_redelivered_transfers() {
     assert_eq!(twice[0].json()["late"], false);
     assert_eq!(twice[1].header("fds-redelivered"), Some("true"));
 }
+
+#[test]
+fn broker_down_then_back_loses_nothing() {
+    let topics = Topics::default();
+    let broker = EmbeddedBroker::start(&topics, 2).unwrap();
+    let brokers = broker.bootstrap_servers();
+    let events = stream(200);
+    let ids = transfer_ids(&events);
+    let half = events.len() / 2;
+
+    let running = Running::start(&brokers, "broker-down");
+    let p = producer(&brokers);
+    send_events(&p, &topics, &events[..half], 600_000);
+    let mut decisions = Reader::new(&brokers, &topics.decisions);
+    assert!(decisions.read_until(WAIT, |r| !r.is_empty()));
+    assert!(wait_for(WAIT, || running.health.is_ready()), "{:?}", running.health.problems());
+
+    broker.cluster().broker_down(1).unwrap();
+    assert!(
+        wait_for(WAIT, || running.health.problems().contains(&"broker unreachable")),
+        "readiness reports the broker: {:?}",
+        running.health.problems()
+    );
+    send_events(&p, &topics, &events[half..], 600_000);
+    std::thread::sleep(Duration::from_secs(2));
+    broker.cluster().broker_up(1).unwrap();
+
+    assert!(
+        decisions.read_until(WAIT, |r| decisions_by_id(r).len() >= ids.len()),
+        "after the broker came back: {} of {} decided",
+        decisions_by_id(&decisions.records).len(),
+        ids.len()
+    );
+    assert!(wait_for(WAIT, || running.health.is_ready()), "ready again: {:?}", running.health.problems());
+    let summary = running.stop();
+    assert_eq!(summary.unfinished, 0);
+    for (id, ds) in decisions_by_id(&decisions.records) {
+        assert!(ds.iter().all(|d| d["decision"] == ds[0]["decision"]), "{id} decided two ways");
+    }
+}
+
+/// Kill `fds run` (SIGKILL) mid-stream, start it again: every transfer has a
+/// decision, and a transfer decided twice was decided the same way. Then
+/// SIGTERM: a graceful stop that exits 0.
+#[test]
+fn restart_after_a_crash_loses_nothing_and_never_contradicts() {
+    let topics = Topics::default();
+    let broker = EmbeddedBroker::start(&topics, 4).unwrap();
+    let brokers = broker.bootstrap_servers();
+    let events = stream(400);
+    let ids = transfer_ids(&events);
+
+    let mut child = spawn_fds_run(&brokers);
+    let p = producer(&brokers);
+    send_events(&p, &topics, &events, 600_000);
+    let mut decisions = Reader::new(&brokers, &topics.decisions);
+    assert!(decisions.read_until(WAIT, |r| r.len() >= ids.len() / 3));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let before = decisions.records.len();
+    assert!(before < ids.len(), "killed mid-stream ({before} of {})", ids.len());
+
+    let mut child = spawn_fds_run(&brokers);
+    assert!(
+        decisions.read_until(WAIT, |r| decisions_by_id(r).len() >= ids.len()),
+        "{} of {} decided after the restart",
+        decisions_by_id(&decisions.records).len(),
+        ids.len()
+    );
+    decisions.drain(Duration::from_millis(500));
+    for (id, ds) in decisions_by_id(&decisions.records) {
+        assert!(ids.contains(&id));
+        assert!(ds.iter().all(|d| d == &ds[0]), "{id} decided two ways: {ds:?}");
+    }
+
+    // SIGTERM: stop consuming, finish, commit, exit 0.
+    let pid = child.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "graceful stop exits 0: {status:?}");
+}
+
+fn spawn_fds_run(brokers: &str) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_fds"))
+        .args(["run", "--brokers", brokers, "--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn wait_for(timeout: Duration, cond: impl Fn() -> bool) -> bool {
+    let start = std::time::Instant::now();
+    while !cond() {
+        if start.elapsed() > timeout {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    true
+}
+
+/// A restarted instance reads the recent decisions back before it consumes:
+/// transfers it sees again are answered with the decision already given, not
+/// scored again on a state that no longer remembers them.
+#[test]
+fn decisions_are_read_back_at_start() {
+    let topics = Topics::default();
+    let broker = EmbeddedBroker::start(&topics, 2).unwrap();
+    let brokers = broker.bootstrap_servers();
+    let events = stream(100);
+    let ids = transfer_ids(&events);
+    let p = producer(&brokers);
+    send_events(&p, &topics, &events, 600_000);
+
+    let first = Running::start(&brokers, "readback-1");
+    let mut decisions = Reader::new(&brokers, &topics.decisions);
+    assert!(decisions.read_until(WAIT, |r| r.len() >= ids.len()));
+    assert_eq!(first.stop().redelivered, 0);
+
+    // Another group starts from the beginning of the transfers topic, as an
+    // instance does when its offsets were never committed.
+    let second = Running::start(&brokers, "readback-2");
+    assert!(decisions.read_until(WAIT, |r| r.len() >= 2 * ids.len()));
+    let summary = second.stop();
+    assert_eq!(summary.redelivered as usize, ids.len());
+    assert_eq!(summary.decisions, 0, "nothing scored twice");
+    let mut by_id: HashMap<String, Vec<&Record>> = HashMap::new();
+    for r in &decisions.records {
+        by_id.entry(r.json()["bank_tran_id"].as_str().unwrap().to_owned()).or_default().push(r);
+    }
+    for id in &ids {
+        let rs = &by_id[id];
+        assert_eq!(rs.len(), 2, "{id}");
+        assert_eq!(rs[0].payload, rs[1].payload, "{id}: the same decision, byte for byte");
+        assert_eq!(rs.iter().filter(|r| r.header("fds-redelivered") == Some("true")).count(), 1);
+    }
+}
