@@ -117,8 +117,9 @@ pub struct KafkaConfig {
     /// `None`: start the embedded broker.
     pub brokers: Option<String>,
     pub group_id: String,
-    /// Partitions of the keyed topics, for the embedded broker and `fds topics create`.
-    pub partitions: i32,
+    /// Partitions of the keyed topics, for the embedded broker (default 1)
+    /// and `fds topics create` (default 4).
+    pub partitions: Option<i32>,
     pub dedup_capacity: usize,
     pub commit_interval: Duration,
     pub linger: Duration,
@@ -132,7 +133,7 @@ impl Default for KafkaConfig {
         KafkaConfig {
             brokers: None,
             group_id: "fds".into(),
-            partitions: 4,
+            partitions: None,
             dedup_capacity: 500_000,
             commit_interval: Duration::from_secs(1),
             linger: Duration::from_millis(1),
@@ -246,7 +247,7 @@ fn kafka_config(raw: RawKafka, problems: &mut Vec<String>) -> KafkaConfig {
             default
         }
     };
-    let partitions = int("partitions", raw.partitions, 1..=1024, i64::from(d.partitions)) as i32;
+    let partitions = raw.partitions.map(|n| int("partitions", Some(n), 1..=1024, 1) as i32);
     let dedup_capacity = int("dedup_capacity", raw.dedup_capacity, 1..=100_000_000, d.dedup_capacity as i64) as usize;
     let commit_ms = int("commit_interval_ms", raw.commit_interval_ms, 10..=60_000, 1000) as u64;
     let linger_ms = int("linger_ms", raw.linger_ms, 0..=1000, 1) as u64;

@@ -61,6 +61,10 @@ const MAX_LATENCY_US: u64 = 3_600_000_000;
 /// How long the decision reader waits for a message before it looks at its
 /// notes and the drain deadline again.
 const READ_POLL: Duration = Duration::from_millis(20);
+/// Transfers waiting for an answer at most, by default.
+pub const DEFAULT_MAX_IN_FLIGHT: u64 = 10_000;
+/// The decision reader's `fetch.wait.max.ms` (see where it is set).
+const FETCH_WAIT_MS: &str = "1";
 /// Consumer errors logged one by one before the rest are only counted.
 const CONSUMER_ERRORS_LOGGED: u64 = 5;
 
@@ -123,6 +127,11 @@ pub struct LoadOptions {
     pub drain: Duration,
     /// Producer `linger.ms`.
     pub linger_ms: u32,
+    /// At most this many transfers waiting for their decision, as a transfer
+    /// API with a bounded pool of request handlers has. Sending waits while
+    /// the limit is reached, so an unpaced run measures the throughput the
+    /// pipeline sustains rather than how big a backlog the broker can hold.
+    pub max_in_flight: u64,
     /// How long the brokers get to answer the first metadata request.
     pub connect_timeout: Duration,
 }
@@ -140,6 +149,7 @@ impl LoadOptions {
             budget: Duration::from_millis(DEFAULT_BUDGET_MS),
             drain: Duration::from_secs_f64(DEFAULT_DRAIN_SECS),
             linger_ms: DEFAULT_LINGER_MS,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
         }
     }
@@ -169,6 +179,9 @@ pub struct LoadReport {
     pub first_delivery_error: Option<String>,
     /// Times a send found the producer queue full and waited.
     pub queue_full_waits: u64,
+    /// The in-flight limit, and how often a send waited for it (100 us each).
+    pub max_in_flight: u64,
+    pub in_flight_waits: u64,
     /// Transfer ids that came up again in the input: their later decisions
     /// count as duplicates.
     pub repeated_ids: u64,
@@ -246,6 +259,16 @@ pub fn run(opts: LoadOptions, progress: Option<ProgressBar>) -> Result<LoadRepor
         .create_with_context(delivery)
         .map_err(LoadError::kafka("cannot create the producer"))?;
 
+    // Warm the producer: with the topics' partition leaders known and the
+    // broker connections up, the first transfers are timed like the rest
+    // instead of waiting for the client's start-up.
+    for topic in [&opts.topics.transfers, &opts.topics.context_events, &opts.topics.labels] {
+        producer
+            .client()
+            .fetch_metadata(Some(topic), opts.connect_timeout)
+            .map_err(LoadError::kafka(format!("cannot read the metadata of {topic}")))?;
+    }
+
     let answered = Arc::new(AtomicU64::new(0));
     let matcher = Matcher::new(opts.budget);
     let drain = opts.drain;
@@ -320,6 +343,8 @@ fn report(
         transfers_not_delivered: t.retracted,
         first_delivery_error,
         queue_full_waits: p.queue_full_waits,
+        max_in_flight: opts.max_in_flight,
+        in_flight_waits: p.in_flight_waits,
         repeated_ids: t.repeated_ids,
         send_s,
         // Intervals between sends, so a paced run reports exactly its rate.
@@ -401,6 +426,12 @@ fn decision_reader(opts: &LoadOptions) -> Result<BaseConsumer, LoadError> {
             ("enable.auto.commit", "false"),
             ("enable.auto.offset.store", "false"),
             ("enable.partition.eof", "false"),
+            // librdkafka's mock cluster (the embedded broker of `fds run`)
+            // answers an empty fetch only when its wait is over, even when
+            // data arrives meanwhile; a long wait would be measured as
+            // latency. Against real brokers a short wait costs only idle
+            // fetch requests.
+            ("fetch.wait.max.ms", FETCH_WAIT_MS),
         ])
         .create()
         .map_err(LoadError::kafka("cannot create the decisions consumer"))?;
@@ -459,6 +490,7 @@ struct Produced {
     bad_line_samples: Vec<BadLine>,
     stopped_at_limit: bool,
     queue_full_waits: u64,
+    in_flight_waits: u64,
     first_send: Option<Instant>,
     last_send: Option<Instant>,
 }
@@ -501,6 +533,15 @@ fn produce(
                         if let Some(wait) = pacer.wait(p.transfers, first.elapsed()) {
                             std::thread::sleep(wait);
                         }
+                    }
+                    // Unanswered transfers never free their slot; after a
+                    // drain's wait, send anyway (they count as never answered).
+                    let waiting = Instant::now();
+                    while p.transfers.saturating_sub(answered.load(Ordering::Relaxed)) >= opts.max_in_flight
+                        && waiting.elapsed() < opts.drain
+                    {
+                        p.in_flight_waits += 1;
+                        std::thread::sleep(Duration::from_micros(100));
                     }
                     let deadline_ms = unix_ms() + opts.budget.as_millis() as u64;
                     let headers = OwnedHeaders::new_with_capacity(2)
@@ -847,6 +888,13 @@ impl LoadReport {
                 self.delivery_failures,
                 self.transfers_not_delivered,
                 self.first_delivery_error.as_deref().unwrap_or("?")
+            );
+        }
+        if self.in_flight_waits > 0 {
+            let _ = writeln!(
+                w,
+                "  in flight: at most {} transfers awaiting an answer; sends waited {} times",
+                self.max_in_flight, self.in_flight_waits
             );
         }
         if self.queue_full_waits > 0 {

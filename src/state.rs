@@ -786,14 +786,22 @@ impl State {
     /// Drop entities idle for longer than their TTL, as of event time `now`.
     /// Returns how many were dropped.
     pub fn expire(&self, now: EventTime) -> usize {
-        let before = self.accounts.len() + self.payees.len() + self.devices.len();
+        // Counted in the closures: other threads may insert while this runs, so
+        // lengths before and after do not tell how many went.
+        let dropped = std::cell::Cell::new(0usize);
+        let keep = |k: bool| {
+            if !k {
+                dropped.set(dropped.get() + 1);
+            }
+            k
+        };
         let n = now.millis();
-        self.accounts.retain(|_, a| n - a.last_seen <= self.cfg.account_ttl_ms);
+        self.accounts.retain(|_, a| keep(n - a.last_seen <= self.cfg.account_ttl_ms));
         // A payee with open fraud reports is kept: forgetting a reported mule
         // account because it went quiet would reopen it to victims.
-        self.payees.retain(|_, p| p.open_reports() > 0 || n - p.last_seen <= self.cfg.payee_ttl_ms);
-        self.devices.retain(|_, d| n - d.last_seen <= self.cfg.device_ttl_ms);
-        before - (self.accounts.len() + self.payees.len() + self.devices.len())
+        self.payees.retain(|_, p| keep(p.open_reports() > 0 || n - p.last_seen <= self.cfg.payee_ttl_ms));
+        self.devices.retain(|_, d| keep(n - d.last_seen <= self.cfg.device_ttl_ms));
+        dropped.get()
     }
 
     /// Count entities and measure their memory: the entry itself, its key and its

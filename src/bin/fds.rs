@@ -18,6 +18,14 @@ use fds::kafka::Connection;
 use fds::replay::{self, Format};
 use fds::rules::RuleSet;
 
+/// The embedded broker serves one `fds run`; one partition per topic keeps its
+/// fetches short (librdkafka's mock broker searches a partition's batches
+/// linearly, so latency grows with partitions x batches).
+const EMBEDDED_PARTITIONS: i32 = 1;
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The demo stream that ships with the repository.
 const DEMO_REPLAY: &str = "replay-data/demo.jsonl.gz";
 /// The demo's engine starts empty; its first days only build state.
@@ -122,6 +130,10 @@ enum Command {
         /// Producer linger.ms.
         #[arg(long, default_value_t = fds::load::DEFAULT_LINGER_MS, value_name = "MS")]
         linger_ms: u32,
+        /// At most this many transfers awaiting their decision (the API's
+        /// request-handler pool); sending waits while it is reached.
+        #[arg(long, default_value_t = fds::load::DEFAULT_MAX_IN_FLIGHT, value_name = "N")]
+        max_in_flight: u64,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -227,12 +239,23 @@ fn run() -> Result<()> {
                 bail!("no brokers: pass --brokers HOST:PORT or set kafka.brokers in the config");
             };
             let connection = Connection { brokers: brokers.clone(), client: config.kafka.client.clone() };
-            let partitions = partitions.unwrap_or(config.kafka.partitions);
+            let partitions = partitions.or(config.kafka.partitions).unwrap_or(4);
             fds::kafka::create_topics(&connection, &config.kafka.topics, partitions, replication)?;
             println!("topics ready on {brokers}: {}", config.kafka.topics.all().join(", "));
             Ok(())
         }
-        Command::Load { files, brokers, format, rate, limit, budget_ms, drain_secs, linger_ms, json } => {
+        Command::Load {
+            files,
+            brokers,
+            format,
+            rate,
+            limit,
+            budget_ms,
+            drain_secs,
+            linger_ms,
+            max_in_flight,
+            json,
+        } => {
             let Ok(drain) = Duration::try_from_secs_f64(drain_secs) else {
                 bail!("--drain-secs must be a number of seconds, got {drain_secs}");
             };
@@ -243,6 +266,7 @@ fn run() -> Result<()> {
             opts.budget = Duration::from_millis(budget_ms);
             opts.drain = drain;
             opts.linger_ms = linger_ms;
+            opts.max_in_flight = max_in_flight.max(1);
             load_cmd(opts, json)
         }
         Command::Features => {
@@ -274,7 +298,7 @@ fn run_cmd(
     let (embedded, brokers) = match brokers.or_else(|| kafka.brokers.clone()) {
         Some(b) => (None, b),
         None => {
-            let broker = EmbeddedBroker::start(&kafka.topics, kafka.partitions)?;
+            let broker = EmbeddedBroker::start(&kafka.topics, kafka.partitions.unwrap_or(EMBEDDED_PARTITIONS))?;
             let addr = broker.bootstrap_servers();
             eprintln!("embedded broker (librdkafka mock cluster, in memory) listening on {addr}");
             eprintln!("  try: fds load --brokers {addr} {DEMO_REPLAY}");
@@ -284,9 +308,8 @@ fn run_cmd(
     let rules = load_rules(&rules_dir)?;
     // Live traffic: refuse events dated ahead of the wall clock (5 min unless configured).
     let skew = config.max_skew_ms.unwrap_or(5 * 60_000);
-    let engine = Arc::new(
-        Engine::new(config.state.clone(), Arc::new(ArcSwap::from_pointee(rules))).with_wall_clock_guard(skew),
-    );
+    let engine =
+        Arc::new(Engine::new(config.state.clone(), Arc::new(ArcSwap::from_pointee(rules))).with_wall_clock_guard(skew));
     let watcher = fds::rules::watch(&rules_dir, engine.rules().clone())?;
 
     let metrics = Arc::new(fds::metrics::Metrics::new());

@@ -43,8 +43,8 @@ use rdkafka::ClientConfig;
 pub enum KafkaSetupError {
     #[error("cannot start the embedded broker")]
     Embedded(#[source] KafkaError),
-    #[error("cannot create topic {topic} on {brokers}")]
-    CreateTopic { topic: String, brokers: String, source: KafkaError },
+    #[error("cannot create topic {topic} on {brokers}: {code}")]
+    CreateTopic { topic: String, brokers: String, code: RDKafkaErrorCode },
     #[error("cannot reach the brokers at {brokers}")]
     Unreachable { brokers: String, source: KafkaError },
 }
@@ -146,6 +146,9 @@ impl Connection {
     pub fn client_config(&self, settings: &[(&str, &str)]) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.brokers);
+        // Requests here are small and latency-bound: never let Nagle's
+        // algorithm hold one back waiting for an ACK.
+        c.set("socket.nagle.disable", "true");
         if self.brokers.split(',').all(|b| b.starts_with("127.0.0.1:") || b.starts_with("localhost:")) {
             // A loopback broker: skip the IPv6 attempt `localhost` would cost.
             c.set("broker.address.family", "v4");
@@ -229,7 +232,7 @@ pub fn create_topics(
         match r {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((topic, code)) => {
-                return Err(KafkaSetupError::CreateTopic { topic, brokers, source: KafkaError::AdminOp(code) })
+                return Err(KafkaSetupError::CreateTopic { topic, brokers, code })
             }
         }
     }

@@ -58,6 +58,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
@@ -83,6 +84,8 @@ pub enum PipelineError {
     Subscribe { topics: String, source: KafkaError },
     #[error("cannot read back the recent decisions from topic {topic}")]
     LoadDecisions { topic: String, source: KafkaError },
+    #[error("the {0} thread stopped unexpectedly (see the log above); the pipeline stopped after committing what was decided")]
+    ThreadDied(&'static str),
     #[error("topics {a} ({a_n} partitions) and {b} ({b_n} partitions) must have the same partition count, so one account's transfers and context events reach the same instance")]
     NotCopartitioned { a: String, a_n: usize, b: String, b_n: usize },
 }
@@ -214,14 +217,14 @@ impl OffsetTracker {
 /// first. Re-deliveries come from the last few seconds before a crash or a
 /// rebalance, so a bounded memory of the most recent decisions covers them.
 pub struct DecisionMemory {
-    map: HashMap<Box<str>, Arc<[u8]>>,
-    order: VecDeque<Box<str>>,
+    map: HashMap<Arc<str>, Arc<[u8]>, ahash::RandomState>,
+    order: VecDeque<Arc<str>>,
     capacity: usize,
 }
 
 impl DecisionMemory {
     pub fn new(capacity: usize) -> Self {
-        DecisionMemory { map: HashMap::new(), order: VecDeque::new(), capacity: capacity.max(1) }
+        DecisionMemory { map: HashMap::default(), order: VecDeque::new(), capacity: capacity.max(1) }
     }
 
     pub fn get(&self, tran_id: &str) -> Option<&Arc<[u8]>> {
@@ -238,8 +241,9 @@ impl DecisionMemory {
                 self.map.remove(&old);
             }
         }
-        self.map.insert(tran_id.into(), decision);
-        self.order.push_back(tran_id.into());
+        let id: Arc<str> = tran_id.into();
+        self.map.insert(id.clone(), decision);
+        self.order.push_back(id);
     }
 
     pub fn len(&self) -> usize {
@@ -286,12 +290,51 @@ struct AckContext {
     health: Arc<Health>,
 }
 
-impl ClientContext for AckContext {
-    fn error(&self, error: KafkaError, reason: &str) {
-        if matches!(error.rdkafka_error_code(), Some(RDKafkaErrorCode::AllBrokersDown)) {
-            self.health.set_broker_up(false);
+/// librdkafka reports every failed connection attempt, many a second while a
+/// broker is away. The health thread logs the transitions (unreachable,
+/// reachable again) once; the client's own chatter goes to debug.
+fn client_log(role: &str, level: RDKafkaLogLevel, fac: &str, message: &str) {
+    if (level as i32) <= (RDKafkaLogLevel::Critical as i32) {
+        tracing::error!(role, fac, "librdkafka: {message}");
+    } else {
+        tracing::debug!(role, fac, ?level, "librdkafka: {message}");
+    }
+}
+
+fn client_error(role: &str, health: Option<&Health>, error: KafkaError, reason: &str) {
+    let code = error.rdkafka_error_code();
+    if matches!(code, Some(RDKafkaErrorCode::AllBrokersDown)) {
+        if let Some(h) = health {
+            h.set_broker_up(false);
         }
-        tracing::warn!(%error, reason, "kafka producer");
+    }
+    if matches!(code, Some(RDKafkaErrorCode::AllBrokersDown | RDKafkaErrorCode::BrokerTransportFailure)) {
+        tracing::debug!(role, %error, reason, "kafka");
+    } else {
+        tracing::warn!(role, %error, reason, "kafka");
+    }
+}
+
+/// The context of the helper clients (labels, read-back, health).
+struct Quiet(&'static str);
+
+impl ClientContext for Quiet {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        client_log(self.0, level, fac, message)
+    }
+    fn error(&self, error: KafkaError, reason: &str) {
+        client_error(self.0, None, error, reason)
+    }
+}
+
+impl ConsumerContext for Quiet {}
+
+impl ClientContext for AckContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        client_log("producer", level, fac, message)
+    }
+    fn error(&self, error: KafkaError, reason: &str) {
+        client_error("producer", Some(&self.health), error, reason)
     }
 }
 
@@ -322,11 +365,11 @@ struct GroupContext {
 }
 
 impl ClientContext for GroupContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        client_log("consumer", level, fac, message)
+    }
     fn error(&self, error: KafkaError, reason: &str) {
-        if matches!(error.rdkafka_error_code(), Some(RDKafkaErrorCode::AllBrokersDown)) {
-            self.health.set_broker_up(false);
-        }
-        tracing::warn!(%error, reason, "kafka consumer");
+        client_error("consumer", Some(&self.health), error, reason)
     }
 }
 
@@ -395,7 +438,7 @@ pub fn run(
             ("partition.assignment.strategy", "cooperative-sticky"),
             // Latency: hand over what has arrived instead of waiting to fill a
             // batch (the transfer API is waiting for each answer).
-            ("fetch.wait.max.ms", "5"),
+            ("fetch.wait.max.ms", "1"),
             ("fetch.queue.backoff.ms", "1"),
         ])
         .create_with_context(GroupContext { health: health.clone(), revoked: Mutex::new(Vec::new()) })
@@ -417,15 +460,25 @@ pub fn run(
         summary: Summary::default(),
         consumed_transfers: metrics.events_consumed.with_label_values(&[opts.topics.transfers.as_str()]),
         consumed_context: metrics.events_consumed.with_label_values(&[opts.topics.context_events.as_str()]),
+        last_store: Instant::now(),
     };
 
+    let mut failure = None;
     while !stop.load(Ordering::Relaxed) {
+        if labels.is_finished() || watcher.is_finished() {
+            // A helper thread ended on its own: a bug. Stop cleanly and say so,
+            // rather than run on without fraud reports or health checks.
+            failure = Some(PipelineError::ThreadDied(if labels.is_finished() { "labels" } else { "health" }));
+            break;
+        }
         scorer.settle_acks();
         scorer.settle_revoked();
         match consumer.poll(Duration::from_millis(50)) {
             None => {}
             Some(Ok(msg)) => scorer.handle(&msg),
-            Some(Err(e)) => tracing::warn!(error = %e, "kafka consumer poll"),
+            // Broker trouble shows here as well as in the health thread,
+            // which logs it once.
+            Some(Err(e)) => tracing::debug!(error = %e, "kafka consumer poll"),
         }
     }
 
@@ -438,6 +491,7 @@ pub fn run(
         scorer.settle_acks();
     }
     scorer.settle_acks();
+    scorer.store_offsets();
     scorer.summary.unfinished = scorer.tracker.pending() as u64;
     if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
         // Nothing stored since the last commit is also a "failure" here.
@@ -448,9 +502,13 @@ pub fn run(
     consumer.unsubscribe();
     let summary = scorer.summary.clone();
     drop(scorer);
+    stop.store(true, Ordering::Relaxed);
     let _ = labels.join();
     let _ = watcher.join();
-    Ok(summary)
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(summary),
+    }
 }
 
 /// The scoring thread's working set.
@@ -466,7 +524,11 @@ struct Scorer<'a> {
     summary: Summary,
     consumed_transfers: prometheus::IntCounter,
     consumed_context: prometheus::IntCounter,
+    last_store: Instant,
 }
+
+/// How often finished offsets are handed to the consumer for its commits.
+const STORE_EVERY: Duration = Duration::from_millis(5);
 
 /// Where an output record goes and what it carries.
 struct Out<'m> {
@@ -649,12 +711,15 @@ impl Scorer<'_> {
                 }
             }
         }
-        if moved {
+        // Storing offsets is a call into the client per batch of partitions;
+        // every few milliseconds is plenty for a commit that runs each second.
+        if moved && self.last_store.elapsed() >= STORE_EVERY {
             self.store_offsets();
         }
     }
 
     fn store_offsets(&mut self) {
+        self.last_store = Instant::now();
         let ready = self.tracker.take_committable();
         if ready.is_empty() {
             return;
@@ -681,6 +746,7 @@ impl Scorer<'_> {
         }
         let _ = self.producer.flush(Duration::from_secs(5));
         self.settle_acks();
+        self.store_offsets();
         let _ = self.consumer.commit_consumer_state(CommitMode::Sync);
         for (topic, partition) in revoked {
             let t = if topic == self.topics.transfers { TOPIC_TRANSFERS } else { TOPIC_CONTEXT };
@@ -736,14 +802,14 @@ fn load_recent_decisions(opts: &Options, stop: &StopFlag) -> Result<DecisionMemo
     let topic = opts.topics.decisions.clone();
     let err = |source| PipelineError::LoadDecisions { topic: topic.clone(), source };
     let mut memory = DecisionMemory::new(opts.dedup_capacity);
-    let consumer: BaseConsumer = opts
+    let consumer: BaseConsumer<Quiet> = opts
         .connection
         .client_config(&[
             ("group.id", &format!("{}-decisions-readback", opts.group_id)),
             ("enable.auto.commit", "false"),
             ("enable.auto.offset.store", "false"),
         ])
-        .create()
+        .create_with_context(Quiet("decisions read-back"))
         .map_err(err)?;
     // Wait for the brokers rather than fail: a bank restarts fds and the broker
     // in any order.
@@ -753,7 +819,7 @@ fn load_recent_decisions(opts: &Options, stop: &StopFlag) -> Result<DecisionMemo
                 break md
             }
             Ok(_) => tracing::warn!(%topic, "decisions topic not found yet; waiting"),
-            Err(e) => tracing::warn!(error = %e, "brokers unreachable; waiting"),
+            Err(e) => tracing::warn!(error = %e, brokers = %opts.connection.brokers, "brokers unreachable; waiting"),
         }
         if stop.load(Ordering::Relaxed) {
             return Ok(memory);
@@ -811,7 +877,7 @@ fn spawn_labels_reader(
     // A group of its own (never committed) gives this process a reading
     // position of its own, starting at the beginning each time.
     let group = format!("{}-labels-{}-{}", opts.group_id, std::process::id(), unique_suffix());
-    let consumer: BaseConsumer = opts
+    let consumer: BaseConsumer<Quiet> = opts
         .connection
         .client_config(&[
             ("group.id", &group),
@@ -819,7 +885,7 @@ fn spawn_labels_reader(
             ("auto.offset.reset", "earliest"),
             ("fetch.wait.max.ms", "100"),
         ])
-        .create()
+        .create_with_context(Quiet("labels consumer"))
         .map_err(|source| PipelineError::Client {
             role: "labels consumer",
             brokers: opts.connection.brokers.clone(),
@@ -836,7 +902,7 @@ fn spawn_labels_reader(
                 let msg = match r {
                     Ok(m) => m,
                     Err(e) => {
-                        tracing::warn!(error = %e, "labels consumer");
+                        tracing::debug!(error = %e, "labels consumer");
                         continue;
                     }
                 };
