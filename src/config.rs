@@ -47,7 +47,7 @@ struct RawConfig {
     server: RawServer,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawKafka {
     brokers: Option<String>,
@@ -61,6 +61,22 @@ struct RawKafka {
     /// librdkafka settings passed through as they are (TLS, SASL...).
     #[serde(default)]
     client: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for RawKafka {
+    /// By hand: `client` may hold a password written into the file as is.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawKafka")
+            .field("brokers", &self.brokers)
+            .field("group_id", &self.group_id)
+            .field("partitions", &self.partitions)
+            .field("dedup_capacity", &self.dedup_capacity)
+            .field("commit_interval_ms", &self.commit_interval_ms)
+            .field("linger_ms", &self.linger_ms)
+            .field("topics", &self.topics)
+            .field("client", &RedactedSettings(&self.client))
+            .finish()
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -111,8 +127,9 @@ pub struct Config {
     pub listen: SocketAddr,
 }
 
-/// The `[kafka]` section, checked.
-#[derive(Debug, Clone)]
+/// The `[kafka]` section, checked. Its `Debug` output hides secrets (see
+/// [`is_secret_setting`]).
+#[derive(Clone)]
 pub struct KafkaConfig {
     /// `None`: start the embedded broker.
     pub brokers: Option<String>,
@@ -127,6 +144,81 @@ pub struct KafkaConfig {
     /// Pass-through librdkafka settings, `env:NAME` values already resolved.
     pub client: BTreeMap<String, String>,
 }
+
+impl std::fmt::Debug for KafkaConfig {
+    /// By hand, so that a resolved `sasl.password` never reaches a log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaConfig")
+            .field("brokers", &self.brokers)
+            .field("group_id", &self.group_id)
+            .field("partitions", &self.partitions)
+            .field("dedup_capacity", &self.dedup_capacity)
+            .field("commit_interval", &self.commit_interval)
+            .field("linger", &self.linger)
+            .field("topics", &self.topics)
+            .field("client", &RedactedSettings(&self.client))
+            .finish()
+    }
+}
+
+/// Whether a librdkafka setting holds a secret: a password, a client secret
+/// (`sasl.oauthbearer.client.secret`), or private key material (`ssl.key.pem`,
+/// `ssl.key.location`, `ssl.key.password`). Over-matching costs only a
+/// `<redacted>` where a harmless value would have been.
+pub fn is_secret_setting(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    ["password", "secret", "key.pem", "ssl.key", "ssl_key"].iter().any(|s| key.contains(s))
+}
+
+/// librdkafka settings for `Debug` output, with the values of secret ones
+/// (see [`is_secret_setting`]) shown as `"<redacted>"`. Used by every type
+/// that holds pass-through settings, [`crate::kafka::Connection`] included.
+pub struct RedactedSettings<'a>(pub &'a BTreeMap<String, String>);
+
+impl std::fmt::Debug for RedactedSettings<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(self.0.iter().map(|(k, v)| (k, if is_secret_setting(k) { "<redacted>" } else { v.as_str() })))
+            .finish()
+    }
+}
+
+/// Pass-through settings `fds` sets itself, and why the operator may not:
+/// each one would weaken the delivery guarantees (see [`crate::kafka`]) or
+/// break the pipeline's own bookkeeping.
+const RESERVED_CLIENT_SETTINGS: &[(&str, &str)] = &[
+    ("bootstrap.servers", "set kafka.brokers instead"),
+    ("group.id", "set kafka.group_id instead; the load and read-back clients need groups of their own"),
+    (
+        "enable.auto.commit",
+        "fds commits only the offsets it stores once a decision is acknowledged; it decides how they are committed",
+    ),
+    (
+        "enable.auto.offset.store",
+        "offsets are stored only once a transfer's decision is acknowledged; storing them on receipt loses \
+         transfers in a crash",
+    ),
+    ("auto.offset.reset", "a new group must start at the earliest offset, or transfers already sent go undecided"),
+    ("enable.idempotence", "the producer must be idempotent, or a retry can duplicate or reorder decisions"),
+    ("acks", "decisions must be acknowledged by all in-sync replicas (acks=all) before their offset is stored"),
+    (
+        "request.required.acks",
+        "an alias of acks: decisions must be acknowledged by all in-sync replicas before their offset is stored",
+    ),
+    ("message.timeout.ms", "fds never gives up on a decision (no timeout); a timeout drops decisions"),
+    ("delivery.timeout.ms", "an alias of message.timeout.ms: a timeout drops decisions"),
+    (
+        "partition.assignment.strategy",
+        "fds picks the assignment that gives one instance the same partitions of transfers and context events, \
+         so an account's events meet on one instance",
+    ),
+    (
+        "isolation.level",
+        "fds reads only committed records; reading uncommitted ones would score transfers whose sending was aborted",
+    ),
+    ("transactional.id", "fds uses no transactions; a transactional producer changes how decisions are delivered"),
+    ("enable.partition.eof", "the consumers do not expect end-of-partition events and would count them as errors"),
+];
 
 impl Default for KafkaConfig {
     fn default() -> Self {
@@ -288,8 +380,8 @@ fn kafka_config(raw: RawKafka, problems: &mut Vec<String>) -> KafkaConfig {
     // Secrets stay out of the file: `"sasl.password" = "env:FDS_SASL_PASSWORD"`.
     let mut client = BTreeMap::new();
     for (k, v) in raw.client {
-        if k == "bootstrap.servers" {
-            problems.push("kafka.client.\"bootstrap.servers\": set kafka.brokers instead".to_owned());
+        if let Some((_, why)) = RESERVED_CLIENT_SETTINGS.iter().find(|(key, _)| *key == k.trim()) {
+            problems.push(format!("kafka.client.{k:?}: {why}"));
             continue;
         }
         let value = match v.strip_prefix("env:") {
@@ -389,6 +481,62 @@ mod tests {
         assert_eq!(c.kafka.topics.transfers, "ob.transfers");
         assert_eq!(c.kafka.topics.decisions, "decisions");
         assert_eq!(c.kafka.client.get("security.protocol").map(String::as_str), Some("SASL_SSL"));
+    }
+
+    #[test]
+    fn settings_fds_owns_are_refused_all_at_once() {
+        let keys = [
+            "bootstrap.servers",
+            "group.id",
+            "enable.auto.commit",
+            "enable.auto.offset.store",
+            "auto.offset.reset",
+            "enable.idempotence",
+            "acks",
+            "request.required.acks",
+            "message.timeout.ms",
+            "delivery.timeout.ms",
+            "partition.assignment.strategy",
+            "isolation.level",
+            "transactional.id",
+            "enable.partition.eof",
+        ];
+        let mut text = "[kafka.client]\n\"security.protocol\" = \"SASL_SSL\"\n".to_owned();
+        for k in keys {
+            text.push_str(&format!("\"{k}\" = \"x\"\n"));
+        }
+        let p = invalid(&text);
+        assert_eq!(p.len(), keys.len(), "{p:#?}");
+        for k in keys {
+            let line = p.iter().find(|m| m.starts_with(&format!("kafka.client.\"{k}\": "))).expect(k);
+            assert!(line.len() > format!("kafka.client.\"{k}\": ").len() + 10, "no reason given: {line}");
+        }
+        assert!(p.iter().any(|m| m.contains("acks=all")), "{p:#?}");
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug_output() {
+        let c = Config::from_toml(
+            "[kafka.client]\n\"sasl.password\" = \"hunter2\"\n\"sasl.oauthbearer.client.secret\" = \"s3cret\"\n\
+             \"ssl.key.pem\" = \"-----BEGIN PRIVATE KEY-----\"\n\"ssl.key.password\" = \"kpw\"\n\
+             \"sasl.username\" = \"fds-user\"\n",
+        )
+        .ok()
+        .unwrap();
+        for shown in [format!("{c:?}"), format!("{:?}", c.kafka), format!("{:#?}", c.kafka)] {
+            for secret in ["hunter2", "s3cret", "PRIVATE KEY", "kpw"] {
+                assert!(!shown.contains(secret), "{secret} in {shown}");
+            }
+            assert!(shown.contains("\"sasl.password\": \"<redacted>\""), "{shown}");
+            assert!(shown.contains("fds-user"), "harmless settings are shown: {shown}");
+        }
+        let connection = crate::kafka::Connection { brokers: "10.0.0.1:9093".into(), client: c.kafka.client.clone() };
+        let shown = format!("{connection:?}");
+        assert!(!shown.contains("hunter2") && !shown.contains("PRIVATE KEY"), "{shown}");
+        assert!(shown.contains("\"ssl.key.pem\": \"<redacted>\"") && shown.contains("10.0.0.1:9093"), "{shown}");
+        let raw: RawConfig = toml::from_str("[kafka.client]\n\"sasl.password\" = \"hunter2\"\n").unwrap();
+        assert!(!format!("{raw:?}").contains("hunter2"));
+        assert!(is_secret_setting("SSL.KEY.LOCATION") && !is_secret_setting("security.protocol"));
     }
 
     #[test]

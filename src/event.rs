@@ -512,30 +512,63 @@ pub fn mask_account(account: &str) -> String {
     format!("{}{}", "*".repeat(n - 4), tail)
 }
 
-/// Hide all but the last four digits of every run of eight or more digits in
-/// `text`: error messages quote the input they reject, and that input may hold
-/// an account number that must not reach a log or a report.
+/// Hide all but the last four digits of every number of eight or more digits
+/// in `text`: error messages quote the input they reject, and that input may
+/// hold an account number that must not reach a log or a report.
+///
+/// A number is a run of digits, or digit groups joined by single hyphens or
+/// spaces, as account numbers are written (`110-123-456789`, `3333 02
+/// 1234567`); its digits are counted across the groups. Separators are kept,
+/// so the text keeps its length and shape: `***-***-**6789`.
+///
+/// Deliberately blunt: anything shaped like a number of eight digits or more
+/// is hidden, whatever it is. A date such as `2026-11-26` (eight digits) is
+/// masked to `****-11-26`, as the 14-digit `tran_dtime` always was; a message
+/// losing a date is a small price next to a log holding an account number.
 pub fn mask_digit_runs(text: &str) -> String {
+    const MIN_DIGITS: usize = 8;
+    const SHOWN: usize = 4;
+    let bytes = text.as_bytes();
     let mut out = String::with_capacity(text.len());
-    let mut run = String::new();
-    let flush = |run: &mut String, out: &mut String| {
-        if run.len() >= 8 {
-            out.push_str(&"*".repeat(run.len() - 4));
-            out.push_str(&run[run.len() - 4..]);
-        } else {
-            out.push_str(run);
+    // Digits and separators are ASCII, never inside a multi-byte character, so
+    // every index below is a character boundary.
+    let mut plain = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        if !bytes[i].is_ascii_digit() {
+            i += 1;
+            continue;
         }
-        run.clear();
-    };
-    for c in text.chars() {
-        if c.is_ascii_digit() {
-            run.push(c);
-        } else {
-            flush(&mut run, &mut out);
-            out.push(c);
+        let start = i;
+        loop {
+            while i < bytes.len() && bytes[i].is_ascii_digit() {
+                i += 1;
+            }
+            let joined = i + 1 < bytes.len() && matches!(bytes[i], b'-' | b' ') && bytes[i + 1].is_ascii_digit();
+            if !joined {
+                break;
+            }
+            i += 1;
+        }
+        out.push_str(&text[plain..start]);
+        plain = i;
+        let number = &text[start..i];
+        let digits = number.bytes().filter(u8::is_ascii_digit).count();
+        if digits < MIN_DIGITS {
+            out.push_str(number);
+            continue;
+        }
+        let mut hidden = digits - SHOWN;
+        for c in number.chars() {
+            if c.is_ascii_digit() && hidden > 0 {
+                hidden -= 1;
+                out.push('*');
+            } else {
+                out.push(c);
+            }
         }
     }
-    flush(&mut run, &mut out);
+    out.push_str(&text[plain..]);
     out
 }
 
@@ -608,6 +641,25 @@ mod tests {
             mask_digit_runs("invalid type: integer `120220000000000000012345`, line 1 column 88"),
             "invalid type: integer `********************2345`, line 1 column 88"
         );
+    }
+
+    #[test]
+    fn masks_account_numbers_written_in_groups() {
+        assert_eq!(
+            mask_digit_runs(r#"invalid type: string "110-123-456789", expected u64"#),
+            r#"invalid type: string "***-***-**6789", expected u64"#
+        );
+        assert_eq!(mask_digit_runs("3333-02-1234567"), "****-**-***4567");
+        assert_eq!(mask_digit_runs("account 3333 02 1234567."), "account **** ** ***4567.");
+        // A date has eight digits too: masked, as documented.
+        assert_eq!(mask_digit_runs("on 2026-11-26"), "on ****-11-26");
+        // Fewer than eight digits in all, or groups not joined by a single
+        // separator, stay as they are.
+        assert_eq!(mask_digit_runs("line 1 column 88"), "line 1 column 88");
+        assert_eq!(mask_digit_runs("088-1234"), "088-1234");
+        assert_eq!(mask_digit_runs("1234--5678 and 1234- 5678-"), "1234--5678 and 1234- 5678-");
+        assert_eq!(mask_digit_runs("12345678-"), "****5678-");
+        assert_eq!(mask_digit_runs("홍길동 110-123-456789 님"), "홍길동 ***-***-**6789 님");
     }
 
     #[test]

@@ -23,7 +23,7 @@
 //! - **Bad input never stops a load**: lines that are not events are counted
 //!   and skipped, as in replay.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
@@ -131,6 +131,8 @@ pub struct LoadOptions {
     /// API with a bounded pool of request handlers has. Sending waits while
     /// the limit is reached, so an unpaced run measures the throughput the
     /// pipeline sustains rather than how big a backlog the broker can hold.
+    /// A transfer unanswered for longer than the drain gives up its slot (it
+    /// still counts as never answered if no answer comes).
     pub max_in_flight: u64,
     /// How long the brokers get to answer the first metadata request.
     pub connect_timeout: Duration,
@@ -179,7 +181,8 @@ pub struct LoadReport {
     pub first_delivery_error: Option<String>,
     /// Times a send found the producer queue full and waited.
     pub queue_full_waits: u64,
-    /// The in-flight limit, and how often a send waited for it (100 us each).
+    /// The in-flight limit, and how many sends had to wait for a free slot
+    /// (each counted once, however long it waited).
     pub max_in_flight: u64,
     pub in_flight_waits: u64,
     /// Transfer ids that came up again in the input: their later decisions
@@ -269,18 +272,18 @@ pub fn run(opts: LoadOptions, progress: Option<ProgressBar>) -> Result<LoadRepor
             .map_err(LoadError::kafka(format!("cannot read the metadata of {topic}")))?;
     }
 
-    let answered = Arc::new(AtomicU64::new(0));
-    let matcher = Matcher::new(opts.budget);
+    let view = Arc::new(ReaderView::default());
+    let matcher = Matcher::new(opts.budget, opts.drain);
     let drain = opts.drain;
     let reader = {
-        let answered = answered.clone();
+        let view = view.clone();
         std::thread::Builder::new()
             .name("fds-load-decisions".into())
-            .spawn(move || read_decisions(consumer, notes_rx, matcher, drain, &answered))
+            .spawn(move || read_decisions(consumer, notes_rx, matcher, drain, &view))
             .expect("spawn the decision reader")
     };
 
-    let produced = produce(&producer, sources, &opts, &notes, &bar, &answered);
+    let produced = produce(&producer, sources, &opts, &notes, &bar, &view);
     // Every delivery report is in once the flush returns, so the reader learns
     // of every undelivered transfer before it gives up waiting.
     let flushed = producer.flush(opts.drain);
@@ -289,7 +292,7 @@ pub fn run(opts: LoadOptions, progress: Option<ProgressBar>) -> Result<LoadRepor
     drop(notes);
     let sent = produced.as_ref().map(|p| p.transfers).unwrap_or(0);
     while !reader.is_finished() {
-        let got = answered.load(Ordering::Relaxed);
+        let got = view.answered.load(Ordering::Relaxed);
         bar.set_message(format!("sent {sent}, answered {got}, draining"));
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -495,13 +498,56 @@ struct Produced {
     last_send: Option<Instant>,
 }
 
+/// What the decision reader publishes for the producing side, updated as it
+/// takes in notes, matches answers and ages transfers out.
+#[derive(Debug, Default)]
+struct ReaderView {
+    /// First answers matched, for the progress bar.
+    answered: AtomicU64,
+    /// [`Matcher::settled`]: of the transfers the reader has taken in, those
+    /// that no longer hold an in-flight slot. One number rather than the pair
+    /// (taken in, outstanding) it is computed from, so the producer can never
+    /// read one half of the pair before an update and the other half after.
+    settled: AtomicU64,
+}
+
+impl ReaderView {
+    fn publish(&self, matcher: &Matcher) {
+        self.answered.store(matcher.tally.answered, Ordering::Relaxed);
+        self.settled.store(matcher.settled(), Ordering::Relaxed);
+    }
+}
+
+/// Transfers holding an in-flight slot: the ones the reader has taken in and
+/// not settled, plus the ones sent since that it has not taken in yet (they
+/// are outstanding by definition). `sent - taken_in + (taken_in - settled)`.
+fn in_flight(sent: u64, settled: u64) -> u64 {
+    sent.saturating_sub(settled)
+}
+
+/// Wait, up to `max_wait`, until fewer than `max` transfers are in flight.
+/// Returns whether the send had to wait at all.
+///
+/// The wait is bounded as a last resort: the reader ages out transfers
+/// outstanding longer than the drain, but if it stalls, the load still goes on.
+fn wait_for_slot(sent: u64, max: u64, max_wait: Duration, settled: impl Fn() -> u64) -> bool {
+    if in_flight(sent, settled()) < max {
+        return false;
+    }
+    let waiting = Instant::now();
+    while in_flight(sent, settled()) >= max && waiting.elapsed() < max_wait {
+        std::thread::sleep(Duration::from_micros(100));
+    }
+    true
+}
+
 fn produce(
     producer: &ThreadedProducer<Delivery>,
     sources: Vec<Source>,
     opts: &LoadOptions,
     notes: &Sender<Note>,
     bar: &ProgressBar,
-    answered: &AtomicU64,
+    view: &ReaderView,
 ) -> Result<Produced, LoadError> {
     let mut p = Produced::default();
     let pacer = opts.rate.map(|per_second| Pacer { per_second });
@@ -534,15 +580,8 @@ fn produce(
                             std::thread::sleep(wait);
                         }
                     }
-                    // Unanswered transfers never free their slot; after a
-                    // drain's wait, send anyway (they count as never answered).
-                    let waiting = Instant::now();
-                    while p.transfers.saturating_sub(answered.load(Ordering::Relaxed)) >= opts.max_in_flight
-                        && waiting.elapsed() < opts.drain
-                    {
-                        p.in_flight_waits += 1;
-                        std::thread::sleep(Duration::from_micros(100));
-                    }
+                    let settled = || view.settled.load(Ordering::Relaxed);
+                    p.in_flight_waits += u64::from(wait_for_slot(p.transfers, opts.max_in_flight, opts.drain, settled));
                     let deadline_ms = unix_ms() + opts.budget.as_millis() as u64;
                     let headers = OwnedHeaders::new_with_capacity(2)
                         .insert(Header { key: HEADER_CORRELATION_ID, value: Some(&t.bank_tran_id) })
@@ -568,7 +607,7 @@ fn produce(
             records += 1;
             if records % 256 == 0 {
                 bar.set_position(done_bytes + src.position.load(Ordering::Relaxed));
-                let got = answered.load(Ordering::Relaxed);
+                let got = view.answered.load(Ordering::Relaxed);
                 bar.set_message(format!("sent {} transfers, answered {got}", p.transfers));
             }
         }
@@ -621,7 +660,7 @@ fn read_decisions(
     notes: Receiver<Note>,
     mut matcher: Matcher,
     drain: Duration,
-    answered: &AtomicU64,
+    view: &ReaderView,
 ) -> ReaderResult {
     let mut deadline: Option<Instant> = None;
     let mut consumer_errors = 0u64;
@@ -642,12 +681,12 @@ fn read_decisions(
                 }
             }
         }
+        matcher.age(now);
         match polled {
             Some(Ok(msg)) => {
                 let headers = msg.headers().map(|h| h.iter().map(|h| (h.key, h.value)).collect::<Vec<_>>());
                 let d = read_decision(headers.into_iter().flatten(), msg.payload());
                 matcher.answer(d, now);
-                answered.store(matcher.tally.answered, Ordering::Relaxed);
             }
             Some(Err(e)) => {
                 consumer_errors += 1;
@@ -657,6 +696,7 @@ fn read_decisions(
             }
             None => {}
         }
+        view.publish(&matcher);
         if let Some(deadline) = deadline {
             if matcher.outstanding == 0 || now >= deadline {
                 break;
@@ -767,15 +807,28 @@ struct Tally {
 struct Pending {
     at: Instant,
     first: Option<Verdict>,
+    /// Unanswered for longer than the slot timeout: still waited for, but no
+    /// longer holding an in-flight slot.
+    aged: bool,
 }
 
 /// Decisions matched to the transfers sent, by id.
 #[derive(Debug)]
 struct Matcher {
     budget: Duration,
+    /// How long an unanswered transfer holds its in-flight slot (the drain:
+    /// an answer slower than that would not be waited for at the end either).
+    slot_timeout: Duration,
     sent: HashMap<Box<str>, Pending>,
+    /// Transfers in send order, by send time and id, for ageing them out. An
+    /// entry may outlive its transfer (answered, or retracted and sent again).
+    by_age: VecDeque<(Instant, Box<str>)>,
+    /// Sent notes taken in, repeated ids included.
+    taken_in: u64,
     /// Sent, delivered, not answered yet.
     outstanding: u64,
+    /// Of `outstanding`, those past the slot timeout.
+    aged: u64,
     /// End-to-end latency of first answers, in microseconds.
     hist: Histogram<u64>,
     tally: Tally,
@@ -783,11 +836,15 @@ struct Matcher {
 }
 
 impl Matcher {
-    fn new(budget: Duration) -> Self {
+    fn new(budget: Duration, slot_timeout: Duration) -> Self {
         Matcher {
             budget,
+            slot_timeout,
             sent: HashMap::new(),
+            by_age: VecDeque::new(),
+            taken_in: 0,
             outstanding: 0,
+            aged: 0,
             hist: Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("valid bounds"),
             tally: Tally::default(),
             last_answer: None,
@@ -797,17 +854,44 @@ impl Matcher {
     /// A transfer was sent. An id sent before keeps its first send time, so
     /// the answer to the repeat counts as a duplicate.
     fn sent(&mut self, id: Box<str>, at: Instant) {
+        self.taken_in += 1;
         if self.sent.contains_key(&id) {
             self.tally.repeated_ids += 1;
             return;
         }
-        self.sent.insert(id, Pending { at, first: None });
+        self.by_age.push_back((at, id.clone()));
+        self.sent.insert(id, Pending { at, first: None, aged: false });
         self.outstanding += 1;
+    }
+
+    /// Transfers taken in that hold no in-flight slot: answered, retracted,
+    /// repeated ids (the first send holds the slot), and aged out.
+    fn settled(&self) -> u64 {
+        self.taken_in - (self.outstanding - self.aged)
+    }
+
+    /// Free the slots of transfers unanswered for longer than the slot
+    /// timeout. They still count as never answered if no answer comes, so a
+    /// pipeline that drops transfers cannot stall the load for a drain per send.
+    fn age(&mut self, now: Instant) {
+        while let Some((at, id)) = self.by_age.front() {
+            // Sent in order: everything behind this one is younger.
+            if now.saturating_duration_since(*at) < self.slot_timeout {
+                break;
+            }
+            // The same send (not a later one of a retracted id), unanswered.
+            if let Some(p) = self.sent.get_mut(id).filter(|p| p.at == *at && p.first.is_none() && !p.aged) {
+                p.aged = true;
+                self.aged += 1;
+            }
+            self.by_age.pop_front();
+        }
     }
 
     /// The transfer never reached a broker: stop waiting for it.
     fn retract(&mut self, id: &str) {
-        if self.sent.get(id).is_some_and(|p| p.first.is_none()) {
+        if let Some(p) = self.sent.get(id).filter(|p| p.first.is_none()) {
+            self.aged -= u64::from(p.aged);
             self.sent.remove(id);
             self.outstanding -= 1;
             self.tally.retracted += 1;
@@ -842,6 +926,7 @@ impl Matcher {
         }
         pending.first = Some(d.verdict);
         self.outstanding -= 1;
+        self.aged -= u64::from(pending.aged);
         self.last_answer = Some(at);
     }
 }
@@ -981,7 +1066,7 @@ mod tests {
     #[test]
     fn matches_first_answers_and_counts_duplicates_apart() {
         let t0 = Instant::now();
-        let mut m = Matcher::new(Duration::from_millis(200));
+        let mut m = Matcher::new(Duration::from_millis(200), Duration::from_secs(10));
         for id in ["A", "B", "C", "D"] {
             m.sent(id.into(), t0);
         }
@@ -1009,6 +1094,76 @@ mod tests {
     }
 
     #[test]
+    fn in_flight_counts_only_transfers_still_waited_for() {
+        let t0 = Instant::now();
+        let mut m = Matcher::new(Duration::from_millis(200), Duration::from_secs(10));
+        for id in ["A", "B", "C", "D"] {
+            m.sent(id.into(), t0);
+        }
+        m.sent("A".into(), t0); // a repeated id holds no second slot
+        m.retract("D"); // never delivered: not waited for
+        m.answer(decision("A", "allow"), t0);
+        // Seven sent, five of them taken in by the reader: B and C are
+        // outstanding, the two not taken in yet are in flight too. Counting
+        // sent minus answered would say 6.
+        assert_eq!(in_flight(7, m.settled()), 4);
+        assert_eq!(m.outstanding, 2);
+        m.answer(decision("B", "hold"), t0);
+        m.answer(decision("B", "hold"), t0); // a duplicate frees nothing more
+        assert_eq!(in_flight(7, m.settled()), 3);
+    }
+
+    #[test]
+    fn transfers_unanswered_past_the_drain_free_their_slot() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut m = Matcher::new(ms(200), Duration::from_secs(1));
+        m.sent("A".into(), t0);
+        m.sent("B".into(), t0 + ms(100));
+        m.age(t0 + ms(999));
+        assert_eq!(m.settled(), 0);
+        m.age(t0 + ms(1000));
+        assert_eq!((m.settled(), m.outstanding), (1, 2), "A aged out, still waited for");
+        m.age(t0 + ms(1100));
+        assert_eq!(m.settled(), 2);
+        // A late answer or a failed delivery frees nothing twice.
+        m.answer(decision("A", "allow"), t0 + ms(1200));
+        m.retract("B");
+        assert_eq!((m.settled(), m.outstanding, m.aged), (2, 0, 0));
+        assert_eq!(m.tally.answered, 1);
+
+        // Retracted, then sent again: the new send ages from its own time.
+        m.sent("C".into(), t0);
+        m.retract("C");
+        m.sent("C".into(), t0 + ms(900));
+        m.age(t0 + ms(1500));
+        assert_eq!(m.aged, 0);
+        m.age(t0 + ms(1900));
+        assert_eq!(m.aged, 1);
+    }
+
+    #[test]
+    fn a_send_that_waits_for_a_slot_counts_once() {
+        assert!(!wait_for_slot(9, 10, Duration::from_secs(10), || 0), "a free slot: no wait");
+        // The slot frees after a few checks: one wait, however many checks.
+        let checks = std::cell::Cell::new(0);
+        let settled = || {
+            checks.set(checks.get() + 1);
+            if checks.get() > 5 {
+                1
+            } else {
+                0
+            }
+        };
+        assert!(wait_for_slot(10, 10, Duration::from_secs(10), settled));
+        assert_eq!(checks.get(), 6);
+        // No slot ever frees: the wait ends after `max_wait`.
+        let start = Instant::now();
+        assert!(wait_for_slot(10, 10, Duration::from_millis(20), || 0));
+        assert!(start.elapsed() >= Duration::from_millis(20));
+    }
+
+    #[test]
     fn summarizes_microsecond_percentiles() {
         assert_eq!(latency_summary(&Histogram::new(3).unwrap()).p99_us, 0.0);
         let mut h = Histogram::<u64>::new_with_bounds(1, MAX_LATENCY_US, 3).unwrap();
@@ -1031,7 +1186,7 @@ mod tests {
             &opts,
             vec!["x.jsonl".into()],
             Produced { transfers: 2, ..Produced::default() },
-            ReaderResult { matcher: Matcher::new(opts.budget), consumer_errors: 0 },
+            ReaderResult { matcher: Matcher::new(opts.budget, opts.drain), consumer_errors: 0 },
             0,
             None,
         );

@@ -824,6 +824,12 @@ impl State {
     pub fn entities(&self) -> (usize, usize, usize) {
         (self.accounts.len(), self.payees.len(), self.devices.len())
     }
+
+    /// Whether this state holds the account: which instance owns which
+    /// accounts is a property the pipeline must keep (one owner each).
+    pub fn knows_account(&self, account: &str) -> bool {
+        self.accounts.contains_key(account)
+    }
 }
 
 /// Get an entity for update, creating it on first sight. The key is allocated

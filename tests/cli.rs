@@ -62,3 +62,47 @@ fn a_bad_config_file_is_refused_with_every_problem() {
     let ok = fds(&["--config", "fds.example.toml", "rules", "check"]);
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
 }
+
+#[test]
+fn load_without_brokers_names_both_ways_to_give_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, "").unwrap();
+    let out = fds(&["load", input.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--brokers") && err.contains("kafka.brokers"), "{err}");
+}
+
+#[test]
+fn load_takes_brokers_topics_and_client_settings_from_the_config() {
+    let broker = fds::kafka::EmbeddedBroker::start(&fds::kafka::Topics::default(), 1).unwrap();
+    let brokers = broker.bootstrap_servers();
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, "").unwrap();
+
+    // Brokers and topic names: the load reaches the embedded broker and looks
+    // for the renamed transfers topic, which is not there.
+    let config = dir.path().join("fds.toml");
+    std::fs::write(
+        &config,
+        format!("[kafka]\nbrokers = \"{brokers}\"\n[kafka.topics]\ntransfers = \"ob.transfers\"\n"),
+    )
+    .unwrap();
+    let out = fds(&["--config", config.to_str().unwrap(), "load", input.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("topic \"ob.transfers\" (transfers) does not exist on {brokers}")), "{err}");
+
+    // Client settings are passed through: librdkafka refuses this one.
+    std::fs::write(
+        &config,
+        "[kafka]\nbrokers = \"127.0.0.1:1\"\n[kafka.client]\n\"security.protocol\" = \"carrier-pigeon\"\n",
+    )
+    .unwrap();
+    let out = fds(&["--config", config.to_str().unwrap(), "load", input.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("security.protocol") && err.contains("carrier-pigeon"), "{err}");
+}

@@ -191,17 +191,22 @@ fn restart_after_a_crash_loses_nothing_and_never_contradicts() {
     let events = stream(400);
     let ids = transfer_ids(&events);
 
-    let mut child = spawn_fds_run(&brokers);
+    // Commits once a minute: everything decided before the kill is delivered
+    // again after the restart, so the read-back path is surely exercised.
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(config.path(), "[kafka]\ncommit_interval_ms = 60000\n").unwrap();
+    let child = Child(spawn_fds_run_with(&brokers, Some(config.path())));
     let p = producer(&brokers);
-    send_events(&p, &topics, &events, 600_000);
+    let third = events.len() / 3;
+    send_events(&p, &topics, &events[..third], 600_000);
+    let first = transfer_ids(&events[..third]).len();
     let mut decisions = Reader::new(&brokers, &topics.decisions);
-    assert!(decisions.read_until(WAIT, |r| r.len() >= ids.len() / 3));
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let before = decisions.records.len();
-    assert!(before < ids.len(), "killed mid-stream ({before} of {})", ids.len());
+    assert!(decisions.read_until(WAIT, |r| r.len() >= first));
+    drop(child); // SIGKILL: no commit, no goodbye to the group
 
-    let mut child = spawn_fds_run(&brokers);
+    // The rest arrives while no instance runs; the new one must take it all.
+    send_events(&p, &topics, &events[third..], 600_000);
+    let mut child = Child(spawn_fds_run(&brokers));
     assert!(
         decisions.read_until(WAIT, |r| decisions_by_id(r).len() >= ids.len()),
         "{} of {} decided after the restart",
@@ -213,17 +218,37 @@ fn restart_after_a_crash_loses_nothing_and_never_contradicts() {
         assert!(ids.contains(&id));
         assert!(ds.iter().all(|d| d == &ds[0]), "{id} decided two ways: {ds:?}");
     }
+    let again = decisions.records.iter().filter(|r| r.header("fds-redelivered") == Some("true")).count();
+    assert!(again >= first, "the {first} transfers decided before the kill were answered again from the read-back");
 
     // SIGTERM: stop consuming, finish, commit, exit 0.
-    let pid = child.id().to_string();
+    let pid = child.0.id().to_string();
     assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    let status = child.wait().unwrap();
+    let status = child.0.wait().unwrap();
     assert!(status.success(), "graceful stop exits 0: {status:?}");
 }
 
+/// A child `fds run`, killed (SIGKILL) when dropped, so a failing test leaves
+/// no process behind.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn spawn_fds_run(brokers: &str) -> std::process::Child {
-    std::process::Command::new(env!("CARGO_BIN_EXE_fds"))
-        .args(["run", "--brokers", brokers, "--listen", "127.0.0.1:0"])
+    spawn_fds_run_with(brokers, None)
+}
+
+fn spawn_fds_run_with(brokers: &str, config: Option<&std::path::Path>) -> std::process::Child {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_fds"));
+    if let Some(c) = config {
+        cmd.arg("--config").arg(c);
+    }
+    cmd.args(["run", "--brokers", brokers, "--listen", "127.0.0.1:0"])
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::null())
         .spawn()
@@ -275,5 +300,71 @@ fn decisions_are_read_back_at_start() {
         assert_eq!(rs.len(), 2, "{id}");
         assert_eq!(rs[0].payload, rs[1].payload, "{id}: the same decision, byte for byte");
         assert_eq!(rs.iter().filter(|r| r.header("fds-redelivered") == Some("true")).count(), 1);
+    }
+}
+
+/// Two instances in one group: each account belongs to exactly one of them
+/// (its transfers and its context events go to the same instance), and when one
+/// stops, the other takes over its partitions where it left off: every transfer
+/// decided exactly once.
+#[test]
+fn two_instances_share_accounts_and_hand_over_cleanly() {
+    let topics = Topics::default();
+    let broker = EmbeddedBroker::start(&topics, 2).unwrap();
+    let brokers = broker.bootstrap_servers();
+    let events = stream(300);
+    let ids = transfer_ids(&events);
+    let half = events.len() / 2;
+
+    let a = Running::start(&brokers, "pair");
+    let b = Running::start(&brokers, "pair");
+    assert!(
+        wait_for(WAIT, || a.health.is_ready() && b.health.is_ready()),
+        "both assigned: {:?} {:?}",
+        a.health.problems(),
+        b.health.problems()
+    );
+    let p = producer(&brokers);
+    send_events(&p, &topics, &events[..half], 600_000);
+    let first = transfer_ids(&events[..half]).len();
+    let mut decisions = Reader::new(&brokers, &topics.decisions);
+    assert!(decisions.read_until(WAIT, |r| r.len() >= first));
+
+    let accounts: std::collections::HashSet<&str> = events[..half].iter().filter_map(|e| e.account()).collect();
+    let (mut on_a, mut on_b) = (0, 0);
+    for acct in &accounts {
+        let (ka, kb) = (a.engine.state().knows_account(acct), b.engine.state().knows_account(acct));
+        assert!(!(ka && kb), "an account's events were split between instances");
+        on_a += usize::from(ka);
+        on_b += usize::from(kb);
+    }
+    assert!(on_a > 0 && on_b > 0, "both instances own accounts: {on_a} / {on_b}");
+
+    // B leaves; A takes its partitions from B's last commit.
+    let summary_b = b.stop();
+    assert_eq!(summary_b.unfinished, 0);
+    send_events(&p, &topics, &events[half..], 600_000);
+    assert!(
+        decisions.read_until(WAIT, |r| decisions_by_id(r).len() >= ids.len()),
+        "{} of {}",
+        decisions_by_id(&decisions.records).len(),
+        ids.len()
+    );
+    decisions.drain(Duration::from_millis(500));
+    a.stop();
+    // A hand-over may deliver a few transfers again (at least once); they
+    // are answered with the decision already given, never another one.
+    let mut payloads: HashMap<String, Vec<u8>> = HashMap::new();
+    for r in &decisions.records {
+        let id = r.json()["bank_tran_id"].as_str().unwrap().to_owned();
+        match payloads.get(&id) {
+            None => {
+                payloads.insert(id, r.payload.clone());
+            }
+            Some(first) => {
+                assert_eq!(first, &r.payload, "{id} decided two ways");
+                assert_eq!(r.header("fds-redelivered"), Some("true"), "{id}: a second answer is marked");
+            }
+        }
     }
 }

@@ -108,9 +108,11 @@ enum Command {
         /// Files to send in order, as for replay.
         #[arg(required = true)]
         files: Vec<PathBuf>,
-        /// Kafka bootstrap servers, HOST:PORT[,HOST:PORT...].
-        #[arg(long, required = true)]
-        brokers: String,
+        /// Kafka bootstrap servers, HOST:PORT[,HOST:PORT...] [default: the
+        /// config's kafka.brokers]. Topics and client settings (TLS, SASL)
+        /// come from the config's [kafka] section, as for `fds run`.
+        #[arg(long)]
+        brokers: Option<String>,
         #[arg(long, value_enum, default_value_t = Format::Auto)]
         format: Format,
         /// Transfers per second [default: as fast as possible]. Context events
@@ -259,7 +261,14 @@ fn run() -> Result<()> {
             let Ok(drain) = Duration::try_from_secs_f64(drain_secs) else {
                 bail!("--drain-secs must be a number of seconds, got {drain_secs}");
             };
-            let mut opts = fds::load::LoadOptions::new(files, Connection::new(brokers), fds::kafka::Topics::default());
+            let Some(brokers) = brokers.or_else(|| config.kafka.brokers.clone()) else {
+                bail!("no brokers: pass --brokers HOST:PORT or set kafka.brokers in the config");
+            };
+            // The same brokers, client settings and topic names as `fds run`
+            // with this config: a load against a TLS/SASL cluster or renamed
+            // topics measures the deployment it describes.
+            let connection = Connection { brokers, client: config.kafka.client.clone() };
+            let mut opts = fds::load::LoadOptions::new(files, connection, config.kafka.topics.clone());
             opts.format = format;
             opts.rate = rate;
             opts.limit = limit;
@@ -292,6 +301,10 @@ fn run_cmd(
 
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        // The first signal asks for a graceful stop; a second one, while the
+        // stop is under way (a broker that never comes back), exits at once.
+        signal_hook::flag::register_conditional_shutdown(signal, 1, stop.clone())
+            .context("cannot install the signal handler")?;
         signal_hook::flag::register(signal, stop.clone()).context("cannot install the signal handler")?;
     }
     let kafka = &config.kafka;

@@ -69,6 +69,8 @@ pub const HEADER_ERROR_KIND: &str = "fds-error-kind";
 pub const HEADER_SOURCE_TOPIC: &str = "fds-source-topic";
 pub const HEADER_SOURCE_PARTITION: &str = "fds-source-partition";
 pub const HEADER_SOURCE_OFFSET: &str = "fds-source-offset";
+/// On dead-letter records cut to fit the broker's size limit: the original length.
+pub const HEADER_TRUNCATED_FROM: &str = "fds-truncated-from";
 
 /// The topic names, configurable per deployment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,11 +131,21 @@ impl DeadLetterKind {
 
 /// How to reach the brokers: the bootstrap list and any librdkafka settings
 /// the operator passes through (TLS, SASL, timeouts...), applied last so the
-/// operator has the final word.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// operator has the final word. Its `Debug` output hides secrets such as a
+/// resolved `sasl.password` (see [`crate::config::is_secret_setting`]).
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Connection {
     pub brokers: String,
     pub client: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("brokers", &self.brokers)
+            .field("client", &crate::config::RedactedSettings(&self.client))
+            .finish()
+    }
 }
 
 impl Connection {
@@ -231,9 +243,7 @@ pub fn create_topics(
     for r in results {
         match r {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((topic, code)) => {
-                return Err(KafkaSetupError::CreateTopic { topic, brokers, code })
-            }
+            Err((topic, code)) => return Err(KafkaSetupError::CreateTopic { topic, brokers, code }),
         }
     }
     Ok(())

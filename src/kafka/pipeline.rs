@@ -69,6 +69,7 @@ use rdkafka::ClientContext;
 use super::{
     Connection, DeadLetterKind, Topics, HEADER_CORRELATION_ID, HEADER_DEADLINE_MS, HEADER_ERROR, HEADER_ERROR_KIND,
     HEADER_LATE, HEADER_REDELIVERED, HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION, HEADER_SOURCE_TOPIC,
+    HEADER_TRUNCATED_FROM,
 };
 use crate::api::Health;
 use crate::engine::{Engine, EngineError};
@@ -84,6 +85,8 @@ pub enum PipelineError {
     Subscribe { topics: String, source: KafkaError },
     #[error("cannot read back the recent decisions from topic {topic}")]
     LoadDecisions { topic: String, source: KafkaError },
+    #[error("the decisions producer failed for good ({code:?}: {reason}); stopped after committing what was decided")]
+    ProducerFatal { code: RDKafkaErrorCode, reason: String },
     #[error("the {0} thread stopped unexpectedly (see the log above); the pipeline stopped after committing what was decided")]
     ThreadDied(&'static str),
     #[error("topics {a} ({a_n} partitions) and {b} ({b_n} partitions) must have the same partition count, so one account's transfers and context events reach the same instance")]
@@ -217,7 +220,7 @@ impl OffsetTracker {
 /// first. Re-deliveries come from the last few seconds before a crash or a
 /// rebalance, so a bounded memory of the most recent decisions covers them.
 pub struct DecisionMemory {
-    map: HashMap<Arc<str>, Arc<[u8]>, ahash::RandomState>,
+    map: HashMap<Arc<str>, (Arc<[u8]>, bool), ahash::RandomState>,
     order: VecDeque<Arc<str>>,
     capacity: usize,
 }
@@ -227,12 +230,13 @@ impl DecisionMemory {
         DecisionMemory { map: HashMap::default(), order: VecDeque::new(), capacity: capacity.max(1) }
     }
 
-    pub fn get(&self, tran_id: &str) -> Option<&Arc<[u8]>> {
+    /// The decision given, and whether it was late.
+    pub fn get(&self, tran_id: &str) -> Option<&(Arc<[u8]>, bool)> {
         self.map.get(tran_id)
     }
 
     /// Remember a decision; the first one given for an id is the one kept.
-    pub fn insert(&mut self, tran_id: &str, decision: Arc<[u8]>) {
+    pub fn insert(&mut self, tran_id: &str, decision: Arc<[u8]>, late: bool) {
         if self.map.contains_key(tran_id) {
             return;
         }
@@ -242,7 +246,7 @@ impl DecisionMemory {
             }
         }
         let id: Arc<str> = tran_id.into();
-        self.map.insert(id.clone(), decision);
+        self.map.insert(id.clone(), (decision, late));
         self.order.push_back(id);
     }
 
@@ -358,10 +362,66 @@ impl ProducerContext for AckContext {
     }
 }
 
+/// What the scoring thread and the rebalance callbacks share: the offsets in
+/// flight and the acknowledgements coming back. Both run on the scoring thread
+/// (librdkafka calls the rebalance callbacks inside `poll`), so the lock is
+/// never contended; it is there because the callbacks reach it through `&self`.
+struct Book {
+    tracker: OffsetTracker,
+    acks: Receiver<Ack>,
+}
+
+impl Book {
+    /// Take the acknowledgements that arrived: successes finish their offsets,
+    /// failures come back to be produced again. Returns whether any finished.
+    fn drain(&mut self, metrics: &Metrics, retries: &mut Vec<(Source, Retry)>) -> bool {
+        let mut moved = false;
+        while let Ok(ack) = self.acks.try_recv() {
+            match ack.retry {
+                None => {
+                    metrics.ack_latency.observe(ack.produced_at.elapsed().as_secs_f64());
+                    self.tracker.finish(ack.source.topic, ack.source.partition, ack.source.offset);
+                    moved = true;
+                }
+                Some(r) => retries.push((ack.source, r)),
+            }
+        }
+        moved
+    }
+}
+
 struct GroupContext {
     health: Arc<Health>,
-    /// Partitions revoked by a rebalance, for the scoring thread to settle.
-    revoked: Mutex<Vec<(String, i32)>>,
+    metrics: Arc<Metrics>,
+    producer: Arc<ThreadedProducer<AckContext>>,
+    topics: Topics,
+    book: Mutex<Book>,
+    /// Partitions just assigned and paused until the recent decisions are read
+    /// back, for the scoring thread to pick up.
+    assigned: Mutex<Option<TopicPartitionList>>,
+}
+
+impl GroupContext {
+    fn book(&self) -> std::sync::MutexGuard<'_, Book> {
+        self.book.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Hand the finished positions to the consumer for its next commit.
+    fn store_offsets(&self, consumer: &BaseConsumer<GroupContext>) {
+        let ready = self.book().tracker.take_committable();
+        if ready.is_empty() {
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (t, partition, next) in ready {
+            let topic = if t == TOPIC_TRANSFERS { &self.topics.transfers } else { &self.topics.context_events };
+            let _ = tpl.add_partition_offset(topic, partition, Offset::Offset(next));
+        }
+        if let Err(e) = consumer.store_offsets(&tpl) {
+            tracing::debug!(error = %e, "offsets not stored");
+        }
+        self.metrics.offsets_pending.set(self.book().tracker.pending() as i64);
+    }
 }
 
 impl ClientContext for GroupContext {
@@ -374,21 +434,66 @@ impl ClientContext for GroupContext {
 }
 
 impl ConsumerContext for GroupContext {
-    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    /// Partitions are about to go to another instance: while they are still
+    /// ours, wait for the acknowledgements of what was decided, store and
+    /// commit those offsets, so the next owner starts exactly after them.
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Revoke(tpl) => {
-                let mut revoked = self.revoked.lock().expect("revoked lock");
-                revoked.extend(tpl.elements().iter().map(|e| (e.topic().to_owned(), e.partition())));
                 self.health.set_assigned(false);
+                let pending = self.book().tracker.pending();
+                if pending > 0 {
+                    let deadline = Instant::now() + REVOKE_GRACE;
+                    let mut retries = Vec::new();
+                    while self.book().tracker.pending() > 0 && Instant::now() < deadline {
+                        let _ = self.producer.flush(Duration::from_millis(100));
+                        self.book().drain(&self.metrics, &mut retries);
+                    }
+                    if !retries.is_empty() {
+                        tracing::warn!(
+                            records = retries.len(),
+                            "deliveries failed during a rebalance; the next owner will decide those transfers"
+                        );
+                    }
+                }
+                self.store_offsets(consumer);
+                if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+                    if e.rdkafka_error_code() != Some(RDKafkaErrorCode::NoOffset) {
+                        tracing::warn!(error = %e, "commit before giving up partitions failed");
+                    }
+                }
+                let left = self.book().tracker.pending();
+                for e in tpl.elements() {
+                    let t = if e.topic() == self.topics.transfers { TOPIC_TRANSFERS } else { TOPIC_CONTEXT };
+                    self.book().tracker.forget(t, e.partition());
+                }
+                tracing::info!(partitions = tpl.count(), unfinished = left, "partitions revoked");
             }
-            Rebalance::Assign(tpl) => {
-                tracing::info!(partitions = tpl.count(), "partitions assigned");
-                self.health.set_assigned(true);
-            }
+            Rebalance::Assign(_) => {}
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance failed"),
         }
     }
+
+    /// New partitions: hold them until the decisions already given for them
+    /// (perhaps by an instance that just died) are read back, so a transfer
+    /// delivered again gets the same answer.
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            tracing::info!(partitions = tpl.count(), "partitions assigned");
+            if tpl.count() > 0 {
+                if let Err(e) = consumer.pause(tpl) {
+                    tracing::warn!(error = %e, "cannot pause the new partitions");
+                }
+                self.health.set_caught_up(false);
+                *self.assigned.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some((*tpl).clone());
+            }
+            self.health.set_assigned(tpl.count() > 0);
+        }
+    }
 }
+
+/// How long a rebalance waits for in-flight decisions before it lets go.
+const REVOKE_GRACE: Duration = Duration::from_secs(10);
 
 // ------------------------------------------------------------------- run ---
 
@@ -418,14 +523,22 @@ pub fn run(
         .create_with_context(AckContext { acks: Mutex::new(ack_tx), health: health.clone() })
         .map_err(|source| PipelineError::Client { role: "producer", brokers: brokers.clone(), source })?;
 
-    let memory = load_recent_decisions(&opts, &stop)?;
-    tracing::info!(decisions = memory.len(), "recent decisions read back");
-    health.set_caught_up(true);
+    let producer = Arc::new(producer);
 
+    // Fraud reports first: transfers are not scored before every known report
+    // is in the state.
     let labels = spawn_labels_reader(engine.clone(), &opts, metrics.clone(), stop.clone())?;
     let watcher = spawn_health_watch(&opts, health.clone(), stop.clone())?;
 
     let commit_ms = opts.commit_interval.as_millis().max(1).to_string();
+    let context = GroupContext {
+        health: health.clone(),
+        metrics: metrics.clone(),
+        producer: producer.clone(),
+        topics: opts.topics.clone(),
+        book: Mutex::new(Book { tracker: OffsetTracker::default(), acks: ack_rx }),
+        assigned: Mutex::new(None),
+    };
     let consumer: BaseConsumer<GroupContext> = opts
         .connection
         .client_config(&[
@@ -435,13 +548,21 @@ pub fn run(
             // Offsets are stored by hand, only once the outcome is safe.
             ("enable.auto.offset.store", "false"),
             ("auto.offset.reset", "earliest"),
-            ("partition.assignment.strategy", "cooperative-sticky"),
+            // `range` gives one member the same partition numbers of every
+            // topic it reads (the topics have the same counts): an account's
+            // transfers and context events meet on one instance.
+            ("partition.assignment.strategy", "range"),
             // Latency: hand over what has arrived instead of waiting to fill a
             // batch (the transfer API is waiting for each answer).
             ("fetch.wait.max.ms", "1"),
             ("fetch.queue.backoff.ms", "1"),
+            ("fetch.error.backoff.ms", "20"),
+            // A crashed instance's partitions move to the others after this
+            // long without its heartbeat (librdkafka's default is 45 s).
+            ("session.timeout.ms", "10000"),
+            ("heartbeat.interval.ms", "1000"),
         ])
-        .create_with_context(GroupContext { health: health.clone(), revoked: Mutex::new(Vec::new()) })
+        .create_with_context(context)
         .map_err(|source| PipelineError::Client { role: "consumer", brokers: brokers.clone(), source })?;
     check_copartitioned(&consumer, &opts.topics)?;
     let inputs = [opts.topics.transfers.as_str(), opts.topics.context_events.as_str()];
@@ -454,9 +575,8 @@ pub fn run(
         metrics: &metrics,
         producer: &producer,
         consumer: &consumer,
-        acks: ack_rx,
-        tracker: OffsetTracker::default(),
-        memory,
+        stop: &stop,
+        memory: DecisionMemory::new(opts.dedup_capacity),
         summary: Summary::default(),
         consumed_transfers: metrics.events_consumed.with_label_values(&[opts.topics.transfers.as_str()]),
         consumed_context: metrics.events_consumed.with_label_values(&[opts.topics.context_events.as_str()]),
@@ -471,8 +591,23 @@ pub fn run(
             failure = Some(PipelineError::ThreadDied(if labels.is_finished() { "labels" } else { "health" }));
             break;
         }
+        if let Some((code, reason)) = producer.client().fatal_error() {
+            failure = Some(PipelineError::ProducerFatal { code, reason });
+            break;
+        }
+        let assigned = consumer.context().assigned.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        if let Some(tpl) = assigned {
+            read_back_decisions(&opts, &mut scorer.memory, &stop);
+            tracing::info!(decisions = scorer.memory.len(), "recent decisions read back");
+            if let Err(e) = consumer.resume(&tpl) {
+                tracing::warn!(error = %e, "cannot resume the new partitions");
+            }
+            health.set_caught_up(true);
+        }
         scorer.settle_acks();
-        scorer.settle_revoked();
+        if scorer.last_store.elapsed() >= STORE_EVERY {
+            scorer.store_offsets();
+        }
         match consumer.poll(Duration::from_millis(50)) {
             None => {}
             Some(Ok(msg)) => scorer.handle(&msg),
@@ -484,15 +619,16 @@ pub fn run(
 
     // Graceful stop: no new messages; wait for what is in flight, then commit.
     health.set_stopping();
-    tracing::info!(pending = scorer.tracker.pending(), "stopping: waiting for in-flight decisions");
+    let pending = || consumer.context().book().tracker.pending();
+    tracing::info!(pending = pending(), "stopping: waiting for in-flight decisions");
     let deadline = Instant::now() + opts.shutdown_timeout;
-    while scorer.tracker.pending() > 0 && Instant::now() < deadline {
+    while pending() > 0 && Instant::now() < deadline {
         let _ = producer.flush(Duration::from_millis(100));
         scorer.settle_acks();
     }
     scorer.settle_acks();
     scorer.store_offsets();
-    scorer.summary.unfinished = scorer.tracker.pending() as u64;
+    scorer.summary.unfinished = pending() as u64;
     if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
         // Nothing stored since the last commit is also a "failure" here.
         if e.rdkafka_error_code() != Some(RDKafkaErrorCode::NoOffset) {
@@ -518,14 +654,17 @@ struct Scorer<'a> {
     metrics: &'a Metrics,
     producer: &'a ThreadedProducer<AckContext>,
     consumer: &'a BaseConsumer<GroupContext>,
-    acks: Receiver<Ack>,
-    tracker: OffsetTracker,
+    stop: &'a StopFlag,
     memory: DecisionMemory,
     summary: Summary,
     consumed_transfers: prometheus::IntCounter,
     consumed_context: prometheus::IntCounter,
     last_store: Instant,
 }
+
+/// Dead-letter payloads are cut to this size (Kafka's default record limit is
+/// about 1 MB, and the reason headers come on top).
+const DEAD_LETTER_MAX_BYTES: usize = 512 * 1024;
 
 /// How often finished offsets are handed to the consumer for its commits.
 const STORE_EVERY: Duration = Duration::from_millis(5);
@@ -542,7 +681,7 @@ impl Scorer<'_> {
     fn handle(&mut self, msg: &BorrowedMessage<'_>) {
         let topic = if msg.topic() == self.topics.transfers { TOPIC_TRANSFERS } else { TOPIC_CONTEXT };
         let source = Source { topic, partition: msg.partition(), offset: msg.offset() };
-        self.tracker.begin(topic, source.partition, source.offset);
+        self.consumer.context().book().tracker.begin(topic, source.partition, source.offset);
         self.summary.consumed += 1;
         if topic == TOPIC_TRANSFERS {
             self.consumed_transfers.inc();
@@ -571,11 +710,12 @@ impl Scorer<'_> {
         }
 
         if let Event::Transfer(t) = &event {
-            if let Some(given) = self.memory.get(&t.bank_tran_id).cloned() {
+            if let Some((given, late)) = self.memory.get(&t.bank_tran_id).cloned() {
                 self.metrics.decisions_redelivered.inc();
                 self.summary.redelivered += 1;
                 let headers = OwnedHeaders::new()
                     .insert(Header { key: HEADER_CORRELATION_ID, value: Some(t.bank_tran_id.as_bytes()) })
+                    .insert(Header { key: HEADER_LATE, value: Some(if late { "true" } else { "false" }) })
                     .insert(Header { key: HEADER_REDELIVERED, value: Some("true") });
                 let out = Out { topic: &self.topics.decisions, key: msg.key(), payload: &given, headers };
                 return self.produce(out, source);
@@ -588,14 +728,14 @@ impl Scorer<'_> {
             }
             Ok(None) => {
                 self.summary.context_events += 1;
-                self.tracker.finish(source.topic, source.partition, source.offset);
+                self.consumer.context().book().tracker.finish(source.topic, source.partition, source.offset);
             }
             Ok(Some(scored)) => {
                 let d = &scored.decision;
                 let now_ms = chrono::Utc::now().timestamp_millis();
                 let late = deadline_ms(msg).is_some_and(|deadline| now_ms > deadline);
                 let json: Arc<[u8]> = d.to_json_with_late(late).into();
-                self.memory.insert(&d.bank_tran_id, json.clone());
+                self.memory.insert(&d.bank_tran_id, json.clone(), late);
                 self.metrics.count_decision(d.action, d.verification);
                 self.metrics.engine_latency.observe(d.latency_ns as f64 * 1e-9);
                 if let Some(created) = msg.timestamp().to_millis() {
@@ -642,21 +782,28 @@ impl Scorer<'_> {
             .insert(Header { key: HEADER_SOURCE_TOPIC, value: Some(msg.topic()) })
             .insert(Header { key: HEADER_SOURCE_PARTITION, value: Some(&partition) })
             .insert(Header { key: HEADER_SOURCE_OFFSET, value: Some(&offset) });
-        let out = Out {
-            topic: &self.topics.dead_letter,
-            key: msg.key(),
-            payload: msg.payload().unwrap_or_default(),
-            headers,
+        // A record near the broker's size limit would not fit with the
+        // headers added: keep its head and say how long it was.
+        let original = msg.payload().unwrap_or_default();
+        let (payload, headers) = if original.len() > DEAD_LETTER_MAX_BYTES {
+            let size = original.len().to_string();
+            let h = headers.insert(Header { key: HEADER_TRUNCATED_FROM, value: Some(&size) });
+            (&original[..DEAD_LETTER_MAX_BYTES], h)
+        } else {
+            (original, headers)
         };
+        let out = Out { topic: &self.topics.dead_letter, key: msg.key(), payload, headers };
         self.produce(out, source);
     }
 
     /// Hand a record to the producer. When its queue is full (the broker is
     /// slow or away) wait here, settling acknowledgements, until there is room:
-    /// back-pressure instead of unbounded memory.
+    /// back-pressure instead of unbounded memory. A stop request ends the wait;
+    /// the record's offset then stays unfinished and is delivered again after
+    /// the restart.
     fn produce(&mut self, out: Out<'_>, source: Source) {
         let mut headers = Some(out.headers);
-        loop {
+        while !self.stop.load(Ordering::Relaxed) {
             let mut record = BaseRecord::with_opaque_to(out.topic, Box::new((source, Instant::now())))
                 .payload(out.payload)
                 .headers(headers.take().expect("headers are put back on retry"));
@@ -664,94 +811,56 @@ impl Scorer<'_> {
                 record = record.key(k);
             }
             match self.producer.send(record) {
-                Ok(()) => {
-                    self.metrics.offsets_pending.set(self.tracker.pending() as i64);
-                    return;
-                }
+                Ok(()) => return,
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), record)) => {
                     headers = record.headers;
                     self.settle_acks();
                     std::thread::sleep(Duration::from_millis(1));
                 }
                 Err((e, record)) => {
-                    // Not a full queue: a record the client refuses (too large,
-                    // unknown topic). Retrying is all that keeps it from being
-                    // lost; say so loudly and back off.
+                    // Not a full queue: a record the client refuses (unknown
+                    // topic, a fatal producer state). Retrying is all that
+                    // keeps it from being lost; say so loudly and back off.
                     tracing::error!(error = %e, topic = out.topic, "cannot produce; retrying in 1 s");
                     self.metrics.produce_retries.inc();
                     headers = record.headers;
                     self.settle_acks();
+                    if self.producer.client().fatal_error().is_some() {
+                        return; // the main loop stops on it
+                    }
                     std::thread::sleep(Duration::from_secs(1));
                 }
             }
         }
     }
 
-    /// Take the broker's acknowledgements, move the offset watermarks and
-    /// store the offsets that became safe.
+    /// Take the broker's acknowledgements and move the offset watermarks;
+    /// produce again what failed, after a back-off.
     fn settle_acks(&mut self) {
-        let mut moved = false;
-        while let Ok(ack) = self.acks.try_recv() {
-            match ack.retry {
-                None => {
-                    self.metrics.ack_latency.observe(ack.produced_at.elapsed().as_secs_f64());
-                    self.tracker.finish(ack.source.topic, ack.source.partition, ack.source.offset);
-                    moved = true;
-                }
-                Some(r) => {
-                    tracing::warn!(error = %r.error, topic = %r.topic, "delivery failed; producing again");
-                    self.metrics.produce_retries.inc();
-                    let out = Out {
-                        topic: &r.topic,
-                        key: r.key.as_deref(),
-                        payload: &r.payload,
-                        headers: r.headers.clone().unwrap_or_default(),
-                    };
-                    self.produce(out, ack.source);
-                }
-            }
+        let mut retries = Vec::new();
+        self.consumer.context().book().drain(self.metrics, &mut retries);
+        if retries.is_empty() {
+            return;
         }
-        // Storing offsets is a call into the client per batch of partitions;
-        // every few milliseconds is plenty for a commit that runs each second.
-        if moved && self.last_store.elapsed() >= STORE_EVERY {
-            self.store_offsets();
+        tracing::warn!(records = retries.len(), error = %retries[0].1.error, "deliveries failed; producing again");
+        std::thread::sleep(Duration::from_millis(100));
+        for (source, r) in retries {
+            self.metrics.produce_retries.inc();
+            let out = Out {
+                topic: &r.topic,
+                key: r.key.as_deref(),
+                payload: &r.payload,
+                headers: r.headers.clone().unwrap_or_default(),
+            };
+            self.produce(out, source);
         }
     }
 
+    /// Store the offsets that became safe. Called every few milliseconds:
+    /// storing is a call into the client, and the commit runs each second.
     fn store_offsets(&mut self) {
         self.last_store = Instant::now();
-        let ready = self.tracker.take_committable();
-        if ready.is_empty() {
-            return;
-        }
-        let mut tpl = TopicPartitionList::new();
-        for (t, partition, next) in ready {
-            let topic = if t == TOPIC_TRANSFERS { &self.topics.transfers } else { &self.topics.context_events };
-            let _ = tpl.add_partition_offset(topic, partition, Offset::Offset(next));
-        }
-        if let Err(e) = self.consumer.store_offsets(&tpl) {
-            // A partition revoked meanwhile: its new owner re-reads from the
-            // last commit, which is the at-least-once promise.
-            tracing::debug!(error = %e, "offsets not stored");
-        }
-        self.metrics.offsets_pending.set(self.tracker.pending() as i64);
-    }
-
-    /// After a rebalance took partitions away: wait (briefly) for their
-    /// in-flight outcomes, commit what is safe, and forget them.
-    fn settle_revoked(&mut self) {
-        let revoked = std::mem::take(&mut *self.consumer.context().revoked.lock().expect("revoked lock"));
-        if revoked.is_empty() {
-            return;
-        }
-        let _ = self.producer.flush(Duration::from_secs(5));
-        self.settle_acks();
-        self.store_offsets();
-        let _ = self.consumer.commit_consumer_state(CommitMode::Sync);
-        for (topic, partition) in revoked {
-            let t = if topic == self.topics.transfers { TOPIC_TRANSFERS } else { TOPIC_CONTEXT };
-            self.tracker.forget(t, partition);
-        }
+        self.consumer.context().store_offsets(self.consumer);
     }
 }
 
@@ -766,12 +875,11 @@ fn deadline_ms(msg: &BorrowedMessage<'_>) -> Option<i64> {
 }
 
 fn correlation_id<M: Message>(msg: &M) -> Option<String> {
-    let headers = msg.headers()?;
-    headers
-        .iter()
-        .find(|h| h.key == HEADER_CORRELATION_ID)
-        .and_then(|h| std::str::from_utf8(h.value?).ok())
-        .map(str::to_owned)
+    header(msg, HEADER_CORRELATION_ID).map(str::to_owned)
+}
+
+fn header<'m, M: Message>(msg: &'m M, key: &str) -> Option<&'m str> {
+    msg.headers()?.iter().find(|h| h.key == key).and_then(|h| std::str::from_utf8(h.value?).ok())
 }
 
 /// Transfers and context events of one account must meet on one instance.
@@ -796,77 +904,138 @@ fn check_copartitioned<C: ConsumerContext>(consumer: &BaseConsumer<C>, topics: &
     Ok(())
 }
 
+/// Assign every partition of `topic`, each from `start(low, high)`, and read
+/// until each reaches the end it had when the call began, handing every message
+/// to `f`. It waits for the brokers (retrying) rather than failing, and gives
+/// up after `limit`; returns whether it reached the end everywhere. The
+/// assignment stays, so the caller may go on reading.
+fn read_to_end<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    start: impl Fn(i64, i64) -> i64,
+    stop: &StopFlag,
+    limit: Duration,
+    mut f: impl FnMut(&BorrowedMessage<'_>),
+) -> bool {
+    let began = Instant::now();
+    let mut warned = false;
+    let mut wait = |what: &str| -> bool {
+        if !warned {
+            tracing::warn!(%topic, "{what}; waiting");
+            warned = true;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        !stop.load(Ordering::Relaxed) && began.elapsed() < limit
+    };
+    let partitions: Vec<i32> = loop {
+        match consumer.fetch_metadata(Some(topic), Duration::from_secs(5)) {
+            Ok(md) if md.topics().first().is_some_and(|t| t.error().is_none() && !t.partitions().is_empty()) => {
+                break md.topics()[0].partitions().iter().map(|p| p.id()).collect();
+            }
+            Ok(_) if wait("topic not found yet") => {}
+            Err(_) if wait("brokers unreachable") => {}
+            _ => return false,
+        }
+    };
+    let mut tpl = TopicPartitionList::new();
+    let mut ends = HashMap::new();
+    for p in partitions {
+        let (low, high) = loop {
+            match consumer.fetch_watermarks(topic, p, Duration::from_secs(5)) {
+                Ok(w) => break w,
+                Err(_) if wait("partition watermarks unavailable") => {}
+                Err(_) => return false,
+            }
+        };
+        let from = start(low, high).clamp(low, high);
+        if tpl.add_partition_offset(topic, p, Offset::Offset(from)).is_err() {
+            return false;
+        }
+        if high > from {
+            ends.insert(p, high);
+        }
+    }
+    if consumer.assign(&tpl).is_err() {
+        return false;
+    }
+    while !ends.is_empty() {
+        if stop.load(Ordering::Relaxed) || began.elapsed() > limit {
+            tracing::warn!(%topic, partitions = ends.len(), "stopped reading before the end");
+            return false;
+        }
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                f(&m);
+                if ends.get(&m.partition()).is_some_and(|&end| m.offset() + 1 >= end) {
+                    ends.remove(&m.partition());
+                }
+            }
+            Some(Err(e)) => tracing::debug!(error = %e, %topic, "reading to the end"),
+            None => {
+                // Offsets may be missing at the end (compaction): the position
+                // tells when a partition is through.
+                if let Ok(pos) = consumer.position() {
+                    for e in pos.elements_for_topic(topic) {
+                        if let Offset::Offset(o) = e.offset() {
+                            if ends.get(&e.partition()).is_some_and(|&end| o >= end) {
+                                ends.remove(&e.partition());
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    true
+}
+
 /// Read the tail of the decisions topic into the decision memory, so that
-/// transfers delivered again after a restart get the decision already given.
-fn load_recent_decisions(opts: &Options, stop: &StopFlag) -> Result<DecisionMemory, PipelineError> {
-    let topic = opts.topics.decisions.clone();
-    let err = |source| PipelineError::LoadDecisions { topic: topic.clone(), source };
-    let mut memory = DecisionMemory::new(opts.dedup_capacity);
-    let consumer: BaseConsumer<Quiet> = opts
+/// transfers delivered again (after a restart or a rebalance) get the decision
+/// already given.
+fn read_back_decisions(opts: &Options, memory: &mut DecisionMemory, stop: &StopFlag) {
+    let topic = &opts.topics.decisions;
+    let consumer: BaseConsumer<Quiet> = match opts
         .connection
         .client_config(&[
             ("group.id", &format!("{}-decisions-readback", opts.group_id)),
             ("enable.auto.commit", "false"),
             ("enable.auto.offset.store", "false"),
+            ("auto.offset.reset", "earliest"),
         ])
         .create_with_context(Quiet("decisions read-back"))
-        .map_err(err)?;
-    // Wait for the brokers rather than fail: a bank restarts fds and the broker
-    // in any order.
-    let md = loop {
-        match consumer.fetch_metadata(Some(&topic), Duration::from_secs(5)) {
-            Ok(md) if md.topics().first().is_some_and(|t| t.error().is_none() && !t.partitions().is_empty()) => {
-                break md
-            }
-            Ok(_) => tracing::warn!(%topic, "decisions topic not found yet; waiting"),
-            Err(e) => tracing::warn!(error = %e, brokers = %opts.connection.brokers, "brokers unreachable; waiting"),
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read back recent decisions; re-delivered transfers will be scored again");
+            return;
         }
-        if stop.load(Ordering::Relaxed) {
-            return Ok(memory);
-        }
-        std::thread::sleep(Duration::from_secs(1));
     };
-    let partitions: Vec<i32> = md.topics()[0].partitions().iter().map(|p| p.id()).collect();
-    let per_partition = (opts.dedup_capacity / partitions.len().max(1)).max(1) as i64;
-    let mut tpl = TopicPartitionList::new();
-    let mut ends = HashMap::new();
-    for &p in &partitions {
-        let (low, high) = consumer.fetch_watermarks(&topic, p, Duration::from_secs(10)).map_err(err)?;
-        if high > low {
-            let from = low.max(high - per_partition);
-            tpl.add_partition_offset(&topic, p, Offset::Offset(from)).map_err(err)?;
-            ends.insert(p, high);
-        }
-    }
-    if ends.is_empty() {
-        return Ok(memory);
-    }
-    consumer.assign(&tpl).map_err(err)?;
-    let started = Instant::now();
-    while !ends.is_empty() && !stop.load(Ordering::Relaxed) {
-        match consumer.poll(Duration::from_millis(200)) {
-            Some(Ok(m)) => {
-                if let (Some(id), Some(payload)) = (correlation_id(&m), m.payload()) {
-                    memory.insert(&id, payload.into());
-                }
-                if ends.get(&m.partition()).is_some_and(|&end| m.offset() + 1 >= end) {
-                    ends.remove(&m.partition());
-                }
+    let per_partition = opts.dedup_capacity as i64;
+    let complete = read_to_end(
+        &consumer,
+        topic,
+        |_, high| high - per_partition,
+        stop,
+        READ_BACK_LIMIT,
+        |m| {
+            if let (Some(id), Some(payload)) = (correlation_id(m), m.payload()) {
+                let late = header(m, HEADER_LATE) == Some("true");
+                memory.insert(&id, payload.into(), late);
             }
-            Some(Err(e)) => tracing::warn!(error = %e, "reading back decisions"),
-            None => {
-                if started.elapsed() > Duration::from_secs(120) {
-                    tracing::warn!(partitions = ends.len(), "gave up reading back decisions after 120 s");
-                    break;
-                }
-            }
-        }
+        },
+    );
+    if !complete {
+        tracing::warn!(%topic, "recent decisions only partly read back");
     }
-    Ok(memory)
 }
 
+/// How long reading back decisions or catching up labels may take at start.
+const READ_BACK_LIMIT: Duration = Duration::from_secs(120);
+
 /// Every instance reads every label, from the start of the topic: fraud
-/// reports are few, and each instance needs all of them for payee risk.
+/// reports are few, and each instance needs all of them for payee risk. The
+/// reports already there are read before this returns, so no transfer is
+/// scored without them.
 fn spawn_labels_reader(
     engine: Arc<Engine>,
     opts: &Options,
@@ -874,13 +1043,12 @@ fn spawn_labels_reader(
     stop: StopFlag,
 ) -> Result<JoinHandle<()>, PipelineError> {
     let topic = opts.topics.labels.clone();
-    // A group of its own (never committed) gives this process a reading
-    // position of its own, starting at the beginning each time.
-    let group = format!("{}-labels-{}-{}", opts.group_id, std::process::id(), unique_suffix());
+    // Assigned, not subscribed: no group membership, a reading position of
+    // this process's own.
     let consumer: BaseConsumer<Quiet> = opts
         .connection
         .client_config(&[
-            ("group.id", &group),
+            ("group.id", &format!("{}-labels", opts.group_id)),
             ("enable.auto.commit", "false"),
             ("auto.offset.reset", "earliest"),
             ("fetch.wait.max.ms", "100"),
@@ -891,43 +1059,51 @@ fn spawn_labels_reader(
             brokers: opts.connection.brokers.clone(),
             source,
         })?;
-    consumer.subscribe(&[&topic]).map_err(|source| PipelineError::Subscribe { topics: topic.clone(), source })?;
     let counter = metrics.events_consumed.with_label_values(&[topic.as_str()]);
     let dead = metrics.dead_letters.clone();
+    let apply = move |msg: &BorrowedMessage<'_>| {
+        counter.inc();
+        match Event::from_json(msg.payload().unwrap_or_default()) {
+            Ok(e @ Event::Label(_)) => {
+                if let Err(err) = engine.process(&e) {
+                    tracing::warn!(error = %err, offset = msg.offset(), "label refused");
+                }
+            }
+            // Labels are read by every instance, so a bad one is reported
+            // (log, metric) but not dead-lettered: N instances would write N
+            // copies.
+            Ok(other) => {
+                dead.with_label_values(&[DeadLetterKind::WrongTopic.name()]).inc();
+                tracing::warn!(kind = other.kind(), offset = msg.offset(), "not a label on the labels topic");
+            }
+            Err(e) => {
+                dead.with_label_values(&[DeadLetterKind::Malformed.name()]).inc();
+                tracing::warn!(offset = msg.offset(), "bad label: {}", crate::event::mask_digit_runs(&e.to_string()));
+            }
+        }
+    };
+    let started = Instant::now();
+    let mut read = 0u64;
+    let complete = read_to_end(
+        &consumer,
+        &topic,
+        |low, _| low,
+        &stop,
+        READ_BACK_LIMIT,
+        |m| {
+            read += 1;
+            apply(m)
+        },
+    );
+    tracing::info!(labels = read, complete, ms = started.elapsed().as_millis() as u64, "fraud reports read");
     Ok(std::thread::Builder::new()
         .name("fds-labels".into())
         .spawn(move || {
             while !stop.load(Ordering::Relaxed) {
-                let Some(r) = consumer.poll(Duration::from_millis(100)) else { continue };
-                let msg = match r {
-                    Ok(m) => m,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "labels consumer");
-                        continue;
-                    }
-                };
-                counter.inc();
-                match Event::from_json(msg.payload().unwrap_or_default()) {
-                    Ok(e @ Event::Label(_)) => {
-                        if let Err(err) = engine.process(&e) {
-                            tracing::warn!(error = %err, offset = msg.offset(), "label refused");
-                        }
-                    }
-                    // Labels are read by every instance, so a bad one is
-                    // reported (log, metric) but not dead-lettered: N
-                    // instances would write N copies.
-                    Ok(other) => {
-                        dead.with_label_values(&[DeadLetterKind::WrongTopic.name()]).inc();
-                        tracing::warn!(kind = other.kind(), offset = msg.offset(), "not a label on the labels topic");
-                    }
-                    Err(e) => {
-                        dead.with_label_values(&[DeadLetterKind::Malformed.name()]).inc();
-                        tracing::warn!(
-                            offset = msg.offset(),
-                            "bad label: {}",
-                            crate::event::mask_digit_runs(&e.to_string())
-                        );
-                    }
+                match consumer.poll(Duration::from_millis(100)) {
+                    Some(Ok(m)) => apply(&m),
+                    Some(Err(e)) => tracing::debug!(error = %e, "labels consumer"),
+                    None => {}
                 }
             }
         })
@@ -966,10 +1142,6 @@ fn spawn_health_watch(opts: &Options, health: Arc<Health>, stop: StopFlag) -> Re
             }
         })
         .expect("spawn health thread"))
-}
-
-fn unique_suffix() -> u128 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -1016,11 +1188,12 @@ mod tests {
     #[test]
     fn decision_memory_keeps_the_first_answer_and_forgets_the_oldest() {
         let mut m = DecisionMemory::new(2);
-        m.insert("a", Arc::from(&b"allow"[..]));
-        m.insert("a", Arc::from(&b"hold"[..]));
-        assert_eq!(&**m.get("a").unwrap(), b"allow", "a second answer never replaces the first");
-        m.insert("b", Arc::from(&b"x"[..]));
-        m.insert("c", Arc::from(&b"y"[..]));
+        m.insert("a", Arc::from(&b"allow"[..]), false);
+        m.insert("a", Arc::from(&b"hold"[..]), true);
+        assert_eq!(&*m.get("a").unwrap().0, b"allow", "a second answer never replaces the first");
+        assert!(!m.get("a").unwrap().1);
+        m.insert("b", Arc::from(&b"x"[..]), false);
+        m.insert("c", Arc::from(&b"y"[..]), false);
         assert!(m.get("a").is_none(), "oldest forgotten at capacity");
         assert_eq!(m.len(), 2);
     }

@@ -180,11 +180,16 @@ pub struct Running {
 
 impl Running {
     pub fn start(brokers: &str, group: &str) -> Running {
+        Running::start_with(brokers, group, |_| {})
+    }
+
+    pub fn start_with(brokers: &str, group: &str, tweak: impl FnOnce(&mut Options)) -> Running {
         let rules = RuleSet::load_dir(std::path::Path::new("rules")).unwrap();
         let engine = Arc::new(Engine::with_rules(rules));
         let mut opts = Options::new(Connection::new(brokers));
         opts.group_id = group.to_owned();
         opts.commit_interval = Duration::from_millis(100);
+        tweak(&mut opts);
         let stop: StopFlag = Arc::new(AtomicBool::new(false));
         let metrics = Arc::new(Metrics::new());
         let health = Arc::new(Health::new());
@@ -210,7 +215,7 @@ impl Drop for Running {
     }
 }
 
-/// Decisions by transfer id; panics on a transfer id decided two different ways.
+/// Decisions by transfer id, in the order they were read.
 pub fn decisions_by_id(records: &[Record]) -> HashMap<String, Vec<serde_json::Value>> {
     let mut by_id: HashMap<String, Vec<serde_json::Value>> = HashMap::new();
     for r in records {
