@@ -27,9 +27,9 @@
 //!   acknowledged by the broker (`acks=all`), or, for a context event, applied.
 //!   [`OffsetTracker`] keeps that watermark per partition.
 //! - **Idempotent by transfer id.** Every decision given is remembered by its
-//!   `bank_tran_id` (bounded, oldest forgotten first); at start the tail of the
-//!   `decisions` topic is read back into that memory before any transfer is
-//!   consumed. A transfer delivered again (after a crash between the decision
+//!   `bank_tran_id` (bounded, oldest forgotten first); whenever partitions are
+//!   assigned (at start, after a rebalance) the tail of the `decisions` topic is
+//!   read back into that memory before any of their messages is handled. A transfer delivered again (after a crash between the decision
 //!   and the commit, a rebalance, or an API retry) is answered with the same
 //!   decision bytes, marked `fds-redelivered: true`, and is not fed to the state
 //!   a second time. Neither supported broker has transactions, so this is the
@@ -45,9 +45,16 @@
 //!   dropped; when its queue is full the scoring thread stops taking new
 //!   messages (back-pressure) until it drains. The process stays up, `/readyz`
 //!   reports the broker unreachable, and it catches up when the broker returns.
+//! - **Rebalances.** Partitions are assigned with `range`, so an instance gets
+//!   the same partition numbers of `transfers` and `context-events`: one
+//!   account, one instance. Before partitions are given up, their in-flight
+//!   decisions are awaited and their offsets committed, so the next owner
+//!   starts right after them.
 //! - **Shutdown** ([`StopFlag`], set on SIGTERM): stop polling, wait for the
 //!   acknowledgements of everything in flight, store and commit the offsets,
 //!   leave the group.
+//! - **Fraud reports first.** The labels already in the topic are read before
+//!   the first transfer is consumed.
 //! - **Late transfers.** A transfer consumed after its `deadline-ms` header is
 //!   still scored (the state must see it) and its decision says `"late": true`.
 
@@ -396,14 +403,20 @@ struct GroupContext {
     producer: Arc<ThreadedProducer<AckContext>>,
     topics: Topics,
     book: Mutex<Book>,
-    /// Partitions just assigned and paused until the recent decisions are read
-    /// back, for the scoring thread to pick up.
-    assigned: Mutex<Option<TopicPartitionList>>,
+    /// Decisions given, by transfer id (see [`DecisionMemory`]).
+    memory: Mutex<DecisionMemory>,
+    /// For reading decisions back when partitions are assigned.
+    options: Options,
+    stop: StopFlag,
 }
 
 impl GroupContext {
     fn book(&self) -> std::sync::MutexGuard<'_, Book> {
         self.book.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn memory(&self) -> std::sync::MutexGuard<'_, DecisionMemory> {
+        self.memory.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Hand the finished positions to the consumer for its next commit.
@@ -474,18 +487,20 @@ impl ConsumerContext for GroupContext {
         }
     }
 
-    /// New partitions: hold them until the decisions already given for them
-    /// (perhaps by an instance that just died) are read back, so a transfer
-    /// delivered again gets the same answer.
-    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    /// New partitions: before their first message is handed out (this runs
+    /// inside `poll`, on the scoring thread), read back the decisions already
+    /// given (perhaps by an instance that just died), so a transfer delivered
+    /// again gets the same answer. Pausing the partitions instead was measured
+    /// to delay the first fetches after resuming by about half a second.
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
             tracing::info!(partitions = tpl.count(), "partitions assigned");
             if tpl.count() > 0 {
-                if let Err(e) = consumer.pause(tpl) {
-                    tracing::warn!(error = %e, "cannot pause the new partitions");
-                }
                 self.health.set_caught_up(false);
-                *self.assigned.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some((*tpl).clone());
+                let mut memory = self.memory();
+                read_back_decisions(&self.options, &mut memory, &self.stop);
+                tracing::info!(decisions = memory.len(), "recent decisions read back");
+                self.health.set_caught_up(true);
             }
             self.health.set_assigned(tpl.count() > 0);
         }
@@ -524,6 +539,13 @@ pub fn run(
         .map_err(|source| PipelineError::Client { role: "producer", brokers: brokers.clone(), source })?;
 
     let producer = Arc::new(producer);
+    // Learn the output topics' leaders now, so the first decision does not
+    // wait for the producer's first metadata round trip.
+    for topic in [&opts.topics.decisions, &opts.topics.dead_letter] {
+        if let Err(e) = producer.client().fetch_metadata(Some(topic), Duration::from_secs(5)) {
+            tracing::debug!(error = %e, %topic, "no metadata yet");
+        }
+    }
 
     // Fraud reports first: transfers are not scored before every known report
     // is in the state.
@@ -537,7 +559,9 @@ pub fn run(
         producer: producer.clone(),
         topics: opts.topics.clone(),
         book: Mutex::new(Book { tracker: OffsetTracker::default(), acks: ack_rx }),
-        assigned: Mutex::new(None),
+        memory: Mutex::new(DecisionMemory::new(opts.dedup_capacity)),
+        options: opts.clone(),
+        stop: stop.clone(),
     };
     let consumer: BaseConsumer<GroupContext> = opts
         .connection
@@ -576,7 +600,6 @@ pub fn run(
         producer: &producer,
         consumer: &consumer,
         stop: &stop,
-        memory: DecisionMemory::new(opts.dedup_capacity),
         summary: Summary::default(),
         consumed_transfers: metrics.events_consumed.with_label_values(&[opts.topics.transfers.as_str()]),
         consumed_context: metrics.events_consumed.with_label_values(&[opts.topics.context_events.as_str()]),
@@ -594,15 +617,6 @@ pub fn run(
         if let Some((code, reason)) = producer.client().fatal_error() {
             failure = Some(PipelineError::ProducerFatal { code, reason });
             break;
-        }
-        let assigned = consumer.context().assigned.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
-        if let Some(tpl) = assigned {
-            read_back_decisions(&opts, &mut scorer.memory, &stop);
-            tracing::info!(decisions = scorer.memory.len(), "recent decisions read back");
-            if let Err(e) = consumer.resume(&tpl) {
-                tracing::warn!(error = %e, "cannot resume the new partitions");
-            }
-            health.set_caught_up(true);
         }
         scorer.settle_acks();
         if scorer.last_store.elapsed() >= STORE_EVERY {
@@ -655,7 +669,6 @@ struct Scorer<'a> {
     producer: &'a ThreadedProducer<AckContext>,
     consumer: &'a BaseConsumer<GroupContext>,
     stop: &'a StopFlag,
-    memory: DecisionMemory,
     summary: Summary,
     consumed_transfers: prometheus::IntCounter,
     consumed_context: prometheus::IntCounter,
@@ -710,7 +723,8 @@ impl Scorer<'_> {
         }
 
         if let Event::Transfer(t) = &event {
-            if let Some((given, late)) = self.memory.get(&t.bank_tran_id).cloned() {
+            let given = self.consumer.context().memory().get(&t.bank_tran_id).cloned();
+            if let Some((given, late)) = given {
                 self.metrics.decisions_redelivered.inc();
                 self.summary.redelivered += 1;
                 let headers = OwnedHeaders::new()
@@ -735,7 +749,7 @@ impl Scorer<'_> {
                 let now_ms = chrono::Utc::now().timestamp_millis();
                 let late = deadline_ms(msg).is_some_and(|deadline| now_ms > deadline);
                 let json: Arc<[u8]> = d.to_json_with_late(late).into();
-                self.memory.insert(&d.bank_tran_id, json.clone(), late);
+                self.consumer.context().memory().insert(&d.bank_tran_id, json.clone(), late);
                 self.metrics.count_decision(d.action, d.verification);
                 self.metrics.engine_latency.observe(d.latency_ns as f64 * 1e-9);
                 if let Some(created) = msg.timestamp().to_millis() {
