@@ -107,20 +107,43 @@ impl EventTime {
     }
     /// Format as `YYYYMMDDhhmmss` on the Korean clock (sub-second part dropped).
     pub fn format_kst(self) -> String {
+        let buf = self.kst_digits();
+        std::str::from_utf8(&buf).expect("ASCII digits").to_owned()
+    }
+
+    /// The 14 digits of `YYYYMMDDhhmmss`, written by hand: every decision and
+    /// every event sent by `fds load` carries one, and chrono's general-purpose
+    /// formatter (a pattern parsed per call) showed in the pipeline's profile.
+    /// Years outside 0..=9999 are clamped, as the format has four digits.
+    fn kst_digits(self) -> [u8; 14] {
+        use chrono::{Datelike, Timelike};
         let local = chrono::DateTime::from_timestamp_millis(self.0 + KST_OFFSET_MS).unwrap_or_default().naive_utc();
-        local.format("%Y%m%d%H%M%S").to_string()
+        let mut buf = [b'0'; 14];
+        let mut put = |at: usize, width: usize, mut v: u32| {
+            for i in (at..at + width).rev() {
+                buf[i] = b'0' + (v % 10) as u8;
+                v /= 10;
+            }
+        };
+        put(0, 4, local.year().clamp(0, 9999) as u32);
+        put(4, 2, local.month());
+        put(6, 2, local.day());
+        put(8, 2, local.hour());
+        put(10, 2, local.minute());
+        put(12, 2, local.second());
+        buf
     }
 }
 
 impl fmt::Display for EventTime {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.format_kst())
+        f.write_str(std::str::from_utf8(&self.kst_digits()).expect("ASCII digits"))
     }
 }
 
 impl Serialize for EventTime {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.format_kst())
+        s.serialize_str(std::str::from_utf8(&self.kst_digits()).expect("ASCII digits"))
     }
 }
 
@@ -588,6 +611,22 @@ mod tests {
         assert_eq!(e.time().kst_hour(), 9);
         let again = Event::from_json(e.to_json().as_bytes()).unwrap();
         assert_eq!(e, again);
+    }
+
+    #[test]
+    fn hand_written_time_format_matches_chrono() {
+        // Every hour boundary, leap days and year ends over a few decades, plus
+        // odd milliseconds: the digits must be chrono's, byte for byte.
+        let mut t = EventTime::parse_kst("19991231230000").unwrap().millis();
+        let end = EventTime::parse_kst("20400301000000").unwrap().millis();
+        while t < end {
+            for probe in [t, t + 59_999, t + 3_599_999] {
+                let local = chrono::DateTime::from_timestamp_millis(probe + KST_OFFSET_MS).unwrap().naive_utc();
+                assert_eq!(EventTime(probe).format_kst(), local.format("%Y%m%d%H%M%S").to_string());
+                assert_eq!(EventTime::parse_kst(&EventTime(probe).format_kst()).unwrap().millis(), probe / 1000 * 1000);
+            }
+            t += 7 * 3_600_000 + 13 * 60_000 + 17_000;
+        }
     }
 
     #[test]

@@ -24,6 +24,12 @@
 //!   in atomically; the hot path reads them without a lock.
 //! - [`engine`]: ties the above together and makes the [`engine::Decision`]. The
 //!   same input gives the same decisions, bit for bit, on every run.
+//! - [`kafka`]: the sinks and sources of the live product. `fds run` consumes
+//!   transfers and context events (keyed by account, so one account stays in
+//!   order on one instance), reads every fraud report, and produces each
+//!   decision; a consumed offset is stored only after its decision is
+//!   acknowledged by the broker, and a re-delivered transfer gets the decision
+//!   already given. Bad messages go to a dead-letter topic with the reason.
 //! - [`replay`]: runs recorded streams through the engine and reports throughput,
 //!   latency percentiles and, for labelled data, detection quality per typology.
 //! - [`generate`]: a deterministic generator of labelled Korean transfer traffic
