@@ -140,3 +140,21 @@ fn a_truncated_gzip_file_is_reported_once_and_the_replay_ends() {
     assert_eq!(r.bad_lines, 1, "{:?}", r.bad_line_samples);
     assert!(r.bad_line_samples[0].reason.contains("input ends here"), "{:?}", r.bad_line_samples);
 }
+
+/// `Event::from_json` reads transfers on a fast path of their own; over the
+/// whole demo stream it gives exactly what the general tagged-enum reader gives.
+#[test]
+fn every_demo_event_parses_the_same_on_both_paths() {
+    use std::io::BufRead;
+    let file = std::fs::File::open("replay-data/demo.jsonl.gz").unwrap();
+    let reader = std::io::BufReader::new(flate2::read::MultiGzDecoder::new(file));
+    let mut transfers = 0;
+    for line in reader.lines() {
+        let line = line.unwrap();
+        let fast = fds::event::Event::from_json(line.as_bytes()).unwrap();
+        let general: fds::event::Event = serde_json::from_str(&line).unwrap();
+        assert_eq!(fast, general, "{line}");
+        transfers += usize::from(matches!(fast, fds::event::Event::Transfer(_)));
+    }
+    assert!(transfers > 60_000);
+}
