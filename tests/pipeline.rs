@@ -195,7 +195,7 @@ fn restart_after_a_crash_loses_nothing_and_never_contradicts() {
     // again after the restart, so the read-back path is surely exercised.
     let config = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(config.path(), "[kafka]\ncommit_interval_ms = 60000\n").unwrap();
-    let child = Child(spawn_fds_run_with(&brokers, Some(config.path())));
+    let child = FdsRun::start(&brokers, Some(config.path()));
     let p = producer(&brokers);
     let third = events.len() / 3;
     send_events(&p, &topics, &events[..third], 600_000);
@@ -206,7 +206,7 @@ fn restart_after_a_crash_loses_nothing_and_never_contradicts() {
 
     // The rest arrives while no instance runs; the new one must take it all.
     send_events(&p, &topics, &events[third..], 600_000);
-    let mut child = Child(spawn_fds_run(&brokers));
+    let child = FdsRun::start(&brokers, None);
     assert!(
         decisions.read_until(WAIT, |r| decisions_by_id(r).len() >= ids.len()),
         "{} of {} decided after the restart",
@@ -222,48 +222,8 @@ fn restart_after_a_crash_loses_nothing_and_never_contradicts() {
     assert!(again >= first, "the {first} transfers decided before the kill were answered again from the read-back");
 
     // SIGTERM: stop consuming, finish, commit, exit 0.
-    let pid = child.0.id().to_string();
-    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    let status = child.0.wait().unwrap();
+    let status = child.terminate();
     assert!(status.success(), "graceful stop exits 0: {status:?}");
-}
-
-/// A child `fds run`, killed (SIGKILL) when dropped, so a failing test leaves
-/// no process behind.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn_fds_run(brokers: &str) -> std::process::Child {
-    spawn_fds_run_with(brokers, None)
-}
-
-fn spawn_fds_run_with(brokers: &str, config: Option<&std::path::Path>) -> std::process::Child {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_fds"));
-    if let Some(c) = config {
-        cmd.arg("--config").arg(c);
-    }
-    cmd.args(["run", "--brokers", brokers, "--listen", "127.0.0.1:0"])
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
-fn wait_for(timeout: Duration, cond: impl Fn() -> bool) -> bool {
-    let start = std::time::Instant::now();
-    while !cond() {
-        if start.elapsed() > timeout {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    true
 }
 
 /// A restarted instance reads the recent decisions back before it consumes:

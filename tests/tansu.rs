@@ -87,28 +87,6 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// A child `fds run`, killed (SIGKILL) when dropped, so a failing test leaves
-/// no process behind.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn_fds_run(brokers: &str) -> Child {
-    Child(
-        Command::new(env!("CARGO_BIN_EXE_fds"))
-            .args(["run", "--brokers", brokers, "--listen", "127.0.0.1:0"])
-            .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    )
-}
-
 #[test]
 fn tansu_every_transfer_decided_in_order_and_bad_ones_dead_lettered() {
     let Some(tansu) = Tansu::start() else { return };
@@ -164,7 +142,7 @@ fn tansu_broker_restart_and_fds_crash_lose_nothing() {
     let ids = transfer_ids(&events);
     let third = events.len() / 3;
 
-    let mut fds = spawn_fds_run(&tansu.brokers);
+    let mut fds = FdsRun::start(&tansu.brokers, None);
     let p = producer(&tansu.brokers);
     send_events(&p, &topics, &events[..third], 600_000);
     let mut decisions = Reader::new(&tansu.brokers, &topics.decisions);
@@ -172,7 +150,7 @@ fn tansu_broker_restart_and_fds_crash_lose_nothing() {
 
     tansu.down();
     std::thread::sleep(Duration::from_secs(3));
-    assert!(fds.0.try_wait().unwrap().is_none(), "fds stays up while the broker is away");
+    assert!(fds.is_running(), "fds stays up while the broker is away");
     tansu.up();
     send_events(&p, &topics, &events[third..2 * third], 600_000);
     let mut decisions = Reader::new(&tansu.brokers, &topics.decisions);
@@ -185,7 +163,7 @@ fn tansu_broker_restart_and_fds_crash_lose_nothing() {
 
     send_events(&p, &topics, &events[2 * third..], 600_000);
     drop(fds); // SIGKILL
-    let mut fds = spawn_fds_run(&tansu.brokers);
+    let fds = FdsRun::start(&tansu.brokers, None);
     assert!(
         decisions.read_until(WAIT, |r| decisions_by_id(r).len() >= ids.len()),
         "after the crash: {} of {}",
@@ -196,7 +174,5 @@ fn tansu_broker_restart_and_fds_crash_lose_nothing() {
     for (id, ds) in decisions_by_id(&decisions.records) {
         assert!(ds.iter().all(|d| d == &ds[0]), "{id} decided two ways: {ds:?}");
     }
-    let pid = fds.0.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    assert!(fds.0.wait().unwrap().success(), "graceful stop exits 0");
+    assert!(fds.terminate().success(), "graceful stop exits 0");
 }

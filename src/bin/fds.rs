@@ -237,10 +237,8 @@ fn run() -> Result<()> {
             run_cmd(&config, brokers, rules.unwrap_or_else(|| config.rules_dir.clone()), listen)
         }
         Command::Topics { command: TopicsCommand::Create { brokers, partitions, replication } } => {
-            let Some(brokers) = brokers.or_else(|| config.kafka.brokers.clone()) else {
-                bail!("no brokers: pass --brokers HOST:PORT or set kafka.brokers in the config");
-            };
-            let connection = Connection { brokers: brokers.clone(), client: config.kafka.client.clone() };
+            let connection = connection(&config, brokers)?;
+            let brokers = connection.brokers.clone();
             let partitions = partitions.or(config.kafka.partitions).unwrap_or(4);
             fds::kafka::create_topics(&connection, &config.kafka.topics, partitions, replication)?;
             println!("topics ready on {brokers}: {}", config.kafka.topics.all().join(", "));
@@ -261,13 +259,10 @@ fn run() -> Result<()> {
             let Ok(drain) = Duration::try_from_secs_f64(drain_secs) else {
                 bail!("--drain-secs must be a number of seconds, got {drain_secs}");
             };
-            let Some(brokers) = brokers.or_else(|| config.kafka.brokers.clone()) else {
-                bail!("no brokers: pass --brokers HOST:PORT or set kafka.brokers in the config");
-            };
             // The same brokers, client settings and topic names as `fds run`
             // with this config: a load against a TLS/SASL cluster or renamed
             // topics measures the deployment it describes.
-            let connection = Connection { brokers, client: config.kafka.client.clone() };
+            let connection = connection(&config, brokers)?;
             let mut opts = fds::load::LoadOptions::new(files, connection, config.kafka.topics.clone());
             opts.format = format;
             opts.rate = rate;
@@ -285,6 +280,15 @@ fn run() -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// A real cluster's connection: `--brokers`, else the config's
+/// `kafka.brokers`, with the config's pass-through client settings.
+fn connection(config: &Config, brokers: Option<String>) -> Result<Connection> {
+    let Some(brokers) = brokers.or_else(|| config.kafka.brokers.clone()) else {
+        bail!("no brokers: pass --brokers HOST:PORT or set kafka.brokers in the config");
+    };
+    Ok(Connection { brokers, client: config.kafka.client.clone() })
 }
 
 /// `fds run`: the engine between the transfer API's topics, until SIGTERM or

@@ -880,12 +880,7 @@ impl Scorer<'_> {
 
 /// The `deadline-ms` header, if the transfer API sent one.
 fn deadline_ms(msg: &BorrowedMessage<'_>) -> Option<i64> {
-    let headers = msg.headers()?;
-    headers
-        .iter()
-        .find(|h| h.key == HEADER_DEADLINE_MS)
-        .and_then(|h| std::str::from_utf8(h.value?).ok())
-        .and_then(|v| v.trim().parse().ok())
+    header(msg, HEADER_DEADLINE_MS)?.trim().parse().ok()
 }
 
 fn correlation_id<M: Message>(msg: &M) -> Option<String> {

@@ -224,3 +224,50 @@ pub fn decisions_by_id(records: &[Record]) -> HashMap<String, Vec<serde_json::Va
     }
     by_id
 }
+
+/// `fds run` as a child process, killed (SIGKILL) when dropped, so a failing
+/// test leaves no process behind.
+pub struct FdsRun(std::process::Child);
+
+impl FdsRun {
+    pub fn start(brokers: &str, config: Option<&std::path::Path>) -> FdsRun {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_fds"));
+        if let Some(c) = config {
+            cmd.arg("--config").arg(c);
+        }
+        cmd.args(["run", "--brokers", brokers, "--listen", "127.0.0.1:0"])
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null());
+        FdsRun(cmd.spawn().unwrap())
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.0.try_wait().unwrap().is_none()
+    }
+
+    /// SIGTERM, and how the process ended.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.0.id().to_string();
+        assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        self.0.wait().unwrap()
+    }
+}
+
+impl Drop for FdsRun {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Poll `cond` every 50 ms until it holds or `timeout` passes.
+pub fn wait_for(timeout: Duration, cond: impl Fn() -> bool) -> bool {
+    let start = Instant::now();
+    while !cond() {
+        if start.elapsed() > timeout {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    true
+}
