@@ -346,8 +346,8 @@ fn late_context_events_do_not_move_the_clock_back() {
 fn one_event_dated_next_century_does_not_expire_the_state() {
     let engine = starter_engine();
     score(&engine, &transfer("T1", "20261102100000", 10_000, "1", "D1"));
-    // Accepted (a replay trusts its file), but the expiry clock moves one hour
-    // at most, so the account is not swept as idle.
+    // Accepted (a replay trusts its file), but the expiry clock moves one sweep
+    // period (hours) at most, so the account is not swept as idle.
     score(&engine, &transfer_from("OTHER", "BAD", "20991102100000", 10_000, "2", "D2"));
     let s = score(&engine, &transfer("T2", "20261102100500", 10_000, "1", "D1"));
     assert!(!boolean(&s.features, F::PAYEE_FIRST_SEEN), "the account's history was expired");

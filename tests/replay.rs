@@ -141,8 +141,9 @@ fn a_truncated_gzip_file_is_reported_once_and_the_replay_ends() {
     assert!(r.bad_line_samples[0].reason.contains("input ends here"), "{:?}", r.bad_line_samples);
 }
 
-/// `Event::from_json` reads transfers on a fast path of their own; over the
-/// whole demo stream it gives exactly what the general tagged-enum reader gives.
+/// `Event::from_json` reads events with `"type"` first on a fast path of their
+/// own; over the whole demo stream it gives exactly what the general
+/// tagged-enum reader gives.
 #[test]
 fn every_demo_event_parses_the_same_on_both_paths() {
     use std::io::BufRead;
