@@ -251,9 +251,16 @@ impl Engine {
     /// nothing; the caller reports it (replay counts it, the pipeline sends it
     /// to the dead-letter topic).
     pub fn process(&self, event: &Event) -> Result<Option<Scored>, EngineError> {
+        let wall = self.wall_clock_skew_ms.map(|_| chrono::Utc::now().timestamp_millis());
+        self.process_at(event, wall)
+    }
+
+    /// [`Engine::process`] with the wall clock read by the caller (Unix ms),
+    /// which the pipeline reads once per message for this and for its own
+    /// deadline check. `None` skips the wall-clock guard.
+    pub fn process_at(&self, event: &Event, wall_ms: Option<i64>) -> Result<Option<Scored>, EngineError> {
         let time = event.time().millis();
-        if let Some(skew) = self.wall_clock_skew_ms {
-            let wall = chrono::Utc::now().timestamp_millis();
+        if let (Some(skew), Some(wall)) = (self.wall_clock_skew_ms, wall_ms) {
             if time > wall.saturating_add(skew) {
                 return Err(EngineError::AheadOfClock {
                     kind: event.kind(),

@@ -27,7 +27,7 @@
 //! - **Bad input never stops a load**: lines that are not events are counted
 //!   and skipped, as in replay.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
@@ -815,11 +815,11 @@ struct ReadDecision {
 
 /// The body fields matching needs; the rest of the decision is not looked at.
 #[derive(Debug, Default, Deserialize)]
-struct Body {
-    #[serde(default)]
-    bank_tran_id: Option<String>,
-    #[serde(default)]
-    decision: Option<String>,
+struct Body<'a> {
+    #[serde(default, borrow)]
+    bank_tran_id: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, borrow)]
+    decision: Option<std::borrow::Cow<'a, str>>,
     #[serde(default)]
     late: Option<bool>,
 }
@@ -844,7 +844,7 @@ fn read_decision<'h>(
             _ => {}
         }
     }
-    let id = id.or(body.bank_tran_id.filter(|s| !s.is_empty()));
+    let id = id.or(body.bank_tran_id.filter(|s| !s.is_empty()).map(String::from));
     let verdict = match body.decision.as_deref() {
         Some("allow") => Verdict::Allow,
         Some("hold") => Verdict::Hold,
@@ -889,7 +889,7 @@ struct Matcher {
     /// How long an unanswered transfer holds its in-flight slot (the drain:
     /// an answer slower than that would not be waited for at the end either).
     slot_timeout: Duration,
-    sent: HashMap<Box<str>, Pending>,
+    sent: ahash::AHashMap<Box<str>, Pending>,
     /// Transfers in send order, by send time and id, for ageing them out. An
     /// entry may outlive its transfer (answered, or retracted and sent again).
     by_age: VecDeque<(Instant, Box<str>)>,
@@ -910,7 +910,7 @@ impl Matcher {
         Matcher {
             budget,
             slot_timeout,
-            sent: HashMap::new(),
+            sent: ahash::AHashMap::new(),
             by_age: VecDeque::new(),
             taken_in: 0,
             outstanding: 0,

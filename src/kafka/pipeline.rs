@@ -755,7 +755,8 @@ impl Scorer<'_> {
             }
         }
 
-        match self.engine.process(&event) {
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        match self.engine.process_at(&event, Some(now_ms)) {
             Err(e @ EngineError::AheadOfClock { .. }) => {
                 self.dead_letter(msg, source, DeadLetterKind::AheadOfClock, &e.to_string())
             }
@@ -765,7 +766,6 @@ impl Scorer<'_> {
             }
             Ok(Some(scored)) => {
                 let d = &scored.decision;
-                let now_ms = chrono::Utc::now().timestamp_millis();
                 let late = deadline_ms(msg).is_some_and(|deadline| now_ms > deadline);
                 self.json.clear();
                 d.write_json_with_late(late, &mut self.json);
