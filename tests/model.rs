@@ -334,3 +334,21 @@ fn handbook_protocol_reproduces_the_handbooks_splits() {
     assert_eq!(scores.lines().count() as u64, test_rows + 1);
     assert!(!scores.contains("HB"));
 }
+
+/// The shipped model loads against this build's feature schema (a schema
+/// change must come with a retrained `models/default`), and scores the way its
+/// card says it was trained: the same data retrains to the same model file.
+#[test]
+fn the_shipped_default_model_loads_and_retrains_identically() {
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/default");
+    let model = Model::load(&shipped).unwrap();
+    assert_eq!(model.card().name, "default");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("default");
+    ok(&fds(&["train", "--data", "replay-data/demo.jsonl.gz", "--out", out.to_str().unwrap(), "--warmup-days", "2"]));
+    assert_eq!(
+        std::fs::read(out.join(MODEL_FILE)).unwrap(),
+        std::fs::read(shipped.join(MODEL_FILE)).unwrap(),
+        "models/default is stale: retrain it with the command in models/README.md"
+    );
+}

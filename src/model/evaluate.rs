@@ -116,6 +116,9 @@ pub struct Report {
     pub test_frauds: usize,
     /// Test transactions left out because their customer was known compromised.
     pub dropped_known: usize,
+    /// Card precision@100 of a perfect ranking: a test week with fewer than
+    /// 100 compromised cards a day cannot score higher.
+    pub card_precision_ceiling: f64,
     pub replay_seconds: f64,
     pub evaluations: Vec<Evaluation>,
 }
@@ -180,6 +183,12 @@ pub fn run(
         });
     }
     let test_y: Vec<bool> = test.iter().map(|r| data.is_fraud(&r.bank_tran_id)).collect();
+    let perfect: Vec<CardScore<'_>> = test
+        .iter()
+        .zip(&test_y)
+        .map(|(r, &fraud)| CardScore { day: r.kst_day(), card: &r.account, score: f64::from(u8::from(fraud)), fraud })
+        .collect();
+    let card_precision_ceiling = quality::card_precision_at_k(&perfect, 100).unwrap_or(f64::NAN);
     let provenance = &Provenance { labels_in_stream: data.labels.len(), ..provenance.clone() };
     let mut evaluations = Vec::new();
     for &algorithm in algorithms {
@@ -213,6 +222,7 @@ pub fn run(
         test_frauds: test_y.iter().filter(|&&f| f).count(),
         test_rows: test.len(),
         dropped_known,
+        card_precision_ceiling,
         replay_seconds,
         evaluations,
     })
@@ -275,7 +285,11 @@ impl Report {
             for e in &self.evaluations {
                 let _ = write!(w, "{:>12.3}", get(e));
             }
-            let _ = writeln!(w, "   {best:.3} ({by})");
+            let _ = write!(w, "   {best:.3} ({by})");
+            if *name == "card precision@100" {
+                let _ = write!(w, "; a perfect ranking: {:.3}", self.card_precision_ceiling);
+            }
+            let _ = writeln!(w);
         }
         let _ = write!(w, "{:<22}", "training time (s)");
         for e in &self.evaluations {

@@ -97,10 +97,13 @@ pub struct ForestParams {
 
 impl Default for ForestParams {
     fn default() -> Self {
+        // Chosen on the handbook weeks starting 2018-07-04 and 2018-06-13
+        // (never the default test week): 20 negatives per fraud lifted average
+        // precision most; 50 trees of depth 12 keep a score near 1 µs.
         ForestParams {
-            trees: 100,
-            max_depth: 10,
-            negatives_per_fraud: 5.0,
+            trees: 50,
+            max_depth: 12,
+            negatives_per_fraud: 20.0,
             feature_fraction: 0.5,
             min_leaf: 3.0,
             shrinkage: 5.0,
