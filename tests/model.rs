@@ -328,8 +328,8 @@ fn handbook_protocol_reproduces_the_handbooks_splits() {
         .and_then(|v| v.parse().ok())
         .unwrap();
     assert!(auc > 0.8, "{text}");
-    let scores = std::fs::read_to_string(std::env::temp_dir().join(format!("fds-scores-{}.csv", std::process::id())))
-        .unwrap();
+    let scores =
+        std::fs::read_to_string(std::env::temp_dir().join(format!("fds-scores-{}.csv", std::process::id()))).unwrap();
     assert_eq!(scores.lines().next(), Some("transaction_id,score"));
     assert_eq!(scores.lines().count() as u64, test_rows + 1);
     assert!(!scores.contains("HB"));

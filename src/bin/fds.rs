@@ -399,7 +399,8 @@ fn run() -> Result<()> {
             Ok(())
         }
         Command::Evaluate { data, train_start, algorithm, rules, scores_out, seed, forest } => {
-            let algorithms = if algorithm.is_empty() { vec![Algorithm::Logistic, Algorithm::Forest] } else { algorithm };
+            let algorithms =
+                if algorithm.is_empty() { vec![Algorithm::Logistic, Algorithm::Forest] } else { algorithm };
             let opts = TrainOptions { seed, forest: forest.params(), ..TrainOptions::default() };
             evaluate_cmd(&config, &data, train_start, &algorithms, rules, scores_out, &opts)
         }
@@ -581,9 +582,8 @@ fn evaluate_cmd(
     let rules_dir = rules.unwrap_or_else(|| config.rules_dir.clone());
     let engine = replay_engine(config, &rules_dir)?;
     let ruleset = engine.rules().load().version().to_owned();
-    let source = replay::open(data, Format::Auto).with_context(|| {
-        format!("cannot read the handbook data at {} (pass --data FILE)", data.display())
-    })?;
+    let source = replay::open(data, Format::Auto)
+        .with_context(|| format!("cannot read the handbook data at {} (pass --data FILE)", data.display()))?;
     let provenance = Provenance {
         name: format!("handbook-{train_start}"),
         rules: rules_dir.display().to_string(),
@@ -594,7 +594,10 @@ fn evaluate_cmd(
     print!("{}", report.render());
     if let (Some(path), Some(first)) = (scores_out, report.evaluations.first()) {
         let mut w = BufWriter::new(File::create(&path).with_context(|| format!("cannot create {}", path.display()))?);
-        first.write_scores(&mut w).and_then(|()| w.flush()).with_context(|| format!("cannot write {}", path.display()))?;
+        first
+            .write_scores(&mut w)
+            .and_then(|()| w.flush())
+            .with_context(|| format!("cannot write {}", path.display()))?;
         println!("wrote {} ({} scores)", path.display(), first.test_scores.len());
     }
     Ok(())

@@ -122,7 +122,8 @@ pub fn collect(engine: &Engine, sources: Vec<Source>, window: Window) -> Result<
             if window.stop_at.is_some_and(|s| event.time() >= s) {
                 break 'sources;
             }
-            let warm_until = *warm_until.get_or_insert(EventTime(event.time().millis().saturating_add(window.warmup_ms)));
+            let warm_until =
+                *warm_until.get_or_insert(EventTime(event.time().millis().saturating_add(window.warmup_ms)));
             let scored = match engine.process(&event) {
                 Ok(s) => s,
                 Err(_) => {

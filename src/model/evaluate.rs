@@ -37,8 +37,11 @@ use crate::replay::Source;
 /// The handbook's best published figures on its default split (train
 /// 2018-07-25..31, test 2018-08-08..14): AUC ROC and card precision@100 by
 /// logistic regression, average precision by random forest.
-pub const HANDBOOK_BEST: [(&str, f64, &str); 3] =
-    [("AUC ROC", 0.871, "logistic regression"), ("average precision", 0.658, "random forest"), ("card precision@100", 0.291, "logistic regression")];
+pub const HANDBOOK_BEST: [(&str, f64, &str); 3] = [
+    ("AUC ROC", 0.871, "logistic regression"),
+    ("average precision", 0.658, "random forest"),
+    ("card precision@100", 0.291, "logistic regression"),
+];
 
 /// The handbook's default first training day.
 pub fn default_train_start() -> NaiveDate {

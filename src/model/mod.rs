@@ -338,12 +338,20 @@ pub fn check_features(names: &[String]) -> Result<(), String> {
             Some(n) if n == d.name => {}
             Some(n) => return Err(format!("feature {i} is `{n}`, the engine's is `{}`", d.name)),
             None => {
-                return Err(format!("{} features listed, the engine computes {N_FEATURES} (first missing: `{}`)", names.len(), d.name))
+                return Err(format!(
+                    "{} features listed, the engine computes {N_FEATURES} (first missing: `{}`)",
+                    names.len(),
+                    d.name
+                ))
             }
         }
     }
     if names.len() > N_FEATURES {
-        return Err(format!("{} features listed, the engine computes {N_FEATURES} (unknown: `{}`)", names.len(), names[N_FEATURES]));
+        return Err(format!(
+            "{} features listed, the engine computes {N_FEATURES} (unknown: `{}`)",
+            names.len(),
+            names[N_FEATURES]
+        ));
     }
     Ok(())
 }
@@ -375,7 +383,8 @@ impl Model {
         let dir = if path.is_file() { path.parent().unwrap_or(Path::new(".")) } else { path };
         let model_path = dir.join(MODEL_FILE);
         let card_path = dir.join(CARD_FILE);
-        let json = fs::read_to_string(&model_path).map_err(|source| ModelError::Read { path: model_path.clone(), source })?;
+        let json =
+            fs::read_to_string(&model_path).map_err(|source| ModelError::Read { path: model_path.clone(), source })?;
         let corrupt = |e: serde_json::Error| ModelError::Corrupt { path: model_path.clone(), reason: e.to_string() };
         let header: Header = serde_json::from_str(&json).map_err(corrupt)?;
         if header.format_version != FORMAT_VERSION {
@@ -395,11 +404,8 @@ impl Model {
         let card = Card::read(&card_path)?;
         check_features(&card.features)
             .map_err(|detail| ModelError::FeatureMismatch { path: card_path.clone(), detail })?;
-        let mismatch = |reason: String| ModelError::CardMismatch {
-            card: card_path.clone(),
-            model: model_path.clone(),
-            reason,
-        };
+        let mismatch =
+            |reason: String| ModelError::CardMismatch { card: card_path.clone(), model: model_path.clone(), reason };
         let hash = sha256_hex(json.as_bytes());
         if card.model_sha256 != hash {
             return Err(mismatch(format!(
@@ -541,9 +547,8 @@ mod tests {
             weights,
             intercept: -3.0,
         };
-        let x = FeatureVector::zeroed()
-            .with(&[(F::AMOUNT, Value::Int(1000)), (F::IS_NIGHT, Value::Bool(true))])
-            .to_f64();
+        let x =
+            FeatureVector::zeroed().with(&[(F::AMOUNT, Value::Int(1000)), (F::IS_NIGHT, Value::Bool(true))]).to_f64();
         let s = Scorer::Logistic(m);
         let (base, c) = s.contributions(&x);
         let logit = base + c.iter().sum::<f64>();

@@ -203,7 +203,10 @@ impl TrainOptions {
             Algorithm::Logistic => {
                 t.insert("alpha".into(), Float(self.logistic.alpha));
                 t.insert("max_iterations".into(), Integer(self.logistic.max_iterations as i64));
-                t.insert("transform".into(), toml::Value::String("signed log1p of non-boolean features, then standardised".into()));
+                t.insert(
+                    "transform".into(),
+                    toml::Value::String("signed log1p of non-boolean features, then standardised".into()),
+                );
             }
         }
         t.insert("seed".into(), Integer(self.seed as i64));
@@ -418,7 +421,8 @@ impl FlatTree {
             if self.feature[n] == LEAF {
                 return;
             }
-            n = if x[usize::from(self.feature[n])] <= self.threshold[n] { self.left[n] } else { self.right[n] } as usize;
+            n = if x[usize::from(self.feature[n])] <= self.threshold[n] { self.left[n] } else { self.right[n] }
+                as usize;
         }
     }
 
@@ -598,7 +602,10 @@ mod tests {
             assert!(bins[4].1 > 0.7 && bins[0].1 < 0.01, "{bins:?}");
             if feature_fraction == 1.0 {
                 for (mean, rate) in &bins {
-                    assert!((mean - rate).abs() < 0.05, "score {mean:.3} stands for a fraud rate of {rate:.3}: {bins:?}");
+                    assert!(
+                        (mean - rate).abs() < 0.05,
+                        "score {mean:.3} stands for a fraud rate of {rate:.3}: {bins:?}"
+                    );
                 }
             }
         }
