@@ -40,6 +40,13 @@
 //!   `fds run` over Kafka and reports end-to-end latency, missed budgets,
 //!   unanswered, late, duplicate and contradictory decisions.
 //!
+//! - [`model`]: the trained model. `fds train` learns from the engine's own
+//!   feature vectors, taken at the moment each transfer happened during a
+//!   replay, and the late labels of the stream; a model directory holds the
+//!   flat parameters and a model card (data, metrics, hold threshold), checked
+//!   whole on load; scoring is a walk over arrays, with per-feature reasons.
+//!   `fds evaluate` runs the fraud-detection handbook's protocol.
+//!
 //! - [`metrics`]: every Prometheus metric of the product, named once, in a
 //!   registry of its own; no account or payee id is ever a label.
 //! - [`api`]: the operators' HTTP server (`/metrics`, `/readyz`, `/healthz`)
@@ -60,6 +67,7 @@ pub mod handbook;
 pub mod kafka;
 pub mod load;
 pub mod metrics;
+pub mod model;
 pub mod replay;
 pub mod rules;
 pub mod state;

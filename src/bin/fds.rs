@@ -1,4 +1,5 @@
-//! The `fds` command: replay, generate, check rules, list features.
+//! The `fds` command: replay, generate, check rules, list features, train
+//! and evaluate models.
 
 use std::fs::File;
 use std::io::{BufWriter, IsTerminal, Write};
@@ -15,6 +16,9 @@ use fds::config::Config;
 use fds::engine::Engine;
 use fds::generate::{generate, GeneratorConfig};
 use fds::kafka::Connection;
+use fds::model::evaluate::{self, Protocol};
+use fds::model::train::{self, Algorithm, Provenance, TrainOptions};
+use fds::model::{dataset, Model};
 use fds::replay::{self, Format};
 use fds::rules::RuleSet;
 
@@ -28,6 +32,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// The demo stream that ships with the repository.
 const DEMO_REPLAY: &str = "replay-data/demo.jsonl.gz";
+/// The handbook's data set, where CI lays it out beside the repository.
+const HANDBOOK_DATA: &str = "../shared/datasets/handbook-simulated/transactions.csv.gz";
 /// The demo's engine starts empty; its first days only build state.
 const DEMO_WARMUP_DAYS: f64 = 2.0;
 
@@ -161,6 +167,99 @@ enum Command {
         #[command(subcommand)]
         command: TopicsCommand,
     },
+    /// Train a model on recorded streams: the engine's feature vectors at the
+    /// moment each transfer happened, labelled by the stream's fraud reports;
+    /// writes model.json and card.toml into the --out directory.
+    Train {
+        /// Labelled streams to replay in order (as for replay).
+        #[arg(long = "data", required = true, num_args = 1..)]
+        data: Vec<PathBuf>,
+        /// Model directory to write, e.g. models/NAME.
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, value_enum, default_value_t = train::DEFAULT_ALGORITHM)]
+        algorithm: Algorithm,
+        /// Rule directory the replay runs with [default: the config's engine.rules_dir, else rules].
+        #[arg(long)]
+        rules: Option<PathBuf>,
+        /// Days at the start of the data that only build state.
+        #[arg(long, default_value_t = 0.0, value_name = "DAYS")]
+        warmup_days: f64,
+        #[arg(long, default_value_t = TrainOptions::default().seed)]
+        seed: u64,
+        /// The hold threshold is the lowest validation score whose holds reach this precision.
+        #[arg(long, default_value_t = TrainOptions::default().target_precision)]
+        target_precision: f64,
+        /// The most recent share of the rows, held out for validation and the threshold.
+        #[arg(long, default_value_t = TrainOptions::default().validation_fraction)]
+        validation_fraction: f64,
+        #[command(flatten)]
+        forest: ForestArgs,
+    },
+    /// Trained models.
+    Model {
+        #[command(subcommand)]
+        command: ModelCommand,
+    },
+    /// Run the fraud-detection handbook's protocol (train one week, 7-day gap,
+    /// test the next week) on the engine's features and compare with the
+    /// handbook's published figures.
+    Evaluate {
+        /// The handbook's transactions.csv.gz (or its directory).
+        #[arg(long, default_value = HANDBOOK_DATA)]
+        data: PathBuf,
+        /// First training day; the test week starts 14 days later.
+        #[arg(long, default_value_t = evaluate::default_train_start())]
+        train_start: chrono::NaiveDate,
+        /// Algorithms to train and compare [default: logistic and forest].
+        #[arg(long, value_enum)]
+        algorithm: Vec<Algorithm>,
+        /// Rule directory the replay runs with [default: the config's engine.rules_dir, else rules].
+        #[arg(long)]
+        rules: Option<PathBuf>,
+        /// Write the test week's `transaction_id,score` (the first algorithm's) here.
+        #[arg(long, value_name = "FILE")]
+        scores_out: Option<PathBuf>,
+        #[arg(long, default_value_t = TrainOptions::default().seed)]
+        seed: u64,
+        #[command(flatten)]
+        forest: ForestArgs,
+    },
+}
+
+/// Forest hyper-parameters, shared by train and evaluate.
+#[derive(clap::Args, Clone, Copy)]
+struct ForestArgs {
+    /// Trees in a forest.
+    #[arg(long, default_value_t = train::ForestParams::default().trees)]
+    trees: usize,
+    /// Deepest split of a forest's tree.
+    #[arg(long, default_value_t = train::ForestParams::default().max_depth)]
+    max_depth: usize,
+    /// Genuine transfers sampled per fraud for each tree.
+    #[arg(long, default_value_t = train::ForestParams::default().negatives_per_fraud)]
+    negatives_per_fraud: f64,
+    /// Share of the features each tree may split on.
+    #[arg(long, default_value_t = train::ForestParams::default().feature_fraction)]
+    feature_fraction: f64,
+}
+
+impl ForestArgs {
+    fn params(self) -> train::ForestParams {
+        train::ForestParams {
+            trees: self.trees,
+            max_depth: self.max_depth,
+            negatives_per_fraud: self.negatives_per_fraud,
+            feature_fraction: self.feature_fraction,
+            ..train::ForestParams::default()
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum ModelCommand {
+    /// Check a model directory and print its card.
+    Show { path: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -273,6 +372,38 @@ fn run() -> Result<()> {
             opts.max_in_flight = max_in_flight.max(1);
             load_cmd(opts, json)
         }
+        Command::Train {
+            data,
+            out,
+            algorithm,
+            rules,
+            warmup_days,
+            seed,
+            target_precision,
+            validation_fraction,
+            forest,
+        } => {
+            let opts = TrainOptions {
+                algorithm,
+                seed,
+                target_precision,
+                validation_fraction,
+                forest: forest.params(),
+                ..TrainOptions::default()
+            };
+            train_cmd(&config, &data, &out, rules, warmup_days, &opts)
+        }
+        Command::Model { command: ModelCommand::Show { path } } => {
+            let model = Model::load(&path)?;
+            print!("{}", model.card().render());
+            Ok(())
+        }
+        Command::Evaluate { data, train_start, algorithm, rules, scores_out, seed, forest } => {
+            let algorithms =
+                if algorithm.is_empty() { vec![Algorithm::Logistic, Algorithm::Forest] } else { algorithm };
+            let opts = TrainOptions { seed, forest: forest.params(), ..TrainOptions::default() };
+            evaluate_cmd(&config, &data, train_start, &algorithms, rules, scores_out, &opts)
+        }
         Command::Features => {
             for (i, f) in fds::features::SCHEMA.iter().enumerate() {
                 println!("{i:>3}  {:<30} {:<8} {}", f.name, f.kind.name(), f.help);
@@ -384,6 +515,90 @@ fn load_cmd(opts: fds::load::LoadOptions, json: bool) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{}", report.render());
+    }
+    Ok(())
+}
+
+/// The engine as `fds replay` builds it: the config's state settings and the
+/// rule directory, so training sees the features serving sees.
+fn replay_engine(config: &Config, rules_dir: &Path) -> Result<Engine> {
+    let rules = load_rules(rules_dir)?;
+    let mut engine = Engine::new(config.state.clone(), Arc::new(ArcSwap::from_pointee(rules)));
+    if let Some(skew) = config.max_skew_ms {
+        engine = engine.with_wall_clock_guard(skew);
+    }
+    Ok(engine)
+}
+
+fn open_sources(files: &[PathBuf]) -> Result<Vec<replay::Source>> {
+    files
+        .iter()
+        .map(|f| replay::open(f, Format::Auto).with_context(|| format!("cannot read {}", f.display())))
+        .collect()
+}
+
+/// `fds train`: replay, collect point-in-time rows, fit, write the model directory.
+fn train_cmd(
+    config: &Config,
+    data: &[PathBuf],
+    out: &Path,
+    rules: Option<PathBuf>,
+    warmup_days: f64,
+    opts: &TrainOptions,
+) -> Result<()> {
+    if !(0.0..=3650.0).contains(&warmup_days) {
+        bail!("--warmup-days must be between 0 and 3650, got {warmup_days}");
+    }
+    let Some(name) = out.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+        bail!("--out must name a directory, e.g. models/NAME");
+    };
+    let rules_dir = rules.unwrap_or_else(|| config.rules_dir.clone());
+    let engine = replay_engine(config, &rules_dir)?;
+    let ruleset = engine.rules().load().version().to_owned();
+    let mut provenance = Provenance::new(&name, data, &rules_dir.display().to_string(), &ruleset)
+        .context("cannot hash the training data")?;
+    let window = dataset::Window { warmup_ms: (warmup_days * 86_400_000.0) as i64, ..dataset::Window::default() };
+    let collected = dataset::collect(&engine, open_sources(data)?, window)?;
+    provenance.labels_in_stream = collected.labels.len();
+    provenance.warmup_transfers = collected.transfers - collected.rows.len() as u64;
+    let model = train::train(&collected.rows, &collected.targets(), opts, &provenance)
+        .with_context(|| format!("nothing written to {}", out.display()))?;
+    model.save(out)?;
+    println!("wrote {} ({})", out.display(), model.version());
+    print!("{}", model.card().render());
+    Ok(())
+}
+
+/// `fds evaluate`: the handbook protocol; see [`fds::model::evaluate`].
+fn evaluate_cmd(
+    config: &Config,
+    data: &Path,
+    train_start: chrono::NaiveDate,
+    algorithms: &[Algorithm],
+    rules: Option<PathBuf>,
+    scores_out: Option<PathBuf>,
+    opts: &TrainOptions,
+) -> Result<()> {
+    let rules_dir = rules.unwrap_or_else(|| config.rules_dir.clone());
+    let engine = replay_engine(config, &rules_dir)?;
+    let ruleset = engine.rules().load().version().to_owned();
+    let source = replay::open(data, Format::Auto)
+        .with_context(|| format!("cannot read the handbook data at {} (pass --data FILE)", data.display()))?;
+    let provenance = Provenance {
+        name: format!("handbook-{train_start}"),
+        rules: rules_dir.display().to_string(),
+        ruleset_version: ruleset,
+        ..Provenance::default()
+    };
+    let report = evaluate::run(&engine, source, Protocol::handbook(train_start), algorithms, opts, &provenance)?;
+    print!("{}", report.render());
+    if let (Some(path), Some(first)) = (scores_out, report.evaluations.first()) {
+        let mut w = BufWriter::new(File::create(&path).with_context(|| format!("cannot create {}", path.display()))?);
+        first
+            .write_scores(&mut w)
+            .and_then(|()| w.flush())
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        println!("wrote {} ({} scores)", path.display(), first.test_scores.len());
     }
     Ok(())
 }

@@ -1,0 +1,193 @@
+//! Training rows: the engine's own feature vectors, taken from a replay at the
+//! moment each transfer happened, joined with the labels the stream delivered.
+//!
+//! This module owns the one rule that keeps training honest: a row's features
+//! are what the engine computed when the transfer arrived ([`Engine::process`]
+//! feeds the state, so a fraud report delivered later cannot leak into the
+//! features of the transfer it names), and its label is the stream's final word
+//! on that transfer (a `cleared` report withdraws a `fraud` one; the latest
+//! report wins). What serving would have seen is what training sees, because
+//! the engine is built the way `fds replay` builds it, rules included (the
+//! `mins_since_hold` feature depends on the rules' holds).
+//!
+//! Guarantees: rows come out in stream order; bad lines are counted and
+//! skipped as in a replay; a feature that is NaN or infinite is refused with
+//! the transfer that produced it, because a model cannot be trained on it.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use crate::engine::Engine;
+use crate::event::{Event, EventTime, LabelStatus};
+use crate::features::{FeatureVector, N_FEATURES, SCHEMA};
+use crate::replay::Source;
+
+/// Milliseconds in a day.
+pub const DAY_MS: i64 = 86_400_000;
+/// Korea Standard Time is UTC+9 all year.
+const KST_OFFSET_MS: i64 = 9 * 3_600_000;
+
+/// Why rows could not be collected.
+#[derive(Debug, thiserror::Error)]
+pub enum DatasetError {
+    #[error("transfer {transfer}: feature `{feature}` is {value}, which a model cannot be trained on")]
+    NonFinite { transfer: String, feature: &'static str, value: f64 },
+    #[error("no transfers in {}", files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", "))]
+    Empty { files: Vec<PathBuf> },
+}
+
+/// One transfer as training sees it.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub bank_tran_id: String,
+    /// The sender account (the handbook's card).
+    pub account: String,
+    pub time: EventTime,
+    pub features: [f64; N_FEATURES],
+}
+
+impl Row {
+    /// The day of the transfer on the Korean calendar, as days since 1970-01-01.
+    pub fn kst_day(&self) -> i64 {
+        kst_day(self.time)
+    }
+}
+
+/// Days since 1970-01-01 on the Korean calendar.
+pub fn kst_day(t: EventTime) -> i64 {
+    (t.millis() + KST_OFFSET_MS).div_euclid(DAY_MS)
+}
+
+/// What a replay yielded for training.
+#[derive(Debug, Default)]
+pub struct Collected {
+    /// Kept transfers, in stream order.
+    pub rows: Vec<Row>,
+    /// The final label of every reported transfer, by transfer id.
+    pub labels: HashMap<String, LabelStatus>,
+    /// Transfers replayed (kept or not).
+    pub transfers: u64,
+    pub bad_lines: u64,
+    /// Event time of the first and last transfer kept.
+    pub first: Option<EventTime>,
+    pub last: Option<EventTime>,
+}
+
+impl Collected {
+    /// Whether the stream's final word on this transfer is fraud.
+    pub fn is_fraud(&self, bank_tran_id: &str) -> bool {
+        self.labels.get(bank_tran_id) == Some(&LabelStatus::Fraud)
+    }
+
+    /// One label per row, in row order.
+    pub fn targets(&self) -> Vec<bool> {
+        self.rows.iter().map(|r| self.is_fraud(&r.bank_tran_id)).collect()
+    }
+}
+
+/// Which transfers to keep, and when to stop reading.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Window {
+    /// Keep transfers at or after this time (earlier ones only build state).
+    pub from: Option<EventTime>,
+    /// Keep transfers before this time.
+    pub until: Option<EventTime>,
+    /// Stop reading at the first event at or after this time (labels for the
+    /// kept transfers must have arrived by then).
+    pub stop_at: Option<EventTime>,
+    /// Keep nothing from the first this-many milliseconds of the stream: a new
+    /// engine knows no one, and rows from its first days would teach the model
+    /// what an empty history looks like.
+    pub warmup_ms: i64,
+}
+
+impl Window {
+    fn keeps(&self, t: EventTime) -> bool {
+        self.from.map_or(true, |f| t >= f) && self.until.map_or(true, |u| t < u)
+    }
+}
+
+/// Replay `sources` through `engine` and keep the feature vectors of the
+/// transfers inside `window`, with every label of the stream.
+pub fn collect(engine: &Engine, sources: Vec<Source>, window: Window) -> Result<Collected, DatasetError> {
+    let files: Vec<PathBuf> = sources.iter().map(|s| PathBuf::from(&s.name)).collect();
+    let mut out = Collected::default();
+    let mut warm_until: Option<EventTime> = None;
+    'sources: for src in sources {
+        for item in src.events {
+            let Ok((_, event)) = item else {
+                out.bad_lines += 1;
+                continue;
+            };
+            if window.stop_at.is_some_and(|s| event.time() >= s) {
+                break 'sources;
+            }
+            let warm_until =
+                *warm_until.get_or_insert(EventTime(event.time().millis().saturating_add(window.warmup_ms)));
+            let scored = match engine.process(&event) {
+                Ok(s) => s,
+                Err(_) => {
+                    out.bad_lines += 1;
+                    continue;
+                }
+            };
+            match (event, scored) {
+                (Event::Label(l), _) => {
+                    out.labels.insert(l.bank_tran_id, l.status);
+                }
+                (Event::Transfer(t), Some(scored)) => {
+                    out.transfers += 1;
+                    if t.tran_dtime >= warm_until && window.keeps(t.tran_dtime) {
+                        let features = finite(&t.bank_tran_id, &scored.features)?;
+                        out.first.get_or_insert(t.tran_dtime);
+                        out.last = Some(t.tran_dtime);
+                        out.rows.push(Row {
+                            bank_tran_id: t.bank_tran_id,
+                            account: t.fintech_use_num,
+                            time: t.tran_dtime,
+                            features,
+                        });
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    if out.rows.is_empty() {
+        return Err(DatasetError::Empty { files });
+    }
+    Ok(out)
+}
+
+/// The numeric view of `f`, refused if any value is NaN or infinite.
+pub fn finite(transfer: &str, f: &FeatureVector) -> Result<[f64; N_FEATURES], DatasetError> {
+    let x = f.to_f64();
+    match x.iter().position(|v| !v.is_finite()) {
+        None => Ok(x),
+        Some(i) => Err(DatasetError::NonFinite { transfer: transfer.to_owned(), feature: SCHEMA[i].name, value: x[i] }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::features::{Value, F};
+
+    #[test]
+    fn korean_days_start_at_midnight_kst() {
+        // 2018-08-08 00:00:00 KST is 2018-08-07 15:00 UTC.
+        let midnight = EventTime::parse_kst("20180808000000").unwrap();
+        assert_eq!(kst_day(midnight), kst_day(EventTime(midnight.millis() + DAY_MS - 1)));
+        assert_eq!(kst_day(EventTime(midnight.millis() - 1)) + 1, kst_day(midnight));
+        assert_eq!(kst_day(midnight), 17_751); // 2018-08-08 is day 17751 since 1970-01-01.
+    }
+
+    #[test]
+    fn non_finite_features_are_refused_by_name() {
+        let ok = FeatureVector::zeroed().with(&[(F::AMOUNT_VS_MAX, Value::Float(2.5))]);
+        assert_eq!(finite("T1", &ok).unwrap()[F::AMOUNT_VS_MAX as usize], 2.5);
+        let bad = FeatureVector::zeroed().with(&[(F::AMOUNT_LOG_ZSCORE, Value::Float(f64::NAN))]);
+        let e = finite("T2", &bad).unwrap_err().to_string();
+        assert!(e.contains("T2") && e.contains("amount_log_zscore") && e.contains("NaN"), "{e}");
+    }
+}

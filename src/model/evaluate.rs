@@ -1,0 +1,309 @@
+//! The handbook's evaluation protocol, run on the engine's own features.
+//!
+//! This module owns `fds evaluate`: the protocol of Le Borgne et al. (2022,
+//! chapter 3, "Baseline fraud detection system") on their simulated card data
+//! ([`crate::handbook`] maps it onto transfers and labels delivered 7 days
+//! late). The whole history streams through the engine, so state is warm
+//! from 2018-04-01; then:
+//!
+//! - train on the transfers of 7 days from `train_start` (labels: the
+//!   transactions' fraud flags),
+//! - leave a 7-day gap (labels of the last training days are still arriving),
+//! - test on the following 7 days, dropping on each test day the customers
+//!   already known to be compromised: a fraud on any day from the first
+//!   training day up to the test day minus 8 days,
+//!
+//! and report AUC ROC, average precision and card precision@100 beside the
+//! handbook's best published figures for that split.
+//!
+//! Guarantees: nothing from the test week reaches training. The model's
+//! hyper-parameters are fixed in [`super::train`] (chosen on other weeks) and
+//! its threshold on a validation split inside the training week; the test
+//! week only measures.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use chrono::NaiveDate;
+
+use super::dataset::{self, kst_day, Collected, DatasetError, Row, Window, DAY_MS};
+use super::quality::{self, CardScore};
+use super::train::{self, Algorithm, Provenance, TrainError, TrainOptions};
+use super::Model;
+use crate::engine::Engine;
+use crate::event::EventTime;
+use crate::replay::Source;
+
+/// The handbook's best published figures on its default split (train
+/// 2018-07-25..31, test 2018-08-08..14): AUC ROC and card precision@100 by
+/// logistic regression, average precision by random forest.
+pub const HANDBOOK_BEST: [(&str, f64, &str); 3] = [
+    ("AUC ROC", 0.871, "logistic regression"),
+    ("average precision", 0.658, "random forest"),
+    ("card precision@100", 0.291, "logistic regression"),
+];
+
+/// The handbook's default first training day.
+pub fn default_train_start() -> NaiveDate {
+    NaiveDate::from_ymd_opt(2018, 7, 25).expect("a valid date")
+}
+
+/// Why the protocol could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum EvaluateError {
+    #[error(transparent)]
+    Dataset(#[from] DatasetError),
+    #[error("training {algorithm}: {source}")]
+    Train { algorithm: &'static str, source: TrainError },
+    #[error("the {part} ({from} to {to}) has no transfers in the data")]
+    EmptyPart { part: &'static str, from: NaiveDate, to: NaiveDate },
+}
+
+/// The three weeks of the protocol.
+#[derive(Debug, Clone, Copy)]
+pub struct Protocol {
+    pub train_start: NaiveDate,
+    pub train_days: i64,
+    pub delay_days: i64,
+    pub test_days: i64,
+}
+
+impl Protocol {
+    pub fn handbook(train_start: NaiveDate) -> Self {
+        Protocol { train_start, train_days: 7, delay_days: 7, test_days: 7 }
+    }
+
+    fn start_day(&self) -> i64 {
+        self.train_start.signed_duration_since(NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch")).num_days()
+    }
+
+    fn date(day: i64) -> NaiveDate {
+        NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch") + chrono::Duration::days(day)
+    }
+
+    /// Midnight KST at the start of `day` (days since 1970-01-01, KST).
+    fn midnight(day: i64) -> EventTime {
+        EventTime(day * DAY_MS - 9 * 3_600_000)
+    }
+
+    pub fn test_start(&self) -> NaiveDate {
+        Self::date(self.start_day() + self.train_days + self.delay_days)
+    }
+
+    pub fn test_end(&self) -> NaiveDate {
+        Self::date(self.start_day() + self.train_days + self.delay_days + self.test_days - 1)
+    }
+}
+
+/// One algorithm's result on the test week.
+#[derive(Debug)]
+pub struct Evaluation {
+    pub algorithm: Algorithm,
+    pub model: Model,
+    pub train_seconds: f64,
+    pub auc_roc: f64,
+    pub average_precision: f64,
+    pub card_precision_at_100: f64,
+    /// Test transactions and their scores, in stream order.
+    pub test_ids: Vec<String>,
+    pub test_scores: Vec<f64>,
+}
+
+/// The test week and what was measured on it.
+#[derive(Debug)]
+pub struct Report {
+    pub protocol: Protocol,
+    pub train_rows: usize,
+    pub train_frauds: usize,
+    pub test_rows: usize,
+    pub test_frauds: usize,
+    /// Test transactions left out because their customer was known compromised.
+    pub dropped_known: usize,
+    /// Card precision@100 of a perfect ranking: a test week with fewer than
+    /// 100 compromised cards a day cannot score higher.
+    pub card_precision_ceiling: f64,
+    pub replay_seconds: f64,
+    pub evaluations: Vec<Evaluation>,
+}
+
+/// Run the protocol: stream `source` through `engine`, train each of
+/// `algorithms` on the training week, score the test week.
+pub fn run(
+    engine: &Engine,
+    source: Source,
+    protocol: Protocol,
+    algorithms: &[Algorithm],
+    opts: &TrainOptions,
+    provenance: &Provenance,
+) -> Result<Report, EvaluateError> {
+    let started = Instant::now();
+    let d0 = protocol.start_day();
+    let test_from = d0 + protocol.train_days + protocol.delay_days;
+    let test_until = test_from + protocol.test_days;
+    let window = Window {
+        from: Some(Protocol::midnight(d0)),
+        until: Some(Protocol::midnight(test_until)),
+        // The labels of the last test day arrive 7 days later.
+        stop_at: Some(Protocol::midnight(test_until + 8)),
+        warmup_ms: 0,
+    };
+    let data = dataset::collect(engine, vec![source], window)?;
+    let replay_seconds = started.elapsed().as_secs_f64();
+    let (train_rows, train_y) = part(&data, |day| day < d0 + protocol.train_days);
+    if train_rows.is_empty() {
+        return Err(EvaluateError::EmptyPart {
+            part: "training week",
+            from: protocol.train_start,
+            to: Protocol::date(d0 + protocol.train_days - 1),
+        });
+    }
+    // The first day each customer is seen defrauded, from the first training day on.
+    let mut first_fraud: HashMap<&str, i64> = HashMap::new();
+    for r in &data.rows {
+        if data.is_fraud(&r.bank_tran_id) {
+            let d = first_fraud.entry(&r.account).or_insert(i64::MAX);
+            *d = (*d).min(r.kst_day());
+        }
+    }
+    let mut test: Vec<&Row> = Vec::new();
+    let mut dropped_known = 0;
+    for r in &data.rows {
+        let day = r.kst_day();
+        if !(test_from..test_until).contains(&day) {
+            continue;
+        }
+        if first_fraud.get(r.account.as_str()).is_some_and(|&f| f <= day - 8) {
+            dropped_known += 1;
+        } else {
+            test.push(r);
+        }
+    }
+    if test.is_empty() {
+        return Err(EvaluateError::EmptyPart {
+            part: "test week",
+            from: protocol.test_start(),
+            to: protocol.test_end(),
+        });
+    }
+    let test_y: Vec<bool> = test.iter().map(|r| data.is_fraud(&r.bank_tran_id)).collect();
+    let perfect: Vec<CardScore<'_>> = test
+        .iter()
+        .zip(&test_y)
+        .map(|(r, &fraud)| CardScore { day: r.kst_day(), card: &r.account, score: f64::from(u8::from(fraud)), fraud })
+        .collect();
+    let card_precision_ceiling = quality::card_precision_at_k(&perfect, 100).unwrap_or(f64::NAN);
+    let provenance = &Provenance { labels_in_stream: data.labels.len(), ..provenance.clone() };
+    let mut evaluations = Vec::new();
+    for &algorithm in algorithms {
+        let opts = TrainOptions { algorithm, ..*opts };
+        let t = Instant::now();
+        let model = train::train(&train_rows, &train_y, &opts, provenance)
+            .map_err(|source| EvaluateError::Train { algorithm: algorithm.name(), source })?;
+        let train_seconds = t.elapsed().as_secs_f64();
+        let scores: Vec<f64> = test.iter().map(|r| model.score_values(&r.features)).collect();
+        let cards: Vec<CardScore<'_>> = test
+            .iter()
+            .zip(&scores)
+            .zip(&test_y)
+            .map(|((r, &score), &fraud)| CardScore { day: r.kst_day(), card: &r.account, score, fraud })
+            .collect();
+        evaluations.push(Evaluation {
+            algorithm,
+            train_seconds,
+            auc_roc: quality::auc_roc(&scores, &test_y).unwrap_or(f64::NAN),
+            average_precision: quality::average_precision(&scores, &test_y).unwrap_or(f64::NAN),
+            card_precision_at_100: quality::card_precision_at_k(&cards, 100).unwrap_or(f64::NAN),
+            test_ids: test.iter().map(|r| r.bank_tran_id.clone()).collect(),
+            test_scores: scores,
+            model,
+        });
+    }
+    Ok(Report {
+        protocol,
+        train_frauds: train_y.iter().filter(|&&f| f).count(),
+        train_rows: train_rows.len(),
+        test_frauds: test_y.iter().filter(|&&f| f).count(),
+        test_rows: test.len(),
+        dropped_known,
+        card_precision_ceiling,
+        replay_seconds,
+        evaluations,
+    })
+}
+
+/// The rows whose day passes `keep`, with their labels.
+fn part(data: &Collected, keep: impl Fn(i64) -> bool) -> (Vec<Row>, Vec<bool>) {
+    let rows: Vec<Row> = data.rows.iter().filter(|r| keep(kst_day(r.time))).cloned().collect();
+    let y = rows.iter().map(|r| data.is_fraud(&r.bank_tran_id)).collect();
+    (rows, y)
+}
+
+impl Evaluation {
+    /// The test week's scores as `transaction_id,score` CSV, with the
+    /// handbook's own transaction ids (the `HB` prefix taken off).
+    pub fn write_scores(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        writeln!(out, "transaction_id,score")?;
+        for (id, s) in self.test_ids.iter().zip(&self.test_scores) {
+            writeln!(out, "{},{s}", id.strip_prefix("HB").unwrap_or(id))?;
+        }
+        Ok(())
+    }
+}
+
+impl Report {
+    /// The report as a person reads it.
+    pub fn render(&self) -> String {
+        use std::fmt::Write as _;
+        let mut s = String::new();
+        let w = &mut s;
+        let p = &self.protocol;
+        let _ = writeln!(w, "fds evaluate: the handbook protocol on the engine's features");
+        let _ = writeln!(
+            w,
+            "  train {} .. {} ({} transactions, {} frauds)   gap {} days   test {} .. {} ({} transactions, {} frauds; {} of known-compromised customers left out)",
+            p.train_start,
+            Protocol::date(p.start_day() + p.train_days - 1),
+            self.train_rows,
+            self.train_frauds,
+            p.delay_days,
+            p.test_start(),
+            p.test_end(),
+            self.test_rows,
+            self.test_frauds,
+            self.dropped_known
+        );
+        let _ = writeln!(w, "  replay (state warmed from the start of the data) {:.1} s", self.replay_seconds);
+        let _ = write!(w, "\n{:<22}", "");
+        for e in &self.evaluations {
+            let _ = write!(w, "{:>12}", e.algorithm.name());
+        }
+        let _ = writeln!(w, "   handbook best (2018-07-25 split)");
+        let rows: [(&str, fn(&Evaluation) -> f64); 3] = [
+            ("AUC ROC", |e| e.auc_roc),
+            ("average precision", |e| e.average_precision),
+            ("card precision@100", |e| e.card_precision_at_100),
+        ];
+        for ((name, get), (_, best, by)) in rows.iter().zip(HANDBOOK_BEST) {
+            let _ = write!(w, "{name:<22}");
+            for e in &self.evaluations {
+                let _ = write!(w, "{:>12.3}", get(e));
+            }
+            let _ = write!(w, "   {best:.3} ({by})");
+            if *name == "card precision@100" {
+                let _ = write!(w, "; a perfect ranking: {:.3}", self.card_precision_ceiling);
+            }
+            let _ = writeln!(w);
+        }
+        let _ = write!(w, "{:<22}", "training time (s)");
+        for e in &self.evaluations {
+            let _ = write!(w, "{:>12.1}", e.train_seconds);
+        }
+        let _ = writeln!(w);
+        let _ = write!(w, "{:<22}", "hold threshold");
+        for e in &self.evaluations {
+            let _ = write!(w, "{:>12.4}", e.model.hold_threshold());
+        }
+        let _ = writeln!(w, "   (chosen on the training week's last 20%)");
+        s
+    }
+}
