@@ -17,6 +17,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::kafka::Topics;
+use crate::rules::Verification;
 use crate::state::StateConfig;
 
 const DAY_MS: i64 = 86_400_000;
@@ -112,6 +113,9 @@ struct RawState {
 struct RawEngine {
     rules_dir: Option<PathBuf>,
     max_skew_minutes: Option<i64>,
+    model_dir: Option<PathBuf>,
+    use_model: Option<bool>,
+    model_verification: Option<String>,
 }
 
 /// The validated configuration.
@@ -119,6 +123,7 @@ struct RawEngine {
 pub struct Config {
     pub state: StateConfig,
     pub rules_dir: PathBuf,
+    pub model: ModelConfig,
     /// Refuse events dated more than this far ahead of the wall clock (live
     /// consumption); `None` trusts the recorded times, as replay does.
     pub max_skew_ms: Option<i64>,
@@ -235,6 +240,59 @@ impl Default for KafkaConfig {
     }
 }
 
+/// Which model the engine scores with, beside the rules.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelConfig {
+    /// `None`: rules alone decide (`engine.use_model = false`).
+    pub dir: Option<PathBuf>,
+    /// The directory was named in the configuration: a missing one is an
+    /// error. The default (`models/default`) may be absent: the engine then
+    /// runs on rules alone and says so.
+    pub explicit: bool,
+    /// What a hold asked for by the model alone asks the customer to do.
+    pub verification: Verification,
+}
+
+/// The shipped model, used when the configuration names none.
+pub const DEFAULT_MODEL_DIR: &str = "models/default";
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig {
+            dir: Some(PathBuf::from(DEFAULT_MODEL_DIR)),
+            explicit: false,
+            verification: crate::engine::DEFAULT_MODEL_VERIFICATION,
+        }
+    }
+}
+
+fn model_config(raw: &RawEngine, problems: &mut Vec<String>) -> ModelConfig {
+    let mut model = ModelConfig::default();
+    if let Some(dir) = &raw.model_dir {
+        if dir.as_os_str().is_empty() {
+            problems.push("engine.model_dir is empty (set engine.use_model = false to score without a model)".into());
+        }
+        model.dir = Some(dir.clone());
+        model.explicit = true;
+    }
+    if raw.use_model == Some(false) {
+        if raw.model_dir.is_some() {
+            problems.push("engine.model_dir is set but engine.use_model = false: keep one".into());
+        }
+        model.dir = None;
+    }
+    if let Some(v) = &raw.model_verification {
+        match Verification::ALL.into_iter().find(|x| x.name() == v) {
+            Some(x) => model.verification = x,
+            None => problems.push(format!(
+                "engine.model_verification = {v:?}: must be one of {}",
+                Verification::ALL.map(Verification::name).join(", ")
+            )),
+        }
+    }
+    model
+}
+
 /// The default address of the operator endpoints.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
 
@@ -243,6 +301,7 @@ impl Default for Config {
         Config {
             state: StateConfig::default(),
             rules_dir: PathBuf::from("rules"),
+            model: ModelConfig::default(),
             max_skew_ms: None,
             kafka: KafkaConfig::default(),
             listen: DEFAULT_LISTEN.parse().expect("a valid default address"),
@@ -306,10 +365,11 @@ impl Config {
                 None
             }
         };
-        let rules_dir = raw.engine.rules_dir.unwrap_or_else(|| PathBuf::from("rules"));
+        let rules_dir = raw.engine.rules_dir.clone().unwrap_or_else(|| PathBuf::from("rules"));
         if rules_dir.as_os_str().is_empty() {
             problems.push("engine.rules_dir is empty".to_owned());
         }
+        let model = model_config(&raw.engine, &mut problems);
         let kafka = kafka_config(raw.kafka, &mut problems);
         let listen = match raw.server.listen.as_deref().unwrap_or(DEFAULT_LISTEN).parse() {
             Ok(a) => a,
@@ -322,7 +382,7 @@ impl Config {
             }
         };
         if problems.is_empty() {
-            Ok(Config { state, rules_dir, max_skew_ms, kafka, listen })
+            Ok(Config { state, rules_dir, model, max_skew_ms, kafka, listen })
         } else {
             Err(Problems::Invalid(problems))
         }

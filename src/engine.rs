@@ -33,9 +33,14 @@ use serde::{Serialize, Serializer};
 use smallvec::SmallVec;
 
 use crate::event::{Event, EventTime, Transfer};
-use crate::features::{self, FeatureVector};
+use crate::features::{self, FeatureVector, SCHEMA};
+use crate::model::{Model, ModelHandle};
 use crate::rules::{Action as RuleAction, Keys, RuleSet, RulesHandle, Verification};
 use crate::state::{State, StateConfig};
+
+/// A hold the model alone asks for: an automated call the customer answers,
+/// the least costly check that still stops a fraudster on a phished device.
+pub const DEFAULT_MODEL_VERIFICATION: Verification = Verification::Ars;
 
 /// Idle entities are swept out once per this fraction of the shortest TTL: a
 /// sweep visits every entity, so its cost is the state's size whatever it
@@ -84,9 +89,29 @@ pub struct Decision {
     /// The rule set that made the decision, kept so reasons can be named later
     /// without copying strings in the hot path.
     pub rules: Arc<RuleSet>,
-    /// Time spent in the engine for this transfer (state, features, rules).
+    /// The model's part, when a model is loaded.
+    pub model: Option<ModelVerdict>,
+    /// Time spent in the engine for this transfer (state, features, rules, model).
     pub latency_ns: u64,
 }
+
+/// What the model said about a transfer.
+#[derive(Debug, Clone)]
+pub struct ModelVerdict {
+    /// The model that scored it (for its version and reason codes).
+    pub model: Arc<Model>,
+    /// Fraud probability in [0, 1] (see [`Model::score`]).
+    pub score: f64,
+    /// The score reached the card's hold threshold.
+    pub hold: bool,
+    /// When it asked for a hold: the features that raised the score most, as
+    /// (feature index, contribution), largest first.
+    pub reasons: SmallVec<[(u16, f64); MODEL_REASONS]>,
+}
+
+/// Model reasons given with a model hold: enough for an analyst to see why,
+/// few enough to read on a case screen.
+pub const MODEL_REASONS: usize = 3;
 
 impl Decision {
     pub fn is_hold(&self) -> bool {
@@ -112,9 +137,12 @@ impl Decision {
         serde_json::to_string(&WithLatency(self, false, None)).expect("decisions always serialize")
     }
 
-    /// Reason codes of the live rules that fired, in rule order.
+    /// Reason codes of the live rules that fired, in rule order, then the
+    /// model's (`MODEL_...`) when the model asked for the hold.
     pub fn reason_codes(&self) -> impl Iterator<Item = &str> + '_ {
-        self.fired.iter().map(|&i| self.rules.rules()[usize::from(i)].reason())
+        let rules = self.fired.iter().map(|&i| self.rules.rules()[usize::from(i)].reason());
+        let model = self.model.iter().flat_map(|m| m.reasons.iter().map(|&(f, _)| m.model.reason_code(usize::from(f))));
+        rules.chain(model)
     }
 }
 
@@ -122,12 +150,13 @@ impl Decision {
 /// pipeline's `late` mark when there is one.
 struct WithLatency<'a>(&'a Decision, bool, Option<bool>);
 
-/// The reasons of a decision, named from its rule set.
-struct Reasons<'a>(&'a RuleSet, &'a [u16]);
+/// The reasons of a decision, named from its rule set, then the model's.
+struct Reasons<'a>(&'a RuleSet, &'a [u16], Option<&'a ModelVerdict>);
 
 impl Serialize for Reasons<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut seq = s.serialize_seq(Some(self.1.len()))?;
+        let model_reasons = self.2.map_or(&[][..], |m| &m.reasons[..]);
+        let mut seq = s.serialize_seq(Some(self.1.len() + model_reasons.len()))?;
         for &i in self.1 {
             let r = &self.0.rules()[usize::from(i)];
             let (action, verify, points) = match r.action() {
@@ -141,7 +170,21 @@ impl Serialize for Reasons<'_> {
                 action,
                 verify,
                 points,
+                contribution: None,
             })?;
+        }
+        if let Some(m) = self.2 {
+            for &(f, value) in model_reasons {
+                seq.serialize_element(&Reason {
+                    code: m.model.reason_code(usize::from(f)),
+                    rule: m.model.version(),
+                    label: SCHEMA[usize::from(f)].help,
+                    action: "model",
+                    verify: None,
+                    points: None,
+                    contribution: Some(value),
+                })?;
+            }
         }
         seq.end()
     }
@@ -159,22 +202,29 @@ struct Reason<'a> {
     verify: Option<Verification>,
     #[serde(skip_serializing_if = "Option::is_none")]
     points: Option<i32>,
+    /// A model reason's share of the score (probability for a forest,
+    /// log-odds for a logistic model).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    contribution: Option<f64>,
 }
 
 impl Serialize for WithLatency<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let d = self.0;
-        let mut st = s.serialize_struct("Decision", 12)?;
+        let mut st = s.serialize_struct("Decision", 13)?;
         st.serialize_field("schema_version", &crate::event::SCHEMA_VERSION)?;
         st.serialize_field("bank_tran_id", &d.bank_tran_id)?;
         st.serialize_field("tran_dtime", &d.event_time)?;
         st.serialize_field("decision", &d.action)?;
         st.serialize_field("verification", &d.verification)?;
         st.serialize_field("score", &d.score)?;
-        st.serialize_field("reasons", &Reasons(&d.rules, &d.fired))?;
-        st.serialize_field("shadow_reasons", &Reasons(&d.rules, &d.shadow_fired))?;
+        st.serialize_field("reasons", &Reasons(&d.rules, &d.fired, d.model.as_ref()))?;
+        st.serialize_field("shadow_reasons", &Reasons(&d.rules, &d.shadow_fired, None))?;
         st.serialize_field("ruleset_version", d.rules.version())?;
-        st.serialize_field("model_version", &Option::<&str>::None)?;
+        st.serialize_field("model_version", &d.model.as_ref().map(|m| m.model.version()))?;
+        // Rounded so the published figure reads the same across platforms
+        // and runs (the hold threshold is compared before rounding).
+        st.serialize_field("model_score", &d.model.as_ref().map(|m| (m.score * 1e6).round() / 1e6))?;
         if let Some(late) = self.2 {
             st.serialize_field("late", &late)?;
         }
@@ -183,6 +233,19 @@ impl Serialize for WithLatency<'_> {
         }
         st.end()
     }
+}
+
+/// The model's score, and when it holds, its reasons (explaining costs about
+/// as much as scoring, so allowed transfers skip it).
+fn model_verdict(model: Arc<Model>, features: &FeatureVector) -> ModelVerdict {
+    let score = model.score(features);
+    let hold = score >= model.hold_threshold();
+    let reasons = if hold {
+        model.explain(features, MODEL_REASONS).into_iter().map(|c| (c.feature as u16, c.value)).collect()
+    } else {
+        SmallVec::new()
+    };
+    ModelVerdict { model, score, hold, reasons }
 }
 
 /// A scored transfer: the decision and the features it was made from (kept for
@@ -197,6 +260,10 @@ pub struct Scored {
 pub struct Engine {
     state: State,
     rules: RulesHandle,
+    /// Empty: rules alone decide.
+    model: ModelHandle,
+    /// The verification a hold asks for when the model alone asked for it.
+    model_verification: Verification,
     last_expiry: AtomicI64,
     /// The sweep period in event time (see [`SWEEPS_PER_TTL`]).
     sweep_every_ms: i64,
@@ -216,6 +283,8 @@ impl Engine {
             sweep_every_ms: (shortest_ttl / SWEEPS_PER_TTL).max(MIN_SWEEP_MS),
             state: State::new(state),
             rules,
+            model: Arc::new(arc_swap::ArcSwapOption::empty()),
+            model_verification: DEFAULT_MODEL_VERIFICATION,
             last_expiry: AtomicI64::new(i64::MIN),
             expiry_clock: AtomicI64::new(i64::MIN),
             wall_clock_skew_ms: None,
@@ -228,6 +297,19 @@ impl Engine {
     pub fn with_wall_clock_guard(mut self, ms: i64) -> Self {
         self.wall_clock_skew_ms = Some(ms.max(0));
         self
+    }
+
+    /// Score with the model in `handle` (swapped by its watcher), besides the
+    /// rules; a hold the model alone asks for gets `verification`.
+    pub fn with_model(mut self, handle: ModelHandle, verification: Verification) -> Self {
+        self.model = handle;
+        self.model_verification = verification;
+        self
+    }
+
+    /// The model handle, for a watcher to swap new models into.
+    pub fn model(&self) -> &ModelHandle {
+        &self.model
     }
 
     /// An engine with a fixed rule set (no reload).
@@ -280,7 +362,9 @@ impl Engine {
         })
     }
 
-    /// Score one transfer: state, then features, then rules.
+    /// Score one transfer: state, then features, then rules and the model.
+    /// Either can hold; a rule's verification wins over the model's default,
+    /// since analysts chose it for the pattern they saw.
     pub fn score(&self, t: &Transfer) -> Scored {
         let started = Instant::now();
         let payee = t.payee_key();
@@ -290,16 +374,19 @@ impl Engine {
         let keys =
             Keys { account: &t.fintech_use_num, payee: &payee, device: t.device_id.as_deref(), ip: t.ip.as_deref() };
         let outcome = rules.evaluate(&features, &keys);
-        self.state.settle_transfer(t, &seen, outcome.hold.is_some());
+        let model = self.model.load_full().map(|m| model_verdict(m, &features));
+        let verification = outcome.hold.or(model.as_ref().filter(|m| m.hold).map(|_| self.model_verification));
+        self.state.settle_transfer(t, &seen, verification.is_some());
         let decision = Decision {
             bank_tran_id: t.bank_tran_id.clone(),
             event_time: t.tran_dtime,
-            action: if outcome.hold.is_some() { Action::Hold } else { Action::Allow },
-            verification: outcome.hold,
+            action: if verification.is_some() { Action::Hold } else { Action::Allow },
+            verification,
             score: outcome.score,
             fired: outcome.fired,
             shadow_fired: outcome.shadow_fired,
             rules,
+            model,
             latency_ns: started.elapsed().as_nanos() as u64,
         };
         Scored { decision, features }

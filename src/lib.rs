@@ -68,6 +68,7 @@ pub mod kafka;
 pub mod load;
 pub mod metrics;
 pub mod model;
+pub mod reload;
 pub mod replay;
 pub mod rules;
 pub mod state;

@@ -91,6 +91,13 @@ pub struct Metrics {
     pub rules_reloads: IntCounterVec,
     /// `fds_rules_loaded`: rules in force (live and shadow).
     pub rules_loaded: IntGauge,
+    /// `fds_model_reloads_total{result}`, `result` = `applied` or `rejected`.
+    pub model_reloads: IntCounterVec,
+    /// `fds_model_loaded`: 1 when a model scores beside the rules.
+    pub model_loaded: IntGauge,
+    /// `fds_model_holds_total`: transfers whose model score reached the hold
+    /// threshold (whether or not a rule also held them).
+    pub model_holds: IntCounter,
     /// `fds_ready`: 1 when the instance answers transfers.
     pub ready: IntGauge,
 
@@ -146,6 +153,14 @@ impl Metrics {
         );
         for result in ["applied", "rejected"] {
             rules_reloads.with_label_values(&[result]);
+        }
+
+        let model_reloads = register(
+            r,
+            IntCounterVec::new(Opts::new("fds_model_reloads_total", "Model directory reloads, by result."), &["result"]),
+        );
+        for result in ["applied", "rejected"] {
+            model_reloads.with_label_values(&[result]);
         }
 
         Metrics {
@@ -218,6 +233,12 @@ impl Metrics {
             state_bytes: register(r, IntGauge::new("fds_state_bytes", "Estimated bytes held by the state.")),
             rules_reloads,
             rules_loaded: register(r, IntGauge::new("fds_rules_loaded", "Rules in force, live and shadow.")),
+            model_reloads,
+            model_loaded: register(r, IntGauge::new("fds_model_loaded", "1 when a model scores beside the rules.")),
+            model_holds: register(
+                r,
+                IntCounter::new("fds_model_holds_total", "Transfers whose model score reached the hold threshold."),
+            ),
             ready: register(r, IntGauge::new("fds_ready", "1 when this instance is ready to answer transfers.")),
             decisions,
             decided_allow,
@@ -313,7 +334,7 @@ mod tests {
     use crate::event::Event;
     use crate::state::StateConfig;
 
-    const ALL_NAMES: [&str; 17] = [
+    const ALL_NAMES: [&str; 20] = [
         "fds_events_consumed_total",
         "fds_decisions_total",
         "fds_decisions_late_total",
@@ -330,6 +351,9 @@ mod tests {
         "fds_state_bytes",
         "fds_rules_reloads_total",
         "fds_rules_loaded",
+        "fds_model_reloads_total",
+        "fds_model_loaded",
+        "fds_model_holds_total",
         "fds_ready",
     ];
 

@@ -266,6 +266,8 @@ pub struct Report {
     pub quality: Option<Quality>,
     pub state: MemoryReport,
     pub ruleset_version: String,
+    /// The model scoring beside the rules at the start (`None`: rules alone).
+    pub model_version: Option<String>,
     /// Every rule set that made decisions, in order (more than one when rules
     /// were reloaded during a paced replay).
     pub ruleset_versions: Vec<String>,
@@ -321,6 +323,7 @@ pub fn run(engine: &Engine, sources: Vec<Source>, mut opts: Options) -> Result<R
         quality: None,
         state: MemoryReport::default(),
         ruleset_version: engine.rules().load().version().to_owned(),
+        model_version: engine.model().load().as_deref().map(|m| m.version().to_owned()),
         ruleset_versions: Vec::new(),
         decisions_digest: String::new(),
     };
@@ -503,6 +506,31 @@ impl RuleTally {
                 }
             }
         }
+        // The model's holds get a row of their own, per model version, so a
+        // model reloaded during a paced replay is counted apart.
+        if let Some(m) = d.model.as_ref().filter(|m| m.hold) {
+            let id = m.model.version();
+            let g = match self.by_id.get(id) {
+                Some(&g) => g,
+                None => {
+                    self.counts.push(RuleCount {
+                        id: id.to_owned(),
+                        reason: "MODEL".to_owned(),
+                        label: format!("model score at or above its hold threshold {:.4}", m.model.hold_threshold()),
+                        shadow: false,
+                        fired: 0,
+                        fired_on_fraud: 0,
+                    });
+                    let g = u16::try_from(self.counts.len() - 1).unwrap_or(u16::MAX);
+                    self.by_id.insert(id.to_owned(), g);
+                    g
+                }
+            };
+            if let Some(c) = self.counts.get_mut(usize::from(g)) {
+                c.fired += 1;
+                fired.push(g);
+            }
+        }
         fired
     }
 }
@@ -622,7 +650,12 @@ impl Report {
         let w = &mut s;
         use std::fmt::Write as _;
         let _ = writeln!(w, "fds replay: {}", self.inputs.join(", "));
-        let _ = writeln!(w, "  rule set {}   decisions digest {}", self.ruleset_version, self.decisions_digest);
+        let model = self.model_version.as_deref().unwrap_or("none (rules alone)");
+        let _ = writeln!(
+            w,
+            "  rule set {}   model {}   decisions digest {}",
+            self.ruleset_version, model, self.decisions_digest
+        );
         if self.ruleset_versions.len() > 1 {
             let _ = writeln!(w, "  rules reloaded during the replay: {}", self.ruleset_versions.join(" -> "));
         }

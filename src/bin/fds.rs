@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use arc_swap::ArcSwap;
 use clap::{Parser, Subcommand};
 
-use fds::config::Config;
+use fds::config::{Config, ModelConfig};
 use fds::engine::Engine;
 use fds::generate::{generate, GeneratorConfig};
 use fds::kafka::Connection;
@@ -47,6 +47,31 @@ struct Cli {
     command: Command,
 }
 
+/// Which model scores beside the rules, over the config's `[engine]` settings.
+#[derive(clap::Args, Clone, Default)]
+struct ModelArgs {
+    /// Model directory [default: the config's engine.model_dir, else models/default].
+    #[arg(long, value_name = "DIR", conflicts_with = "no_model")]
+    model: Option<PathBuf>,
+    /// Rules alone decide: no model.
+    #[arg(long)]
+    no_model: bool,
+}
+
+impl ModelArgs {
+    fn resolve(&self, config: &Config) -> ModelConfig {
+        let mut m = config.model.clone();
+        if let Some(dir) = &self.model {
+            m.dir = Some(dir.clone());
+            m.explicit = true;
+        }
+        if self.no_model {
+            m.dir = None;
+        }
+        m
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run recorded streams through the engine and report throughput, latency,
@@ -77,13 +102,18 @@ enum Command {
         /// left out of decision counts and detection quality.
         #[arg(long, default_value_t = 0.0, value_name = "DAYS")]
         warmup_days: f64,
+        #[command(flatten)]
+        model: ModelArgs,
     },
     /// Replay the shipped demo stream (replay-data/demo.jsonl.gz: 7 days of
-    /// generated traffic; the first 2 days build state) through rules/.
+    /// generated traffic; the first 2 days build state) through rules/ and the
+    /// shipped model (models/default).
     Demo {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        model: ModelArgs,
     },
     /// Write a deterministic, labelled stream of Korean transfer traffic.
     Generate {
@@ -161,6 +191,8 @@ enum Command {
         /// Address of the operator endpoints [default: server.listen, else 127.0.0.1:9464].
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
+        #[command(flatten)]
+        model: ModelArgs,
     },
     /// Kafka topics.
     Topics {
@@ -309,12 +341,14 @@ fn run() -> Result<()> {
         None => Config::default(),
     };
     match cli.command {
-        Command::Replay { files, rules, format, pace, limit, json, decisions_out, warmup_days } => {
-            let args = ReplayArgs { rules, format, pace, limit, json, decisions_out, warmup_days };
+        Command::Replay { files, rules, format, pace, limit, json, decisions_out, warmup_days, model } => {
+            let model = model.resolve(&config);
+            let args = ReplayArgs { rules, format, pace, limit, json, decisions_out, warmup_days, model };
             replay_cmd(&files, args, &config)
         }
-        Command::Demo { json } => {
+        Command::Demo { json, model } => {
             let args = ReplayArgs {
+                model: model.resolve(&config),
                 rules: None,
                 format: Format::Auto,
                 pace: None,
@@ -332,8 +366,9 @@ fn run() -> Result<()> {
         Command::Rules { command: RulesCommand::Check { dir } } => {
             rules_check(&dir.unwrap_or_else(|| config.rules_dir.clone()))
         }
-        Command::Run { brokers, rules, listen } => {
-            run_cmd(&config, brokers, rules.unwrap_or_else(|| config.rules_dir.clone()), listen)
+        Command::Run { brokers, rules, listen, model } => {
+            let model = model.resolve(&config);
+            run_cmd(&config, brokers, rules.unwrap_or_else(|| config.rules_dir.clone()), listen, model)
         }
         Command::Topics { command: TopicsCommand::Create { brokers, partitions, replication } } => {
             let connection = connection(&config, brokers)?;
@@ -430,6 +465,7 @@ fn run_cmd(
     brokers: Option<String>,
     rules_dir: PathBuf,
     listen: Option<std::net::SocketAddr>,
+    model: ModelConfig,
 ) -> Result<()> {
     use fds::kafka::{pipeline, EmbeddedBroker};
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -456,9 +492,11 @@ fn run_cmd(
     let rules = load_rules(&rules_dir)?;
     // Live traffic: refuse events dated ahead of the wall clock (5 min unless configured).
     let skew = config.max_skew_ms.unwrap_or(5 * 60_000);
-    let engine =
-        Arc::new(Engine::new(config.state.clone(), Arc::new(ArcSwap::from_pointee(rules))).with_wall_clock_guard(skew));
+    let engine = Engine::new(config.state.clone(), Arc::new(ArcSwap::from_pointee(rules))).with_wall_clock_guard(skew);
+    let (engine, model_dir) = with_model(engine, &model)?;
+    let engine = Arc::new(engine);
     let watcher = fds::rules::watch(&rules_dir, engine.rules().clone())?;
+    let model_watcher = model_dir.map(|dir| fds::model::watch(&dir, engine.model().clone())).transpose()?;
 
     let metrics = Arc::new(fds::metrics::Metrics::new());
     let health = Arc::new(fds::api::Health::new());
@@ -466,14 +504,24 @@ fn run_cmd(
         let (engine, metrics) = (engine.clone(), metrics.clone());
         let counted = (AtomicU64::new(0), AtomicU64::new(0));
         let status = watcher.status_handle();
+        let model_counted = (AtomicU64::new(0), AtomicU64::new(0));
+        let model_status = model_watcher.as_ref().map(|w| w.status_handle());
         Arc::new(move || {
             metrics.observe_state(engine.state());
             metrics.rules_loaded.set(engine.rules().load().rules().len() as i64);
+            metrics.model_loaded.set(i64::from(engine.model().load().is_some()));
+            let add = |counter: &prometheus::IntCounterVec, counted: &(AtomicU64, AtomicU64), reloads, rejected| {
+                let applied = u64::saturating_sub(reloads, counted.0.swap(reloads, Ordering::Relaxed));
+                let refused = u64::saturating_sub(rejected, counted.1.swap(rejected, Ordering::Relaxed));
+                counter.with_label_values(&["applied"]).inc_by(applied);
+                counter.with_label_values(&["rejected"]).inc_by(refused);
+            };
             let s = status();
-            let applied = s.reloads.saturating_sub(counted.0.swap(s.reloads, Ordering::Relaxed));
-            let rejected = s.rejected.saturating_sub(counted.1.swap(s.rejected, Ordering::Relaxed));
-            metrics.rules_reloads.with_label_values(&["applied"]).inc_by(applied);
-            metrics.rules_reloads.with_label_values(&["rejected"]).inc_by(rejected);
+            add(&metrics.rules_reloads, &counted, s.reloads, s.rejected);
+            if let Some(model_status) = &model_status {
+                let s = model_status();
+                add(&metrics.model_reloads, &model_counted, s.reloads, s.rejected);
+            }
         }) as Arc<dyn Fn() + Send + Sync>
     };
     let listen = listen.unwrap_or(config.listen);
@@ -517,6 +565,30 @@ fn load_cmd(opts: fds::load::LoadOptions, json: bool) -> Result<()> {
         print!("{}", report.render());
     }
     Ok(())
+}
+
+/// Load the configured model into the engine. Returns the model directory to
+/// watch, if one was loaded. A model named explicitly must load; the default
+/// one may be missing (fds run outside the repository), and the engine then
+/// runs on rules alone and says so.
+fn with_model(engine: Engine, model: &ModelConfig) -> Result<(Engine, Option<PathBuf>)> {
+    let Some(dir) = &model.dir else {
+        tracing::info!("no model: rules alone decide");
+        return Ok((engine, None));
+    };
+    if !model.explicit && !dir.exists() {
+        tracing::warn!(dir = %dir.display(), "the default model is not there: rules alone decide");
+        return Ok((engine, None));
+    }
+    let loaded = Model::load(dir).with_context(|| format!("the model directory {} was rejected", dir.display()))?;
+    tracing::info!(
+        version = loaded.version(),
+        algorithm = loaded.card().algorithm.as_str(),
+        hold_threshold = loaded.hold_threshold(),
+        "model loaded"
+    );
+    let engine = engine.with_model(fds::model::new_handle(loaded), model.verification);
+    Ok((engine, Some(dir.clone())))
 }
 
 /// The engine as `fds replay` builds it: the config's state settings and the
@@ -608,6 +680,7 @@ fn load_rules(dir: &Path) -> Result<RuleSet> {
 }
 
 struct ReplayArgs {
+    model: ModelConfig,
     rules: Option<PathBuf>,
     format: Format,
     pace: Option<f64>,
@@ -618,7 +691,7 @@ struct ReplayArgs {
 }
 
 fn replay_cmd(files: &[PathBuf], args: ReplayArgs, config: &Config) -> Result<()> {
-    let ReplayArgs { rules, format, pace, limit, json, decisions_out, warmup_days } = args;
+    let ReplayArgs { rules, format, pace, limit, json, decisions_out, warmup_days, model } = args;
     if let Some(p) = pace {
         if !(p > 0.0 && p.is_finite()) {
             bail!("--pace must be a positive speed factor, got {p}");
@@ -633,10 +706,15 @@ fn replay_cmd(files: &[PathBuf], args: ReplayArgs, config: &Config) -> Result<()
     if let Some(skew) = config.max_skew_ms {
         engine = engine.with_wall_clock_guard(skew);
     }
+    let (engine, model_dir) = with_model(engine, &model)?;
     // At the recorded pace a replay runs like live traffic, so analysts' edits
-    // to the rules take effect while it runs, as they would in production.
-    let _watcher = match pace {
-        Some(_) => Some(fds::rules::watch(&rules_dir, engine.rules().clone())?),
+    // to the rules and a retrained model take effect while it runs, as they
+    // would in production.
+    let _watchers = match pace {
+        Some(_) => Some((
+            fds::rules::watch(&rules_dir, engine.rules().clone())?,
+            model_dir.map(|dir| fds::model::watch(&dir, engine.model().clone())).transpose()?,
+        )),
         None => None,
     };
     let sources = files

@@ -772,6 +772,9 @@ impl Scorer<'_> {
                 let json: Arc<[u8]> = self.json.as_slice().into();
                 self.consumer.context().memory().insert(&d.bank_tran_id, json.clone(), late);
                 self.metrics.count_decision(d.action, d.verification);
+                if d.model.as_ref().is_some_and(|m| m.hold) {
+                    self.metrics.model_holds.inc();
+                }
                 self.metrics.engine_latency.observe(d.latency_ns as f64 * 1e-9);
                 if let Some(created) = msg.timestamp().to_millis() {
                     self.metrics.decision_age.observe((now_ms - created).max(0) as f64 * 1e-3);

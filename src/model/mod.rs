@@ -40,12 +40,51 @@ pub mod train;
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arc_swap::ArcSwapOption;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::features::{FeatureVector, N_FEATURES, SCHEMA};
 use card::Card;
+
+/// The running model, shared between the engine's workers and its watcher;
+/// empty when rules alone decide.
+pub type ModelHandle = Arc<ArcSwapOption<Model>>;
+
+/// A running watch of a model directory.
+pub type ModelWatcher = crate::reload::Watcher<Model>;
+
+/// A handle holding `model`.
+pub fn new_handle(model: Model) -> ModelHandle {
+    Arc::new(ArcSwapOption::from_pointee(model))
+}
+
+/// Keep `handle` up to date with the model directory `dir`: its parent is
+/// watched, because [`Model::save`] renames a whole new directory into place.
+/// A directory that fails to load (a half-copied model, a card that does not
+/// match, features of another build) is logged and counted, and the running
+/// model stays.
+pub fn watch(dir: &Path, handle: ModelHandle) -> Result<ModelWatcher, crate::reload::WatchError> {
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    crate::reload::watch(dir, parent, handle, crate::reload::WatchOptions::default())
+}
+
+impl crate::reload::Reloadable for Model {
+    type Error = ModelError;
+    const KIND: &'static str = "model";
+    fn load(path: &Path) -> Result<Self, ModelError> {
+        Model::load(path)
+    }
+    fn version(&self) -> &str {
+        &self.reload_key
+    }
+}
 
 /// The `model.json` format this build reads and writes.
 pub const FORMAT_VERSION: u32 = 1;
@@ -318,6 +357,8 @@ pub struct Model {
     /// The bytes of `model.json`, whose hash the card carries.
     json: String,
     version: String,
+    /// What a reload compares: the model and its card.
+    reload_key: String,
     reason_codes: Vec<String>,
 }
 
@@ -374,7 +415,10 @@ impl Model {
 
     fn assemble(scorer: Scorer, card: Card, json: String) -> Self {
         let version = format!("{}-{}", card.name, &card.model_sha256[..12.min(card.model_sha256.len())]);
-        Model { scorer, card, json, version, reason_codes: (0..N_FEATURES).map(reason_code).collect() }
+        // The card can change alone (an analyst moves the threshold): the
+        // reload key covers both files.
+        let reload_key = format!("{version}/{}", sha256_hex(card.to_toml().as_bytes()));
+        Model { scorer, card, json, version, reload_key, reason_codes: (0..N_FEATURES).map(reason_code).collect() }
     }
 
     /// Load a model directory (or the directory of a `model.json` or

@@ -374,13 +374,6 @@ pub enum RulesError {
     /// The directory was read but is not a valid rule set: every problem found.
     #[error("{}", ProblemList(problems))]
     Invalid { problems: Vec<Problem> },
-    /// The file watcher could not be started.
-    #[error("cannot watch {}", path.display())]
-    Watch {
-        path: PathBuf,
-        #[source]
-        source: notify::Error,
-    },
 }
 
 impl RulesError {
