@@ -51,9 +51,13 @@ fn transfers(n: usize, start: EventTime, seed: u64) -> Vec<Transfer> {
         .collect()
 }
 
-fn warmed_engine() -> (Engine, Vec<Transfer>) {
+fn warmed_engine(with_model: bool) -> (Engine, Vec<Transfer>) {
     let rules = RuleSet::load_dir(std::path::Path::new("rules")).expect("the shipped rules load");
-    let engine = Engine::with_rules(rules);
+    let mut engine = Engine::with_rules(rules);
+    if with_model {
+        let model = fds::model::Model::load(std::path::Path::new("models/default")).expect("the shipped model loads");
+        engine = engine.with_model(fds::model::new_handle(model), fds::rules::Verification::Ars);
+    }
     let start = EventTime::parse_kst("20261102000000").expect("valid time");
     let warm = transfers(WARM_TRANSFERS, start, 1);
     for t in &warm {
@@ -64,7 +68,7 @@ fn warmed_engine() -> (Engine, Vec<Transfer>) {
 }
 
 fn bench(c: &mut Criterion) {
-    let (engine, batch) = warmed_engine();
+    let (engine, batch) = warmed_engine(false);
     let rules = engine.rules().load_full();
     let (s, p, d) = engine.state().entities();
     eprintln!("state: {s} accounts, {p} payees, {d} devices");
@@ -127,6 +131,17 @@ fn bench(c: &mut Criterion) {
             let t = &batch[i % batch.len()];
             i += 1;
             black_box(engine.score(t))
+        })
+    });
+    // The same with the shipped model scoring beside the rules: the
+    // difference is what the model adds per transfer.
+    let (with_model, batch) = warmed_engine(true);
+    let mut i = 0;
+    g.bench_function("score_with_model", |b| {
+        b.iter(|| {
+            let t = &batch[i % batch.len()];
+            i += 1;
+            black_box(with_model.score(t))
         })
     });
     g.finish();
