@@ -49,7 +49,12 @@
 //!   the same partition numbers of `transfers` and `context-events`: one
 //!   account, one instance. Before partitions are given up, their in-flight
 //!   decisions are awaited and their offsets committed, so the next owner
-//!   starts right after them.
+//!   starts right after them. An instance left with no partition watches the
+//!   group's committed offsets: input that nobody has moved on for a whole
+//!   session timeout has no owner, and the instance leaves and joins the group
+//!   again so that it gets one. tansu 0.6 can end a rebalance that way, for
+//!   good, when an instance restarts before its crashed predecessor's session
+//!   has expired (`OrphanWatch` below says how).
 //! - **Shutdown** ([`StopFlag`], set on SIGTERM): stop polling, wait for the
 //!   acknowledgements of everything in flight, store and commit the offsets,
 //!   leave the group.
@@ -59,7 +64,7 @@
 //!   still scored (the state must see it) and its decision says `"late": true`.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -408,6 +413,9 @@ struct GroupContext {
     /// For reading decisions back when partitions are assigned.
     options: Options,
     stop: StopFlag,
+    /// How many partitions the last rebalance assigned this member, or
+    /// [`NOT_ASSIGNED`] (see [`OrphanWatch`]).
+    assigned: AtomicUsize,
 }
 
 impl GroupContext {
@@ -503,12 +511,126 @@ impl ConsumerContext for GroupContext {
                 self.health.set_caught_up(true);
             }
             self.health.set_assigned(tpl.count() > 0);
+            self.assigned.store(tpl.count(), Ordering::Relaxed);
         }
     }
 }
 
 /// How long a rebalance waits for in-flight decisions before it lets go.
 const REVOKE_GRACE: Duration = Duration::from_secs(10);
+
+/// The group consumer's `session.timeout.ms`: a crashed instance's partitions
+/// move to the others after this long without its heartbeat (librdkafka's
+/// default is 45 s).
+const SESSION_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// [`GroupContext::assigned`] before the first assignment and while joining again.
+const NOT_ASSIGNED: usize = usize::MAX;
+
+/// While this instance holds no partition: is anybody consuming the inputs?
+///
+/// An instance may rightly hold nothing (more instances than partitions), but
+/// then the others move the group's committed offsets on as input arrives.
+/// Input waiting above a committed offset that has not moved for a session
+/// timeout has no owner, and no rebalance is coming to give it one: a dead
+/// owner would have lost it by then. The instance then leaves the group and
+/// joins again. Each time that still leaves it with nothing, the next look
+/// waits twice as long (up to 32 times), so an owner held up by broker
+/// trouble does not set off a rebalance every few seconds.
+///
+/// tansu 0.6.0 ends rebalances that way. Its JoinGroup answers at once instead
+/// of waiting for every member, so an instance restarted within a session
+/// timeout of its crash joins as a follower of its dead predecessor, still
+/// the leader. The coordinator expires silent members only when a request
+/// comes in, and tansu holds a follower's JoinGroup 3 s with the SyncGroup
+/// right after it, so it is usually the follower's SyncGroup that finds the
+/// leader gone. That SyncGroup carries no assignments, yet tansu completes
+/// the generation with it: the follower is made leader, every member gets an
+/// empty assignment, and its heartbeats are acknowledged from then on. (When
+/// the follower's own membership has expired by then too, its SyncGroup is
+/// refused and it joins afresh as leader: the restart then works.) Leaving
+/// makes tansu pick a leader afresh at the next JoinGroup. No client setting
+/// avoids it short of static membership (`group.instance.id`), which would
+/// ask every deployment for a stable, unique id per instance; and tansu's
+/// DescribeGroups, which would show the members, fails with its SQLite
+/// storage and drops the connection.
+#[derive(Default)]
+struct OrphanWatch {
+    next: Option<Instant>,
+    /// The waiting input seen at the last look, if the brokers answered.
+    before: Option<HashMap<(String, i32), i64>>,
+    /// Times in a row this instance joined again and was given nothing.
+    rejoins: u32,
+}
+
+impl OrphanWatch {
+    /// Called after each poll while the group holds nothing for this
+    /// instance: look at the inputs when due, and join again when input
+    /// waits for nobody.
+    fn check(
+        &mut self,
+        consumer: &BaseConsumer<GroupContext>,
+        opts: &Options,
+        inputs: &[&str],
+    ) -> Result<(), PipelineError> {
+        if self.next.is_some_and(|next| Instant::now() < next) {
+            return Ok(());
+        }
+        let every = SESSION_TIMEOUT.max(opts.commit_interval * 3) * 2u32.pow(self.rejoins.min(5));
+        let now = waiting_input(consumer, &opts.topics);
+        self.next = Some(Instant::now() + every);
+        let stalled = match (&self.before, &now) {
+            (Some(before), Some(now)) => now.iter().any(|(k, o)| before.get(k) == Some(o)),
+            _ => false,
+        };
+        self.before = now;
+        if !stalled {
+            return Ok(());
+        }
+        tracing::warn!(
+            group = %opts.group_id,
+            "this instance holds no partition and input nobody has committed for {} s is waiting; \
+             leaving and joining the group again",
+            every.as_secs()
+        );
+        self.rejoins += 1;
+        self.next = None;
+        self.before = None;
+        consumer.context().assigned.store(NOT_ASSIGNED, Ordering::Relaxed);
+        consumer.unsubscribe();
+        consumer.subscribe(inputs).map_err(|source| PipelineError::Subscribe { topics: inputs.join(", "), source })
+    }
+}
+
+/// The input partitions with records above the group's committed offset,
+/// with that offset (the low watermark when nothing was committed); `None`
+/// when the brokers do not answer.
+fn waiting_input<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topics: &Topics,
+) -> Option<HashMap<(String, i32), i64>> {
+    let timeout = Duration::from_secs(2);
+    let mut tpl = TopicPartitionList::new();
+    for topic in [&topics.transfers, &topics.context_events] {
+        let md = consumer.fetch_metadata(Some(topic), timeout).ok()?;
+        for p in md.topics().first()?.partitions() {
+            tpl.add_partition(topic, p.id());
+        }
+    }
+    let committed = consumer.committed_offsets(tpl, timeout).ok()?;
+    let mut waiting = HashMap::new();
+    for e in committed.elements() {
+        let (low, high) = consumer.fetch_watermarks(e.topic(), e.partition(), timeout).ok()?;
+        let from = match e.offset() {
+            Offset::Offset(o) => o,
+            _ => low,
+        };
+        if high > from {
+            waiting.insert((e.topic().to_owned(), e.partition()), from);
+        }
+    }
+    Some(waiting)
+}
 
 // ------------------------------------------------------------------- run ---
 
@@ -562,6 +684,7 @@ pub fn run(
         memory: Mutex::new(DecisionMemory::new(opts.dedup_capacity)),
         options: opts.clone(),
         stop: stop.clone(),
+        assigned: AtomicUsize::new(NOT_ASSIGNED),
     };
     let consumer: BaseConsumer<GroupContext> = opts
         .connection
@@ -581,9 +704,7 @@ pub fn run(
             ("fetch.wait.max.ms", "1"),
             ("fetch.queue.backoff.ms", "1"),
             ("fetch.error.backoff.ms", "20"),
-            // A crashed instance's partitions move to the others after this
-            // long without its heartbeat (librdkafka's default is 45 s).
-            ("session.timeout.ms", "10000"),
+            ("session.timeout.ms", &SESSION_TIMEOUT.as_millis().to_string()),
             ("heartbeat.interval.ms", "1000"),
         ])
         .create_with_context(context)
@@ -608,6 +729,7 @@ pub fn run(
     };
 
     let mut failure = None;
+    let mut orphans = OrphanWatch::default();
     while !stop.load(Ordering::Relaxed) {
         if labels.is_finished() || watcher.is_finished() {
             // A helper thread ended on its own: a bug. Stop cleanly and say so,
@@ -639,6 +761,16 @@ pub fn run(
                 }
             }
             wait = Duration::ZERO;
+        }
+        match consumer.context().assigned.load(Ordering::Relaxed) {
+            0 => {
+                if let Err(e) = orphans.check(&consumer, &opts, &inputs) {
+                    failure = Some(e);
+                    break;
+                }
+            }
+            NOT_ASSIGNED => {}
+            _ => orphans = OrphanWatch::default(),
         }
     }
 
