@@ -1,9 +1,10 @@
-//! Score a voice-phishing attempt with the shipped rules, step by step.
+//! Score a voice-phishing attempt with the shipped rules and model, step by step.
 //!
 //! A customer with a month of ordinary habits has their joint certificate
 //! re-issued on a new device (the fraudster's), and eight minutes later a first
 //! large transfer goes to a never-seen payee. The engine holds it for a call-back
-//! and says why.
+//! and says why: the rules that fired and, when the model's score reaches its
+//! hold threshold, the features that raised it (`MODEL_...` reasons).
 //!
 //! Run from the repository root: `cargo run --example voice_phishing`
 
@@ -11,7 +12,8 @@ use std::path::Path;
 
 use fds::engine::Engine;
 use fds::event::Event;
-use fds::rules::RuleSet;
+use fds::model::{self, Model};
+use fds::rules::{RuleSet, Verification};
 
 const ACCOUNT: &str = "120220000000000000012345";
 
@@ -26,7 +28,9 @@ fn transfer(id: &str, time: &str, amount: i64, payee: &str, device: &str) -> Eve
 }
 
 fn main() -> anyhow::Result<()> {
-    let engine = Engine::with_rules(RuleSet::load_dir(Path::new("rules"))?);
+    let model = Model::load(Path::new("models/default"))?;
+    let engine = Engine::with_rules(RuleSet::load_dir(Path::new("rules"))?)
+        .with_model(model::new_handle(model), Verification::Ars);
 
     // A month of habits: 50,000 won to family every other day, from the home phone.
     for day in (1..=28).step_by(2) {

@@ -182,7 +182,7 @@ impl Serialize for Reasons<'_> {
                     action: "model",
                     verify: None,
                     points: None,
-                    contribution: Some(value),
+                    contribution: Some((value * 1e4).round() / 1e4),
                 })?;
             }
         }
