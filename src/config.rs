@@ -515,6 +515,24 @@ mod tests {
     }
 
     #[test]
+    fn model_settings() {
+        let d = Config::from_toml("").ok().unwrap().model;
+        assert_eq!((d.dir, d.explicit), (Some(PathBuf::from(DEFAULT_MODEL_DIR)), false));
+        let c = Config::from_toml("[engine]\nmodel_dir = \"models/v2\"\nmodel_verification = \"callback\"\n")
+            .ok()
+            .unwrap()
+            .model;
+        assert_eq!(c.dir, Some(PathBuf::from("models/v2")));
+        assert!(c.explicit);
+        assert_eq!(c.verification, Verification::Callback);
+        let off = Config::from_toml("[engine]\nuse_model = false\n").ok().unwrap().model;
+        assert_eq!(off.dir, None);
+        let p = invalid("[engine]\nmodel_dir = \"m\"\nuse_model = false\nmodel_verification = \"sms\"\n");
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert!(p[0].contains("keep one") && p[1].contains("\"sms\"") && p[1].contains("delay, ars, callback"), "{p:?}");
+    }
+
+    #[test]
     fn kafka_section_is_checked_whole() {
         let p = invalid(
             "[kafka]\nbrokers = \" \"\npartitions = 0\n[kafka.topics]\ndecisions = \"transfers\"\nlabels = \"a b\"\n\
