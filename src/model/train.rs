@@ -100,6 +100,9 @@ impl Default for ForestParams {
         // Chosen on the handbook weeks starting 2018-07-04 and 2018-06-13
         // (never the default test week): 20 negatives per fraud lifted average
         // precision most; 50 trees of depth 12 keep a score near 1 µs.
+        // Re-checked on the 54-feature schema on the weeks starting 2018-06-01,
+        // 06-13 and 07-04: 10 or 40 negatives, depth 16, 70% of the features
+        // or 100 trees each moved the mean figures by 0.01 or less, either way.
         ForestParams {
             trees: 50,
             max_depth: 12,
