@@ -397,7 +397,8 @@ impl Report {
         }
         let _ = writeln!(w);
         let cp = format!("card precision@{k}");
-        let rows: [(&str, fn(&Evaluation) -> f64); 3] = [
+        type Metric = fn(&Evaluation) -> f64;
+        let rows: [(&str, Metric); 3] = [
             ("AUC ROC", |e| e.auc_roc),
             ("average precision", |e| e.average_precision),
             (&cp, |e| e.card_precision_at_100),

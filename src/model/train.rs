@@ -173,7 +173,7 @@ impl TrainOptions {
         if !(f.feature_fraction > 0.0 && f.feature_fraction <= 1.0) {
             return bad("feature_fraction", "must be in (0, 1]");
         }
-        if !(f.min_leaf >= 1.0 && f.min_leaf.is_finite()) || !(f.shrinkage >= 0.0 && f.shrinkage.is_finite()) {
+        if !(f.min_leaf >= 1.0 && f.min_leaf.is_finite() && f.shrinkage >= 0.0 && f.shrinkage.is_finite()) {
             return bad("min_leaf", "min_leaf must be at least 1 and shrinkage a non-negative number");
         }
         if !(self.logistic.alpha >= 0.0 && self.logistic.alpha.is_finite()) || self.logistic.max_iterations == 0 {
