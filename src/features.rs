@@ -103,6 +103,8 @@ schema! {
     ACCT_HISTORY_DAYS: Int = "acct_history_days", "days since the engine first saw the sender";
     ACCT_LIFETIME_COUNT: Int = "acct_lifetime_count", "sender's transfers ever seen";
     AMOUNT_VS_AVG_30D: Float = "amount_vs_avg_30d", "amount / sender's mean transfer over 30 days (0 with no history)";
+    AMOUNT_VS_AVG_24H: Float = "amount_vs_avg_24h", "amount / sender's mean transfer over the previous 24 hours (0 with none)";
+    AMOUNT_VS_AVG_7D: Float = "amount_vs_avg_7d", "amount / sender's mean transfer over 7 days (0 with none)";
     AMOUNT_VS_MAX: Float = "amount_vs_max", "amount / sender's largest earlier transfer (0 with no history)";
     AMOUNT_LOG_ZSCORE: Float = "amount_log_zscore", "z-score of log10(amount) against the sender's history (0 under 2 transfers)";
     PAYEE_FIRST_SEEN: Bool = "payee_first_seen", "the sender has never sent to this payee before";
@@ -121,9 +123,17 @@ schema! {
     PAYEE_DISTINCT_SENDERS_24H: Int = "payee_distinct_senders_24h", "distinct senders to this payee in the previous 24 hours (exact)";
     PAYEE_IN_COUNT_24H: Int = "payee_in_count_24h", "transfers into this payee in the previous 24 hours (1-hour buckets: 23-24 h)";
     PAYEE_IN_SUM_24H: Int = "payee_in_sum_24h", "won into this payee in the previous 24 hours (1-hour buckets: 23-24 h)";
+    PAYEE_IN_COUNT_7D: Int = "payee_in_count_7d", "transfers into this payee in the previous 7 days (1-day buckets: 6-7 d)";
+    PAYEE_IN_COUNT_30D: Int = "payee_in_count_30d", "transfers into this payee in the previous 30 days (1-day buckets: 29-30 d)";
     PAYEE_AGE_MIN: Int = "payee_age_min", "minutes since the engine first saw this payee (capped)";
     PAYEE_FRAUD_REPORTS: Int = "payee_fraud_reports", "open fraud reports against this payee (one per reported transfer; a withdrawal closes it)";
     MINS_SINCE_PAYEE_REPORT: Int = "mins_since_payee_report", "minutes since the last fraud report against this payee (capped)";
+    PAYEE_REPORTS_24H: Int = "payee_reports_24h", "open fraud reports against this payee received in the previous 24 hours (exact; saturates at 64)";
+    PAYEE_REPORTS_7D: Int = "payee_reports_7d", "open fraud reports against this payee received in the previous 7 days (exact; saturates at 64)";
+    PAYEE_REPORTS_30D: Int = "payee_reports_30d", "open fraud reports against this payee received in the previous 30 days (exact; saturates at 64)";
+    PAYEE_FRAUD_SHARE_24H: Float = "payee_fraud_share_24h", "payee_reports_24h / transfers into this payee in the 8-9 days they can name (reports assumed within 7 days of their transfer); 0 with no transfers, at most 1";
+    PAYEE_FRAUD_SHARE_7D: Float = "payee_fraud_share_7d", "payee_reports_7d / transfers into this payee in the 14-15 days they can name; 0 with no transfers, at most 1";
+    PAYEE_FRAUD_SHARE_30D: Float = "payee_fraud_share_30d", "payee_reports_30d / transfers into this payee in the 37-38 days they can name; 0 with no transfers, at most 1";
     DEVICE_DISTINCT_ACCOUNTS_24H: Int = "device_distinct_accounts_24h", "distinct sender accounts on this device in the previous 24 hours";
     DEVICE_COUNT_1H: Int = "device_count_1h", "transfers from this device in the previous hour (5-minute buckets: 55-60 min)";
 }
@@ -212,6 +222,36 @@ fn ratio(num: i64, den: i64) -> f64 {
     }
 }
 
+/// Mean won per transfer, 0 with no transfers (integer won, like the sums).
+#[inline]
+fn mean(sum: i64, count: i64) -> i64 {
+    if count > 0 {
+        sum / count
+    } else {
+        0
+    }
+}
+
+/// The payee's fraud share over a report window: reports received in the
+/// window over the transfers into the payee they can name.
+///
+/// The handbook's terminal risk counts the frauds among a terminal's
+/// transactions from `n + 7` to 7 days ago, because its labels arrive exactly
+/// 7 days late. Bank reports arrive hours to days late and do not carry the
+/// reported transfer's time, so the engine cannot place a report on its
+/// transfer's day; it divides instead by every transfer that a report
+/// received in the last `n` days can name when reports arrive within
+/// [`crate::state::REPORT_LAG_DAYS`] (7 days) of their transfer: those of the
+/// last `n + 7` days. Then the share never exceeds 1 and equals the handbook's
+/// risk scaled by `n / (n + 7)` for a payee with steady traffic. Capped at 1
+/// (reports later than 7 days, or a ring that dropped a late transfer), and 0
+/// when the payee received no transfer, so a reported payee that went quiet
+/// reads as "no evidence", not as a division by zero.
+#[inline]
+fn fraud_share(reports: i64, transfers: i64) -> f64 {
+    ratio(reports, transfers).min(1.0)
+}
+
 /// The features of `t`, from the state as it was before `t`.
 pub fn compute(t: &Transfer, seen: &Observed) -> FeatureVector {
     use Value::{Bool, Float, Int};
@@ -220,7 +260,7 @@ pub fn compute(t: &Transfer, seen: &Observed) -> FeatureVector {
     let a = &seen.account;
     let p = &seen.payee;
     let hour = now.kst_hour();
-    let mean_30d = if a.counts[4] > 0 { a.sums[4] / a.counts[4] } else { 0 };
+    let mean_30d = mean(a.sums[4], a.counts[4]);
     let device_age = match (&t.device_id, a.device_first_seen) {
         // No device sent (open-banking partners): nothing to judge it by.
         (None, _) => MINUTES_CAP,
@@ -251,6 +291,8 @@ pub fn compute(t: &Transfer, seen: &Observed) -> FeatureVector {
         Int((now.millis() - a.first_seen.millis()).max(0) / 86_400_000),
         Int(a.lifetime_count as i64),
         Float(ratio(amount, mean_30d)),
+        Float(ratio(amount, mean(a.sums[2], a.counts[2]))),
+        Float(ratio(amount, mean(a.sums[3], a.counts[3]))),
         Float(ratio(amount, a.max_amount)),
         Float(a.amount_log_zscore(amount)),
         Bool(!a.payee_known),
@@ -269,9 +311,17 @@ pub fn compute(t: &Transfer, seen: &Observed) -> FeatureVector {
         Int(p.distinct_senders_24h),
         Int(p.in_count_24h),
         Int(p.in_sum_24h),
+        Int(p.in_count_7d),
+        Int(p.in_count_30d),
         Int(minutes_since(now, Some(p.first_seen))),
         Int(p.fraud_reports),
         Int(minutes_since(now, p.last_report)),
+        Int(p.recent_reports[0]),
+        Int(p.recent_reports[1]),
+        Int(p.recent_reports[2]),
+        Float(fraud_share(p.recent_reports[0], p.reportable_transfers[0])),
+        Float(fraud_share(p.recent_reports[1], p.reportable_transfers[1])),
+        Float(fraud_share(p.recent_reports[2], p.reportable_transfers[2])),
         Int(dev_accounts),
         Int(dev_count),
     ])

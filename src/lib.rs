@@ -45,7 +45,8 @@
 //!   replay, and the late labels of the stream; a model directory holds the
 //!   flat parameters and a model card (data, metrics, hold threshold), checked
 //!   whole on load; scoring is a walk over arrays, with per-feature reasons.
-//!   `fds evaluate` runs the fraud-detection handbook's protocol.
+//!   `fds evaluate` runs the fraud-detection handbook's protocol, or the same
+//!   train / gap / test split on any labelled stream, per typology.
 //!
 //! - [`metrics`]: every Prometheus metric of the product, named once, in a
 //!   registry of its own; no account or payee id is ever a label.

@@ -565,7 +565,9 @@ fn wait_for_slot(sent: u64, max: u64, max_wait: Duration, settled: impl Fn() -> 
 /// Where a prepared event goes.
 enum Route {
     /// A transfer, timed: its id is the correlation id the answer comes back under.
-    Transfer { id: Box<str> },
+    Transfer {
+        id: Box<str>,
+    },
     Label,
     Context,
 }

@@ -75,6 +75,8 @@ type EventIter = Box<dyn Iterator<Item = Result<(u64, Event), (u64, String)>> + 
 /// An opened input: its events, and how far into the file reading has got.
 pub struct Source {
     pub name: String,
+    /// The format read: the one asked for, or the one [`Format::Auto`] found.
+    pub format: Format,
     pub events: EventIter,
     /// Bytes of the file read so far (compressed bytes for gzip).
     pub position: Arc<AtomicU64>,
@@ -128,7 +130,7 @@ pub fn open(path: &Path, format: Format) -> Result<Source, ReplayError> {
         }
         _ => Box::new(JsonLines { input: reader, line: 0, buf: Vec::new(), done: false }),
     };
-    Ok(Source { name: path.display().to_string(), events, position, size })
+    Ok(Source { name: path.display().to_string(), format, events, position, size })
 }
 
 /// Events from JSON lines; blank lines are skipped.

@@ -3,8 +3,9 @@
 //!
 //! This module owns the three concurrent maps (dashmap) and everything kept in
 //! them: windowed counts and sums, known payees and devices per account, the last
-//! time of each risky context event, a payee's distinct senders (mule fan-in) and
-//! fraud reports, a device's distinct accounts.
+//! time of each risky context event, a payee's distinct senders (mule fan-in),
+//! incoming transfers by day and fraud reports (payee risk), a device's distinct
+//! accounts.
 //!
 //! Guarantees:
 //! - **Event time only.** Nothing here reads the wall clock; windows move with the
@@ -34,7 +35,10 @@
 //! current one: the near edge is exact, the far edge snaps to a bucket boundary
 //! (so a "1 hour" window at 5-minute buckets covers between 55 and 60 minutes of
 //! the past). Resolutions: 10 min at 1 min, 1 h at 5 min, 24 h at 1 h, 7 d and
-//! 30 d at 1 day (KST days are not used; buckets are aligned to UTC epoch).
+//! 30 d at 1 day (KST days are not used; buckets are aligned to UTC epoch). A
+//! payee's incoming transfers are also counted in 38 daily buckets, enough for
+//! the 30 days that reports can be received in plus the 7 days before those
+//! the reported transfers can date from, plus the far edge's partial bucket.
 
 use std::mem::size_of;
 
@@ -185,6 +189,74 @@ impl<const N: usize, const WIDTH_MS: i64> Ring<N, WIDTH_MS> {
         let lo = (nb - k as i64 + 1).max(self.head - N as i64 + 1);
         let hi = nb.min(self.head);
         self.scan(lo, hi)
+    }
+}
+
+/// Counts only, in `N` daily buckets: the payee's incoming transfers by day,
+/// read as counts over the last `k` days for several `k` at once. Half the size
+/// of a [`Ring`] (no sums, no running totals): 8 + 4N bytes, 160 at N = 38.
+/// A read walks at most `N` buckets once, which is a few dozen additions.
+#[derive(Debug, Clone)]
+pub struct DayCounts<const N: usize> {
+    /// Absolute day number of the newest bucket written (or cleared up to).
+    head: i64,
+    counts: [u32; N],
+}
+
+impl<const N: usize> Default for DayCounts<N> {
+    fn default() -> Self {
+        DayCounts { head: i64::MIN, counts: [0; N] }
+    }
+}
+
+impl<const N: usize> DayCounts<N> {
+    #[inline]
+    fn slot(b: i64) -> usize {
+        b.rem_euclid(N as i64) as usize
+    }
+
+    /// Count one event; events older than the ring are dropped (no window that
+    /// is still read could contain them), a bucket saturates at `u32::MAX`.
+    pub fn add(&mut self, t: EventTime) {
+        let b = t.millis().div_euclid(DAY);
+        if self.head == i64::MIN {
+            self.head = b;
+        } else if b > self.head {
+            let stale = (b - self.head).min(N as i64);
+            for i in 0..stale {
+                self.counts[Self::slot(b - i)] = 0;
+            }
+            self.head = b;
+        } else if b <= self.head - N as i64 {
+            return;
+        }
+        let s = Self::slot(b);
+        self.counts[s] = self.counts[s].saturating_add(1);
+    }
+
+    /// Counts over the last `k` daily buckets up to the one holding `now`, for
+    /// each `k` in `ks` (ascending, each at most `N`), in one walk.
+    #[inline]
+    pub fn totals<const K: usize>(&self, now: EventTime, ks: [usize; K]) -> [i64; K] {
+        debug_assert!(ks.windows(2).all(|w| w[0] <= w[1]) && ks.iter().all(|&k| k <= N));
+        let mut out = [0i64; K];
+        if self.head == i64::MIN {
+            return out;
+        }
+        let nb = now.millis().div_euclid(DAY);
+        let oldest = self.head - N as i64 + 1;
+        let (mut sum, mut j) = (0i64, 0usize);
+        for k in 1..=ks.last().copied().unwrap_or(0) {
+            let b = nb - k as i64 + 1;
+            if b >= oldest && b <= self.head {
+                sum += i64::from(self.counts[Self::slot(b)]);
+            }
+            while j < K && ks[j] == k {
+                out[j] = sum;
+                j += 1;
+            }
+        }
+        out
     }
 }
 
@@ -485,6 +557,9 @@ pub struct PayeeState {
     first_seen: i64,
     last_seen: i64,
     in_1h: Ring<24, HOUR>,
+    /// Incoming transfers by day: the 7- and 30-day counts, and the transfers
+    /// that recent reports can refer to (the denominators of the fraud shares).
+    in_1d: DayCounts<PAYEE_DAYS>,
     senders: LastSeen,
     /// Reports by transfer id (hashed): (transfer, report time, still fraud).
     /// Keyed by transfer so a report delivered twice counts once and a
@@ -495,12 +570,25 @@ pub struct PayeeState {
 /// Reports remembered per payee; the count saturates here.
 const MAX_REPORTS: usize = 64;
 
+/// Days a report is assumed to arrive after the transfer it names, at most:
+/// the handbook's label delay, and about the time a Korean victim of voice
+/// phishing or a fake seller takes to notice and report.
+pub const REPORT_LAG_DAYS: usize = 7;
+
+/// The report windows of a payee's risk features, in days.
+pub const REPORT_WINDOW_DAYS: [usize; 3] = [1, 7, 30];
+
+/// Daily buckets of a payee's incoming transfers: the longest report window,
+/// the report lag, and one more because the far edge snaps to a bucket.
+const PAYEE_DAYS: usize = 30 + REPORT_LAG_DAYS + 1;
+
 impl PayeeState {
     fn new(t: EventTime) -> Self {
         PayeeState {
             first_seen: t.millis(),
             last_seen: t.millis(),
             in_1h: Ring::default(),
+            in_1d: DayCounts::default(),
             senders: LastSeen::default(),
             reports: SmallVec::new(),
         }
@@ -534,14 +622,37 @@ impl PayeeState {
     }
     fn view(&self, now: EventTime) -> PayeeView {
         let (c24h, s24h) = self.in_1h.total(now, 24);
+        let ([w1, w7, w30], lag) = (REPORT_WINDOW_DAYS, REPORT_LAG_DAYS);
+        // 7 and 30 days as the account rings count them; N + L + 1 buckets
+        // cover at least the N + L days before now that reports received in
+        // the last N days can name transfers from.
+        let [c7d, share1, share7, c30d, share30] =
+            self.in_1d.totals(now, [7, w1 + lag + 1, w7 + lag + 1, 30, w30 + lag + 1]);
+        // Reports dated after `now` (delivered ahead of a transfer from another
+        // partition) are not yet known at `now`.
+        let mut reports = [0i64; 3];
+        let mut last_report = None;
+        for &(_, at, open) in &self.reports {
+            if !open {
+                continue;
+            }
+            last_report = last_report.max(Some(at));
+            for (r, days) in reports.iter_mut().zip(REPORT_WINDOW_DAYS) {
+                *r += i64::from(at <= now.millis() && at > now.millis() - days as i64 * DAY);
+            }
+        }
         PayeeView {
             first_seen: EventTime(self.first_seen),
             distinct_senders_1h: self.senders.count_within(now, HOUR),
             distinct_senders_24h: self.senders.count_within(now, DAY),
             in_count_24h: c24h,
             in_sum_24h: s24h,
+            in_count_7d: c7d,
+            in_count_30d: c30d,
             fraud_reports: self.open_reports(),
-            last_report: self.reports.iter().filter(|r| r.2).map(|r| EventTime(r.1)).max(),
+            last_report: last_report.map(EventTime),
+            recent_reports: reports,
+            reportable_transfers: [share1, share7, share30],
         }
     }
     fn heap_bytes(&self) -> usize {
@@ -558,8 +669,19 @@ pub struct PayeeView {
     pub distinct_senders_24h: i64,
     pub in_count_24h: i64,
     pub in_sum_24h: i64,
+    /// Transfers into the payee in the last 7 and 30 daily buckets.
+    pub in_count_7d: i64,
+    pub in_count_30d: i64,
     pub fraud_reports: i64,
     pub last_report: Option<EventTime>,
+    /// Open reports received in the last 1, 7 and 30 days ([`REPORT_WINDOW_DAYS`]),
+    /// exact to the millisecond, saturating at 64 reports.
+    pub recent_reports: [i64; 3],
+    /// For each report window of N days: transfers into the payee in the last
+    /// N + [`REPORT_LAG_DAYS`] + 1 daily buckets, which cover every transfer a
+    /// report received in the window can name if reports arrive within
+    /// [`REPORT_LAG_DAYS`] of their transfer.
+    pub reportable_transfers: [i64; 3],
 }
 
 /// Everything kept per device, across all accounts that use it.
@@ -684,6 +806,7 @@ impl State {
             let view = p.view(now);
             p.last_seen = p.last_seen.max(now.millis());
             p.in_1h.add(now, amount);
+            p.in_1d.add(now);
             p.senders.touch(account_h, now, self.cfg.max_payee_senders);
             view
         };
@@ -950,6 +1073,42 @@ mod tests {
         r.push(t(1800), HOUR, 8);
         assert_eq!(r.count_within(t(3599), HOUR), 2);
         assert_eq!(r.count_within(t(3600), HOUR), 1); // (now - 1h, now]
+    }
+
+    /// Every window length of a read agrees with counting the events by hand,
+    /// across gaps longer than the ring and late events.
+    #[test]
+    fn day_counts_match_a_brute_force_count() {
+        let mut r: DayCounts<5> = DayCounts::default();
+        assert_eq!(r.totals(t(0), [1, 5]), [0, 0]);
+        let day = |d: i64| EventTime(d * DAY + 3 * HOUR);
+        let mut kept: Vec<i64> = Vec::new();
+        for (d, late) in [
+            (10, false),
+            (10, false),
+            (11, false),
+            (13, false),
+            (12, true),
+            (7, true),
+            (14, false),
+            (30, false),
+            (27, true),
+            (25, true),
+        ] {
+            let before = r.head;
+            r.add(day(d));
+            // Dropped on arrival if older than the ring then.
+            if !(late && d <= before - 5) {
+                kept.push(d);
+            }
+            for now in [d, d + 1, d + 4, d + 6] {
+                let want = |k: i64| {
+                    let nb = now;
+                    kept.iter().filter(|&&b| b > nb - k && b <= nb && b > r.head - 5).count() as i64
+                };
+                assert_eq!(r.totals(day(now), [1, 2, 3, 5]), [want(1), want(2), want(3), want(5)], "d={d} now={now}");
+            }
+        }
     }
 
     #[test]

@@ -391,3 +391,89 @@ fn a_listed_payee_matches_however_its_account_number_is_written() {
         assert_eq!(s.decision.action, Action::Hold, "{written}");
     }
 }
+
+fn float(fv: &FeatureVector, f: F) -> f64 {
+    match fv.feature(f) {
+        Value::Float(x) => x,
+        other => panic!("{f:?} is {other:?}"),
+    }
+}
+
+/// Payee risk: incoming transfers by day, reports received in the last 24 h,
+/// 7 d and 30 d (a withdrawal removes its report), and the fraud share, which
+/// divides by the transfers those reports can name (the last N + 7 days), is
+/// capped at 1 and is 0 for a payee with no transfers.
+#[test]
+fn payee_risk_counts_recent_reports_over_the_transfers_they_can_name() {
+    let engine = Engine::with_rules(RuleSet::empty());
+    // One transfer a day into "PAY" at noon KST (03:00 UTC, mid-bucket), days 1..=20.
+    for day in 1..=20 {
+        score(
+            &engine,
+            &transfer_from(
+                &format!("S{day}"),
+                &format!("P{day}"),
+                &format!("202611{day:02}120000"),
+                50_000,
+                "PAY",
+                "D",
+            ),
+        );
+    }
+    apply(&engine, &label("P5", "20261112100000", "fraud", "PAY"));
+    apply(&engine, &label("P10", "20261120090000", "fraud", "PAY"));
+    apply(&engine, &label("P11", "20261120100000", "fraud", "PAY"));
+    apply(&engine, &label("P11", "20261120110000", "cleared", "PAY"));
+    let s = score(&engine, &transfer_from("SQ", "PQ", "20261120130000", 50_000, "PAY", "D"));
+    let f = &s.features;
+    assert_eq!(int(f, F::PAYEE_IN_COUNT_24H), 1);
+    assert_eq!(int(f, F::PAYEE_IN_COUNT_7D), 7);
+    assert_eq!(int(f, F::PAYEE_IN_COUNT_30D), 20);
+    // P10's report is 4 h old; P5's is 8 days old; P11's was withdrawn.
+    assert_eq!(int(f, F::PAYEE_REPORTS_24H), 1);
+    assert_eq!(int(f, F::PAYEE_REPORTS_7D), 1);
+    assert_eq!(int(f, F::PAYEE_REPORTS_30D), 2);
+    assert_eq!(int(f, F::PAYEE_FRAUD_REPORTS), 2);
+    assert_eq!(int(f, F::MINS_SINCE_PAYEE_REPORT), 240);
+    // Denominators: the last 9, 15 and 38 daily buckets (days 12..=20, 6..=20, all 20).
+    assert!((float(f, F::PAYEE_FRAUD_SHARE_24H) - 1.0 / 9.0).abs() < 1e-12, "{f:?}");
+    assert!((float(f, F::PAYEE_FRAUD_SHARE_7D) - 1.0 / 15.0).abs() < 1e-12);
+    assert!((float(f, F::PAYEE_FRAUD_SHARE_30D) - 2.0 / 20.0).abs() < 1e-12);
+    // A month later the reports have left every window, the open count stays.
+    let later = score(&engine, &transfer_from("SL", "PL", "20261222130000", 50_000, "PAY", "D"));
+    for feature in [F::PAYEE_REPORTS_24H, F::PAYEE_REPORTS_7D, F::PAYEE_REPORTS_30D, F::PAYEE_IN_COUNT_30D] {
+        assert_eq!(int(&later.features, feature), 0, "{feature:?}");
+    }
+    assert_eq!(float(&later.features, F::PAYEE_FRAUD_SHARE_30D), 0.0);
+    assert_eq!(int(&later.features, F::PAYEE_FRAUD_REPORTS), 2);
+
+    // More reports than transfers (reports on transfers the engine never saw): capped at 1.
+    score(&engine, &transfer_from("S1", "Q1", "20261101120000", 50_000, "QUIET", "D"));
+    for id in ["Q1", "Q2", "Q3"] {
+        apply(&engine, &label(id, "20261102100000", "fraud", "QUIET"));
+    }
+    let q = score(&engine, &transfer_from("S2", "Q4", "20261103120000", 50_000, "QUIET", "D"));
+    assert_eq!(int(&q.features, F::PAYEE_REPORTS_7D), 3);
+    assert_eq!(float(&q.features, F::PAYEE_FRAUD_SHARE_7D), 1.0);
+
+    // Reported before any transfer into it: reports count, the share is 0.
+    apply(&engine, &label("X1", "20261104100000", "fraud", "FRESH"));
+    let x = score(&engine, &transfer_from("S3", "X2", "20261104110000", 50_000, "FRESH", "D"));
+    assert_eq!(int(&x.features, F::PAYEE_REPORTS_24H), 1);
+    assert_eq!(float(&x.features, F::PAYEE_FRAUD_SHARE_24H), 0.0);
+}
+
+/// The sender's amount against its mean over 24 hours and 7 days.
+#[test]
+fn amount_is_compared_with_the_senders_recent_means() {
+    let engine = Engine::with_rules(RuleSet::empty());
+    score(&engine, &transfer("M1", "20261101120000", 10_000, "111", "HOME"));
+    score(&engine, &transfer("M2", "20261105120000", 30_000, "111", "HOME"));
+    score(&engine, &transfer("M3", "20261105130000", 50_000, "111", "HOME"));
+    let s = score(&engine, &transfer("M4", "20261105140000", 200_000, "111", "HOME"));
+    // 24 h: (30,000 + 50,000) / 2 = 40,000; 7 d: 90,000 / 3 = 30,000.
+    assert!((float(&s.features, F::AMOUNT_VS_AVG_24H) - 5.0).abs() < 1e-12);
+    assert!((float(&s.features, F::AMOUNT_VS_AVG_7D) - 200_000.0 / 30_000.0).abs() < 1e-12);
+    let first = score(&engine, &transfer_from("NEWACCT", "M5", "20261105140000", 200_000, "111", "HOME"));
+    assert_eq!(float(&first.features, F::AMOUNT_VS_AVG_24H), 0.0);
+}

@@ -235,14 +235,31 @@ enum Command {
     },
     /// Run the fraud-detection handbook's protocol (train one week, 7-day gap,
     /// test the next week) on the engine's features and compare with the
-    /// handbook's published figures.
+    /// handbook's published figures; on a labelled JSON-lines stream (e.g.
+    /// from `fds generate`), the same train / gap / test split in KST days.
+    /// Both report the test span by typology.
     Evaluate {
-        /// The handbook's transactions.csv.gz (or its directory).
+        /// The handbook's transactions.csv.gz (or its directory), or a labelled
+        /// stream of events (.jsonl or .jsonl.gz).
         #[arg(long, default_value = HANDBOOK_DATA)]
         data: PathBuf,
-        /// First training day; the test week starts 14 days later.
-        #[arg(long, default_value_t = evaluate::default_train_start())]
-        train_start: chrono::NaiveDate,
+        /// First training day [default: 2018-07-25 for the handbook; for other
+        /// streams the data's third KST day, the first two only building state].
+        #[arg(long)]
+        train_start: Option<chrono::NaiveDate>,
+        /// Days of training.
+        #[arg(long, default_value_t = 7)]
+        train_days: i64,
+        /// Days between training and test (labels of the last training days
+        /// arrive then; training only learns reports received before the test).
+        #[arg(long, default_value_t = 7)]
+        gap_days: i64,
+        /// Days of test.
+        #[arg(long, default_value_t = 7)]
+        test_days: i64,
+        /// Accounts a day for card precision@k.
+        #[arg(long, default_value_t = 100)]
+        top_k: usize,
         /// Algorithms to train and compare [default: logistic and forest].
         #[arg(long, value_enum)]
         algorithm: Vec<Algorithm>,
@@ -433,11 +450,24 @@ fn run() -> Result<()> {
             print!("{}", model.card().render());
             Ok(())
         }
-        Command::Evaluate { data, train_start, algorithm, rules, scores_out, seed, forest } => {
+        Command::Evaluate {
+            data,
+            train_start,
+            train_days,
+            gap_days,
+            test_days,
+            top_k,
+            algorithm,
+            rules,
+            scores_out,
+            seed,
+            forest,
+        } => {
             let algorithms =
                 if algorithm.is_empty() { vec![Algorithm::Logistic, Algorithm::Forest] } else { algorithm };
             let opts = TrainOptions { seed, forest: forest.params(), ..TrainOptions::default() };
-            evaluate_cmd(&config, &data, train_start, &algorithms, rules, scores_out, &opts)
+            let split = Split { train_start, train_days, gap_days, test_days, top_k };
+            evaluate_cmd(&config, &data, split, &algorithms, rules, scores_out, &opts)
         }
         Command::Features => {
             for (i, f) in fds::features::SCHEMA.iter().enumerate() {
@@ -641,11 +671,21 @@ fn train_cmd(
     Ok(())
 }
 
-/// `fds evaluate`: the handbook protocol; see [`fds::model::evaluate`].
+/// The split `fds evaluate` was asked for.
+struct Split {
+    train_start: Option<chrono::NaiveDate>,
+    train_days: i64,
+    gap_days: i64,
+    test_days: i64,
+    top_k: usize,
+}
+
+/// `fds evaluate`: the handbook protocol, or the same split on another
+/// labelled stream; see [`fds::model::evaluate`].
 fn evaluate_cmd(
     config: &Config,
     data: &Path,
-    train_start: chrono::NaiveDate,
+    split: Split,
     algorithms: &[Algorithm],
     rules: Option<PathBuf>,
     scores_out: Option<PathBuf>,
@@ -654,15 +694,39 @@ fn evaluate_cmd(
     let rules_dir = rules.unwrap_or_else(|| config.rules_dir.clone());
     let engine = replay_engine(config, &rules_dir)?;
     let ruleset = engine.rules().load().version().to_owned();
-    let source = replay::open(data, Format::Auto)
-        .with_context(|| format!("cannot read the handbook data at {} (pass --data FILE)", data.display()))?;
+    let open = || {
+        replay::open(data, Format::Auto).with_context(|| format!("cannot read {} (pass --data FILE)", data.display()))
+    };
+    let mut source = open()?;
+    let protocol = if source.format == Format::Handbook {
+        let start = split.train_start.unwrap_or_else(evaluate::default_train_start);
+        Protocol {
+            train_days: split.train_days,
+            delay_days: split.gap_days,
+            test_days: split.test_days,
+            top_k: split.top_k,
+            ..Protocol::handbook(start)
+        }
+    } else {
+        let start = match split.train_start {
+            Some(d) => d,
+            None => {
+                // The data's first day, read from its first event; then start over.
+                let first = source.events.find_map(|e| e.ok()).map(|(_, e)| e.time());
+                source = open()?;
+                let Some(first) = first else { bail!("{} holds no event", data.display()) };
+                Protocol::kst_date(first) + chrono::Duration::days(2)
+            }
+        };
+        Protocol::holdout(start, split.train_days, split.gap_days, split.test_days, split.top_k)
+    };
     let provenance = Provenance {
-        name: format!("handbook-{train_start}"),
+        name: format!("evaluate-{}", protocol.train_start),
         rules: rules_dir.display().to_string(),
         ruleset_version: ruleset,
         ..Provenance::default()
     };
-    let report = evaluate::run(&engine, source, Protocol::handbook(train_start), algorithms, opts, &provenance)?;
+    let report = evaluate::run(&engine, source, protocol, algorithms, opts, &provenance)?;
     print!("{}", report.render());
     if let (Some(path), Some(first)) = (scores_out, report.evaluations.first()) {
         let mut w = BufWriter::new(File::create(&path).with_context(|| format!("cannot create {}", path.display()))?);

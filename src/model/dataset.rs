@@ -65,6 +65,11 @@ pub struct Collected {
     pub rows: Vec<Row>,
     /// The final label of every reported transfer, by transfer id.
     pub labels: HashMap<String, LabelStatus>,
+    /// Every label event read, in stream order: (report time, transfer id,
+    /// status), so a protocol can use only what was known at a given time.
+    pub label_events: Vec<(EventTime, String, LabelStatus)>,
+    /// The typology of each transfer's latest fraud report, by transfer id.
+    pub typologies: HashMap<String, String>,
     /// Transfers replayed (kept or not).
     pub transfers: u64,
     pub bad_lines: u64,
@@ -82,6 +87,24 @@ impl Collected {
     /// One label per row, in row order.
     pub fn targets(&self) -> Vec<bool> {
         self.rows.iter().map(|r| self.is_fraud(&r.bank_tran_id)).collect()
+    }
+
+    /// The labels as they stood just before `cutoff`: what a model trained at
+    /// that moment could have learned from (later reports and withdrawals
+    /// had not arrived).
+    pub fn labels_known_before(&self, cutoff: EventTime) -> HashMap<&str, LabelStatus> {
+        let mut known = HashMap::new();
+        for (at, id, status) in &self.label_events {
+            if *at < cutoff {
+                known.insert(id.as_str(), *status);
+            }
+        }
+        known
+    }
+
+    /// The typology of a transfer's fraud report; `None` for genuine transfers.
+    pub fn typology(&self, bank_tran_id: &str) -> Option<&str> {
+        self.is_fraud(bank_tran_id).then(|| self.typologies.get(bank_tran_id).map_or("", String::as_str))
     }
 }
 
@@ -133,6 +156,10 @@ pub fn collect(engine: &Engine, sources: Vec<Source>, window: Window) -> Result<
             };
             match (event, scored) {
                 (Event::Label(l), _) => {
+                    if l.status == LabelStatus::Fraud {
+                        out.typologies.insert(l.bank_tran_id.clone(), l.typology);
+                    }
+                    out.label_events.push((l.report_dtime, l.bank_tran_id.clone(), l.status));
                     out.labels.insert(l.bank_tran_id, l.status);
                 }
                 (Event::Transfer(t), Some(scored)) => {
@@ -180,6 +207,32 @@ mod tests {
         assert_eq!(kst_day(midnight), kst_day(EventTime(midnight.millis() + DAY_MS - 1)));
         assert_eq!(kst_day(EventTime(midnight.millis() - 1)) + 1, kst_day(midnight));
         assert_eq!(kst_day(midnight), 17_751); // 2018-08-08 is day 17751 since 1970-01-01.
+    }
+
+    /// Labels known before a cutoff are the latest word before it: a report
+    /// withdrawn after the cutoff still counts, one arriving after it does not.
+    #[test]
+    fn labels_known_before_a_cutoff_ignore_later_reports_and_withdrawals() {
+        let t = |h: i64| EventTime(h * 3_600_000);
+        let mut c = Collected::default();
+        for (at, id, status) in [
+            (1, "A", LabelStatus::Fraud),
+            (2, "B", LabelStatus::Fraud),
+            (3, "B", LabelStatus::Cleared),
+            (5, "A", LabelStatus::Cleared),
+            (6, "C", LabelStatus::Fraud),
+        ] {
+            c.label_events.push((t(at), id.to_owned(), status));
+            c.labels.insert(id.to_owned(), status);
+        }
+        c.typologies.insert("C".into(), "loan_fraud".into());
+        let known = c.labels_known_before(t(4));
+        assert_eq!(known.get("A"), Some(&LabelStatus::Fraud));
+        assert_eq!(known.get("B"), Some(&LabelStatus::Cleared));
+        assert_eq!(known.get("C"), None);
+        assert!(!c.is_fraud("A") && c.is_fraud("C"));
+        assert_eq!(c.typology("C"), Some("loan_fraud"));
+        assert_eq!(c.typology("A"), None);
     }
 
     #[test]

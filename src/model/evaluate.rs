@@ -16,22 +16,36 @@
 //! and report AUC ROC, average precision and card precision@100 beside the
 //! handbook's best published figures for that split.
 //!
-//! Guarantees: nothing from the test week reaches training. The model's
+//! The same protocol runs on any labelled stream of transfers, such as the
+//! generated Korean traffic of `fds generate` ([`Protocol::holdout`]): train
+//! on a span of days, skip a gap, test on the following days; nothing is left
+//! out of the test span, since the known-compromised rule is the handbook's.
+//! Every report also breaks the test span down by typology (the `typology` of
+//! each transfer's fraud report; the handbook's are its scenarios): AUC,
+//! average precision and precision@k of that typology's frauds against all
+//! genuine transfers, and the share of them the hold threshold would hold.
+//!
+//! Guarantees: nothing from the test span reaches training. Training rows
+//! come before the test span, their features are point-in-time (the engine
+//! computes them as each transfer arrives), and their labels are the reports
+//! received before the test span starts: what a model deployed at that moment
+//! could have learned from (for the handbook, with its 7-day delay and 7-day
+//! gap, that is every label of the training week). The model's
 //! hyper-parameters are fixed in [`super::train`] (chosen on other weeks) and
-//! its threshold on a validation split inside the training week; the test
-//! week only measures.
+//! its threshold on a validation split inside the training span; the test
+//! span only measures.
 
 use std::collections::HashMap;
 use std::time::Instant;
 
 use chrono::NaiveDate;
 
-use super::dataset::{self, kst_day, Collected, DatasetError, Row, Window, DAY_MS};
+use super::dataset::{self, kst_day, DatasetError, Row, Window, DAY_MS};
 use super::quality::{self, CardScore};
 use super::train::{self, Algorithm, Provenance, TrainError, TrainOptions};
 use super::Model;
 use crate::engine::Engine;
-use crate::event::EventTime;
+use crate::event::{EventTime, LabelStatus};
 use crate::replay::Source;
 
 /// The handbook's best published figures on its default split (train
@@ -53,24 +67,63 @@ pub fn default_train_start() -> NaiveDate {
 pub enum EvaluateError {
     #[error(transparent)]
     Dataset(#[from] DatasetError),
-    #[error("training {algorithm}: {source}")]
+    #[error("training {algorithm}")]
     Train { algorithm: &'static str, source: TrainError },
     #[error("the {part} ({from} to {to}) has no transfers in the data")]
     EmptyPart { part: &'static str, from: NaiveDate, to: NaiveDate },
+    #[error("invalid protocol: {0}")]
+    Protocol(String),
 }
 
-/// The three weeks of the protocol.
+/// The spans of the protocol, in KST days, and how the test span is read.
 #[derive(Debug, Clone, Copy)]
 pub struct Protocol {
     pub train_start: NaiveDate,
     pub train_days: i64,
     pub delay_days: i64,
     pub test_days: i64,
+    /// Leave out, on each test day, the senders already known defrauded: the
+    /// handbook's rule, because its compromised cards keep being defrauded
+    /// and a bank would have blocked them.
+    pub drop_known_compromised: bool,
+    /// Accounts a day for precision@k.
+    pub top_k: usize,
+    /// The data is the handbook's: compare with its published figures and
+    /// read labels only up to 8 days after the test span (its delay is 7).
+    pub handbook: bool,
 }
 
 impl Protocol {
     pub fn handbook(train_start: NaiveDate) -> Self {
-        Protocol { train_start, train_days: 7, delay_days: 7, test_days: 7 }
+        Protocol {
+            train_start,
+            train_days: 7,
+            delay_days: 7,
+            test_days: 7,
+            drop_known_compromised: true,
+            top_k: 100,
+            handbook: true,
+        }
+    }
+
+    /// Train on `train_days` from `train_start`, skip `gap_days`, test on the
+    /// next `test_days`, on any labelled stream; every label in the stream is
+    /// read (reports may come long after the test span).
+    pub fn holdout(train_start: NaiveDate, train_days: i64, gap_days: i64, test_days: i64, top_k: usize) -> Self {
+        Protocol {
+            train_start,
+            train_days,
+            delay_days: gap_days,
+            test_days,
+            drop_known_compromised: false,
+            top_k,
+            handbook: false,
+        }
+    }
+
+    /// The KST date of `t`.
+    pub fn kst_date(t: EventTime) -> NaiveDate {
+        Self::date(kst_day(t))
     }
 
     fn start_day(&self) -> i64 {
@@ -95,7 +148,20 @@ impl Protocol {
     }
 }
 
-/// One algorithm's result on the test week.
+/// One typology's frauds against every genuine transfer of the test span.
+#[derive(Debug, Clone)]
+pub struct TypologyScore {
+    pub typology: String,
+    pub frauds: usize,
+    pub auc_roc: f64,
+    pub average_precision: f64,
+    /// Card precision@k with the other typologies' frauds left out.
+    pub precision_at_k: f64,
+    /// Share of this typology's frauds scoring at or above the hold threshold.
+    pub held: f64,
+}
+
+/// One algorithm's result on the test span.
 #[derive(Debug)]
 pub struct Evaluation {
     pub algorithm: Algorithm,
@@ -103,7 +169,10 @@ pub struct Evaluation {
     pub train_seconds: f64,
     pub auc_roc: f64,
     pub average_precision: f64,
+    /// Card precision@k (k = [`Protocol::top_k`]; 100 for the handbook).
     pub card_precision_at_100: f64,
+    /// Per typology, in name order.
+    pub by_typology: Vec<TypologyScore>,
     /// Test transactions and their scores, in stream order.
     pub test_ids: Vec<String>,
     pub test_scores: Vec<f64>,
@@ -137,19 +206,31 @@ pub fn run(
     provenance: &Provenance,
 ) -> Result<Report, EvaluateError> {
     let started = Instant::now();
+    if protocol.train_days < 1 || protocol.test_days < 1 || protocol.delay_days < 0 || protocol.top_k == 0 {
+        return Err(EvaluateError::Protocol(format!(
+            "train and test spans need at least one day, the gap cannot be negative and k must be positive \
+             (train {} days, gap {}, test {}, k {})",
+            protocol.train_days, protocol.delay_days, protocol.test_days, protocol.top_k
+        )));
+    }
     let d0 = protocol.start_day();
     let test_from = d0 + protocol.train_days + protocol.delay_days;
     let test_until = test_from + protocol.test_days;
     let window = Window {
         from: Some(Protocol::midnight(d0)),
         until: Some(Protocol::midnight(test_until)),
-        // The labels of the last test day arrive 7 days later.
-        stop_at: Some(Protocol::midnight(test_until + 8)),
+        // The handbook's labels of the last test day arrive 7 days later;
+        // other streams are read to the end, for reports however late.
+        stop_at: protocol.handbook.then(|| Protocol::midnight(test_until + 8)),
         warmup_ms: 0,
     };
     let data = dataset::collect(engine, vec![source], window)?;
     let replay_seconds = started.elapsed().as_secs_f64();
-    let (train_rows, train_y) = part(&data, |day| day < d0 + protocol.train_days);
+    // Training learns only the reports received before the test span.
+    let known = data.labels_known_before(Protocol::midnight(test_from));
+    let train_rows: Vec<Row> = data.rows.iter().filter(|r| r.kst_day() < d0 + protocol.train_days).cloned().collect();
+    let train_y: Vec<bool> =
+        train_rows.iter().map(|r| known.get(r.bank_tran_id.as_str()) == Some(&LabelStatus::Fraud)).collect();
     if train_rows.is_empty() {
         return Err(EvaluateError::EmptyPart {
             part: "training week",
@@ -172,7 +253,7 @@ pub fn run(
         if !(test_from..test_until).contains(&day) {
             continue;
         }
-        if first_fraud.get(r.account.as_str()).is_some_and(|&f| f <= day - 8) {
+        if protocol.drop_known_compromised && first_fraud.get(r.account.as_str()).is_some_and(|&f| f <= day - 8) {
             dropped_known += 1;
         } else {
             test.push(r);
@@ -191,7 +272,11 @@ pub fn run(
         .zip(&test_y)
         .map(|(r, &fraud)| CardScore { day: r.kst_day(), card: &r.account, score: f64::from(u8::from(fraud)), fraud })
         .collect();
-    let card_precision_ceiling = quality::card_precision_at_k(&perfect, 100).unwrap_or(f64::NAN);
+    let card_precision_ceiling = quality::card_precision_at_k(&perfect, protocol.top_k).unwrap_or(f64::NAN);
+    let test_typology: Vec<Option<&str>> = test.iter().map(|r| data.typology(&r.bank_tran_id)).collect();
+    let mut typologies: Vec<&str> = test_typology.iter().flatten().copied().collect();
+    typologies.sort_unstable();
+    typologies.dedup();
     let provenance = &Provenance { labels_in_stream: data.labels.len(), ..provenance.clone() };
     let mut evaluations = Vec::new();
     for &algorithm in algorithms {
@@ -207,12 +292,35 @@ pub fn run(
             .zip(&test_y)
             .map(|((r, &score), &fraud)| CardScore { day: r.kst_day(), card: &r.account, score, fraud })
             .collect();
+        let hold = model.hold_threshold();
+        let by_typology = typologies
+            .iter()
+            .map(|&name| {
+                // This typology's frauds and the genuine transfers, nothing else.
+                let keep: Vec<usize> =
+                    (0..test.len()).filter(|&i| test_typology[i].map_or(true, |t| t == name)).collect();
+                let s: Vec<f64> = keep.iter().map(|&i| scores[i]).collect();
+                let y: Vec<bool> = keep.iter().map(|&i| test_y[i]).collect();
+                let c: Vec<CardScore<'_>> = keep.iter().map(|&i| cards[i]).collect();
+                let frauds = y.iter().filter(|&&f| f).count();
+                let held = keep.iter().filter(|&&i| test_y[i] && scores[i] >= hold).count();
+                TypologyScore {
+                    typology: name.to_owned(),
+                    frauds,
+                    auc_roc: quality::auc_roc(&s, &y).unwrap_or(f64::NAN),
+                    average_precision: quality::average_precision(&s, &y).unwrap_or(f64::NAN),
+                    precision_at_k: quality::card_precision_at_k(&c, protocol.top_k).unwrap_or(f64::NAN),
+                    held: held as f64 / frauds.max(1) as f64,
+                }
+            })
+            .collect();
         evaluations.push(Evaluation {
             algorithm,
             train_seconds,
             auc_roc: quality::auc_roc(&scores, &test_y).unwrap_or(f64::NAN),
             average_precision: quality::average_precision(&scores, &test_y).unwrap_or(f64::NAN),
-            card_precision_at_100: quality::card_precision_at_k(&cards, 100).unwrap_or(f64::NAN),
+            card_precision_at_100: quality::card_precision_at_k(&cards, protocol.top_k).unwrap_or(f64::NAN),
+            by_typology,
             test_ids: test.iter().map(|r| r.bank_tran_id.clone()).collect(),
             test_scores: scores,
             model,
@@ -229,13 +337,6 @@ pub fn run(
         replay_seconds,
         evaluations,
     })
-}
-
-/// The rows whose day passes `keep`, with their labels.
-fn part(data: &Collected, keep: impl Fn(i64) -> bool) -> (Vec<Row>, Vec<bool>) {
-    let rows: Vec<Row> = data.rows.iter().filter(|r| keep(kst_day(r.time))).cloned().collect();
-    let y = rows.iter().map(|r| data.is_fraud(&r.bank_tran_id)).collect();
-    (rows, y)
 }
 
 impl Evaluation {
@@ -257,10 +358,20 @@ impl Report {
         let mut s = String::new();
         let w = &mut s;
         let p = &self.protocol;
-        let _ = writeln!(w, "fds evaluate: the handbook protocol on the engine's features");
+        let k = p.top_k;
+        if p.handbook {
+            let _ = writeln!(w, "fds evaluate: the handbook protocol on the engine's features");
+        } else {
+            let _ = writeln!(w, "fds evaluate: train on earlier days, test on later ones, on the engine's features");
+        }
+        let left_out = if p.drop_known_compromised {
+            format!("; {} of known-compromised customers left out", self.dropped_known)
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             w,
-            "  train {} .. {} ({} transactions, {} frauds)   gap {} days   test {} .. {} ({} transactions, {} frauds; {} of known-compromised customers left out)",
+            "  train {} .. {} ({} transactions, {} frauds)   gap {} days   test {} .. {} ({} transactions, {} frauds{left_out})",
             p.train_start,
             Protocol::date(p.start_day() + p.train_days - 1),
             self.train_rows,
@@ -270,27 +381,43 @@ impl Report {
             p.test_end(),
             self.test_rows,
             self.test_frauds,
-            self.dropped_known
         );
-        let _ = writeln!(w, "  replay (state warmed from the start of the data) {:.1} s", self.replay_seconds);
+        let _ = writeln!(
+            w,
+            "  training labels: the reports received before {}; replay (state warmed from the start of the data) {:.1} s",
+            p.test_start(),
+            self.replay_seconds
+        );
         let _ = write!(w, "\n{:<22}", "");
         for e in &self.evaluations {
             let _ = write!(w, "{:>12}", e.algorithm.name());
         }
-        let _ = writeln!(w, "   handbook best (2018-07-25 split)");
-        let rows: [(&str, fn(&Evaluation) -> f64); 3] = [
+        if p.handbook {
+            let _ = write!(w, "   handbook best (2018-07-25 split)");
+        }
+        let _ = writeln!(w);
+        let cp = format!("card precision@{k}");
+        type Metric = fn(&Evaluation) -> f64;
+        let rows: [(&str, Metric); 3] = [
             ("AUC ROC", |e| e.auc_roc),
             ("average precision", |e| e.average_precision),
-            ("card precision@100", |e| e.card_precision_at_100),
+            (&cp, |e| e.card_precision_at_100),
         ];
-        for ((name, get), (_, best, by)) in rows.iter().zip(HANDBOOK_BEST) {
+        for (i, ((name, get), (_, best, by))) in rows.iter().zip(HANDBOOK_BEST).enumerate() {
             let _ = write!(w, "{name:<22}");
             for e in &self.evaluations {
                 let _ = write!(w, "{:>12.3}", get(e));
             }
-            let _ = write!(w, "   {best:.3} ({by})");
-            if *name == "card precision@100" {
-                let _ = write!(w, "; a perfect ranking: {:.3}", self.card_precision_ceiling);
+            if p.handbook {
+                let _ = write!(w, "   {best:.3} ({by})");
+            }
+            if i == 2 {
+                let _ = write!(
+                    w,
+                    "{}a perfect ranking: {:.3}",
+                    if p.handbook { "; " } else { "   " },
+                    self.card_precision_ceiling
+                );
             }
             let _ = writeln!(w);
         }
@@ -303,7 +430,38 @@ impl Report {
         for e in &self.evaluations {
             let _ = write!(w, "{:>12.4}", e.model.hold_threshold());
         }
-        let _ = writeln!(w, "   (chosen on the training week's last 20%)");
+        let _ = writeln!(w, "   (chosen on the training span's last 20%)");
+        if let Some(first) = self.evaluations.first().filter(|e| !e.by_typology.is_empty()) {
+            let _ = writeln!(
+                w,
+                "\nby typology (its frauds against every genuine transfer of the test span; held: share at or above the hold threshold)"
+            );
+            let _ = write!(w, "{:<26}{:>7}", "typology", "frauds");
+            for e in &self.evaluations {
+                let _ = write!(
+                    w,
+                    "  | {:<9}{:>6}{:>7}{:>7}{:>7}",
+                    e.algorithm.name(),
+                    "AUC",
+                    "AP",
+                    format!("P@{k}"),
+                    "held"
+                );
+            }
+            let _ = writeln!(w);
+            for (i, t) in first.by_typology.iter().enumerate() {
+                let _ = write!(w, "{:<26}{:>7}", t.typology, t.frauds);
+                for e in &self.evaluations {
+                    let r = &e.by_typology[i];
+                    let _ = write!(
+                        w,
+                        "  | {:<9}{:>6.3}{:>7.3}{:>7.3}{:>7.3}",
+                        "", r.auc_roc, r.average_precision, r.precision_at_k, r.held
+                    );
+                }
+                let _ = writeln!(w);
+            }
+        }
         s
     }
 }

@@ -100,6 +100,9 @@ impl Default for ForestParams {
         // Chosen on the handbook weeks starting 2018-07-04 and 2018-06-13
         // (never the default test week): 20 negatives per fraud lifted average
         // precision most; 50 trees of depth 12 keep a score near 1 µs.
+        // Re-checked on the 54-feature schema on the weeks starting 2018-06-01,
+        // 06-13 and 07-04: 10 or 40 negatives, depth 16, 70% of the features
+        // or 100 trees each moved the mean figures by 0.01 or less, either way.
         ForestParams {
             trees: 50,
             max_depth: 12,
@@ -170,7 +173,7 @@ impl TrainOptions {
         if !(f.feature_fraction > 0.0 && f.feature_fraction <= 1.0) {
             return bad("feature_fraction", "must be in (0, 1]");
         }
-        if !(f.min_leaf >= 1.0 && f.min_leaf.is_finite()) || !(f.shrinkage >= 0.0 && f.shrinkage.is_finite()) {
+        if !(f.min_leaf >= 1.0 && f.min_leaf.is_finite() && f.shrinkage >= 0.0 && f.shrinkage.is_finite()) {
             return bad("min_leaf", "min_leaf must be at least 1 and shrinkage a non-negative number");
         }
         if !(self.logistic.alpha >= 0.0 && self.logistic.alpha.is_finite()) || self.logistic.max_iterations == 0 {
