@@ -376,7 +376,13 @@ impl Engine {
         let outcome = rules.evaluate(&features, &keys);
         let model = self.model.load_full().map(|m| model_verdict(m, &features));
         let verification = outcome.hold.or(model.as_ref().filter(|m| m.hold).map(|_| self.model_verification));
-        self.state.settle_transfer(t, &seen, verification.is_some());
+        // The state remembers the rules' holds only. A held transfer teaches
+        // the account nothing (no known payee, no amount history) and starts
+        // `mins_since_hold`, and models are trained on replays where only the
+        // rules held: if the model's own holds fed back into the features,
+        // each false alarm would make the customer's next transfer look new
+        // again, and serving would drift from training into a cascade of holds.
+        self.state.settle_transfer(t, &seen, outcome.hold.is_some());
         let decision = Decision {
             bank_tran_id: t.bank_tran_id.clone(),
             event_time: t.tran_dtime,
