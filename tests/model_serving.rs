@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use fds::engine::{Action, Engine, Scored};
 use fds::event::Event;
-use fds::features::F;
+use fds::features::{Value, F, MINUTES_CAP};
 use fds::model::{self, Forest, Model, Scorer, LEAF};
 use fds::rules::{RuleSet, Verification};
 
@@ -75,9 +75,12 @@ fn a_model_hold_joins_the_decision_with_its_reasons() {
     // Saabas path contributions: 0.5 - 0.3 for the amount split, 0.9 - 0.5 for the payee one.
     assert!((reasons[0]["contribution"].as_f64().unwrap() - 0.4).abs() < 1e-9, "{reasons:?}");
 
-    // The hold teaches the state: the next transfer sees it.
-    let next = score(&engine, &transfer("T3", "20261102101000", 50_000, "1"));
-    assert_eq!(next.features.feature(F::MINS_SINCE_HOLD), fds::features::Value::Int(5));
+    // A model hold does not feed back into the state (the model was trained
+    // on replays where only rules held): the payee is learned and no hold is
+    // remembered, as if the customer had passed the check.
+    let next = score(&engine, &transfer("T3", "20261102101000", 50_000, "2"));
+    assert_eq!(next.features.feature(F::MINS_SINCE_HOLD), Value::Int(MINUTES_CAP));
+    assert_eq!(next.features.feature(F::PAYEE_FIRST_SEEN), Value::Bool(false));
 }
 
 #[test]
