@@ -43,6 +43,9 @@ fn bench_model(c: &mut Criterion) {
             (a.name(), train::train(&rows, &y, &opts, &from).expect("the demo trains"))
         })
         .collect();
+    // And the shipped model, which the demo and `fds run` score with.
+    let mut models = models;
+    models.push(("shipped", Model::load(std::path::Path::new("models/default")).expect("models/default loads")));
     // Vectors as the engine hands them over: typed features, converted per score.
     let vectors: Vec<FeatureVector> = rows
         .iter()
