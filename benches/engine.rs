@@ -136,7 +136,11 @@ fn bench(c: &mut Criterion) {
     // The same with the shipped model scoring beside the rules: the
     // difference is what the model adds per transfer.
     let (with_model, batch) = warmed_engine(true);
-    let held = batch.iter().take(10_000).filter(|t| with_model.score(t).decision.model.as_ref().is_some_and(|m| m.hold)).count();
+    let held = batch
+        .iter()
+        .take(10_000)
+        .filter(|t| with_model.score(t).decision.model.as_ref().is_some_and(|m| m.hold))
+        .count();
     // This synthetic traffic (devices shared by neighbouring accounts, 10%
     // random payees) is unlike what the model was trained on: it holds, and
     // so explains, most of it. A worst case; `model/score` on the demo's

@@ -529,7 +529,10 @@ mod tests {
         assert_eq!(off.dir, None);
         let p = invalid("[engine]\nmodel_dir = \"m\"\nuse_model = false\nmodel_verification = \"sms\"\n");
         assert_eq!(p.len(), 2, "{p:?}");
-        assert!(p[0].contains("keep one") && p[1].contains("\"sms\"") && p[1].contains("delay, ars, callback"), "{p:?}");
+        assert!(
+            p[0].contains("keep one") && p[1].contains("\"sms\"") && p[1].contains("delay, ars, callback"),
+            "{p:?}"
+        );
     }
 
     #[test]

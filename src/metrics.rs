@@ -157,7 +157,10 @@ impl Metrics {
 
         let model_reloads = register(
             r,
-            IntCounterVec::new(Opts::new("fds_model_reloads_total", "Model directory reloads, by result."), &["result"]),
+            IntCounterVec::new(
+                Opts::new("fds_model_reloads_total", "Model directory reloads, by result."),
+                &["result"],
+            ),
         );
         for result in ["applied", "rejected"] {
             model_reloads.with_label_values(&[result]);

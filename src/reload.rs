@@ -30,8 +30,9 @@ pub trait Reloadable: Sized + Send + Sync + 'static {
     /// What it is, in logs and thread names: `rules`, `model`.
     const KIND: &'static str;
     fn load(path: &Path) -> Result<Self, Self::Error>;
-    /// Two loads with the same version are the same: nothing to swap.
-    fn version(&self) -> &str;
+    /// Two loads with the same key are the same: nothing to swap. Also what
+    /// the reload is logged under.
+    fn reload_key(&self) -> &str;
     /// Log why a load was refused (the running version stays).
     fn log_rejection(error: &Self::Error, path: &Path, running: &str) {
         warn!(kind = Self::KIND, path = %path.display(), error = %error, running, "reload rejected; keeping the running version");
@@ -46,7 +47,7 @@ pub trait Slot<T>: Send + Sync + 'static {
 
 impl<T: Reloadable> Slot<T> for ArcSwap<T> {
     fn running_version(&self) -> Option<String> {
-        Some(self.load().version().to_owned())
+        Some(self.load().reload_key().to_owned())
     }
     fn put(&self, new: Arc<T>) {
         self.store(new);
@@ -55,7 +56,7 @@ impl<T: Reloadable> Slot<T> for ArcSwap<T> {
 
 impl<T: Reloadable> Slot<T> for ArcSwapOption<T> {
     fn running_version(&self) -> Option<String> {
-        self.load().as_deref().map(|t| t.version().to_owned())
+        self.load().as_deref().map(|t| t.reload_key().to_owned())
     }
     fn put(&self, new: Arc<T>) {
         self.store(Some(new));
@@ -88,12 +89,12 @@ pub enum WatchError {
 pub fn reload_now<T: Reloadable, S: Slot<T> + ?Sized>(path: &Path, slot: &S) -> Result<bool, T::Error> {
     let running = slot.running_version();
     match T::load(path) {
-        Ok(new) if Some(new.version()) == running.as_deref() => Ok(false),
+        Ok(new) if Some(new.reload_key()) == running.as_deref() => Ok(false),
         Ok(new) => {
             info!(
                 kind = T::KIND,
                 path = %path.display(),
-                version = new.version(),
+                version = new.reload_key(),
                 previous = running.as_deref().unwrap_or("none"),
                 "reloaded"
             );
@@ -295,7 +296,8 @@ mod tests {
         {
             assert!(is_editor_temp(Path::new(temp)), "{temp}");
         }
-        for real in ["rules/vp.toml", "rules/lists/mule_accounts.txt", "rules/ruleset.toml", "models/default/card.toml"] {
+        for real in ["rules/vp.toml", "rules/lists/mule_accounts.txt", "rules/ruleset.toml", "models/default/card.toml"]
+        {
             assert!(!is_editor_temp(Path::new(real)), "{real}");
         }
     }

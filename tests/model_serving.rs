@@ -191,4 +191,3 @@ fn the_demo_scores_with_the_shipped_model_and_a_named_model_must_load() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("model.json is corrupt"), "{err}");
 }
-

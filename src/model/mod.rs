@@ -81,7 +81,7 @@ impl crate::reload::Reloadable for Model {
     fn load(path: &Path) -> Result<Self, ModelError> {
         Model::load(path)
     }
-    fn version(&self) -> &str {
+    fn reload_key(&self) -> &str {
         &self.reload_key
     }
 }

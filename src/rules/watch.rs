@@ -29,7 +29,7 @@ impl Reloadable for RuleSet {
     fn load(path: &Path) -> Result<Self, RulesError> {
         RuleSet::load_dir(path)
     }
-    fn version(&self) -> &str {
+    fn reload_key(&self) -> &str {
         RuleSet::version(self)
     }
     fn log_rejection(error: &RulesError, path: &Path, running: &str) {
