@@ -304,19 +304,8 @@ fn handbook_protocol_reproduces_the_handbooks_splits() {
         std::env::temp_dir().join(format!("fds-scores-{}.csv", std::process::id())).to_str().unwrap(),
     ]);
     let text = ok(&out);
-    let train = text.lines().find(|l| l.contains("train 2018-07-25")).unwrap_or_default().to_owned();
-    let count = |after: &str| -> (u64, u64) {
-        let s = &train[train.find(after).unwrap() + after.len()..];
-        let nums: Vec<u64> = s
-            .split(|c: char| !c.is_ascii_digit())
-            .filter(|w| !w.is_empty())
-            .take(2)
-            .map(|w| w.parse().unwrap())
-            .collect();
-        (nums[0], nums[1])
-    };
-    let (train_rows, train_frauds) = count("2018-07-31 (");
-    let (test_rows, test_frauds) = count("2018-08-14 (");
+    let (train_rows, train_frauds) = two_numbers_after(&text, "2018-07-31 (");
+    let (test_rows, test_frauds) = two_numbers_after(&text, "2018-08-14 (");
     assert!((67_230..=67_240).contains(&train_rows), "{text}");
     assert_eq!(train_frauds, 598, "{text}");
     assert!((58_254..=58_264).contains(&test_rows), "{text}");
@@ -425,19 +414,8 @@ fn evaluate_on_generated_traffic_splits_by_time_and_reports_each_typology() {
     let frauds = |labels: &std::collections::HashMap<String, bool>, part: &str| {
         span.iter().filter(|(id, p)| **p == part && labels.get(*id) == Some(&true)).count() as u64
     };
-    let counts = |after: &str| -> (u64, u64) {
-        let line = text.lines().find(|l| l.contains(after)).unwrap();
-        let s = &line[line.find(after).unwrap() + after.len()..];
-        let nums: Vec<u64> = s
-            .split(|c: char| !c.is_ascii_digit())
-            .filter(|w| !w.is_empty())
-            .take(2)
-            .map(|w| w.parse().unwrap())
-            .collect();
-        (nums[0], nums[1])
-    };
-    let (train_rows, train_frauds) = counts("2026-11-07 (");
-    let (test_rows, test_frauds) = counts("2026-11-13 (");
+    let (train_rows, train_frauds) = two_numbers_after(&text, "2026-11-07 (");
+    let (test_rows, test_frauds) = two_numbers_after(&text, "2026-11-13 (");
     assert_eq!(train_rows, span.values().filter(|p| **p == "train").count() as u64);
     assert_eq!(test_rows, span.values().filter(|p| **p == "test").count() as u64);
     assert_eq!(train_frauds, frauds(&known, "train"), "training learns only reports received before the test");
@@ -468,4 +446,18 @@ fn evaluate_on_generated_traffic_splits_by_time_and_reports_each_typology() {
         assert!(rows.iter().any(|r| r.0 == typology), "{typology} missing from:\n{table}");
     }
     assert!(!text.contains("handbook best"), "no handbook comparison on other data");
+}
+
+/// The first two numbers after `after` in the report line that holds it, as
+/// in "2018-07-31 (67238 transactions, 598 frauds)".
+fn two_numbers_after(report: &str, after: &str) -> (u64, u64) {
+    let line = report.lines().find(|l| l.contains(after)).unwrap_or_else(|| panic!("no {after:?} in {report}"));
+    let rest = &line[line.find(after).unwrap() + after.len()..];
+    let nums: Vec<u64> = rest
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|w| !w.is_empty())
+        .take(2)
+        .map(|w| w.parse().unwrap())
+        .collect();
+    (nums[0], nums[1])
 }

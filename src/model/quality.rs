@@ -29,6 +29,24 @@ fn by_score_desc(scores: &[f64]) -> Vec<usize> {
     order
 }
 
+/// The scores from highest to lowest, equal scores taken together (a
+/// threshold cannot split them): (score, how many, how many fraud).
+fn tie_groups<'a>(scores: &'a [f64], labels: &'a [bool]) -> impl Iterator<Item = (f64, usize, usize)> + 'a {
+    let order = by_score_desc(scores);
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        let first = *order.get(i)?;
+        let mut j = i;
+        while j + 1 < order.len() && scores[order[j + 1]] == scores[first] {
+            j += 1;
+        }
+        let frauds = order[i..=j].iter().filter(|&&k| labels[k]).count();
+        let size = j - i + 1;
+        i = j + 1;
+        Some((scores[first], size, frauds))
+    })
+}
+
 /// Area under the ROC curve; `None` without both classes.
 pub fn auc_roc(scores: &[f64], labels: &[bool]) -> Option<f64> {
     assert_eq!(scores.len(), labels.len(), "one label per score");
@@ -63,20 +81,13 @@ pub fn average_precision(scores: &[f64], labels: &[bool]) -> Option<f64> {
     if positives == 0 {
         return None;
     }
-    let order = by_score_desc(scores);
     let (mut tp, mut seen, mut ap, mut last_recall) = (0usize, 0usize, 0.0, 0.0);
-    let mut i = 0;
-    while i < order.len() {
-        let mut j = i;
-        while j + 1 < order.len() && scores[order[j + 1]] == scores[order[i]] {
-            j += 1;
-        }
-        tp += order[i..=j].iter().filter(|&&k| labels[k]).count();
-        seen += j - i + 1;
+    for (_, size, frauds) in tie_groups(scores, labels) {
+        tp += frauds;
+        seen += size;
         let recall = tp as f64 / positives as f64;
         ap += (recall - last_recall) * (tp as f64 / seen as f64);
         last_recall = recall;
-        i = j + 1;
     }
     Some(ap)
 }
@@ -140,20 +151,13 @@ pub fn precision_recall_at(scores: &[f64], labels: &[bool], threshold: f64) -> (
 /// is as high as that precision allows; `None` if no threshold reaches it.
 /// Thresholds are the distinct scores (a hold is `score >= threshold`).
 pub fn threshold_for_precision(scores: &[f64], labels: &[bool], target_precision: f64) -> Option<f64> {
-    let order = by_score_desc(scores);
     let (mut tp, mut seen, mut best) = (0usize, 0usize, None);
-    let mut i = 0;
-    while i < order.len() {
-        let mut j = i;
-        while j + 1 < order.len() && scores[order[j + 1]] == scores[order[i]] {
-            j += 1;
-        }
-        tp += order[i..=j].iter().filter(|&&k| labels[k]).count();
-        seen += j - i + 1;
+    for (score, size, frauds) in tie_groups(scores, labels) {
+        tp += frauds;
+        seen += size;
         if tp > 0 && tp as f64 / seen as f64 >= target_precision {
-            best = Some(scores[order[i]]);
+            best = Some(score);
         }
-        i = j + 1;
     }
     best
 }
