@@ -211,7 +211,7 @@ struct Reason<'a> {
 impl Serialize for WithLatency<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let d = self.0;
-        let mut st = s.serialize_struct("Decision", 13)?;
+        let mut st = s.serialize_struct("Decision", 14)?;
         st.serialize_field("schema_version", &crate::event::SCHEMA_VERSION)?;
         st.serialize_field("bank_tran_id", &d.bank_tran_id)?;
         st.serialize_field("tran_dtime", &d.event_time)?;
@@ -222,9 +222,11 @@ impl Serialize for WithLatency<'_> {
         st.serialize_field("shadow_reasons", &Reasons(&d.rules, &d.shadow_fired, None))?;
         st.serialize_field("ruleset_version", d.rules.version())?;
         st.serialize_field("model_version", &d.model.as_ref().map(|m| m.model.version()))?;
-        // Rounded so the published figure reads the same across platforms
-        // and runs (the hold threshold is compared before rounding).
+        // Rounded for reading (the hold threshold is compared before rounding).
         st.serialize_field("model_score", &d.model.as_ref().map(|m| (m.score * 1e6).round() / 1e6))?;
+        // The threshold in force: a card edit moves it without changing the
+        // model's version, and an audit needs to see what the score was held against.
+        st.serialize_field("model_threshold", &d.model.as_ref().map(|m| m.model.hold_threshold()))?;
         if let Some(late) = self.2 {
             st.serialize_field("late", &late)?;
         }

@@ -117,7 +117,7 @@ schema! {
     MINS_SINCE_REMOTE_APP: Int = "mins_since_remote_app", "minutes since a remote-control app was detected (capped)";
     MINS_SINCE_LIMIT_RAISED: Int = "mins_since_limit_raised", "minutes since the transfer limit was raised (capped)";
     MINS_SINCE_EKYC: Int = "mins_since_ekyc", "minutes since non-face-to-face identity verification (capped)";
-    MINS_SINCE_HOLD: Int = "mins_since_hold", "minutes since one of the sender's transfers was held (capped)";
+    MINS_SINCE_HOLD: Int = "mins_since_hold", "minutes since a rule held one of the sender's transfers (capped; the model's holds are not remembered)";
     FAILED_LOGINS_1H: Int = "failed_logins_1h", "failed logins on the sender's account in the previous hour";
     PAYEE_DISTINCT_SENDERS_1H: Int = "payee_distinct_senders_1h", "distinct senders to this payee in the previous hour (exact)";
     PAYEE_DISTINCT_SENDERS_24H: Int = "payee_distinct_senders_24h", "distinct senders to this payee in the previous 24 hours (exact)";

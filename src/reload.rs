@@ -96,7 +96,8 @@ pub fn reload_now<T: Reloadable, S: Slot<T> + ?Sized>(path: &Path, slot: &S) -> 
                 path = %path.display(),
                 version = new.reload_key(),
                 previous = running.as_deref().unwrap_or("none"),
-                "reloaded"
+                "{} reloaded",
+                T::KIND
             );
             slot.put(Arc::new(new));
             Ok(true)

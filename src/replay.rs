@@ -511,8 +511,11 @@ impl RuleTally {
         // The model's holds get a row of their own, per model version, so a
         // model reloaded during a paced replay is counted apart.
         if let Some(m) = d.model.as_ref().filter(|m| m.hold) {
+            // Keyed by model and card, so a threshold moved during a paced
+            // replay gets its own row.
+            let key = crate::reload::Reloadable::reload_key(m.model.as_ref());
             let id = m.model.version();
-            let g = match self.by_id.get(id) {
+            let g = match self.by_id.get(key) {
                 Some(&g) => g,
                 None => {
                     self.counts.push(RuleCount {
@@ -524,7 +527,7 @@ impl RuleTally {
                         fired_on_fraud: 0,
                     });
                     let g = u16::try_from(self.counts.len() - 1).unwrap_or(u16::MAX);
-                    self.by_id.insert(id.to_owned(), g);
+                    self.by_id.insert(key.to_owned(), g);
                     g
                 }
             };

@@ -604,7 +604,8 @@ impl OrphanWatch {
 
 /// The input partitions with records above the group's committed offset,
 /// with that offset (the low watermark when nothing was committed); `None`
-/// when the brokers do not answer.
+/// when the brokers do not answer. Only partitions with more than one record
+/// waiting count (see below).
 fn waiting_input<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
     topics: &Topics,
@@ -625,7 +626,9 @@ fn waiting_input<C: ConsumerContext>(
             Offset::Offset(o) => o,
             _ => low,
         };
-        if high > from {
+        // One record above the committed offset can be a transactional
+        // producer's commit marker, which no consumer ever commits past.
+        if high > from + 1 {
             waiting.insert((e.topic().to_owned(), e.partition()), from);
         }
     }
@@ -887,8 +890,8 @@ impl Scorer<'_> {
             }
         }
 
-        let now_ms = chrono::Utc::now().timestamp_millis();
-        match self.engine.process_at(&event, Some(now_ms)) {
+        let wall_ms = chrono::Utc::now().timestamp_millis();
+        match self.engine.process_at(&event, Some(wall_ms)) {
             Err(e @ EngineError::AheadOfClock { .. }) => {
                 self.dead_letter(msg, source, DeadLetterKind::AheadOfClock, &e.to_string())
             }
@@ -898,6 +901,9 @@ impl Scorer<'_> {
             }
             Ok(Some(scored)) => {
                 let d = &scored.decision;
+                // Read again: late and the decision's age count the engine's
+                // time too (an expiry sweep runs inline).
+                let now_ms = chrono::Utc::now().timestamp_millis();
                 let late = deadline_ms(msg).is_some_and(|deadline| now_ms > deadline);
                 self.json.clear();
                 d.write_json_with_late(late, &mut self.json);
