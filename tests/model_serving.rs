@@ -193,3 +193,20 @@ fn the_demo_scores_with_the_shipped_model_and_a_named_model_must_load() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("model.json is corrupt"), "{err}");
 }
+
+#[test]
+fn a_model_trained_into_place_after_the_start_is_taken_up() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("default");
+    let handle: model::ModelHandle = Arc::new(arc_swap::ArcSwapOption::empty());
+    let engine = Engine::with_rules(RuleSet::empty()).with_model(handle.clone(), Verification::Ars);
+    let watcher = model::watch(&dir, handle.clone()).unwrap();
+    assert!(handle.load().is_none() && watcher.status().rejected == 1, "nothing to load yet");
+    let d = score(&engine, &transfer("T1", "20261102100000", 3_000_000, "2")).decision;
+    assert!(d.model.is_none() && d.action == Action::Allow);
+
+    tiny_model(0.5).save(&dir).unwrap();
+    wait_for("the first model", || handle.load().is_some());
+    let d = score(&engine, &transfer("T2", "20261102100500", 3_000_000, "3")).decision;
+    assert_eq!(d.action, Action::Hold);
+}

@@ -598,17 +598,22 @@ fn load_cmd(opts: fds::load::LoadOptions, json: bool) -> Result<()> {
 }
 
 /// Load the configured model into the engine. Returns the model directory to
-/// watch, if one was loaded. A model named explicitly must load; the default
-/// one may be missing (fds run outside the repository), and the engine then
-/// runs on rules alone and says so.
+/// watch. A model named explicitly must load; the default one may be missing
+/// (fds run outside the repository, or before the first training), and the
+/// engine then runs on rules alone, says so, and takes the model when it
+/// appears.
 fn with_model(engine: Engine, model: &ModelConfig) -> Result<(Engine, Option<PathBuf>)> {
     let Some(dir) = &model.dir else {
         tracing::info!("no model: rules alone decide");
         return Ok((engine, None));
     };
     if !model.explicit && !dir.exists() {
-        tracing::warn!(dir = %dir.display(), "the default model is not there: rules alone decide");
-        return Ok((engine, None));
+        // Watched all the same (when its parent is there), so a model trained
+        // into place later is picked up without a restart.
+        let parent_exists = dir.parent().is_some_and(|p| p.as_os_str().is_empty() || p.is_dir());
+        tracing::warn!(dir = %dir.display(), "the default model is not there: rules alone decide until it is");
+        let engine = engine.with_model(Arc::new(arc_swap::ArcSwapOption::empty()), model.verification);
+        return Ok((engine, parent_exists.then(|| dir.clone())));
     }
     let loaded = Model::load(dir).with_context(|| format!("the model directory {} was rejected", dir.display()))?;
     tracing::info!(
