@@ -63,27 +63,26 @@ fn bench_model(c: &mut Criterion) {
         })
         .collect();
 
-    let mut g = c.benchmark_group("model/score");
-    g.throughput(Throughput::Elements(1));
-    for (name, model) in &models {
-        let mut i = 0;
-        g.bench_function(*name, |b| {
-            b.iter(|| {
-                i = (i + 1) % vectors.len();
-                black_box(model.score(black_box(&vectors[i])))
-            })
-        });
-    }
-    g.finish();
+    per_model(c, "model/score", &models, &vectors, |m, v| m.score(v));
+    per_model(c, "model/explain", &models, &vectors, |m, v| m.explain(v, 3).len() as f64);
+}
 
-    let mut g = c.benchmark_group("model/explain");
+/// One bench per model in `group`, cycling through the vectors.
+fn per_model(
+    c: &mut Criterion,
+    group: &str,
+    models: &[(&str, Model)],
+    vectors: &[FeatureVector],
+    op: impl Fn(&Model, &FeatureVector) -> f64,
+) {
+    let mut g = c.benchmark_group(group);
     g.throughput(Throughput::Elements(1));
-    for (name, model) in &models {
+    for (name, model) in models {
         let mut i = 0;
         g.bench_function(*name, |b| {
             b.iter(|| {
                 i = (i + 1) % vectors.len();
-                black_box(model.explain(black_box(&vectors[i]), 3))
+                black_box(op(model, black_box(&vectors[i])))
             })
         });
     }
