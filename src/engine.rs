@@ -16,8 +16,8 @@
 //!   key). Determinism, bit for bit, holds for one thread over a time-ordered
 //!   stream (see [`crate::state`]).
 //! - **Clocks gone wrong do bounded harm.** Expiry follows a clock that moves
-//!   at most one sweep period (a hundredth of the shortest TTL) per event, so one event dated next year cannot wipe the
-//!   state; live consumers also refuse events dated ahead of the wall clock
+//!   at most one sweep period (a hundredth of the shortest TTL) per event, so
+//!   one event dated next year cannot wipe the state; live consumers also refuse events dated ahead of the wall clock
 //!   ([`Engine::with_wall_clock_guard`], [`EngineError::AheadOfClock`]).
 //! - **Housekeeping inline.** Once per sweep period of event time the thread
 //!   that crosses it sweeps idle entities ([`State::expire`]); that pause is

@@ -770,12 +770,7 @@ fn replay_cmd(files: &[PathBuf], args: ReplayArgs, config: &Config) -> Result<()
         bail!("--warmup-days must be between 0 and 3650, got {warmup_days}");
     }
     let rules_dir = rules.unwrap_or_else(|| config.rules_dir.clone());
-    let rules = load_rules(&rules_dir)?;
-    let mut engine = Engine::new(config.state.clone(), Arc::new(ArcSwap::from_pointee(rules)));
-    if let Some(skew) = config.max_skew_ms {
-        engine = engine.with_wall_clock_guard(skew);
-    }
-    let (engine, model_dir) = with_model(engine, &model)?;
+    let (engine, model_dir) = with_model(replay_engine(config, &rules_dir)?, &model)?;
     // At the recorded pace a replay runs like live traffic, so analysts' edits
     // to the rules and a retrained model take effect while it runs, as they
     // would in production.
