@@ -339,6 +339,13 @@ impl Engine {
         self.process_at(event, wall)
     }
 
+    /// Start loading the state `event` will read into the CPU cache; see
+    /// [`State::prefetch`]. A caller holding a burst of events calls this for
+    /// each before processing any, so their memory trips overlap.
+    pub fn prefetch(&self, event: &Event) {
+        self.state.prefetch(event);
+    }
+
     /// [`Engine::process`] with the wall clock read by the caller (Unix ms),
     /// which the pipeline reads once per message for this and for its own
     /// deadline check. `None` skips the wall-clock guard.

@@ -477,3 +477,37 @@ fn amount_is_compared_with_the_senders_recent_means() {
     let first = score(&engine, &transfer_from("NEWACCT", "M5", "20261105140000", 200_000, "111", "HOME"));
     assert_eq!(float(&first.features, F::AMOUNT_VS_AVG_24H), 0.0);
 }
+
+/// Prefetching is a hint: events prefetched in bursts, before they or any
+/// entity they name exist, give the same decisions and the same state as
+/// events processed one by one.
+#[test]
+fn prefetch_changes_nothing() {
+    let stream: Vec<Event> = (0..40)
+        .map(|i| {
+            let acct = format!("1202200000000000000000{:02}", i % 7);
+            let time = format!("20260301{:02}{:02}00", 9 + i / 30, (i * 2) % 60);
+            let amount = 10_000 * (i as i64 % 5 + 1) * if i % 9 == 0 { 300 } else { 1 };
+            transfer_from(&acct, &format!("T{i}"), &time, amount, &format!("9000{}", i % 4), &format!("dev-{}", i % 3))
+        })
+        .collect();
+    let plain = starter_engine();
+    let hinted = starter_engine();
+    let (mut one_by_one, mut in_bursts) = (Vec::new(), Vec::new());
+    for e in &stream {
+        one_by_one.push(score(&plain, e).decision.fingerprint());
+    }
+    for burst in stream.chunks(8) {
+        let before = hinted.state().entities();
+        for e in burst {
+            hinted.prefetch(e);
+        }
+        assert_eq!(hinted.state().entities(), before, "prefetch creates no entity");
+        for e in burst {
+            in_bursts.push(score(&hinted, e).decision.fingerprint());
+        }
+    }
+    assert_eq!(one_by_one, in_bursts);
+    assert_eq!(plain.state().entities(), hinted.state().entities());
+    assert!(one_by_one.iter().any(|d| d.contains("\"hold\"")), "the stream has holds too");
+}

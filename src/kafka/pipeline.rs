@@ -733,6 +733,8 @@ pub fn run(
 
     let mut failure = None;
     let mut orphans = OrphanWatch::default();
+    let mut burst = Vec::with_capacity(BURST);
+    let mut events = Vec::with_capacity(BURST);
     while !stop.load(Ordering::Relaxed) {
         if labels.is_finished() || watcher.is_finished() {
             // A helper thread ended on its own: a bug. Stop cleanly and say so,
@@ -752,10 +754,10 @@ pub fn run(
         // without the checks above: under load they ran once per message
         // and showed in the profile.
         let mut wait = Duration::from_millis(50);
-        for _ in 0..BURST {
+        while burst.len() < BURST {
             match consumer.poll(wait) {
                 None => break,
-                Some(Ok(msg)) => scorer.handle(&msg),
+                Some(Ok(msg)) => burst.push(msg),
                 // Broker trouble shows here as well as in the health thread,
                 // which logs it once.
                 Some(Err(e)) => {
@@ -764,6 +766,15 @@ pub fn run(
                 }
             }
             wait = Duration::ZERO;
+        }
+        // Parse the burst, then have the state of all its events fetched from
+        // memory at once, before scoring any (see `State::prefetch`).
+        events.extend(burst.iter().map(|m| Event::from_json(m.payload().unwrap_or_default())));
+        for event in events.iter().flatten() {
+            engine.prefetch(event);
+        }
+        for (msg, event) in burst.drain(..).zip(events.drain(..)) {
+            scorer.handle(&msg, event);
         }
         match consumer.context().assigned.load(Ordering::Relaxed) {
             0 => {
@@ -845,7 +856,7 @@ struct Out<'m> {
 }
 
 impl Scorer<'_> {
-    fn handle(&mut self, msg: &BorrowedMessage<'_>) {
+    fn handle(&mut self, msg: &BorrowedMessage<'_>, event: Result<Event, EventError>) {
         let topic = if msg.topic() == self.topics.transfers { TOPIC_TRANSFERS } else { TOPIC_CONTEXT };
         let source = Source { topic, partition: msg.partition(), offset: msg.offset() };
         self.consumer.context().book().tracker.begin(topic, source.partition, source.offset);
@@ -855,8 +866,7 @@ impl Scorer<'_> {
         } else {
             self.consumed_context.inc();
         }
-        let payload = msg.payload().unwrap_or_default();
-        let event = match Event::from_json(payload) {
+        let event = match event {
             Ok(e) => e,
             Err(e) => {
                 let kind = match e {
