@@ -6,7 +6,7 @@ mod support;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use fds::kafka::{EmbeddedBroker, Topics, HEADER_CORRELATION_ID};
+use fds::kafka::{EmbeddedBroker, Topics, HEADER_CORRELATION_ID, HEADER_DECISION};
 use rdkafka::message::OwnedHeaders;
 use support::*;
 
@@ -51,6 +51,7 @@ fn every_transfer_gets_one_decision_in_account_order() {
         assert_eq!(*partitions.entry(r.key.clone()).or_insert(r.partition), r.partition, "one account, one partition");
         seen_order.entry(r.key.clone()).or_default().push(r.json()["bank_tran_id"].as_str().unwrap().to_owned());
         assert_eq!(r.header(HEADER_CORRELATION_ID), r.json()["bank_tran_id"].as_str());
+        assert_eq!(r.header(HEADER_DECISION), r.json()["decision"].as_str(), "the verdict header says what the body says");
     }
     for (account, sent) in &sent_order {
         let mut seen = seen_order[account].clone();

@@ -56,6 +56,9 @@ pub const HEADER_CORRELATION_ID: &str = "correlation-id";
 /// transfer API needs the decision. A transfer consumed after it is still
 /// scored (the state must see it) but its decision is marked late.
 pub const HEADER_DEADLINE_MS: &str = "deadline-ms";
+/// On decisions: the verdict, `"allow"` or `"hold"`, as in the body, so the
+/// transfer API can route an answer without parsing it.
+pub const HEADER_DECISION: &str = "fds-decision";
 /// On decisions: `"true"` when the transfer was consumed after its deadline.
 pub const HEADER_LATE: &str = "fds-late";
 /// On decisions: `"true"` when the transfer was delivered again (after a

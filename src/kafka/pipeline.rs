@@ -80,13 +80,14 @@ use rdkafka::ClientContext;
 
 use super::{
     Connection, DeadLetterKind, Topics, HEADER_CORRELATION_ID, HEADER_DEADLINE_MS, HEADER_ERROR, HEADER_ERROR_KIND,
-    HEADER_LATE, HEADER_REDELIVERED, HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION, HEADER_SOURCE_TOPIC,
+    HEADER_DECISION, HEADER_LATE, HEADER_REDELIVERED, HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION, HEADER_SOURCE_TOPIC,
     HEADER_TRUNCATED_FROM,
 };
 use crate::api::Health;
 use crate::engine::{Engine, EngineError};
 use crate::event::{mask_account, Event, EventError};
 use crate::metrics::Metrics;
+use crate::rules::RuleSet;
 
 /// Why the pipeline could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
@@ -231,43 +232,88 @@ impl OffsetTracker {
 /// Decisions already given, by transfer id, bounded: the oldest is forgotten
 /// first. Re-deliveries come from the last few seconds before a crash or a
 /// rebalance, so a bounded memory of the most recent decisions covers them.
+///
+/// It sits on the scoring thread's path for every transfer, so each decision
+/// is one allocation (id and bytes together) in a table keyed by a hash of
+/// the id, not a map of owned strings.
 pub struct DecisionMemory {
-    map: HashMap<Arc<str>, (Arc<[u8]>, bool), ahash::RandomState>,
-    order: VecDeque<Arc<str>>,
+    table: hashbrown::HashTable<Remembered>,
+    /// (id hash, sequence number) in the order remembered, to forget the oldest.
+    order: VecDeque<(u64, u64)>,
+    next: u64,
+    hasher: ahash::RandomState,
     capacity: usize,
+}
+
+/// One decision given: the transfer id followed by the decision as sent.
+pub struct Remembered {
+    seq: u64,
+    hash: u64,
+    id_len: u32,
+    /// The transfer was scored after its deadline.
+    pub late: bool,
+    /// The verdict was hold (the `fds-decision` header of a re-sent answer).
+    pub hold: bool,
+    bytes: Box<[u8]>,
+}
+
+impl Remembered {
+    /// The decision exactly as it was first sent.
+    pub fn decision(&self) -> &[u8] {
+        &self.bytes[self.id_len as usize..]
+    }
+
+    fn id(&self) -> &[u8] {
+        &self.bytes[..self.id_len as usize]
+    }
 }
 
 impl DecisionMemory {
     pub fn new(capacity: usize) -> Self {
-        DecisionMemory { map: HashMap::default(), order: VecDeque::new(), capacity: capacity.max(1) }
+        DecisionMemory {
+            table: hashbrown::HashTable::new(),
+            order: VecDeque::new(),
+            next: 0,
+            hasher: ahash::RandomState::new(),
+            capacity: capacity.max(1),
+        }
     }
 
-    /// The decision given, and whether it was late.
-    pub fn get(&self, tran_id: &str) -> Option<&(Arc<[u8]>, bool)> {
-        self.map.get(tran_id)
+    /// The decision given for `tran_id`, if remembered.
+    pub fn get(&self, tran_id: &str) -> Option<&Remembered> {
+        let hash = self.hasher.hash_one(tran_id.as_bytes());
+        self.table.find(hash, |r| r.id() == tran_id.as_bytes())
     }
 
     /// Remember a decision; the first one given for an id is the one kept.
-    pub fn insert(&mut self, tran_id: &str, decision: Arc<[u8]>, late: bool) {
-        if self.map.contains_key(tran_id) {
+    pub fn insert(&mut self, tran_id: &str, decision: &[u8], late: bool, hold: bool) {
+        let hash = self.hasher.hash_one(tran_id.as_bytes());
+        if self.table.find(hash, |r| r.id() == tran_id.as_bytes()).is_some() {
             return;
         }
         if self.order.len() >= self.capacity {
-            if let Some(old) = self.order.pop_front() {
-                self.map.remove(&old);
+            if let Some((old_hash, old_seq)) = self.order.pop_front() {
+                if let Ok(e) = self.table.find_entry(old_hash, |r| r.seq == old_seq) {
+                    e.remove();
+                }
             }
         }
-        let id: Arc<str> = tran_id.into();
-        self.map.insert(id.clone(), (decision, late));
-        self.order.push_back(id);
+        let mut bytes = Vec::with_capacity(tran_id.len() + decision.len());
+        bytes.extend_from_slice(tran_id.as_bytes());
+        bytes.extend_from_slice(decision);
+        let seq = self.next;
+        self.next += 1;
+        let r = Remembered { seq, hash, id_len: tran_id.len() as u32, late, hold, bytes: bytes.into_boxed_slice() };
+        self.table.insert_unique(hash, r, |r| r.hash);
+        self.order.push_back((hash, seq));
     }
 
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.table.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.table.is_empty()
     }
 }
 
@@ -713,6 +759,8 @@ pub fn run(
         .create_with_context(context)
         .map_err(|source| PipelineError::Client { role: "consumer", brokers: brokers.clone(), source })?;
     check_copartitioned(&consumer, &opts.topics)?;
+    let same_partitions = partition_count(&consumer, &opts.topics.decisions)
+        .is_some_and(|n| partition_count(&consumer, &opts.topics.transfers) == Some(n));
     let inputs = [opts.topics.transfers.as_str(), opts.topics.context_events.as_str()];
     consumer.subscribe(&inputs).map_err(|source| PipelineError::Subscribe { topics: inputs.join(", "), source })?;
     tracing::info!(brokers = %brokers, group = %opts.group_id, "consuming {}", inputs.join(", "));
@@ -729,6 +777,8 @@ pub fn run(
         consumed_context: metrics.events_consumed.with_label_values(&[opts.topics.context_events.as_str()]),
         last_store: Instant::now(),
         json: Vec::with_capacity(1024),
+        rule_counters: RuleCounters::default(),
+        same_partitions,
     };
 
     let mut failure = None;
@@ -833,6 +883,12 @@ struct Scorer<'a> {
     /// The decision being written (reused: one exact allocation per decision,
     /// the copy kept for redeliveries, instead of a growing buffer each time).
     json: Vec<u8>,
+    rule_counters: RuleCounters,
+    /// Decisions go to the partition number their transfer came from when the
+    /// decisions topic has as many partitions as the transfers topic (checked
+    /// at start): the same per-account order as keying, without hashing every
+    /// key again in the producer.
+    same_partitions: bool,
 }
 
 /// Dead-letter payloads are cut to this size (Kafka's default record limit is
@@ -853,6 +909,36 @@ struct Out<'m> {
     key: Option<&'m [u8]>,
     payload: &'m [u8],
     headers: OwnedHeaders,
+    /// `None`: the producer picks by key.
+    partition: Option<i32>,
+}
+
+/// The `fds-decision` header's value.
+fn verdict(hold: bool) -> &'static str {
+    if hold { "hold" } else { "allow" }
+}
+
+/// The `fds_rule_fired_total` counters of one rule set, indexed like its
+/// rules (live rules labelled `shadow="false"`, shadow rules `"true"`),
+/// resolved once per rule set instead of hashing labels per firing.
+#[derive(Default)]
+struct RuleCounters {
+    rules: Option<Arc<RuleSet>>,
+    counters: Vec<prometheus::IntCounter>,
+}
+
+impl RuleCounters {
+    fn for_rules(&mut self, rules: &Arc<RuleSet>, metrics: &Metrics) -> &[prometheus::IntCounter] {
+        if !self.rules.as_ref().is_some_and(|r| Arc::ptr_eq(r, rules)) {
+            self.counters = rules
+                .rules()
+                .iter()
+                .map(|r| metrics.rules_fired.with_label_values(&[r.id(), if r.shadow() { "true" } else { "false" }]))
+                .collect();
+            self.rules = Some(rules.clone());
+        }
+        &self.counters
+    }
 }
 
 impl Scorer<'_> {
@@ -887,15 +973,16 @@ impl Scorer<'_> {
         }
 
         if let Event::Transfer(t) = &event {
-            let given = self.consumer.context().memory().get(&t.bank_tran_id).cloned();
-            if let Some((given, late)) = given {
+            let given = self.consumer.context().memory().get(&t.bank_tran_id).map(|r| (r.decision().to_vec(), r.late, r.hold));
+            if let Some((given, late, hold)) = given {
                 self.metrics.decisions_redelivered.inc();
                 self.summary.redelivered += 1;
-                let headers = OwnedHeaders::new()
+                let headers = OwnedHeaders::new_with_capacity(4)
                     .insert(Header { key: HEADER_CORRELATION_ID, value: Some(t.bank_tran_id.as_bytes()) })
+                    .insert(Header { key: HEADER_DECISION, value: Some(verdict(hold)) })
                     .insert(Header { key: HEADER_LATE, value: Some(if late { "true" } else { "false" }) })
                     .insert(Header { key: HEADER_REDELIVERED, value: Some("true") });
-                let out = Out { topic: &self.topics.decisions, key: msg.key(), payload: &given, headers };
+                let out = Out { topic: &self.topics.decisions, key: msg.key(), payload: &given, headers, partition: self.partition(source) };
                 return self.produce(out, source);
             }
         }
@@ -917,8 +1004,7 @@ impl Scorer<'_> {
                 let late = deadline_ms(msg).is_some_and(|deadline| now_ms > deadline);
                 self.json.clear();
                 d.write_json_with_late(late, &mut self.json);
-                let json: Arc<[u8]> = self.json.as_slice().into();
-                self.consumer.context().memory().insert(&d.bank_tran_id, json.clone(), late);
+                self.consumer.context().memory().insert(&d.bank_tran_id, &self.json, late, d.is_hold());
                 self.metrics.count_decision(d.action, d.verification);
                 if d.model.as_ref().is_some_and(|m| m.hold) {
                     self.metrics.model_holds.inc();
@@ -927,24 +1013,36 @@ impl Scorer<'_> {
                 if let Some(created) = msg.timestamp().to_millis() {
                     self.metrics.decision_age.observe((now_ms - created).max(0) as f64 * 1e-3);
                 }
-                for &i in &d.fired {
-                    self.metrics.rules_fired.with_label_values(&[d.rules.rules()[usize::from(i)].id(), "false"]).inc();
-                }
-                for &i in &d.shadow_fired {
-                    self.metrics.rules_fired.with_label_values(&[d.rules.rules()[usize::from(i)].id(), "true"]).inc();
+                if !d.fired.is_empty() || !d.shadow_fired.is_empty() {
+                    let counters = self.rule_counters.for_rules(&d.rules, self.metrics);
+                    for &i in &d.fired {
+                        counters[usize::from(i)].inc();
+                    }
+                    for &i in &d.shadow_fired {
+                        counters[usize::from(i)].inc();
+                    }
                 }
                 if late {
                     self.metrics.decisions_late.inc();
                     self.summary.late += 1;
                 }
                 self.summary.decisions += 1;
-                let headers = OwnedHeaders::new()
+                let headers = OwnedHeaders::new_with_capacity(3)
                     .insert(Header { key: HEADER_CORRELATION_ID, value: Some(d.bank_tran_id.as_bytes()) })
+                    .insert(Header { key: HEADER_DECISION, value: Some(verdict(d.is_hold())) })
                     .insert(Header { key: HEADER_LATE, value: Some(if late { "true" } else { "false" }) });
-                let out = Out { topic: &self.topics.decisions, key: msg.key(), payload: &json, headers };
+                let json = std::mem::take(&mut self.json);
+                let partition = self.partition(source);
+                let out = Out { topic: &self.topics.decisions, key: msg.key(), payload: &json, headers, partition };
                 self.produce(out, source);
+                self.json = json;
             }
         }
+    }
+
+    /// Where a decision for a message from `source` goes (see `same_partitions`).
+    fn partition(&self, source: Source) -> Option<i32> {
+        self.same_partitions.then_some(source.partition)
     }
 
     fn dead_letter(&mut self, msg: &BorrowedMessage<'_>, source: Source, kind: DeadLetterKind, reason: &str) {
@@ -978,7 +1076,7 @@ impl Scorer<'_> {
         } else {
             (original, headers)
         };
-        let out = Out { topic: &self.topics.dead_letter, key: msg.key(), payload, headers };
+        let out = Out { topic: &self.topics.dead_letter, key: msg.key(), payload, headers, partition: None };
         self.produce(out, source);
     }
 
@@ -995,6 +1093,9 @@ impl Scorer<'_> {
                 .headers(headers.take().expect("headers are put back on retry"));
             if let Some(k) = out.key {
                 record = record.key(k);
+            }
+            if let Some(p) = out.partition {
+                record = record.partition(p);
             }
             match self.producer.send(record) {
                 Ok(()) => return,
@@ -1037,6 +1138,7 @@ impl Scorer<'_> {
                 key: r.key.as_deref(),
                 payload: &r.payload,
                 headers: r.headers.clone().unwrap_or_default(),
+                partition: if r.topic == self.topics.decisions { self.partition(source) } else { None },
             };
             self.produce(out, source);
         }
@@ -1065,13 +1167,9 @@ fn header<'m, M: Message>(msg: &'m M, key: &str) -> Option<&'m str> {
 
 /// Transfers and context events of one account must meet on one instance.
 fn check_copartitioned<C: ConsumerContext>(consumer: &BaseConsumer<C>, topics: &Topics) -> Result<(), PipelineError> {
-    let count = |topic: &str| -> Option<usize> {
-        let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).ok()?;
-        let t = md.topics().first()?;
-        (t.error().is_none() && !t.partitions().is_empty()).then(|| t.partitions().len())
-    };
     // Unknown counts (broker away, topic not yet created) are not an error
     // here: the consumer waits for the topics like any other client.
+    let count = |topic: &str| partition_count(consumer, topic);
     if let (Some(a_n), Some(b_n)) = (count(&topics.transfers), count(&topics.context_events)) {
         if a_n != b_n {
             return Err(PipelineError::NotCopartitioned {
@@ -1083,6 +1181,13 @@ fn check_copartitioned<C: ConsumerContext>(consumer: &BaseConsumer<C>, topics: &
         }
     }
     Ok(())
+}
+
+/// How many partitions `topic` has; `None` when the brokers do not say.
+fn partition_count<C: ConsumerContext>(consumer: &BaseConsumer<C>, topic: &str) -> Option<usize> {
+    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).ok()?;
+    let t = md.topics().first()?;
+    (t.error().is_none() && !t.partitions().is_empty()).then(|| t.partitions().len())
 }
 
 /// Assign every partition of `topic`, each from `start(low, high)`, and read
@@ -1201,13 +1306,25 @@ fn read_back_decisions(opts: &Options, memory: &mut DecisionMemory, stop: &StopF
         |m| {
             if let (Some(id), Some(payload)) = (correlation_id(m), m.payload()) {
                 let late = header(m, HEADER_LATE) == Some("true");
-                memory.insert(&id, payload.into(), late);
+                let hold = match header(m, HEADER_DECISION) {
+                    Some(v) => v == "hold",
+                    // Decisions written before the header existed.
+                    None => serde_json::from_slice::<VerdictOnly>(payload).is_ok_and(|b| b.decision == "hold"),
+                };
+                memory.insert(&id, payload, late, hold);
             }
         },
     );
     if !complete {
         tracing::warn!(%topic, "recent decisions only partly read back");
     }
+}
+
+/// The verdict of a decision read back, from its body.
+#[derive(serde::Deserialize)]
+struct VerdictOnly<'a> {
+    #[serde(borrow)]
+    decision: &'a str,
 }
 
 /// How long reading back decisions or catching up labels may take at start.
@@ -1369,13 +1486,37 @@ mod tests {
     #[test]
     fn decision_memory_keeps_the_first_answer_and_forgets_the_oldest() {
         let mut m = DecisionMemory::new(2);
-        m.insert("a", Arc::from(&b"allow"[..]), false);
-        m.insert("a", Arc::from(&b"hold"[..]), true);
-        assert_eq!(&*m.get("a").unwrap().0, b"allow", "a second answer never replaces the first");
-        assert!(!m.get("a").unwrap().1);
-        m.insert("b", Arc::from(&b"x"[..]), false);
-        m.insert("c", Arc::from(&b"y"[..]), false);
+        m.insert("a", b"allow", false, false);
+        m.insert("a", b"hold", true, true);
+        let a = m.get("a").unwrap();
+        assert_eq!(a.decision(), b"allow", "a second answer never replaces the first");
+        assert!(!a.late && !a.hold);
+        m.insert("b", b"x", false, true);
+        m.insert("c", b"y", true, false);
         assert!(m.get("a").is_none(), "oldest forgotten at capacity");
         assert_eq!(m.len(), 2);
+        assert_eq!(m.get("b").unwrap().decision(), b"x");
+        assert!(m.get("b").unwrap().hold);
+        assert!(m.get("c").unwrap().late);
+        // An id that is a prefix of another's bytes is still its own entry.
+        m.insert("cy", b"z", false, false);
+        assert_eq!(m.get("c").unwrap().decision(), b"y");
+        assert_eq!(m.get("cy").unwrap().decision(), b"z");
+        assert!(m.get("b").is_none());
+    }
+
+    /// Forgetting follows the order remembered exactly, over many times the
+    /// capacity, with nothing else lost.
+    #[test]
+    fn decision_memory_holds_exactly_the_last_capacity_ids() {
+        let mut m = DecisionMemory::new(100);
+        for i in 0..1000 {
+            m.insert(&format!("T{i}"), format!("d{i}").as_bytes(), false, i % 2 == 0);
+        }
+        assert_eq!(m.len(), 100);
+        for i in 0..1000 {
+            let got = m.get(&format!("T{i}")).map(|r| r.decision().to_vec());
+            assert_eq!(got, (i >= 900).then(|| format!("d{i}").into_bytes()), "T{i}");
+        }
     }
 }
