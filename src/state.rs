@@ -1005,7 +1005,7 @@ fn prefetch_slice<A: smallvec::Array>(v: &SmallVec<A>) {
 fn prefetch_lines(p: *const u8, bytes: usize) {
     #[cfg(target_arch = "x86_64")]
     {
-        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
         let mut off = 0;
         while off < bytes {
             // SAFETY: a prefetch never faults and writes nothing, whatever the

@@ -79,9 +79,9 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientContext;
 
 use super::{
-    Connection, DeadLetterKind, Topics, HEADER_CORRELATION_ID, HEADER_DEADLINE_MS, HEADER_ERROR, HEADER_ERROR_KIND,
-    HEADER_DECISION, HEADER_LATE, HEADER_REDELIVERED, HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION, HEADER_SOURCE_TOPIC,
-    HEADER_TRUNCATED_FROM,
+    Connection, DeadLetterKind, Topics, HEADER_CORRELATION_ID, HEADER_DEADLINE_MS, HEADER_DECISION, HEADER_ERROR,
+    HEADER_ERROR_KIND, HEADER_LATE, HEADER_REDELIVERED, HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION,
+    HEADER_SOURCE_TOPIC, HEADER_TRUNCATED_FROM,
 };
 use crate::api::Health;
 use crate::engine::{Engine, EngineError};
@@ -915,7 +915,11 @@ struct Out<'m> {
 
 /// The `fds-decision` header's value.
 fn verdict(hold: bool) -> &'static str {
-    if hold { "hold" } else { "allow" }
+    if hold {
+        "hold"
+    } else {
+        "allow"
+    }
 }
 
 /// The `fds_rule_fired_total` counters of one rule set, indexed like its
@@ -973,7 +977,8 @@ impl Scorer<'_> {
         }
 
         if let Event::Transfer(t) = &event {
-            let given = self.consumer.context().memory().get(&t.bank_tran_id).map(|r| (r.decision().to_vec(), r.late, r.hold));
+            let given =
+                self.consumer.context().memory().get(&t.bank_tran_id).map(|r| (r.decision().to_vec(), r.late, r.hold));
             if let Some((given, late, hold)) = given {
                 self.metrics.decisions_redelivered.inc();
                 self.summary.redelivered += 1;
@@ -982,7 +987,13 @@ impl Scorer<'_> {
                     .insert(Header { key: HEADER_DECISION, value: Some(verdict(hold)) })
                     .insert(Header { key: HEADER_LATE, value: Some(if late { "true" } else { "false" }) })
                     .insert(Header { key: HEADER_REDELIVERED, value: Some("true") });
-                let out = Out { topic: &self.topics.decisions, key: msg.key(), payload: &given, headers, partition: self.partition(source) };
+                let out = Out {
+                    topic: &self.topics.decisions,
+                    key: msg.key(),
+                    payload: &given,
+                    headers,
+                    partition: self.partition(source),
+                };
                 return self.produce(out, source);
             }
         }
