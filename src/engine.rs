@@ -346,9 +346,9 @@ impl Engine {
         self.state.prefetch(event);
     }
 
-    /// [`Engine::process`] with the wall clock read by the caller (Unix ms),
-    /// which the pipeline reads once per message for this and for its own
-    /// deadline check. `None` skips the wall-clock guard.
+    /// [`Engine::process`] with the wall clock read by the caller (Unix ms):
+    /// the pipeline reads it once per burst of messages, not per message.
+    /// `None` skips the wall-clock guard.
     pub fn process_at(&self, event: &Event, wall_ms: Option<i64>) -> Result<Option<Scored>, EngineError> {
         let time = event.time().millis();
         if let (Some(skew), Some(wall)) = (self.wall_clock_skew_ms, wall_ms) {

@@ -779,6 +779,7 @@ pub fn run(
         json: Vec::with_capacity(1024),
         rule_counters: RuleCounters::default(),
         same_partitions,
+        burst_wall_ms: 0,
     };
 
     let mut failure = None;
@@ -823,6 +824,9 @@ pub fn run(
         for event in events.iter().flatten() {
             engine.prefetch(event);
         }
+        // One wall-clock read for the burst's ahead-of-clock guard (the guard
+        // allows minutes; a burst takes well under a millisecond).
+        scorer.burst_wall_ms = chrono::Utc::now().timestamp_millis();
         for (msg, event) in burst.drain(..).zip(events.drain(..)) {
             scorer.handle(&msg, event);
         }
@@ -889,6 +893,8 @@ struct Scorer<'a> {
     /// at start): the same per-account order as keying, without hashing every
     /// key again in the producer.
     same_partitions: bool,
+    /// The wall clock (Unix ms) when the burst being handled was taken.
+    burst_wall_ms: i64,
 }
 
 /// Dead-letter payloads are cut to this size (Kafka's default record limit is
@@ -998,8 +1004,7 @@ impl Scorer<'_> {
             }
         }
 
-        let wall_ms = chrono::Utc::now().timestamp_millis();
-        match self.engine.process_at(&event, Some(wall_ms)) {
+        match self.engine.process_at(&event, Some(self.burst_wall_ms)) {
             Err(e @ EngineError::AheadOfClock { .. }) => {
                 self.dead_letter(msg, source, DeadLetterKind::AheadOfClock, &e.to_string())
             }
