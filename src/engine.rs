@@ -339,11 +339,11 @@ impl Engine {
         self.process_at(event, wall)
     }
 
-    /// Start loading the state `event` will read into the CPU cache; see
-    /// [`State::prefetch`]. A caller holding a burst of events calls this for
-    /// each before processing any, so their memory trips overlap.
-    pub fn prefetch(&self, event: &Event) {
-        self.state.prefetch(event);
+    /// Start loading the state a burst of events will read into the CPU
+    /// cache, before processing any of them, so their memory trips overlap;
+    /// see [`State::prefetch`].
+    pub fn prefetch<'a>(&self, events: impl Iterator<Item = &'a Event> + Clone) {
+        self.state.prefetch(events);
     }
 
     /// [`Engine::process`] with the wall clock read by the caller (Unix ms):

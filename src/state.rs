@@ -821,28 +821,57 @@ impl State {
         Observed { account, payee, device, payee_hash: payee_h, device_hash: device_h }
     }
 
-    /// Start loading into the CPU cache what `event` will touch: the sender's
-    /// account, and for a transfer its payee and device.
+    /// Start loading into the CPU cache what a burst of events will touch:
+    /// each sender's account, and for a transfer its payee and device.
     ///
     /// Why: the state is far larger than the cache, so each entity read is a
     /// trip to memory, and one event's trips come one after another. Called
-    /// for a burst of events before they are processed, the trips of the whole
-    /// burst overlap. A hint only: it changes no state and no result, and a
-    /// line fetched for an entity that moves or goes is simply not used.
-    pub fn prefetch(&self, event: &Event) {
-        let Some(account) = event.account() else { return };
-        if let Some(a) = self.accounts.get(account) {
-            prefetch_value(&**a);
-            prefetch_slice(&a.payees.0);
+    /// for a burst before any of it is processed, the trips of the whole burst
+    /// overlap. Two passes: the first starts loading the hash-table slots the
+    /// lookups will probe, the second looks the entities up (now mostly in
+    /// cache) and starts loading their contents. A hint only: it changes no
+    /// state and no result, and a line fetched for an entity that moves or
+    /// goes is simply not used.
+    pub fn prefetch<'a>(&self, events: impl Iterator<Item = &'a Event> + Clone) {
+        for event in events.clone() {
+            self.keys_of(event, |map, key| match map {
+                Kind::Account => prefetch_slot(&self.accounts, key),
+                Kind::Payee => prefetch_slot(&self.payees, key),
+                Kind::Device => prefetch_slot(&self.devices, key),
+            });
         }
+        for event in events {
+            self.keys_of(event, |map, key| match map {
+                Kind::Account => {
+                    if let Some(a) = self.accounts.get(key) {
+                        prefetch_value(&**a);
+                        prefetch_slice(&a.payees.0);
+                    }
+                }
+                Kind::Payee => {
+                    if let Some(p) = self.payees.get(key) {
+                        prefetch_value(&**p);
+                        prefetch_slice(&p.senders.0);
+                    }
+                }
+                Kind::Device => {
+                    if let Some(d) = self.devices.get(key) {
+                        prefetch_value(&**d);
+                        prefetch_slice(&d.accounts.0);
+                    }
+                }
+            });
+        }
+    }
+
+    /// The entities an event touches, by map and key.
+    fn keys_of(&self, event: &Event, mut f: impl FnMut(Kind, &str)) {
+        let Some(account) = event.account() else { return };
+        f(Kind::Account, account);
         if let Event::Transfer(t) = event {
-            if let Some(p) = self.payees.get(t.payee_key().as_str()) {
-                prefetch_value(&**p);
-                prefetch_slice(&p.senders.0);
-            }
-            if let Some(d) = t.device_id.as_deref().and_then(|d| self.devices.get(d)) {
-                prefetch_value(&**d);
-                prefetch_slice(&d.accounts.0);
+            f(Kind::Payee, &t.payee_key());
+            if let Some(d) = t.device_id.as_deref() {
+                f(Kind::Device, d);
             }
         }
     }
@@ -986,6 +1015,31 @@ impl State {
 /// Cache lines prefetched from a spilled per-entity list: the start of a
 /// linear scan; the hardware prefetcher follows the rest.
 const PREFETCH_LIST_LINES: usize = 8;
+
+/// Which map an entity lives in.
+#[derive(Clone, Copy)]
+enum Kind {
+    Account,
+    Payee,
+    Device,
+}
+
+/// Start loading the slot where a lookup of `key` in `m` begins: the group of
+/// control bytes at the hash's home position and the entry stored there.
+///
+/// This leans on how hashbrown lays out a table (entries stored downwards
+/// from the control bytes, probing from `hash & (buckets - 1)`), reached
+/// through dashmap's `raw-api`. Were that to change, the lines fetched would
+/// be the wrong ones and only the speed-up would be lost.
+fn prefetch_slot<V>(m: &Map<V>, key: &str) {
+    let hash = m.hash_usize(&key);
+    let shard = m.shards()[m.determine_shard(hash)].read();
+    let ctrl = shard.data_end().as_ptr() as *const u8;
+    let home = hash & (shard.buckets() - 1);
+    let entry = size_of::<(CompactString, dashmap::SharedValue<Box<V>>)>();
+    prefetch_lines(ctrl.wrapping_add(home), 16);
+    prefetch_lines(ctrl.wrapping_sub((home + 1) * entry), entry);
+}
 
 fn prefetch_value<V>(v: &V) {
     prefetch_lines(v as *const V as *const u8, size_of::<V>());

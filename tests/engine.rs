@@ -499,9 +499,7 @@ fn prefetch_changes_nothing() {
     }
     for burst in stream.chunks(8) {
         let before = hinted.state().entities();
-        for e in burst {
-            hinted.prefetch(e);
-        }
+        hinted.prefetch(burst.iter());
         assert_eq!(hinted.state().entities(), before, "prefetch creates no entity");
         for e in burst {
             in_bursts.push(score(&hinted, e).decision.fingerprint());

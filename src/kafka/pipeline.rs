@@ -821,9 +821,7 @@ pub fn run(
         // Parse the burst, then have the state of all its events fetched from
         // memory at once, before scoring any (see `State::prefetch`).
         events.extend(burst.iter().map(|m| Event::from_json(m.payload().unwrap_or_default())));
-        for event in events.iter().flatten() {
-            engine.prefetch(event);
-        }
+        engine.prefetch(events.iter().flatten());
         // One wall-clock read for the burst's ahead-of-clock guard (the guard
         // allows minutes; a burst takes well under a millisecond).
         scorer.burst_wall_ms = chrono::Utc::now().timestamp_millis();
