@@ -21,7 +21,8 @@
 //!   ([`Engine::with_wall_clock_guard`], [`EngineError::AheadOfClock`]).
 //! - **Housekeeping inline.** Once per sweep period of event time the thread
 //!   that crosses it sweeps idle entities ([`State::expire`]); that pause is
-//!   not part of the transfer's measured latency.
+//!   not part of the transfer's measured latency. The expiry clock follows
+//!   transfers and context events, not fraud reports (dated days later).
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -361,7 +362,15 @@ impl Engine {
                 });
             }
         }
-        self.maybe_expire(self.advance_expiry_clock(time));
+        // Fraud reports do not move the expiry clock: they are dated days after
+        // the transfers they name, so in a replay (streams ordered by time, the
+        // last reports weeks past the last transfer) each one would push the
+        // clock a sweep period ahead of the accounts' activity and start a
+        // sweep, expiring entities early and stalling the scoring thread. Live,
+        // transfers and context events keep the clock at the present anyway.
+        if !matches!(event, Event::Label(_)) {
+            self.maybe_expire(self.advance_expiry_clock(time));
+        }
         Ok(match event {
             Event::Transfer(t) => Some(self.score(t)),
             other => {

@@ -354,6 +354,41 @@ fn one_event_dated_next_century_does_not_expire_the_state() {
     assert_eq!(int(&s.features, F::ACCT_COUNT_10M), 1);
 }
 
+/// Fraud reports are dated days after their transfers; a replay's last
+/// reports come weeks after its last transfer. They must not move the expiry
+/// clock, or accounts still active would be swept as idle.
+#[test]
+fn fraud_reports_do_not_move_the_expiry_clock() {
+    let hour = 3_600_000;
+    let ttl = fds::state::StateConfig {
+        account_ttl_ms: 2 * hour,
+        payee_ttl_ms: 2 * hour,
+        device_ttl_ms: 2 * hour,
+        ..Default::default()
+    };
+    let engine = Engine::new(ttl, fds::rules::new_handle(RuleSet::load_dir(Path::new("rules")).unwrap()));
+    score(&engine, &transfer("T1", "20261102100000", 10_000, "1", "D1"));
+    // Each report could move the clock a sweep period (72 s here); 500 of
+    // them, dated the next day, would carry it 10 hours on.
+    for i in 0..500 {
+        apply(
+            &engine,
+            &context(&format!(
+                r#"{{"type":"label","schema_version":1,"bank_tran_id":"R{i}","report_dtime":"20261103100000","status":"fraud","typology":"voice_phishing","recv_client_bank_code":"088","recv_client_account_num":"777"}}"#
+            )),
+        );
+    }
+    let s = score(&engine, &transfer("T2", "20261102100500", 10_000, "1", "D1"));
+    assert!(!boolean(&s.features, F::PAYEE_FIRST_SEEN), "the account's history was expired");
+    assert_eq!(int(&s.features, F::ACCT_COUNT_10M), 1);
+    // Transfers still drive it: three hours on, the idle account is gone.
+    for i in 0..200 {
+        score(&engine, &transfer_from("OTHER", &format!("O{i}"), "20261102133000", 10_000, "2", "D2"));
+    }
+    let s = score(&engine, &transfer("T3", "20261102133100", 10_000, "1", "D1"));
+    assert!(boolean(&s.features, F::PAYEE_FIRST_SEEN), "an account idle past its TTL is swept");
+}
+
 #[test]
 fn a_live_engine_refuses_events_dated_ahead_of_the_wall_clock() {
     let engine = starter_engine().with_wall_clock_guard(5 * 60_000);

@@ -51,7 +51,11 @@ fn every_transfer_gets_one_decision_in_account_order() {
         assert_eq!(*partitions.entry(r.key.clone()).or_insert(r.partition), r.partition, "one account, one partition");
         seen_order.entry(r.key.clone()).or_default().push(r.json()["bank_tran_id"].as_str().unwrap().to_owned());
         assert_eq!(r.header(HEADER_CORRELATION_ID), r.json()["bank_tran_id"].as_str());
-        assert_eq!(r.header(HEADER_DECISION), r.json()["decision"].as_str(), "the verdict header says what the body says");
+        assert_eq!(
+            r.header(HEADER_DECISION),
+            r.json()["decision"].as_str(),
+            "the verdict header says what the body says"
+        );
     }
     for (account, sent) in &sent_order {
         let mut seen = seen_order[account].clone();
