@@ -11,7 +11,7 @@
 //! | `transfers`          | sender account   | a transfer event (JSON, `schema_version`) | `correlation-id`, `deadline-ms` |
 //! | `context-events`     | account          | a context event (login, certificate...) | — |
 //! | `labels`             | payee account    | a fraud report (label event)           | — |
-//! | `decisions`          | sender account   | the decision (JSON, `schema_version`)  | `correlation-id`, `fds-late`, `fds-redelivered` |
+//! | `decisions`          | sender account   | the decision (JSON, `schema_version`)  | `correlation-id`, `fds-decision`, `fds-late`, `fds-redelivered` |
 //! | `dead-letter`        | the original key | the original bytes, unchanged          | `fds-error`, `fds-error-kind`, `fds-source-topic`, `fds-source-partition`, `fds-source-offset` |
 //!
 //! Transfers and context events are keyed by the sender's account, and both

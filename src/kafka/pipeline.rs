@@ -3,9 +3,11 @@
 //! ## Threads
 //!
 //! - **The scoring thread** (the caller's) polls one consumer-group member
-//!   subscribed to `transfers` and `context-events`, parses each message, runs
-//!   it through the [`Engine`] and hands the decision (or dead-letter record) to
-//!   the producer. It never waits on the network: librdkafka fetches ahead on its
+//!   subscribed to `transfers` and `context-events`, takes what has arrived in
+//!   bursts (up to 64 messages), parses a burst, has the state its events will
+//!   read fetched into the CPU cache together ([`Engine::prefetch`]), then runs
+//!   each message through the [`Engine`] in order and hands the decision (or
+//!   dead-letter record) to the producer. It never waits on the network: librdkafka fetches ahead on its
 //!   own threads and the producer batches and sends on its own, so consuming,
 //!   scoring and producing overlap. One thread keeps one account's events in
 //!   order without any locking; the engine itself is lock-free for readers.

@@ -19,7 +19,7 @@
 //!
 //! Guarantees:
 //! - [`Model::load`] accepts a directory only if both files parse, the format
-//!   version is supported, the feature list is exactly [`features::SCHEMA`]
+//!   version is supported, the feature list is exactly [`features::SCHEMA`](crate::features::SCHEMA)
 //!   (names and order) in both, the card names this very `model.json` by its
 //!   hash, and every array is consistent (lengths, child indexes pointing
 //!   forward, finite numbers). Anything else is a [`ModelError`] naming the
@@ -343,7 +343,7 @@ struct Header {
 /// One feature's part in a score, for reason codes.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Contribution {
-    /// Index into [`features::SCHEMA`].
+    /// Index into [`features::SCHEMA`](crate::features::SCHEMA).
     pub feature: usize,
     /// Log-odds for a logistic model, probability for a forest.
     pub value: f64,
