@@ -1010,8 +1010,6 @@ impl State {
     }
 }
 
-/// Get an entity for update, creating it on first sight. The key is allocated
-/// only on creation, not on every lookup.
 /// Cache lines prefetched from a spilled per-entity list: the start of a
 /// linear scan; the hardware prefetcher follows the rest.
 const PREFETCH_LIST_LINES: usize = 8;
@@ -1072,6 +1070,8 @@ fn prefetch_lines(p: *const u8, bytes: usize) {
     let _ = (p, bytes);
 }
 
+/// Get an entity for update, creating it on first sight. The key is allocated
+/// only on creation, not on every lookup.
 fn entry<'a, V>(
     m: &'a Map<V>,
     key: &str,

@@ -464,6 +464,9 @@ struct GroupContext {
     /// How many partitions the last rebalance assigned this member, or
     /// [`NOT_ASSIGNED`] (see [`OrphanWatch`]).
     assigned: AtomicUsize,
+    /// Revocations so far: the scoring thread drops a burst taken across one
+    /// (see the loop in [`run`]).
+    revocations: std::sync::atomic::AtomicU64,
 }
 
 impl GroupContext {
@@ -509,6 +512,7 @@ impl ConsumerContext for GroupContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Revoke(tpl) => {
+                self.revocations.fetch_add(1, Ordering::Relaxed);
                 self.health.set_assigned(false);
                 let pending = self.book().tracker.pending();
                 if pending > 0 {
@@ -736,6 +740,7 @@ pub fn run(
         options: opts.clone(),
         stop: stop.clone(),
         assigned: AtomicUsize::new(NOT_ASSIGNED),
+        revocations: std::sync::atomic::AtomicU64::new(0),
     };
     let consumer: BaseConsumer<GroupContext> = opts
         .connection
@@ -807,6 +812,7 @@ pub fn run(
         // without the checks above: under load they ran once per message
         // and showed in the profile.
         let mut wait = Duration::from_millis(50);
+        let revocations = consumer.context().revocations.load(Ordering::Relaxed);
         while burst.len() < BURST {
             match consumer.poll(wait) {
                 None => break,
@@ -819,6 +825,14 @@ pub fn run(
                 }
             }
             wait = Duration::ZERO;
+        }
+        if consumer.context().revocations.load(Ordering::Relaxed) != revocations {
+            // Partitions were revoked while the burst was taken (the callback
+            // runs inside `poll`). Its messages were polled under the old
+            // assignment and never begun, so the offsets committed on revocation
+            // come before them: whoever owns the partitions now reads them again.
+            // Handling them here could answer a transfer twice, differently.
+            burst.clear();
         }
         // Parse the burst, then have the state of all its events fetched from
         // memory at once, before scoring any (see `State::prefetch`).
@@ -1103,6 +1117,7 @@ impl Scorer<'_> {
     /// the restart.
     fn produce(&mut self, out: Out<'_>, source: Source) {
         let mut headers = Some(out.headers);
+        let mut partition = out.partition;
         while !self.stop.load(Ordering::Relaxed) {
             let mut record = BaseRecord::with_opaque_to(out.topic, Box::new((source, Instant::now())))
                 .payload(out.payload)
@@ -1110,11 +1125,19 @@ impl Scorer<'_> {
             if let Some(k) = out.key {
                 record = record.key(k);
             }
-            if let Some(p) = out.partition {
+            if let Some(p) = partition {
                 record = record.partition(p);
             }
             match self.producer.send(record) {
                 Ok(()) => return,
+                // The partition number of the transfer is not one the output
+                // topic has (its input topic grew since the start): go by key.
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::UnknownPartition), record))
+                    if partition.is_some() =>
+                {
+                    headers = record.headers;
+                    partition = None;
+                }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), record)) => {
                     headers = record.headers;
                     self.settle_acks();
@@ -1154,7 +1177,8 @@ impl Scorer<'_> {
                 key: r.key.as_deref(),
                 payload: &r.payload,
                 headers: r.headers.clone().unwrap_or_default(),
-                partition: if r.topic == self.topics.decisions { self.partition(source) } else { None },
+                // By key: a failed record may have failed for its partition.
+                partition: None,
             };
             self.produce(out, source);
         }
