@@ -12,7 +12,8 @@
 
 use std::hint::black_box;
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::measurement::WallTime;
+use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -125,14 +126,7 @@ fn bench(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("engine");
     g.throughput(Throughput::Elements(1));
-    let mut i = 0;
-    g.bench_function("score", |b| {
-        b.iter(|| {
-            let t = &batch[i % batch.len()];
-            i += 1;
-            black_box(engine.score(t))
-        })
-    });
+    bench_score(&mut g, "score", &engine, &batch);
     // The same with the shipped model scoring beside the rules: the
     // difference is what the model adds per transfer.
     let (with_model, batch) = warmed_engine(true);
@@ -146,15 +140,20 @@ fn bench(c: &mut Criterion) {
     // so explains, most of it. A worst case; `model/score` on the demo's
     // vectors is the usual one.
     eprintln!("the model holds {held} of 10,000 benchmark transfers (explaining each)");
+    bench_score(&mut g, "score_with_model", &with_model, &batch);
+    g.finish();
+}
+
+/// `name`: `engine` scoring the batch's transfers round and round.
+fn bench_score(g: &mut BenchmarkGroup<'_, WallTime>, name: &str, engine: &Engine, batch: &[Transfer]) {
     let mut i = 0;
-    g.bench_function("score_with_model", |b| {
+    g.bench_function(name, |b| {
         b.iter(|| {
             let t = &batch[i % batch.len()];
             i += 1;
-            black_box(with_model.score(t))
+            black_box(engine.score(t))
         })
     });
-    g.finish();
 }
 
 /// Criterion reports means and medians of batches; the target is also a tail

@@ -73,6 +73,17 @@ pub enum Action {
     Hold,
 }
 
+impl Action {
+    /// The name on the wire (the decision's `decision` field, the
+    /// `fds-decision` header) and in metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Allow => "allow",
+            Action::Hold => "hold",
+        }
+    }
+}
+
 /// The engine's answer for one transfer.
 #[derive(Debug, Clone)]
 pub struct Decision {

@@ -263,12 +263,8 @@ impl Metrics {
             (Action::Allow, None) => self.decided_allow.inc(),
             (Action::Hold, Some(v)) => self.decided_hold[verification_index(v)].inc(),
             (action, verification) => {
-                let decision = match action {
-                    Action::Allow => "allow",
-                    Action::Hold => "hold",
-                };
                 let verification = verification.map_or("none", Verification::name);
-                self.decisions.with_label_values(&[decision, verification]).inc();
+                self.decisions.with_label_values(&[action.name(), verification]).inc();
             }
         }
     }

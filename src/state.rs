@@ -834,45 +834,18 @@ impl State {
     /// goes is simply not used.
     pub fn prefetch<'a>(&self, events: impl Iterator<Item = &'a Event> + Clone) {
         for event in events.clone() {
-            self.keys_of(event, |map, key| match map {
+            entity_keys(event, |map, key| match map {
                 Kind::Account => prefetch_slot(&self.accounts, key),
                 Kind::Payee => prefetch_slot(&self.payees, key),
                 Kind::Device => prefetch_slot(&self.devices, key),
             });
         }
         for event in events {
-            self.keys_of(event, |map, key| match map {
-                Kind::Account => {
-                    if let Some(a) = self.accounts.get(key) {
-                        prefetch_value(&**a);
-                        prefetch_slice(&a.payees.0);
-                    }
-                }
-                Kind::Payee => {
-                    if let Some(p) = self.payees.get(key) {
-                        prefetch_value(&**p);
-                        prefetch_slice(&p.senders.0);
-                    }
-                }
-                Kind::Device => {
-                    if let Some(d) = self.devices.get(key) {
-                        prefetch_value(&**d);
-                        prefetch_slice(&d.accounts.0);
-                    }
-                }
+            entity_keys(event, |map, key| match map {
+                Kind::Account => prefetch_entity(&self.accounts, key, |a| &a.payees.0),
+                Kind::Payee => prefetch_entity(&self.payees, key, |p| &p.senders.0),
+                Kind::Device => prefetch_entity(&self.devices, key, |d| &d.accounts.0),
             });
-        }
-    }
-
-    /// The entities an event touches, by map and key.
-    fn keys_of(&self, event: &Event, mut f: impl FnMut(Kind, &str)) {
-        let Some(account) = event.account() else { return };
-        f(Kind::Account, account);
-        if let Event::Transfer(t) = event {
-            f(Kind::Payee, &t.payee_key());
-            if let Some(d) = t.device_id.as_deref() {
-                f(Kind::Device, d);
-            }
         }
     }
 
@@ -1020,6 +993,26 @@ enum Kind {
     Account,
     Payee,
     Device,
+}
+
+/// The entities an event touches, by map and key.
+fn entity_keys(event: &Event, mut f: impl FnMut(Kind, &str)) {
+    let Some(account) = event.account() else { return };
+    f(Kind::Account, account);
+    if let Event::Transfer(t) = event {
+        f(Kind::Payee, &t.payee_key());
+        if let Some(d) = t.device_id.as_deref() {
+            f(Kind::Device, d);
+        }
+    }
+}
+
+/// Start loading an entity of `m` and the head of the list its lookups scan.
+fn prefetch_entity<V, A: smallvec::Array>(m: &Map<V>, key: &str, list: impl FnOnce(&V) -> &SmallVec<A>) {
+    if let Some(v) = m.get(key) {
+        prefetch_value(&**v);
+        prefetch_slice(list(&v));
+    }
 }
 
 /// Start loading the slot where a lookup of `key` in `m` begins: the group of

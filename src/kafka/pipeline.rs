@@ -86,7 +86,7 @@ use super::{
     HEADER_SOURCE_TOPIC, HEADER_TRUNCATED_FROM,
 };
 use crate::api::Health;
-use crate::engine::{Engine, EngineError};
+use crate::engine::{Action, Engine, EngineError};
 use crate::event::{mask_account, Event, EventError};
 use crate::metrics::Metrics;
 use crate::rules::RuleSet;
@@ -254,8 +254,8 @@ pub struct Remembered {
     id_len: u32,
     /// The transfer was scored after its deadline.
     pub late: bool,
-    /// The verdict was hold (the `fds-decision` header of a re-sent answer).
-    pub hold: bool,
+    /// The verdict (the `fds-decision` header of a re-sent answer).
+    pub action: Action,
     bytes: Box<[u8]>,
 }
 
@@ -288,7 +288,7 @@ impl DecisionMemory {
     }
 
     /// Remember a decision; the first one given for an id is the one kept.
-    pub fn insert(&mut self, tran_id: &str, decision: &[u8], late: bool, hold: bool) {
+    pub fn insert(&mut self, tran_id: &str, decision: &[u8], late: bool, action: Action) {
         let hash = self.hasher.hash_one(tran_id.as_bytes());
         if self.table.find(hash, |r| r.id() == tran_id.as_bytes()).is_some() {
             return;
@@ -305,7 +305,7 @@ impl DecisionMemory {
         bytes.extend_from_slice(decision);
         let seq = self.next;
         self.next += 1;
-        let r = Remembered { seq, hash, id_len: tran_id.len() as u32, late, hold, bytes: bytes.into_boxed_slice() };
+        let r = Remembered { seq, hash, id_len: tran_id.len() as u32, late, action, bytes: bytes.into_boxed_slice() };
         self.table.insert_unique(hash, r, |r| r.hash);
         self.order.push_back((hash, seq));
     }
@@ -765,9 +765,9 @@ pub fn run(
         ])
         .create_with_context(context)
         .map_err(|source| PipelineError::Client { role: "consumer", brokers: brokers.clone(), source })?;
-    check_copartitioned(&consumer, &opts.topics)?;
-    let same_partitions = partition_count(&consumer, &opts.topics.decisions)
-        .is_some_and(|n| partition_count(&consumer, &opts.topics.transfers) == Some(n));
+    let transfer_partitions = check_copartitioned(&consumer, &opts.topics)?;
+    let same_partitions =
+        transfer_partitions.is_some() && partition_count(&consumer, &opts.topics.decisions) == transfer_partitions;
     let inputs = [opts.topics.transfers.as_str(), opts.topics.context_events.as_str()];
     consumer.subscribe(&inputs).map_err(|source| PipelineError::Subscribe { topics: inputs.join(", "), source })?;
     tracing::info!(brokers = %brokers, group = %opts.group_id, "consuming {}", inputs.join(", "));
@@ -933,13 +933,12 @@ struct Out<'m> {
     partition: Option<i32>,
 }
 
-/// The `fds-decision` header's value.
-fn verdict(hold: bool) -> &'static str {
-    if hold {
-        "hold"
-    } else {
-        "allow"
-    }
+/// The headers every decision carries (a re-sent one adds `fds-redelivered`).
+fn decision_headers(tran_id: &str, action: Action, late: bool) -> OwnedHeaders {
+    OwnedHeaders::new_with_capacity(4)
+        .insert(Header { key: HEADER_CORRELATION_ID, value: Some(tran_id.as_bytes()) })
+        .insert(Header { key: HEADER_DECISION, value: Some(action.name()) })
+        .insert(Header { key: HEADER_LATE, value: Some(if late { "true" } else { "false" }) })
 }
 
 /// The `fds_rule_fired_total` counters of one rule set, indexed like its
@@ -997,15 +996,16 @@ impl Scorer<'_> {
         }
 
         if let Event::Transfer(t) = &event {
-            let given =
-                self.consumer.context().memory().get(&t.bank_tran_id).map(|r| (r.decision().to_vec(), r.late, r.hold));
-            if let Some((given, late, hold)) = given {
+            let given = self
+                .consumer
+                .context()
+                .memory()
+                .get(&t.bank_tran_id)
+                .map(|r| (r.decision().to_vec(), r.late, r.action));
+            if let Some((given, late, action)) = given {
                 self.metrics.decisions_redelivered.inc();
                 self.summary.redelivered += 1;
-                let headers = OwnedHeaders::new_with_capacity(4)
-                    .insert(Header { key: HEADER_CORRELATION_ID, value: Some(t.bank_tran_id.as_bytes()) })
-                    .insert(Header { key: HEADER_DECISION, value: Some(verdict(hold)) })
-                    .insert(Header { key: HEADER_LATE, value: Some(if late { "true" } else { "false" }) })
+                let headers = decision_headers(&t.bank_tran_id, action, late)
                     .insert(Header { key: HEADER_REDELIVERED, value: Some("true") });
                 let out = Out {
                     topic: &self.topics.decisions,
@@ -1034,7 +1034,7 @@ impl Scorer<'_> {
                 let late = deadline_ms(msg).is_some_and(|deadline| now_ms > deadline);
                 self.json.clear();
                 d.write_json_with_late(late, &mut self.json);
-                self.consumer.context().memory().insert(&d.bank_tran_id, &self.json, late, d.is_hold());
+                self.consumer.context().memory().insert(&d.bank_tran_id, &self.json, late, d.action);
                 self.metrics.count_decision(d.action, d.verification);
                 if d.model.as_ref().is_some_and(|m| m.hold) {
                     self.metrics.model_holds.inc();
@@ -1057,10 +1057,7 @@ impl Scorer<'_> {
                     self.summary.late += 1;
                 }
                 self.summary.decisions += 1;
-                let headers = OwnedHeaders::new_with_capacity(3)
-                    .insert(Header { key: HEADER_CORRELATION_ID, value: Some(d.bank_tran_id.as_bytes()) })
-                    .insert(Header { key: HEADER_DECISION, value: Some(verdict(d.is_hold())) })
-                    .insert(Header { key: HEADER_LATE, value: Some(if late { "true" } else { "false" }) });
+                let headers = decision_headers(&d.bank_tran_id, d.action, late);
                 let json = std::mem::take(&mut self.json);
                 let partition = self.partition(source);
                 let out = Out { topic: &self.topics.decisions, key: msg.key(), payload: &json, headers, partition };
@@ -1206,11 +1203,15 @@ fn header<'m, M: Message>(msg: &'m M, key: &str) -> Option<&'m str> {
 }
 
 /// Transfers and context events of one account must meet on one instance.
-fn check_copartitioned<C: ConsumerContext>(consumer: &BaseConsumer<C>, topics: &Topics) -> Result<(), PipelineError> {
+/// Returns the transfers topic's partition count, when the brokers say.
+fn check_copartitioned<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topics: &Topics,
+) -> Result<Option<usize>, PipelineError> {
     // Unknown counts (broker away, topic not yet created) are not an error
     // here: the consumer waits for the topics like any other client.
-    let count = |topic: &str| partition_count(consumer, topic);
-    if let (Some(a_n), Some(b_n)) = (count(&topics.transfers), count(&topics.context_events)) {
+    let transfers = partition_count(consumer, &topics.transfers);
+    if let (Some(a_n), Some(b_n)) = (transfers, partition_count(consumer, &topics.context_events)) {
         if a_n != b_n {
             return Err(PipelineError::NotCopartitioned {
                 a: topics.transfers.clone(),
@@ -1220,7 +1221,7 @@ fn check_copartitioned<C: ConsumerContext>(consumer: &BaseConsumer<C>, topics: &
             });
         }
     }
-    Ok(())
+    Ok(transfers)
 }
 
 /// How many partitions `topic` has; `None` when the brokers do not say.
@@ -1347,11 +1348,13 @@ fn read_back_decisions(opts: &Options, memory: &mut DecisionMemory, stop: &StopF
             if let (Some(id), Some(payload)) = (correlation_id(m), m.payload()) {
                 let late = header(m, HEADER_LATE) == Some("true");
                 let hold = match header(m, HEADER_DECISION) {
-                    Some(v) => v == "hold",
+                    Some(v) => v == Action::Hold.name(),
                     // Decisions written before the header existed.
-                    None => serde_json::from_slice::<VerdictOnly>(payload).is_ok_and(|b| b.decision == "hold"),
+                    None => {
+                        serde_json::from_slice::<VerdictOnly>(payload).is_ok_and(|b| b.decision == Action::Hold.name())
+                    }
                 };
-                memory.insert(&id, payload, late, hold);
+                memory.insert(&id, payload, late, if hold { Action::Hold } else { Action::Allow });
             }
         },
     );
@@ -1526,20 +1529,20 @@ mod tests {
     #[test]
     fn decision_memory_keeps_the_first_answer_and_forgets_the_oldest() {
         let mut m = DecisionMemory::new(2);
-        m.insert("a", b"allow", false, false);
-        m.insert("a", b"hold", true, true);
+        m.insert("a", b"allow", false, Action::Allow);
+        m.insert("a", b"hold", true, Action::Hold);
         let a = m.get("a").unwrap();
         assert_eq!(a.decision(), b"allow", "a second answer never replaces the first");
-        assert!(!a.late && !a.hold);
-        m.insert("b", b"x", false, true);
-        m.insert("c", b"y", true, false);
+        assert!(!a.late && a.action == Action::Allow);
+        m.insert("b", b"x", false, Action::Hold);
+        m.insert("c", b"y", true, Action::Allow);
         assert!(m.get("a").is_none(), "oldest forgotten at capacity");
         assert_eq!(m.len(), 2);
         assert_eq!(m.get("b").unwrap().decision(), b"x");
-        assert!(m.get("b").unwrap().hold);
+        assert_eq!(m.get("b").unwrap().action, Action::Hold);
         assert!(m.get("c").unwrap().late);
         // An id that is a prefix of another's bytes is still its own entry.
-        m.insert("cy", b"z", false, false);
+        m.insert("cy", b"z", false, Action::Allow);
         assert_eq!(m.get("c").unwrap().decision(), b"y");
         assert_eq!(m.get("cy").unwrap().decision(), b"z");
         assert!(m.get("b").is_none());
@@ -1551,7 +1554,8 @@ mod tests {
     fn decision_memory_holds_exactly_the_last_capacity_ids() {
         let mut m = DecisionMemory::new(100);
         for i in 0..1000 {
-            m.insert(&format!("T{i}"), format!("d{i}").as_bytes(), false, i % 2 == 0);
+            let action = if i % 2 == 0 { Action::Hold } else { Action::Allow };
+            m.insert(&format!("T{i}"), format!("d{i}").as_bytes(), false, action);
         }
         assert_eq!(m.len(), 100);
         for i in 0..1000 {
