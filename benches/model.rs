@@ -15,8 +15,9 @@ use std::path::Path;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 use fds::engine::Engine;
+use fds::event::DAY_MS;
 use fds::features::FeatureVector;
-use fds::model::dataset::{self, Window};
+use fds::model::dataset::{self, Span};
 use fds::model::train::{self, Algorithm, Provenance, TrainOptions};
 use fds::model::Model;
 use fds::replay::{self, Format};
@@ -26,8 +27,8 @@ fn demo_rows() -> (Vec<dataset::Row>, Vec<bool>, usize) {
     let rules = RuleSet::load_dir(Path::new("rules")).expect("the shipped rules load");
     let engine = Engine::with_rules(rules);
     let source = replay::open(Path::new("replay-data/demo.jsonl.gz"), Format::Auto).expect("the demo stream opens");
-    let window = Window { warmup_ms: 2 * 86_400_000, ..Window::default() };
-    let data = dataset::collect(&engine, vec![source], window).expect("the demo stream replays");
+    let span = Span { warmup_ms: 2 * DAY_MS, ..Span::default() };
+    let data = dataset::collect(&engine, vec![source], span).expect("the demo stream replays");
     let y = data.targets();
     let labels = data.labels.len();
     (data.rows, y, labels)
@@ -54,9 +55,9 @@ fn bench_model(c: &mut Criterion) {
             let mut values = [fds::features::Value::Int(0); fds::features::N_FEATURES];
             for (i, (v, d)) in values.iter_mut().zip(fds::features::SCHEMA).enumerate() {
                 *v = match d.kind {
-                    fds::features::Kind::Bool => fds::features::Value::Bool(r.features[i] != 0.0),
-                    fds::features::Kind::Int => fds::features::Value::Int(r.features[i] as i64),
-                    fds::features::Kind::Float => fds::features::Value::Float(r.features[i]),
+                    fds::features::FeatureType::Bool => fds::features::Value::Bool(r.features[i] != 0.0),
+                    fds::features::FeatureType::Int => fds::features::Value::Int(r.features[i] as i64),
+                    fds::features::FeatureType::Float => fds::features::Value::Float(r.features[i]),
                 };
             }
             FeatureVector::from_values(values)

@@ -6,7 +6,7 @@
 //! rules fire) and a mule payee (list lookups hit).
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
-use fds::features::{FeatureVector, Kind, Value, F, MINUTES_CAP, N_FEATURES, SCHEMA};
+use fds::features::{FeatureType, FeatureVector, Value, F, MINUTES_CAP, N_FEATURES, SCHEMA};
 use fds::rules::{Keys, RuleSet};
 
 const RULES: &str = r#"
@@ -161,10 +161,12 @@ fn vector(set: &[(F, Value)]) -> FeatureVector {
     let mut values = [Value::Int(0); N_FEATURES];
     for (v, d) in values.iter_mut().zip(SCHEMA) {
         *v = match d.kind {
-            Kind::Bool => Value::Bool(false),
-            Kind::Int if d.name.starts_with("mins_since") || d.name.ends_with("_age_min") => Value::Int(MINUTES_CAP),
-            Kind::Int => Value::Int(0),
-            Kind::Float => Value::Float(0.0),
+            FeatureType::Bool => Value::Bool(false),
+            FeatureType::Int if d.name.starts_with("mins_since") || d.name.ends_with("_age_min") => {
+                Value::Int(MINUTES_CAP)
+            }
+            FeatureType::Int => Value::Int(0),
+            FeatureType::Float => Value::Float(0.0),
         };
     }
     for (f, v) in set {

@@ -276,7 +276,7 @@ mod tests {
     use std::sync::atomic::AtomicUsize;
 
     use super::*;
-    use crate::engine::Action;
+    use crate::engine::Outcome;
     use crate::rules::Verification;
 
     /// A one-request HTTP/1.1 client: (status, content type, body).
@@ -314,7 +314,7 @@ mod tests {
         let addr = server.local_addr();
         assert_ne!(addr.port(), 0);
 
-        metrics.count_decision(Action::Hold, Some(Verification::Callback));
+        metrics.count_decision(Outcome::Hold, Some(Verification::Callback));
         let (status, content_type, body) = get(addr, "/metrics");
         assert_eq!(status, 200);
         assert_eq!(content_type, "text/plain; version=0.0.4");

@@ -16,11 +16,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::event::{DAY_MS, MINUTE_MS};
 use crate::kafka::Topics;
 use crate::rules::Verification;
 use crate::state::StateConfig;
-
-const DAY_MS: i64 = 86_400_000;
 
 /// Why a configuration file was refused.
 #[derive(Debug, thiserror::Error)]
@@ -359,7 +358,7 @@ impl Config {
         };
         let max_skew_ms = match raw.engine.max_skew_minutes {
             None => None,
-            Some(m) if (1..=525_600).contains(&m) => Some(m * 60_000),
+            Some(m) if (1..=525_600).contains(&m) => Some(m * MINUTE_MS),
             Some(m) => {
                 problems.push(format!("engine.max_skew_minutes = {m}: must be between 1 and 525600 (one year)"));
                 None
@@ -502,7 +501,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.state.account_ttl_ms, 120 * DAY_MS);
         assert_eq!(c.state.max_known_payees, 512);
-        assert_eq!(c.max_skew_ms, Some(30 * 60_000));
+        assert_eq!(c.max_skew_ms, Some(30 * MINUTE_MS));
     }
 
     #[test]

@@ -33,7 +33,7 @@ use serde::ser::{SerializeSeq, SerializeStruct};
 use serde::{Serialize, Serializer};
 use smallvec::SmallVec;
 
-use crate::event::{Event, EventTime, Transfer};
+use crate::event::{Event, EventTime, Transfer, MINUTE_MS};
 use crate::features::{self, FeatureVector, SCHEMA};
 use crate::model::{Model, ModelHandle};
 use crate::rules::{Action as RuleAction, Keys, RuleSet, RulesHandle, Verification};
@@ -51,7 +51,7 @@ pub const DEFAULT_MODEL_VERIFICATION: Verification = Verification::Ars;
 /// were replayed in seconds.
 const SWEEPS_PER_TTL: i64 = 100;
 /// The shortest sweep period, for very short TTLs (tests, experiments).
-const MIN_SWEEP_MS: i64 = 60_000;
+const MIN_SWEEP_MS: i64 = MINUTE_MS;
 
 /// Why the engine refused an event. Nothing was applied to the state.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -67,19 +67,19 @@ pub enum EngineError {
 /// What the bank should do with the transfer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Action {
+pub enum Outcome {
     Allow,
     /// Stop and verify before the money moves.
     Hold,
 }
 
-impl Action {
+impl Outcome {
     /// The name on the wire (the decision's `decision` field, the
     /// `fds-decision` header) and in metrics.
     pub fn name(self) -> &'static str {
         match self {
-            Action::Allow => "allow",
-            Action::Hold => "hold",
+            Outcome::Allow => "allow",
+            Outcome::Hold => "hold",
         }
     }
 }
@@ -89,7 +89,7 @@ impl Action {
 pub struct Decision {
     pub bank_tran_id: String,
     pub event_time: EventTime,
-    pub action: Action,
+    pub outcome: Outcome,
     /// The verification a hold asks for; `None` for allow.
     pub verification: Option<Verification>,
     /// Sum of the score contributions of the live rules that fired.
@@ -127,7 +127,7 @@ pub const MODEL_REASONS: usize = 3;
 
 impl Decision {
     pub fn is_hold(&self) -> bool {
-        self.action == Action::Hold
+        self.outcome == Outcome::Hold
     }
 
     /// The decision as one JSON line: what the transfer API receives.
@@ -227,7 +227,7 @@ impl Serialize for WithLatency<'_> {
         st.serialize_field("schema_version", &crate::event::SCHEMA_VERSION)?;
         st.serialize_field("bank_tran_id", &d.bank_tran_id)?;
         st.serialize_field("tran_dtime", &d.event_time)?;
-        st.serialize_field("decision", &d.action)?;
+        st.serialize_field("decision", &d.outcome)?;
         st.serialize_field("verification", &d.verification)?;
         st.serialize_field("score", &d.score)?;
         st.serialize_field("reasons", &Reasons(&d.rules, &d.fired, d.model.as_ref()))?;
@@ -368,8 +368,8 @@ impl Engine {
                 return Err(EngineError::AheadOfClock {
                     kind: event.kind(),
                     time: event.time(),
-                    ahead_min: (time - wall) / 60_000,
-                    max_skew_min: skew / 60_000,
+                    ahead_min: (time - wall) / MINUTE_MS,
+                    max_skew_min: skew / MINUTE_MS,
                 });
             }
         }
@@ -415,7 +415,7 @@ impl Engine {
         let decision = Decision {
             bank_tran_id: t.bank_tran_id.clone(),
             event_time: t.tran_dtime,
-            action: if verification.is_some() { Action::Hold } else { Action::Allow },
+            outcome: if verification.is_some() { Outcome::Hold } else { Outcome::Allow },
             verification,
             score: outcome.score,
             fired: outcome.fired,

@@ -28,8 +28,16 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// The only schema version this engine reads and writes.
 pub const SCHEMA_VERSION: u32 = 1;
 
+/// A minute, an hour and a day of event time, in the milliseconds
+/// [`EventTime`] counts. Defined here once for the whole crate.
+pub const MINUTE_MS: i64 = 60_000;
+/// An hour of event time in milliseconds.
+pub const HOUR_MS: i64 = 60 * MINUTE_MS;
+/// A day of event time in milliseconds.
+pub const DAY_MS: i64 = 24 * HOUR_MS;
+
 /// Korea Standard Time is UTC+9 all year (no daylight saving).
-pub const KST_OFFSET_MS: i64 = 9 * 3_600_000;
+pub const KST_OFFSET_MS: i64 = 9 * HOUR_MS;
 
 /// Largest single transfer accepted: 10 trillion won. Anything above is a
 /// producer bug (a currency mix-up, a unit error), not a transfer.
@@ -70,13 +78,16 @@ impl EventTime {
     }
     /// Hour of day (0..=23) on the Korean clock.
     pub fn kst_hour(self) -> u32 {
-        ((self.0 + KST_OFFSET_MS).div_euclid(3_600_000).rem_euclid(24)) as u32
+        ((self.0 + KST_OFFSET_MS).div_euclid(HOUR_MS).rem_euclid(24)) as u32
+    }
+    /// The day on the Korean calendar, as days since 1970-01-01.
+    pub fn kst_day(self) -> i64 {
+        (self.0 + KST_OFFSET_MS).div_euclid(DAY_MS)
     }
     /// Day of week on the Korean clock, 0 = Monday .. 6 = Sunday.
     pub fn kst_weekday(self) -> u32 {
-        let day = (self.0 + KST_OFFSET_MS).div_euclid(86_400_000);
         // 1970-01-01 was a Thursday (3 with Monday = 0).
-        ((day + 3).rem_euclid(7)) as u32
+        ((self.kst_day() + 3).rem_euclid(7)) as u32
     }
     /// Parse the open-banking `YYYYMMDDhhmmss` form, read as Korea Standard Time.
     ///

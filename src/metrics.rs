@@ -34,7 +34,7 @@ use prometheus::{
     Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::engine::Action;
+use crate::engine::Outcome;
 use crate::kafka::DeadLetterKind;
 use crate::rules::Verification;
 use crate::state::State;
@@ -258,13 +258,13 @@ impl Metrics {
     /// Called for every transfer, so the usual combinations (allow without
     /// verification, hold with one) go to counters resolved in [`Metrics::new`]
     /// and no label is hashed; any other combination still counts, slowly.
-    pub fn count_decision(&self, action: Action, verification: Option<Verification>) {
-        match (action, verification) {
-            (Action::Allow, None) => self.decided_allow.inc(),
-            (Action::Hold, Some(v)) => self.decided_hold[verification_index(v)].inc(),
-            (action, verification) => {
+    pub fn count_decision(&self, outcome: Outcome, verification: Option<Verification>) {
+        match (outcome, verification) {
+            (Outcome::Allow, None) => self.decided_allow.inc(),
+            (Outcome::Hold, Some(v)) => self.decided_hold[verification_index(v)].inc(),
+            (outcome, verification) => {
                 let verification = verification.map_or("none", Verification::name);
-                self.decisions.with_label_values(&[action.name(), verification]).inc();
+                self.decisions.with_label_values(&[outcome.name(), verification]).inc();
             }
         }
     }
@@ -409,14 +409,14 @@ mod tests {
         for (i, v) in Verification::ALL.into_iter().enumerate() {
             assert_eq!(verification_index(v), i);
         }
-        m.count_decision(Action::Allow, None);
-        m.count_decision(Action::Allow, None);
-        m.count_decision(Action::Hold, Some(Verification::Callback));
-        m.count_decision(Action::Hold, Some(Verification::Ars));
-        m.count_decision(Action::Hold, Some(Verification::Ars));
-        m.count_decision(Action::Hold, Some(Verification::Ars));
+        m.count_decision(Outcome::Allow, None);
+        m.count_decision(Outcome::Allow, None);
+        m.count_decision(Outcome::Hold, Some(Verification::Callback));
+        m.count_decision(Outcome::Hold, Some(Verification::Ars));
+        m.count_decision(Outcome::Hold, Some(Verification::Ars));
+        m.count_decision(Outcome::Hold, Some(Verification::Ars));
         // Not made by the engine, but counted rather than lost.
-        m.count_decision(Action::Hold, None);
+        m.count_decision(Outcome::Hold, None);
         let text = m.encode();
         let count = |d: &str, v: &str| {
             sample(&text, &format!(r#"fds_decisions_total{{decision="{d}",verification="{v}"}}"#))

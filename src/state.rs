@@ -46,11 +46,28 @@ use compact_str::CompactString;
 use dashmap::DashMap;
 use smallvec::SmallVec;
 
-use crate::event::{CertificateAction, Event, EventTime, Label, LabelStatus, Transfer};
+use crate::event::{CertificateAction, Event, EventTime, Label, LabelStatus, Transfer, DAY_MS, HOUR_MS, MINUTE_MS};
 
-const MINUTE: i64 = 60_000;
-const HOUR: i64 = 60 * MINUTE;
-const DAY: i64 = 24 * HOUR;
+/// The windows an account's outgoing transfers are counted and summed over.
+/// Each is read from the ring whose resolution fits it (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Window {
+    /// The previous 10 minutes, in 1-minute buckets.
+    Min10,
+    /// The previous hour, in 5-minute buckets.
+    Hour1,
+    /// The previous 24 hours, in 1-hour buckets.
+    Hour24,
+    /// The previous 7 days, in 1-day buckets.
+    Day7,
+    /// The previous 30 days, in 1-day buckets.
+    Day30,
+}
+
+impl Window {
+    /// Every window, in the order [`AccountView`] keeps them.
+    pub const ALL: [Window; 5] = [Window::Min10, Window::Hour1, Window::Hour24, Window::Day7, Window::Day30];
+}
 
 /// How long idle entities are kept, and per-entity caps.
 #[derive(Debug, Clone)]
@@ -73,9 +90,9 @@ pub struct StateConfig {
 impl Default for StateConfig {
     fn default() -> Self {
         StateConfig {
-            account_ttl_ms: 90 * DAY,
-            payee_ttl_ms: 90 * DAY,
-            device_ttl_ms: 35 * DAY,
+            account_ttl_ms: 90 * DAY_MS,
+            payee_ttl_ms: 90 * DAY_MS,
+            device_ttl_ms: 35 * DAY_MS,
             max_known_payees: 256,
             max_known_devices: 16,
             max_payee_senders: 256,
@@ -218,7 +235,7 @@ impl<const N: usize> DayCounts<N> {
     /// Count one event; events older than the ring are dropped (no window that
     /// is still read could contain them), a bucket saturates at `u32::MAX`.
     pub fn add(&mut self, t: EventTime) {
-        let b = t.millis().div_euclid(DAY);
+        let b = t.millis().div_euclid(DAY_MS);
         if self.head == i64::MIN {
             self.head = b;
         } else if b > self.head {
@@ -243,7 +260,7 @@ impl<const N: usize> DayCounts<N> {
         if self.head == i64::MIN {
             return out;
         }
-        let nb = now.millis().div_euclid(DAY);
+        let nb = now.millis().div_euclid(DAY_MS);
         let oldest = self.head - N as i64 + 1;
         let (mut sum, mut j) = (0i64, 0usize);
         for k in 1..=ks.last().copied().unwrap_or(0) {
@@ -384,10 +401,10 @@ pub struct AccountState {
     lifetime_count: u64,
     max_amount: i64,
     log_stats: LogStats,
-    out_1m: Ring<10, MINUTE>,
-    out_5m: Ring<12, { 5 * MINUTE }>,
-    out_1h: Ring<24, HOUR>,
-    out_1d: Ring<30, DAY>,
+    out_1m: Ring<10, MINUTE_MS>,
+    out_5m: Ring<12, { 5 * MINUTE_MS }>,
+    out_1h: Ring<24, HOUR_MS>,
+    out_1d: Ring<30, DAY_MS>,
     payees: LastSeen,
     new_payees: RecentTimes,
     /// Device hash, when this account first used it, and when it last did.
@@ -449,21 +466,25 @@ impl AccountState {
     }
 
     fn view(&self, now: EventTime, payee: u64, device: Option<u64>) -> AccountView {
-        let (c10m, s10m) = self.out_1m.total(now, 10);
-        let (c1h, s1h) = self.out_5m.total(now, 12);
-        let (c24h, s24h) = self.out_1h.total(now, 24);
-        let (c7d, s7d) = self.out_1d.total(now, 7);
-        let (c30d, s30d) = self.out_1d.total(now, 30);
+        let mut windows = [(0, 0); 5];
+        for (out, w) in windows.iter_mut().zip(Window::ALL) {
+            *out = match w {
+                Window::Min10 => self.out_1m.total(now, 10),
+                Window::Hour1 => self.out_5m.total(now, 12),
+                Window::Hour24 => self.out_1h.total(now, 24),
+                Window::Day7 => self.out_1d.total(now, 7),
+                Window::Day30 => self.out_1d.total(now, 30),
+            };
+        }
         AccountView {
             first_seen: EventTime(self.first_seen),
             lifetime_count: self.lifetime_count,
-            counts: [c10m, c1h, c24h, c7d, c30d],
-            sums: [s10m, s1h, s24h, s7d, s30d],
+            windows,
             max_amount: self.max_amount,
             log_zscore_of: self.log_stats,
             payee_known: self.payees.get(payee).is_some(),
             known_payees: self.payees.0.len() as i64,
-            new_payees_24h: self.new_payees.count_within(now, DAY),
+            new_payees_24h: self.new_payees.count_within(now, DAY_MS),
             device_first_seen: device.and_then(|d| self.device_first_seen(d)).map(EventTime),
             last_cert_reissue: opt_time(self.last_cert_reissue),
             last_device_registered: opt_time(self.last_device_registered),
@@ -472,7 +493,7 @@ impl AccountState {
             last_limit_raised: opt_time(self.last_limit_raised),
             last_ekyc: opt_time(self.last_ekyc),
             last_hold: opt_time(self.last_hold),
-            failed_logins_1h: self.failed_logins.count_within(now, HOUR),
+            failed_logins_1h: self.failed_logins.count_within(now, HOUR_MS),
         }
     }
 
@@ -497,7 +518,7 @@ impl AccountState {
         self.max_amount = self.max_amount.max(amount);
         self.log_stats.add(amount);
         if self.payees.touch(payee, t, cfg.max_known_payees) {
-            self.new_payees.push(t, DAY, 64);
+            self.new_payees.push(t, DAY_MS, 64);
         }
         if let Some(d) = device {
             self.remember_device(d, t, cfg.max_known_devices);
@@ -521,10 +542,9 @@ fn opt_time(t: i64) -> Option<EventTime> {
 pub struct AccountView {
     pub first_seen: EventTime,
     pub lifetime_count: u64,
-    /// Transfers sent in the previous 10 min, 1 h, 24 h, 7 d, 30 d.
-    pub counts: [i64; 5],
-    /// Won sent in the same windows.
-    pub sums: [i64; 5],
+    /// (transfers, won) sent in each window, in [`Window::ALL`] order; read
+    /// through [`AccountView::count`] and [`AccountView::sum`].
+    windows: [(i64, i64); 5],
     pub max_amount: i64,
     log_zscore_of: LogStats,
     /// The account has sent to this payee before.
@@ -545,6 +565,18 @@ pub struct AccountView {
 }
 
 impl AccountView {
+    /// Transfers the account sent in window `w`.
+    #[inline]
+    pub fn count(&self, w: Window) -> i64 {
+        self.windows[w as usize].0
+    }
+
+    /// Won the account sent in window `w`.
+    #[inline]
+    pub fn sum(&self, w: Window) -> i64 {
+        self.windows[w as usize].1
+    }
+
     /// z-score of log10(amount) against the account's earlier transfers.
     pub fn amount_log_zscore(&self, amount: i64) -> f64 {
         self.log_zscore_of.zscore(amount)
@@ -556,7 +588,7 @@ impl AccountView {
 pub struct PayeeState {
     first_seen: i64,
     last_seen: i64,
-    in_1h: Ring<24, HOUR>,
+    in_1h: Ring<24, HOUR_MS>,
     /// Incoming transfers by day: the 7- and 30-day counts, and the transfers
     /// that recent reports can refer to (the denominators of the fraud shares).
     in_1d: DayCounts<PAYEE_DAYS>,
@@ -638,13 +670,13 @@ impl PayeeState {
             }
             last_report = last_report.max(Some(at));
             for (r, days) in reports.iter_mut().zip(REPORT_WINDOW_DAYS) {
-                *r += i64::from(at <= now.millis() && at > now.millis() - days as i64 * DAY);
+                *r += i64::from(at <= now.millis() && at > now.millis() - days as i64 * DAY_MS);
             }
         }
         PayeeView {
             first_seen: EventTime(self.first_seen),
-            distinct_senders_1h: self.senders.count_within(now, HOUR),
-            distinct_senders_24h: self.senders.count_within(now, DAY),
+            distinct_senders_1h: self.senders.count_within(now, HOUR_MS),
+            distinct_senders_24h: self.senders.count_within(now, DAY_MS),
             in_count_24h: c24h,
             in_sum_24h: s24h,
             in_count_7d: c7d,
@@ -688,7 +720,7 @@ pub struct PayeeView {
 #[derive(Debug, Clone)]
 pub struct DeviceState {
     last_seen: i64,
-    transfers_5m: Ring<12, { 5 * MINUTE }>,
+    transfers_5m: Ring<12, { 5 * MINUTE_MS }>,
     accounts: LastSeen,
 }
 
@@ -698,7 +730,7 @@ impl DeviceState {
     }
     fn view(&self, now: EventTime) -> DeviceView {
         DeviceView {
-            distinct_accounts_24h: self.accounts.count_within(now, DAY),
+            distinct_accounts_24h: self.accounts.count_within(now, DAY_MS),
             count_1h: self.transfers_5m.total(now, 12).0,
         }
     }
@@ -835,16 +867,16 @@ impl State {
     pub fn prefetch<'a>(&self, events: impl Iterator<Item = &'a Event> + Clone) {
         for event in events.clone() {
             entity_keys(event, |map, key| match map {
-                Kind::Account => prefetch_slot(&self.accounts, key),
-                Kind::Payee => prefetch_slot(&self.payees, key),
-                Kind::Device => prefetch_slot(&self.devices, key),
+                EntityKind::Account => prefetch_slot(&self.accounts, key),
+                EntityKind::Payee => prefetch_slot(&self.payees, key),
+                EntityKind::Device => prefetch_slot(&self.devices, key),
             });
         }
         for event in events {
             entity_keys(event, |map, key| match map {
-                Kind::Account => prefetch_entity(&self.accounts, key, |a| &a.payees.0),
-                Kind::Payee => prefetch_entity(&self.payees, key, |p| &p.senders.0),
-                Kind::Device => prefetch_entity(&self.devices, key, |d| &d.accounts.0),
+                EntityKind::Account => prefetch_entity(&self.accounts, key, |a| &a.payees.0),
+                EntityKind::Payee => prefetch_entity(&self.payees, key, |p| &p.senders.0),
+                EntityKind::Device => prefetch_entity(&self.devices, key, |d| &d.accounts.0),
             });
         }
     }
@@ -873,7 +905,7 @@ impl State {
             Event::Login(e) => {
                 self.with_account(&e.fintech_use_num, now, |a, cfg| {
                     if !e.success {
-                        a.failed_logins.push(now, HOUR, 64);
+                        a.failed_logins.push(now, HOUR_MS, 64);
                     }
                     if let Some(d) = &e.device_id {
                         a.remember_device(key_hash(d), now, cfg.max_known_devices);
@@ -989,20 +1021,20 @@ const PREFETCH_LIST_LINES: usize = 8;
 
 /// Which map an entity lives in.
 #[derive(Clone, Copy)]
-enum Kind {
+enum EntityKind {
     Account,
     Payee,
     Device,
 }
 
 /// The entities an event touches, by map and key.
-fn entity_keys(event: &Event, mut f: impl FnMut(Kind, &str)) {
+fn entity_keys(event: &Event, mut f: impl FnMut(EntityKind, &str)) {
     let Some(account) = event.account() else { return };
-    f(Kind::Account, account);
+    f(EntityKind::Account, account);
     if let Event::Transfer(t) = event {
-        f(Kind::Payee, &t.payee_key());
+        f(EntityKind::Payee, &t.payee_key());
         if let Some(d) = t.device_id.as_deref() {
-            f(Kind::Device, d);
+            f(EntityKind::Device, d);
         }
     }
 }
@@ -1086,7 +1118,7 @@ mod tests {
 
     #[test]
     fn ring_near_edge_is_exact_and_far_edge_snaps_to_buckets() {
-        let mut r: Ring<10, MINUTE> = Ring::default();
+        let mut r: Ring<10, MINUTE_MS> = Ring::default();
         // 10:00:00 and 10:00:59 share a bucket; 10:01:00 opens the next.
         r.add(t(36_000), 5);
         r.add(t(36_059), 7);
@@ -1103,7 +1135,7 @@ mod tests {
 
     #[test]
     fn ring_clears_stale_slots_after_a_long_gap() {
-        let mut r: Ring<3, MINUTE> = Ring::default();
+        let mut r: Ring<3, MINUTE_MS> = Ring::default();
         r.add(t(0), 1);
         r.add(t(60), 2);
         r.add(t(120), 3);
@@ -1122,32 +1154,32 @@ mod tests {
     fn ring_totals_match_a_bucket_scan() {
         use rand::{Rng, SeedableRng};
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
-        let mut r: Ring<7, MINUTE> = Ring::default();
+        let mut r: Ring<7, MINUTE_MS> = Ring::default();
         let mut events: Vec<(i64, i64)> = Vec::new();
         let mut now = 1_000_000_000i64;
         for _ in 0..1_500 {
             now += match rng.gen_range(0..10) {
-                0 => rng.gen_range(0..20 * MINUTE),
-                1 => -rng.gen_range(0..5 * MINUTE),
+                0 => rng.gen_range(0..20 * MINUTE_MS),
+                1 => -rng.gen_range(0..5 * MINUTE_MS),
                 _ => rng.gen_range(0..30_000),
             };
             let amount = rng.gen_range(1..1_000_000);
             r.add(EventTime(now), amount);
             events.push((now, amount));
-            let q = now + rng.gen_range(-MINUTE..3 * MINUTE);
+            let q = now + rng.gen_range(-MINUTE_MS..3 * MINUTE_MS);
             for k in 1..=7 {
                 // Brute force: events whose bucket is in the last k buckets up to
                 // q's, and still inside the ring.
-                let (qb, hb) = (q.div_euclid(MINUTE), r.head);
+                let (qb, hb) = (q.div_euclid(MINUTE_MS), r.head);
                 let keep = |t: i64| {
-                    let b = t.div_euclid(MINUTE);
+                    let b = t.div_euclid(MINUTE_MS);
                     b > qb - k as i64 && b <= qb && b > hb - 7 && b <= hb
                 };
                 let mut want = (0, 0);
                 let mut seen_head = i64::MIN;
                 for &(t, a) in &events {
                     // Events dropped on arrival (older than the ring then) never count.
-                    let b = t.div_euclid(MINUTE);
+                    let b = t.div_euclid(MINUTE_MS);
                     if seen_head != i64::MIN && b <= seen_head - 7 {
                         continue;
                     }
@@ -1177,10 +1209,10 @@ mod tests {
     #[test]
     fn recent_times_window_excludes_its_far_edge() {
         let mut r = RecentTimes::default();
-        r.push(t(0), HOUR, 8);
-        r.push(t(1800), HOUR, 8);
-        assert_eq!(r.count_within(t(3599), HOUR), 2);
-        assert_eq!(r.count_within(t(3600), HOUR), 1); // (now - 1h, now]
+        r.push(t(0), HOUR_MS, 8);
+        r.push(t(1800), HOUR_MS, 8);
+        assert_eq!(r.count_within(t(3599), HOUR_MS), 2);
+        assert_eq!(r.count_within(t(3600), HOUR_MS), 1); // (now - 1h, now]
     }
 
     /// Every window length of a read agrees with counting the events by hand,
@@ -1189,7 +1221,7 @@ mod tests {
     fn day_counts_match_a_brute_force_count() {
         let mut r: DayCounts<5> = DayCounts::default();
         assert_eq!(r.totals(t(0), [1, 5]), [0, 0]);
-        let day = |d: i64| EventTime(d * DAY + 3 * HOUR);
+        let day = |d: i64| EventTime(d * DAY_MS + 3 * HOUR_MS);
         let mut kept: Vec<i64> = Vec::new();
         for (d, late) in [
             (10, false),
@@ -1228,5 +1260,12 @@ mod tests {
         }
         assert!(s.zscore(10_000_000) > 5.0);
         assert!(s.zscore(15_000).abs() < 1.0);
+    }
+
+    #[test]
+    fn windows_are_kept_in_declaration_order() {
+        for (i, w) in Window::ALL.into_iter().enumerate() {
+            assert_eq!(w as usize, i, "{w:?}");
+        }
     }
 }

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use fds::engine::{Action, Engine, Scored};
+use fds::engine::{Engine, Outcome, Scored};
 use fds::event::Event;
 use fds::features::{FeatureVector, Value, F, MINUTES_CAP};
 use fds::rules::{RuleSet, Verification};
@@ -122,7 +122,7 @@ fn voice_phishing_pattern_is_held_for_a_call_back() {
         let time = format!("202610{day:02}190000");
         let payee = if day % 2 == 0 { "111" } else { "222" };
         let s = score(&engine, &transfer(&format!("H{day}"), &time, 50_000, payee, "HOME"));
-        assert_eq!(s.decision.action, Action::Allow, "habitual transfer on day {day}");
+        assert_eq!(s.decision.outcome, Outcome::Allow, "habitual transfer on day {day}");
     }
     apply(
         &engine,
@@ -138,12 +138,12 @@ fn voice_phishing_pattern_is_held_for_a_call_back() {
     );
     // The same transfer to a known payee from home is fine...
     let s = score(&engine, &transfer("K1", "20261102140500", 50_000, "111", "HOME"));
-    assert_eq!(s.decision.action, Action::Allow);
+    assert_eq!(s.decision.outcome, Outcome::Allow);
     // ...the first large transfer to a stranger from the new device is not.
     let s = score(&engine, &transfer("VP1", "20261102141000", 9_000_000, "999999", "EVIL"));
     assert_eq!(int(&s.features, F::MINS_SINCE_CERT_REISSUE), 8);
     assert_eq!(int(&s.features, F::DEVICE_AGE_MIN), 10);
-    assert_eq!(s.decision.action, Action::Hold);
+    assert_eq!(s.decision.outcome, Outcome::Hold);
     assert_eq!(s.decision.verification, Some(Verification::Callback));
     assert!(s.decision.reason_codes().any(|c| c == "VP001"), "{}", s.decision.to_json());
     // Each reason says what its rule asked for: the hard rule a hold, the
@@ -164,7 +164,7 @@ fn voice_phishing_pattern_is_held_for_a_call_back() {
 fn a_reported_payee_is_held_for_every_later_sender() {
     let engine = starter_engine();
     let s = score(&engine, &transfer_from("A1", "T1", "20261102100000", 300_000, "555", "DA"));
-    assert_eq!(s.decision.action, Action::Allow);
+    assert_eq!(s.decision.outcome, Outcome::Allow);
     // Days later the victim reports it; the label names the payee.
     apply(
         &engine,
@@ -173,7 +173,7 @@ fn a_reported_payee_is_held_for_every_later_sender() {
         ),
     );
     let s = score(&engine, &transfer_from("A2", "T2", "20261105110000", 300_000, "555", "DB"));
-    assert_eq!(s.decision.action, Action::Hold);
+    assert_eq!(s.decision.outcome, Outcome::Hold);
     assert!(s.decision.reason_codes().any(|c| c == "MU001"));
     // A withdrawn report lifts it.
     apply(
@@ -194,7 +194,7 @@ fn mule_fan_in_is_held_once_many_senders_pay_a_new_payee() {
         let acct = format!("V{i}");
         let time = format!("2026110210{:02}00", i * 5);
         let s = score(&engine, &transfer_from(&acct, &format!("M{i}"), &time, 700_000, "MULE1", &format!("DV{i}")));
-        held.push(s.decision.action == Action::Hold);
+        held.push(s.decision.outcome == Outcome::Hold);
     }
     // The first three senders build the fan-in; from the fourth on it is held.
     assert_eq!(held, [false, false, false, true, true, true, true, true]);
@@ -268,7 +268,7 @@ fn one_report_against_a_busy_payee_adds_score_but_does_not_hold() {
     // 50), below the hold score of 100; the hard reported-payee holds stay quiet.
     assert_eq!(codes, ["MU011", "MU010"]);
     assert_eq!(s.decision.score, 90);
-    assert_eq!(s.decision.action, Action::Allow);
+    assert_eq!(s.decision.outcome, Outcome::Allow);
 }
 
 fn label(id: &str, time: &str, status: &str, payee: &str) -> Event {
@@ -289,14 +289,14 @@ fn a_held_transfer_retried_is_held_again() {
         )),
     );
     let first = score(&engine, &transfer("R1", "20261102101000", 800_000, "777", "HOME"));
-    assert_eq!(first.decision.action, Action::Hold);
+    assert_eq!(first.decision.outcome, Outcome::Hold);
     let retry = score(&engine, &transfer("R2", "20261102101100", 800_000, "777", "HOME"));
     assert!(boolean(&retry.features, F::PAYEE_FIRST_SEEN), "a held transfer made its payee known");
     assert_eq!(int(&retry.features, F::MINS_SINCE_HOLD), 1);
-    assert_eq!(retry.decision.action, Action::Hold);
+    assert_eq!(retry.decision.outcome, Outcome::Hold);
     // Two hours later the remote-app signal and the hold have aged out...
     let later = score(&engine, &transfer("R3", "20261102121000", 30_000, "888", "HOME"));
-    assert_eq!(later.decision.action, Action::Allow);
+    assert_eq!(later.decision.outcome, Outcome::Allow);
     // ...and an allowed transfer does teach: its payee is known next time.
     let again = score(&engine, &transfer("R4", "20261102121500", 30_000, "888", "HOME"));
     assert!(!boolean(&again.features, F::PAYEE_FIRST_SEEN));
@@ -423,7 +423,7 @@ fn a_listed_payee_matches_however_its_account_number_is_written() {
     let engine = Engine::with_rules(RuleSet::load_dir(dir.path()).unwrap());
     for (i, written) in ["110123456789", "110-123-456789"].iter().enumerate() {
         let s = score(&engine, &transfer_from("A1", &format!("T{i}"), "20261102100000", 10_000, written, "D1"));
-        assert_eq!(s.decision.action, Action::Hold, "{written}");
+        assert_eq!(s.decision.outcome, Outcome::Hold, "{written}");
     }
 }
 

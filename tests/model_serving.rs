@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fds::engine::{Action, Engine, Scored};
+use fds::engine::{Engine, Outcome, Scored};
 use fds::event::Event;
 use fds::features::{Value, F, MINUTES_CAP};
 use fds::model::{self, Forest, Model, Scorer, LEAF};
@@ -55,13 +55,13 @@ fn a_model_hold_joins_the_decision_with_its_reasons() {
 
     let small = score(&engine, &transfer("T1", "20261102100000", 50_000, "1"));
     let d = &small.decision;
-    assert_eq!(d.action, Action::Allow);
+    assert_eq!(d.outcome, Outcome::Allow);
     let m = d.model.as_ref().expect("the model scored it");
     assert!((m.score - 0.01).abs() < 1e-12 && !m.hold && m.reasons.is_empty());
 
     let large = score(&engine, &transfer("T2", "20261102100500", 3_000_000, "2"));
     let d = &large.decision;
-    assert_eq!(d.action, Action::Hold);
+    assert_eq!(d.outcome, Outcome::Hold);
     assert_eq!(d.verification, Some(Verification::Ars));
     let codes: Vec<&str> = d.reason_codes().collect();
     assert_eq!(codes, ["MODEL_PAYEE_FIRST_SEEN", "MODEL_AMOUNT"], "largest contribution first");
@@ -108,14 +108,14 @@ reason = "BG001"
     assert_eq!(d.reason_codes().collect::<Vec<_>>(), ["BG001", "MODEL_PAYEE_FIRST_SEEN", "MODEL_AMOUNT"]);
     // The model alone: its configured verification.
     let d = score(&engine, &transfer("T2", "20261102100500", 1_500_000, "3")).decision;
-    assert_eq!((d.action, d.verification), (Action::Hold, Some(Verification::Delay)));
+    assert_eq!((d.outcome, d.verification), (Outcome::Hold, Some(Verification::Delay)));
 }
 
 #[test]
 fn no_model_means_rules_alone_and_a_null_model_version() {
     let engine = Engine::with_rules(RuleSet::empty());
     let d = score(&engine, &transfer("T1", "20261102100000", 30_000_000, "2")).decision;
-    assert_eq!(d.action, Action::Allow);
+    assert_eq!(d.outcome, Outcome::Allow);
     let json: serde_json::Value = serde_json::from_str(&d.to_json()).unwrap();
     assert!(json["model_version"].is_null() && json["model_score"].is_null() && json["model_threshold"].is_null());
 }
@@ -143,7 +143,7 @@ fn a_retrained_model_is_swapped_in_and_a_broken_one_is_refused() {
     tiny_model(0.95).save(&dir).unwrap();
     wait_for("the new model", || threshold() == Some(0.95));
     let d = score(&engine, &transfer("T1", "20261102100000", 3_000_000, "2")).decision;
-    assert_eq!(d.action, Action::Allow, "0.9 is under the new threshold");
+    assert_eq!(d.outcome, Outcome::Allow, "0.9 is under the new threshold");
 
     // The threshold alone moved in the card: also a new model.
     let card = dir.join(model::CARD_FILE);
@@ -160,7 +160,7 @@ fn a_retrained_model_is_swapped_in_and_a_broken_one_is_refused() {
     assert!(err.contains("model.json") && err.contains("corrupt"), "{err}");
     assert!(Arc::ptr_eq(&running, &handle.load_full().unwrap()), "the running model was kept");
     let d = score(&engine, &transfer("T2", "20261102100500", 3_000_000, "3")).decision;
-    assert_eq!(d.action, Action::Hold, "still scored by the running model (0.9 >= 0.85)");
+    assert_eq!(d.outcome, Outcome::Hold, "still scored by the running model (0.9 >= 0.85)");
 }
 
 fn fds(args: &[&str]) -> std::process::Output {
@@ -203,10 +203,10 @@ fn a_model_trained_into_place_after_the_start_is_taken_up() {
     let watcher = model::watch(&dir, handle.clone()).unwrap();
     assert!(handle.load().is_none() && watcher.status().rejected == 1, "nothing to load yet");
     let d = score(&engine, &transfer("T1", "20261102100000", 3_000_000, "2")).decision;
-    assert!(d.model.is_none() && d.action == Action::Allow);
+    assert!(d.model.is_none() && d.outcome == Outcome::Allow);
 
     tiny_model(0.5).save(&dir).unwrap();
     wait_for("the first model", || handle.load().is_some());
     let d = score(&engine, &transfer("T2", "20261102100500", 3_000_000, "3")).decision;
-    assert_eq!(d.action, Action::Hold);
+    assert_eq!(d.outcome, Outcome::Hold);
 }

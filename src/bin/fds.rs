@@ -14,6 +14,7 @@ use clap::{Parser, Subcommand};
 
 use fds::config::{Config, ModelConfig};
 use fds::engine::Engine;
+use fds::event::{DAY_MS, MINUTE_MS};
 use fds::generate::{generate, GeneratorConfig};
 use fds::kafka::Connection;
 use fds::model::evaluate::{self, Protocol};
@@ -521,7 +522,7 @@ fn run_cmd(
     };
     let rules = load_rules(&rules_dir)?;
     // Live traffic: refuse events dated ahead of the wall clock (5 min unless configured).
-    let skew = config.max_skew_ms.unwrap_or(5 * 60_000);
+    let skew = config.max_skew_ms.unwrap_or(5 * MINUTE_MS);
     let engine = Engine::new(config.state.clone(), Arc::new(ArcSwap::from_pointee(rules))).with_wall_clock_guard(skew);
     let (engine, model_dir) = with_model(engine, &model)?;
     let engine = Arc::new(engine);
@@ -558,7 +559,7 @@ fn run_cmd(
     let server = fds::api::spawn(listen, metrics.clone(), health.clone(), Some(refresh))?;
     eprintln!("metrics on http://{}/metrics, readiness on /readyz", server.local_addr());
 
-    let mut opts = pipeline::Options::new(Connection { brokers, client: kafka.client.clone() });
+    let mut opts = pipeline::PipelineOptions::new(Connection { brokers, client: kafka.client.clone() });
     opts.topics = kafka.topics.clone();
     opts.group_id = kafka.group_id.clone();
     opts.dedup_capacity = kafka.dedup_capacity;
@@ -664,8 +665,8 @@ fn train_cmd(
     let ruleset = engine.rules().load().version().to_owned();
     let mut provenance = Provenance::new(&name, data, &rules_dir.display().to_string(), &ruleset)
         .context("cannot hash the training data")?;
-    let window = dataset::Window { warmup_ms: (warmup_days * 86_400_000.0) as i64, ..dataset::Window::default() };
-    let collected = dataset::collect(&engine, open_sources(data)?, window)?;
+    let span = dataset::Span { warmup_ms: (warmup_days * DAY_MS as f64) as i64, ..dataset::Span::default() };
+    let collected = dataset::collect(&engine, open_sources(data)?, span)?;
     provenance.labels_in_stream = collected.labels.len();
     provenance.warmup_transfers = collected.transfers - collected.rows.len() as u64;
     let model = train::train(&collected.rows, &collected.targets(), opts, &provenance)

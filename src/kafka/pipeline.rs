@@ -86,7 +86,7 @@ use super::{
     HEADER_SOURCE_TOPIC, HEADER_TRUNCATED_FROM,
 };
 use crate::api::Health;
-use crate::engine::{Action, Engine, EngineError};
+use crate::engine::{Engine, EngineError, Outcome};
 use crate::event::{mask_account, Event, EventError};
 use crate::metrics::Metrics;
 use crate::rules::RuleSet;
@@ -111,9 +111,9 @@ pub enum PipelineError {
 /// Set from a signal handler (or a test) to stop the pipeline gracefully.
 pub type StopFlag = Arc<AtomicBool>;
 
-/// How the pipeline runs. [`Options::new`] gives the defaults `fds run` uses.
+/// How the pipeline runs. [`PipelineOptions::new`] gives the defaults `fds run` uses.
 #[derive(Debug, Clone)]
-pub struct Options {
+pub struct PipelineOptions {
     pub connection: Connection,
     pub topics: Topics,
     /// The consumer group shared by all instances.
@@ -129,9 +129,9 @@ pub struct Options {
     pub shutdown_timeout: Duration,
 }
 
-impl Options {
+impl PipelineOptions {
     pub fn new(connection: Connection) -> Self {
-        Options {
+        PipelineOptions {
             connection,
             topics: Topics::default(),
             group_id: "fds".into(),
@@ -255,7 +255,7 @@ pub struct Remembered {
     /// The transfer was scored after its deadline.
     pub late: bool,
     /// The verdict (the `fds-decision` header of a re-sent answer).
-    pub action: Action,
+    pub outcome: Outcome,
     bytes: Box<[u8]>,
 }
 
@@ -288,7 +288,7 @@ impl DecisionMemory {
     }
 
     /// Remember a decision; the first one given for an id is the one kept.
-    pub fn insert(&mut self, tran_id: &str, decision: &[u8], late: bool, action: Action) {
+    pub fn insert(&mut self, tran_id: &str, decision: &[u8], late: bool, outcome: Outcome) {
         let hash = self.hasher.hash_one(tran_id.as_bytes());
         if self.table.find(hash, |r| r.id() == tran_id.as_bytes()).is_some() {
             return;
@@ -305,7 +305,7 @@ impl DecisionMemory {
         bytes.extend_from_slice(decision);
         let seq = self.next;
         self.next += 1;
-        let r = Remembered { seq, hash, id_len: tran_id.len() as u32, late, action, bytes: bytes.into_boxed_slice() };
+        let r = Remembered { seq, hash, id_len: tran_id.len() as u32, late, outcome, bytes: bytes.into_boxed_slice() };
         self.table.insert_unique(hash, r, |r| r.hash);
         self.order.push_back((hash, seq));
     }
@@ -328,14 +328,16 @@ const TOPIC_CONTEXT: u8 = 1;
 /// An acknowledgement (or failure) of one produced record, sent from the
 /// producer's thread to the scoring thread.
 struct Ack {
-    source: Source,
+    source: Origin,
     produced_at: Instant,
     /// On failure: the record to send again.
     retry: Option<Retry>,
 }
 
+/// Where a consumed message came from: the offset to finish once its
+/// outcome is safe.
 #[derive(Debug, Clone, Copy)]
-struct Source {
+struct Origin {
     topic: u8,
     partition: i32,
     offset: i64,
@@ -403,7 +405,7 @@ impl ClientContext for AckContext {
 }
 
 impl ProducerContext for AckContext {
-    type DeliveryOpaque = Box<(Source, Instant)>;
+    type DeliveryOpaque = Box<(Origin, Instant)>;
 
     fn delivery(&self, result: &DeliveryResult<'_>, opaque: Self::DeliveryOpaque) {
         let (source, produced_at) = *opaque;
@@ -434,7 +436,7 @@ struct Book {
 impl Book {
     /// Take the acknowledgements that arrived: successes finish their offsets,
     /// failures come back to be produced again. Returns whether any finished.
-    fn drain(&mut self, metrics: &Metrics, retries: &mut Vec<(Source, Retry)>) -> bool {
+    fn drain(&mut self, metrics: &Metrics, retries: &mut Vec<(Origin, Retry)>) -> bool {
         let mut moved = false;
         while let Ok(ack) = self.acks.try_recv() {
             match ack.retry {
@@ -459,7 +461,7 @@ struct GroupContext {
     /// Decisions given, by transfer id (see [`DecisionMemory`]).
     memory: Mutex<DecisionMemory>,
     /// For reading decisions back when partitions are assigned.
-    options: Options,
+    options: PipelineOptions,
     stop: StopFlag,
     /// How many partitions the last rebalance assigned this member, or
     /// [`NOT_ASSIGNED`] (see [`OrphanWatch`]).
@@ -622,7 +624,7 @@ impl OrphanWatch {
     fn check(
         &mut self,
         consumer: &BaseConsumer<GroupContext>,
-        opts: &Options,
+        opts: &PipelineOptions,
         inputs: &[&str],
     ) -> Result<(), PipelineError> {
         if self.next.is_some_and(|next| Instant::now() < next) {
@@ -693,7 +695,7 @@ fn waiting_input<C: ConsumerContext>(
 /// becomes the scoring thread.
 pub fn run(
     engine: Arc<Engine>,
-    opts: Options,
+    opts: PipelineOptions,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     stop: StopFlag,
@@ -772,7 +774,7 @@ pub fn run(
     consumer.subscribe(&inputs).map_err(|source| PipelineError::Subscribe { topics: inputs.join(", "), source })?;
     tracing::info!(brokers = %brokers, group = %opts.group_id, "consuming {}", inputs.join(", "));
 
-    let mut scorer = Scorer {
+    let mut scorer = ScoringThread {
         engine: &engine,
         topics: &opts.topics,
         metrics: &metrics,
@@ -887,7 +889,7 @@ pub fn run(
 }
 
 /// The scoring thread's working set.
-struct Scorer<'a> {
+struct ScoringThread<'a> {
     engine: &'a Engine,
     topics: &'a Topics,
     metrics: &'a Metrics,
@@ -934,10 +936,10 @@ struct Out<'m> {
 }
 
 /// The headers every decision carries (a re-sent one adds `fds-redelivered`).
-fn decision_headers(tran_id: &str, action: Action, late: bool) -> OwnedHeaders {
+fn decision_headers(tran_id: &str, outcome: Outcome, late: bool) -> OwnedHeaders {
     OwnedHeaders::new_with_capacity(4)
         .insert(Header { key: HEADER_CORRELATION_ID, value: Some(tran_id.as_bytes()) })
-        .insert(Header { key: HEADER_DECISION, value: Some(action.name()) })
+        .insert(Header { key: HEADER_DECISION, value: Some(outcome.name()) })
         .insert(Header { key: HEADER_LATE, value: Some(if late { "true" } else { "false" }) })
 }
 
@@ -964,10 +966,10 @@ impl RuleCounters {
     }
 }
 
-impl Scorer<'_> {
+impl ScoringThread<'_> {
     fn handle(&mut self, msg: &BorrowedMessage<'_>, event: Result<Event, EventError>) {
         let topic = if msg.topic() == self.topics.transfers { TOPIC_TRANSFERS } else { TOPIC_CONTEXT };
-        let source = Source { topic, partition: msg.partition(), offset: msg.offset() };
+        let source = Origin { topic, partition: msg.partition(), offset: msg.offset() };
         self.consumer.context().book().tracker.begin(topic, source.partition, source.offset);
         self.summary.consumed += 1;
         if topic == TOPIC_TRANSFERS {
@@ -1001,11 +1003,11 @@ impl Scorer<'_> {
                 .context()
                 .memory()
                 .get(&t.bank_tran_id)
-                .map(|r| (r.decision().to_vec(), r.late, r.action));
-            if let Some((given, late, action)) = given {
+                .map(|r| (r.decision().to_vec(), r.late, r.outcome));
+            if let Some((given, late, outcome)) = given {
                 self.metrics.decisions_redelivered.inc();
                 self.summary.redelivered += 1;
-                let headers = decision_headers(&t.bank_tran_id, action, late)
+                let headers = decision_headers(&t.bank_tran_id, outcome, late)
                     .insert(Header { key: HEADER_REDELIVERED, value: Some("true") });
                 let out = Out {
                     topic: &self.topics.decisions,
@@ -1034,8 +1036,8 @@ impl Scorer<'_> {
                 let late = deadline_ms(msg).is_some_and(|deadline| now_ms > deadline);
                 self.json.clear();
                 d.write_json_with_late(late, &mut self.json);
-                self.consumer.context().memory().insert(&d.bank_tran_id, &self.json, late, d.action);
-                self.metrics.count_decision(d.action, d.verification);
+                self.consumer.context().memory().insert(&d.bank_tran_id, &self.json, late, d.outcome);
+                self.metrics.count_decision(d.outcome, d.verification);
                 if d.model.as_ref().is_some_and(|m| m.hold) {
                     self.metrics.model_holds.inc();
                 }
@@ -1057,7 +1059,7 @@ impl Scorer<'_> {
                     self.summary.late += 1;
                 }
                 self.summary.decisions += 1;
-                let headers = decision_headers(&d.bank_tran_id, d.action, late);
+                let headers = decision_headers(&d.bank_tran_id, d.outcome, late);
                 let json = std::mem::take(&mut self.json);
                 let partition = self.partition(source);
                 let out = Out { topic: &self.topics.decisions, key: msg.key(), payload: &json, headers, partition };
@@ -1068,11 +1070,11 @@ impl Scorer<'_> {
     }
 
     /// Where a decision for a message from `source` goes (see `same_partitions`).
-    fn partition(&self, source: Source) -> Option<i32> {
+    fn partition(&self, source: Origin) -> Option<i32> {
         self.same_partitions.then_some(source.partition)
     }
 
-    fn dead_letter(&mut self, msg: &BorrowedMessage<'_>, source: Source, kind: DeadLetterKind, reason: &str) {
+    fn dead_letter(&mut self, msg: &BorrowedMessage<'_>, source: Origin, kind: DeadLetterKind, reason: &str) {
         // The reason may quote the payload; account numbers stay out of logs.
         tracing::warn!(
             topic = msg.topic(),
@@ -1112,7 +1114,7 @@ impl Scorer<'_> {
     /// back-pressure instead of unbounded memory. A stop request ends the wait;
     /// the record's offset then stays unfinished and is delivered again after
     /// the restart.
-    fn produce(&mut self, out: Out<'_>, source: Source) {
+    fn produce(&mut self, out: Out<'_>, source: Origin) {
         let mut headers = Some(out.headers);
         let mut partition = out.partition;
         while !self.stop.load(Ordering::Relaxed) {
@@ -1319,7 +1321,7 @@ fn read_to_end<C: ConsumerContext>(
 /// Read the tail of the decisions topic into the decision memory, so that
 /// transfers delivered again (after a restart or a rebalance) get the decision
 /// already given.
-fn read_back_decisions(opts: &Options, memory: &mut DecisionMemory, stop: &StopFlag) {
+fn read_back_decisions(opts: &PipelineOptions, memory: &mut DecisionMemory, stop: &StopFlag) {
     let topic = &opts.topics.decisions;
     let consumer: BaseConsumer<Quiet> = match opts
         .connection
@@ -1348,13 +1350,13 @@ fn read_back_decisions(opts: &Options, memory: &mut DecisionMemory, stop: &StopF
             if let (Some(id), Some(payload)) = (correlation_id(m), m.payload()) {
                 let late = header(m, HEADER_LATE) == Some("true");
                 let hold = match header(m, HEADER_DECISION) {
-                    Some(v) => v == Action::Hold.name(),
+                    Some(v) => v == Outcome::Hold.name(),
                     // Decisions written before the header existed.
                     None => {
-                        serde_json::from_slice::<VerdictOnly>(payload).is_ok_and(|b| b.decision == Action::Hold.name())
+                        serde_json::from_slice::<VerdictOnly>(payload).is_ok_and(|b| b.decision == Outcome::Hold.name())
                     }
                 };
-                memory.insert(&id, payload, late, if hold { Action::Hold } else { Action::Allow });
+                memory.insert(&id, payload, late, if hold { Outcome::Hold } else { Outcome::Allow });
             }
         },
     );
@@ -1379,7 +1381,7 @@ const READ_BACK_LIMIT: Duration = Duration::from_secs(120);
 /// scored without them.
 fn spawn_labels_reader(
     engine: Arc<Engine>,
-    opts: &Options,
+    opts: &PipelineOptions,
     metrics: Arc<Metrics>,
     stop: StopFlag,
 ) -> Result<JoinHandle<()>, PipelineError> {
@@ -1452,7 +1454,11 @@ fn spawn_labels_reader(
 }
 
 /// Ask the brokers for metadata every second: the truth behind `/readyz`.
-fn spawn_health_watch(opts: &Options, health: Arc<Health>, stop: StopFlag) -> Result<JoinHandle<()>, PipelineError> {
+fn spawn_health_watch(
+    opts: &PipelineOptions,
+    health: Arc<Health>,
+    stop: StopFlag,
+) -> Result<JoinHandle<()>, PipelineError> {
     let client: BaseConsumer =
         opts.connection.client_config(&[("group.id", "fds-health")]).create().map_err(|source| {
             PipelineError::Client { role: "health client", brokers: opts.connection.brokers.clone(), source }
@@ -1529,20 +1535,20 @@ mod tests {
     #[test]
     fn decision_memory_keeps_the_first_answer_and_forgets_the_oldest() {
         let mut m = DecisionMemory::new(2);
-        m.insert("a", b"allow", false, Action::Allow);
-        m.insert("a", b"hold", true, Action::Hold);
+        m.insert("a", b"allow", false, Outcome::Allow);
+        m.insert("a", b"hold", true, Outcome::Hold);
         let a = m.get("a").unwrap();
         assert_eq!(a.decision(), b"allow", "a second answer never replaces the first");
-        assert!(!a.late && a.action == Action::Allow);
-        m.insert("b", b"x", false, Action::Hold);
-        m.insert("c", b"y", true, Action::Allow);
+        assert!(!a.late && a.outcome == Outcome::Allow);
+        m.insert("b", b"x", false, Outcome::Hold);
+        m.insert("c", b"y", true, Outcome::Allow);
         assert!(m.get("a").is_none(), "oldest forgotten at capacity");
         assert_eq!(m.len(), 2);
         assert_eq!(m.get("b").unwrap().decision(), b"x");
-        assert_eq!(m.get("b").unwrap().action, Action::Hold);
+        assert_eq!(m.get("b").unwrap().outcome, Outcome::Hold);
         assert!(m.get("c").unwrap().late);
         // An id that is a prefix of another's bytes is still its own entry.
-        m.insert("cy", b"z", false, Action::Allow);
+        m.insert("cy", b"z", false, Outcome::Allow);
         assert_eq!(m.get("c").unwrap().decision(), b"y");
         assert_eq!(m.get("cy").unwrap().decision(), b"z");
         assert!(m.get("b").is_none());
@@ -1554,8 +1560,8 @@ mod tests {
     fn decision_memory_holds_exactly_the_last_capacity_ids() {
         let mut m = DecisionMemory::new(100);
         for i in 0..1000 {
-            let action = if i % 2 == 0 { Action::Hold } else { Action::Allow };
-            m.insert(&format!("T{i}"), format!("d{i}").as_bytes(), false, action);
+            let outcome = if i % 2 == 0 { Outcome::Hold } else { Outcome::Allow };
+            m.insert(&format!("T{i}"), format!("d{i}").as_bytes(), false, outcome);
         }
         assert_eq!(m.len(), 100);
         for i in 0..1000 {

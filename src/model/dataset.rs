@@ -22,11 +22,6 @@ use crate::event::{Event, EventTime, LabelStatus};
 use crate::features::{FeatureVector, N_FEATURES, SCHEMA};
 use crate::replay::Source;
 
-/// Milliseconds in a day.
-pub const DAY_MS: i64 = 86_400_000;
-/// Korea Standard Time is UTC+9 all year.
-const KST_OFFSET_MS: i64 = 9 * 3_600_000;
-
 /// Why rows could not be collected.
 #[derive(Debug, thiserror::Error)]
 pub enum DatasetError {
@@ -49,13 +44,8 @@ pub struct Row {
 impl Row {
     /// The day of the transfer on the Korean calendar, as days since 1970-01-01.
     pub fn kst_day(&self) -> i64 {
-        kst_day(self.time)
+        self.time.kst_day()
     }
-}
-
-/// Days since 1970-01-01 on the Korean calendar.
-pub fn kst_day(t: EventTime) -> i64 {
-    (t.millis() + KST_OFFSET_MS).div_euclid(DAY_MS)
 }
 
 /// What a replay yielded for training.
@@ -110,7 +100,7 @@ impl Collected {
 
 /// Which transfers to keep, and when to stop reading.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Window {
+pub struct Span {
     /// Keep transfers at or after this time (earlier ones only build state).
     pub from: Option<EventTime>,
     /// Keep transfers before this time.
@@ -124,15 +114,15 @@ pub struct Window {
     pub warmup_ms: i64,
 }
 
-impl Window {
+impl Span {
     fn keeps(&self, t: EventTime) -> bool {
         self.from.map_or(true, |f| t >= f) && self.until.map_or(true, |u| t < u)
     }
 }
 
 /// Replay `sources` through `engine` and keep the feature vectors of the
-/// transfers inside `window`, with every label of the stream.
-pub fn collect(engine: &Engine, sources: Vec<Source>, window: Window) -> Result<Collected, DatasetError> {
+/// transfers inside `span`, with every label of the stream.
+pub fn collect(engine: &Engine, sources: Vec<Source>, span: Span) -> Result<Collected, DatasetError> {
     let files: Vec<PathBuf> = sources.iter().map(|s| PathBuf::from(&s.name)).collect();
     let mut out = Collected::default();
     let mut warm_until: Option<EventTime> = None;
@@ -142,11 +132,10 @@ pub fn collect(engine: &Engine, sources: Vec<Source>, window: Window) -> Result<
                 out.bad_lines += 1;
                 continue;
             };
-            if window.stop_at.is_some_and(|s| event.time() >= s) {
+            if span.stop_at.is_some_and(|s| event.time() >= s) {
                 break 'sources;
             }
-            let warm_until =
-                *warm_until.get_or_insert(EventTime(event.time().millis().saturating_add(window.warmup_ms)));
+            let warm_until = *warm_until.get_or_insert(EventTime(event.time().millis().saturating_add(span.warmup_ms)));
             let scored = match engine.process(&event) {
                 Ok(s) => s,
                 Err(_) => {
@@ -164,7 +153,7 @@ pub fn collect(engine: &Engine, sources: Vec<Source>, window: Window) -> Result<
                 }
                 (Event::Transfer(t), Some(scored)) => {
                     out.transfers += 1;
-                    if t.tran_dtime >= warm_until && window.keeps(t.tran_dtime) {
+                    if t.tran_dtime >= warm_until && span.keeps(t.tran_dtime) {
                         let features = finite(&t.bank_tran_id, &scored.features)?;
                         out.first.get_or_insert(t.tran_dtime);
                         out.last = Some(t.tran_dtime);
@@ -198,22 +187,23 @@ pub fn finite(transfer: &str, f: &FeatureVector) -> Result<[f64; N_FEATURES], Da
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::{DAY_MS, HOUR_MS};
     use crate::features::{Value, F};
 
     #[test]
     fn korean_days_start_at_midnight_kst() {
         // 2018-08-08 00:00:00 KST is 2018-08-07 15:00 UTC.
         let midnight = EventTime::parse_kst("20180808000000").unwrap();
-        assert_eq!(kst_day(midnight), kst_day(EventTime(midnight.millis() + DAY_MS - 1)));
-        assert_eq!(kst_day(EventTime(midnight.millis() - 1)) + 1, kst_day(midnight));
-        assert_eq!(kst_day(midnight), 17_751); // 2018-08-08 is day 17751 since 1970-01-01.
+        assert_eq!(midnight.kst_day(), EventTime(midnight.millis() + DAY_MS - 1).kst_day());
+        assert_eq!(EventTime(midnight.millis() - 1).kst_day() + 1, midnight.kst_day());
+        assert_eq!(midnight.kst_day(), 17_751); // 2018-08-08 is day 17751 since 1970-01-01.
     }
 
     /// Labels known before a cutoff are the latest word before it: a report
     /// withdrawn after the cutoff still counts, one arriving after it does not.
     #[test]
     fn labels_known_before_a_cutoff_ignore_later_reports_and_withdrawals() {
-        let t = |h: i64| EventTime(h * 3_600_000);
+        let t = |h: i64| EventTime(h * HOUR_MS);
         let mut c = Collected::default();
         for (at, id, status) in [
             (1, "A", LabelStatus::Fraud),

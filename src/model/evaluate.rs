@@ -40,12 +40,12 @@ use std::time::Instant;
 
 use chrono::NaiveDate;
 
-use super::dataset::{self, kst_day, DatasetError, Row, Window, DAY_MS};
+use super::dataset::{self, DatasetError, Row, Span};
 use super::quality::{self, CardScore};
 use super::train::{self, Algorithm, Provenance, TrainError, TrainOptions};
 use super::Model;
 use crate::engine::Engine;
-use crate::event::{EventTime, LabelStatus};
+use crate::event::{EventTime, LabelStatus, DAY_MS, KST_OFFSET_MS};
 use crate::replay::Source;
 
 /// The handbook's best published figures on its default split (train
@@ -123,7 +123,7 @@ impl Protocol {
 
     /// The KST date of `t`.
     pub fn kst_date(t: EventTime) -> NaiveDate {
-        Self::date(kst_day(t))
+        Self::date(t.kst_day())
     }
 
     fn start_day(&self) -> i64 {
@@ -136,7 +136,7 @@ impl Protocol {
 
     /// Midnight KST at the start of `day` (days since 1970-01-01, KST).
     fn midnight(day: i64) -> EventTime {
-        EventTime(day * DAY_MS - 9 * 3_600_000)
+        EventTime(day * DAY_MS - KST_OFFSET_MS)
     }
 
     pub fn test_start(&self) -> NaiveDate {
@@ -216,7 +216,7 @@ pub fn run(
     let d0 = protocol.start_day();
     let test_from = d0 + protocol.train_days + protocol.delay_days;
     let test_until = test_from + protocol.test_days;
-    let window = Window {
+    let span = Span {
         from: Some(Protocol::midnight(d0)),
         until: Some(Protocol::midnight(test_until)),
         // The handbook's labels of the last test day arrive 7 days later;
@@ -224,7 +224,7 @@ pub fn run(
         stop_at: protocol.handbook.then(|| Protocol::midnight(test_until + 8)),
         warmup_ms: 0,
     };
-    let data = dataset::collect(engine, vec![source], window)?;
+    let data = dataset::collect(engine, vec![source], span)?;
     let replay_seconds = started.elapsed().as_secs_f64();
     // Training learns only the reports received before the test span.
     let known = data.labels_known_before(Protocol::midnight(test_from));

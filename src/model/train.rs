@@ -37,10 +37,10 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::card::{Card, DataFile, Threshold, Training, Validation, CARD_VERSION};
-use super::dataset::{kst_day, Row};
+use super::dataset::Row;
 use super::quality::{self, CardScore};
 use super::{Forest, Logistic, Model, Scorer, LEAF};
-use crate::features::{Kind, N_FEATURES, SCHEMA};
+use crate::features::{FeatureType, N_FEATURES, SCHEMA};
 
 /// Why no model was trained. Nothing was written.
 #[derive(Debug, thiserror::Error)]
@@ -284,7 +284,7 @@ pub fn train(rows: &[Row], y: &[bool], opts: &TrainOptions, from: &Provenance) -
         .iter()
         .zip(&val_scores)
         .zip(val_y)
-        .map(|((r, &score), &fraud)| CardScore { day: kst_day(r.time), card: &r.account, score, fraud })
+        .map(|((r, &score), &fraud)| CardScore { day: r.kst_day(), card: &r.account, score, fraud })
         .collect();
     let (hold, chosen_by) = match quality::threshold_for_precision(&val_scores, val_y, opts.target_precision) {
         Some(t) => (
@@ -352,7 +352,7 @@ fn top_share_threshold(scores: &[f64], share: f64) -> f64 {
 }
 
 fn fit_logistic(x: &[[f64; N_FEATURES]], y: &[bool], p: &LogisticParams) -> Result<Logistic, TrainError> {
-    let log_scale: Vec<bool> = SCHEMA.iter().map(|d| d.kind != Kind::Bool).collect();
+    let log_scale: Vec<bool> = SCHEMA.iter().map(|d| d.kind != FeatureType::Bool).collect();
     let n = x.len() as f64;
     let t = |i: usize, v: f64| if log_scale[i] { super::signed_log1p(v) } else { v };
     let mut mean = vec![0.0; N_FEATURES];

@@ -12,7 +12,7 @@
 
 use std::collections::HashSet;
 
-use crate::features::{self, FeatureVector, Kind, Value};
+use crate::features::{self, FeatureType, FeatureVector, Value};
 
 use super::Keys;
 
@@ -800,11 +800,11 @@ enum Typed {
 }
 
 impl Typed {
-    fn kind(&self) -> Kind {
+    fn kind(&self) -> FeatureType {
         match self {
-            Typed::Bool(_) => Kind::Bool,
-            Typed::Int(_) => Kind::Int,
-            Typed::Float(_) => Kind::Float,
+            Typed::Bool(_) => FeatureType::Bool,
+            Typed::Int(_) => FeatureType::Int,
+            Typed::Float(_) => FeatureType::Float,
         }
     }
 
@@ -905,9 +905,9 @@ impl Checker<'_> {
             features::index_of(name).and_then(|index| Some((u16::try_from(index).ok()?, features::SCHEMA.get(index)?)));
         if let Some((i, def)) = feature {
             return Some(match def.kind {
-                Kind::Bool => Typed::Bool(BoolExpr::Feature(i)),
-                Kind::Int => Typed::Int(IntExpr::Feature(i)),
-                Kind::Float => Typed::Float(FloatExpr::Feature(i)),
+                FeatureType::Bool => Typed::Bool(BoolExpr::Feature(i)),
+                FeatureType::Int => Typed::Int(IntExpr::Feature(i)),
+                FeatureType::Float => Typed::Float(FloatExpr::Feature(i)),
             });
         }
         if KEYS.contains(&name) {
@@ -953,7 +953,7 @@ impl Checker<'_> {
         match op {
             BinOp::And | BinOp::Or => {
                 let bad: Vec<&(&Ast, Typed)> =
-                    [&left, &right].into_iter().filter(|s| s.1.kind() != Kind::Bool).collect();
+                    [&left, &right].into_iter().filter(|s| s.1.kind() != FeatureType::Bool).collect();
                 if let Some(first) = bad.first() {
                     let found: Vec<String> =
                         bad.iter().map(|s| format!("`{}` is {}", self.snippet(s.0), s.1.kind().name())).collect();
@@ -966,7 +966,7 @@ impl Checker<'_> {
                 };
                 Some(Typed::Bool(if op == BinOp::And { fold_all(l, r) } else { fold_any(l, r) }))
             }
-            BinOp::Cmp(cmp @ (Cmp::Eq | Cmp::Ne)) if lk == Kind::Bool || rk == Kind::Bool => {
+            BinOp::Cmp(cmp @ (Cmp::Eq | Cmp::Ne)) if lk == FeatureType::Bool || rk == FeatureType::Bool => {
                 if lk != rk {
                     let (ls, rs) = (self.snippet(left.0), self.snippet(right.0));
                     let message =
@@ -980,7 +980,7 @@ impl Checker<'_> {
             }
             _ => {
                 for side in [&left, &right] {
-                    if side.1.kind() == Kind::Bool {
+                    if side.1.kind() == FeatureType::Bool {
                         let what = if matches!(op, BinOp::Cmp(_)) { "compares numbers" } else { "needs numbers" };
                         let message = format!("`{}` {what}, but `{}` is bool", op.symbol(), self.snippet(side.0));
                         return self.fail(side.0.span.start, message);
@@ -1004,7 +1004,7 @@ pub(crate) fn did_you_mean<'c>(name: &str, candidates: impl Iterator<Item = &'c 
 
 /// Type and fold an arithmetic or comparison node whose sides are numbers.
 fn numeric(op: BinOp, l: Typed, r: Typed) -> Typed {
-    let both_int = l.kind() == Kind::Int && r.kind() == Kind::Int;
+    let both_int = l.kind() == FeatureType::Int && r.kind() == FeatureType::Int;
     match (op, both_int) {
         (BinOp::Cmp(cmp), true) => match (l, r) {
             (Typed::Int(l), Typed::Int(r)) => Typed::Bool(fold_int_cmp(cmp, l, r)),

@@ -14,7 +14,7 @@ use fds::api::Health;
 use fds::engine::Engine;
 use fds::event::Event;
 use fds::generate::{generate, GeneratorConfig};
-use fds::kafka::pipeline::{self, Options, StopFlag, Summary};
+use fds::kafka::pipeline::{self, PipelineOptions, StopFlag, Summary};
 use fds::kafka::{Connection, Topics, HEADER_CORRELATION_ID, HEADER_DEADLINE_MS};
 use fds::metrics::Metrics;
 use fds::rules::RuleSet;
@@ -183,10 +183,10 @@ impl Running {
         Running::start_with(brokers, group, |_| {})
     }
 
-    pub fn start_with(brokers: &str, group: &str, tweak: impl FnOnce(&mut Options)) -> Running {
+    pub fn start_with(brokers: &str, group: &str, tweak: impl FnOnce(&mut PipelineOptions)) -> Running {
         let rules = RuleSet::load_dir(std::path::Path::new("rules")).unwrap();
         let engine = Arc::new(Engine::with_rules(rules));
-        let mut opts = Options::new(Connection::new(brokers));
+        let mut opts = PipelineOptions::new(Connection::new(brokers));
         opts.group_id = group.to_owned();
         opts.commit_interval = Duration::from_millis(100);
         tweak(&mut opts);
