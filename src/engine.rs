@@ -56,18 +56,31 @@ const MIN_SWEEP_MS: i64 = MINUTE_MS;
 /// Why the engine refused an event. Nothing was applied to the state.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EngineError {
+    /// The event is dated further ahead of the wall clock than
+    /// `engine.max_skew_minutes` allows: a producer with a broken clock,
+    /// whose event would otherwise move windows and expiry into the future.
     #[error(
         "{kind} dated {} KST is {ahead_min} min ahead of the clock; at most {max_skew_min} min is allowed, \
          so it was not applied",
         time.human()
     )]
-    AheadOfClock { kind: &'static str, time: EventTime, ahead_min: i64, max_skew_min: i64 },
+    AheadOfClock {
+        /// The event's type, as on the wire.
+        kind: &'static str,
+        /// The time written on the event.
+        time: EventTime,
+        /// How far ahead of the wall clock that is.
+        ahead_min: i64,
+        /// The bound it broke (`engine.max_skew_minutes`).
+        max_skew_min: i64,
+    },
 }
 
 /// What the bank should do with the transfer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
+    /// Let the money move.
     Allow,
     /// Stop and verify before the money moves.
     Hold,
@@ -87,8 +100,11 @@ impl Outcome {
 /// The engine's answer for one transfer.
 #[derive(Debug, Clone)]
 pub struct Decision {
+    /// The transfer's id, which the API correlates the answer by.
     pub bank_tran_id: String,
+    /// The transfer's own time (`tran_dtime`), not when it was scored.
     pub event_time: EventTime,
+    /// Allow or hold.
     pub outcome: Outcome,
     /// The verification a hold asks for; `None` for allow.
     pub verification: Option<Verification>,
@@ -126,6 +142,7 @@ pub struct ModelVerdict {
 pub const MODEL_REASONS: usize = 3;
 
 impl Decision {
+    /// Whether the bank must stop and verify.
     pub fn is_hold(&self) -> bool {
         self.outcome == Outcome::Hold
     }
@@ -266,11 +283,14 @@ fn model_verdict(model: Arc<Model>, features: &FeatureVector) -> ModelVerdict {
 /// training and for analysts replaying a case).
 #[derive(Debug, Clone)]
 pub struct Scored {
+    /// What the engine decided.
     pub decision: Decision,
+    /// The features as computed from the state before the transfer.
     pub features: FeatureVector,
 }
 
 /// The scoring engine. Share it by reference (or `Arc`) across threads.
+#[derive(Debug)]
 pub struct Engine {
     state: State,
     rules: RulesHandle,
@@ -291,6 +311,8 @@ pub struct Engine {
 }
 
 impl Engine {
+    /// An engine with empty state and no model: rules alone decide until
+    /// [`Engine::with_model`] gives it one.
     pub fn new(state: StateConfig, rules: RulesHandle) -> Self {
         let shortest_ttl = state.account_ttl_ms.min(state.payee_ttl_ms).min(state.device_ttl_ms);
         Engine {
@@ -336,6 +358,7 @@ impl Engine {
         &self.rules
     }
 
+    /// The streaming state, for reports (memory, entity counts) and tests.
     pub fn state(&self) -> &State {
         &self.state
     }

@@ -23,6 +23,7 @@ pub const MINUTES_CAP: i64 = 30 * 24 * 60;
 /// The type of a feature, checked when rules are compiled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FeatureType {
+    /// True or false: a condition uses it as it is (`payee_first_seen and ...`).
     Bool,
     /// Integer: counts, minutes, won.
     Int,
@@ -31,6 +32,7 @@ pub enum FeatureType {
 }
 
 impl FeatureType {
+    /// The name rule errors use ("`>` compares numbers, but `x` is bool").
     pub fn name(self) -> &'static str {
         match self {
             FeatureType::Bool => "bool",
@@ -43,20 +45,27 @@ impl FeatureType {
 /// One entry of the schema.
 #[derive(Debug, Clone, Copy)]
 pub struct FeatureDef {
+    /// The name rules and model cards use.
     pub name: &'static str,
+    /// Its type, checked when rules are compiled.
     pub kind: FeatureType,
+    /// What it measures, with its units and resolution (`fds features`).
     pub help: &'static str,
 }
 
 /// A feature value, typed so money never passes through a float in rules.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Value {
+    /// A [`FeatureType::Bool`] feature's value.
     Bool(bool),
+    /// A [`FeatureType::Int`] feature's value: a count, minutes or won.
     Int(i64),
+    /// A [`FeatureType::Float`] feature's value.
     Float(f64),
 }
 
 impl Value {
+    /// The value as a model reads it: bools as 0/1.
     pub fn as_f64(self) -> f64 {
         match self {
             Value::Bool(b) => f64::from(u8::from(b)),
@@ -77,7 +86,7 @@ macro_rules! schema {
         #[allow(non_camel_case_types, clippy::upper_case_acronyms)]
         #[derive(Debug, Clone, Copy, PartialEq, Eq)]
         #[repr(usize)]
-        pub enum F { $( $id, )* }
+        pub enum F { $( #[doc = $help] $id, )* }
 
         /// Every feature, in vector order.
         pub static SCHEMA: &[FeatureDef] = &[
@@ -303,14 +312,17 @@ impl FeatureVector {
         }
         FeatureVector::from_values(self.values)
     }
+    /// The value at schema index `i` (compiled rules and models keep indexes).
     #[inline]
     pub fn get(&self, i: usize) -> Value {
         self.values[i]
     }
+    /// The value of feature `f`.
     #[inline]
     pub fn feature(&self, f: F) -> Value {
         self.values[f as usize]
     }
+    /// Every value, in [`SCHEMA`] order.
     pub fn values(&self) -> &[Value; N_FEATURES] {
         &self.values
     }

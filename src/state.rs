@@ -75,7 +75,9 @@ pub struct StateConfig {
     /// An account with no event for this long is forgotten (known payees and
     /// devices included). Must exceed the longest window (30 days).
     pub account_ttl_ms: i64,
+    /// A payee idle this long is forgotten, unless it has open fraud reports.
     pub payee_ttl_ms: i64,
+    /// A device idle this long is forgotten.
     pub device_ttl_ms: i64,
     /// Payees remembered per account; the least recently used is forgotten first.
     pub max_known_payees: usize,
@@ -540,27 +542,39 @@ fn opt_time(t: i64) -> Option<EventTime> {
 /// An account as it was just before a transfer, as features read it.
 #[derive(Debug, Clone, Copy)]
 pub struct AccountView {
+    /// The account's first event this engine saw (not when it was opened).
     pub first_seen: EventTime,
+    /// Transfers attempted, held ones included.
     pub lifetime_count: u64,
     /// (transfers, won) sent in each window, in [`Window::ALL`] order; read
     /// through [`AccountView::count`] and [`AccountView::sum`].
     windows: [(i64, i64); 5],
+    /// The largest allowed transfer, in won.
     pub max_amount: i64,
     log_zscore_of: LogStats,
     /// The account has sent to this payee before.
     pub payee_known: bool,
+    /// Distinct payees remembered (at most [`StateConfig::max_known_payees`]).
     pub known_payees: i64,
+    /// Payees first sent to in the last 24 hours.
     pub new_payees_24h: i64,
     /// When this account first used the transfer's device, if ever.
     pub device_first_seen: Option<EventTime>,
+    /// The last joint-certificate issue or re-issue (renewals do not count).
     pub last_cert_reissue: Option<EventTime>,
+    /// The last device registration.
     pub last_device_registered: Option<EventTime>,
+    /// The last phone-number change.
     pub last_phone_change: Option<EventTime>,
+    /// The last time a remote-control app was detected.
     pub last_remote_app: Option<EventTime>,
+    /// The last transfer-limit raise.
     pub last_limit_raised: Option<EventTime>,
+    /// The last non-face-to-face identity verification.
     pub last_ekyc: Option<EventTime>,
     /// The account's last held transfer.
     pub last_hold: Option<EventTime>,
+    /// Failed logins in the last hour.
     pub failed_logins_1h: i64,
 }
 
@@ -696,15 +710,23 @@ impl PayeeState {
 /// A payee as it was just before a transfer.
 #[derive(Debug, Clone, Copy)]
 pub struct PayeeView {
+    /// The payee's first transfer or report this engine saw.
     pub first_seen: EventTime,
+    /// Distinct sender accounts in the last hour (exact, up to the cap).
     pub distinct_senders_1h: i64,
+    /// Distinct sender accounts in the last 24 hours.
     pub distinct_senders_24h: i64,
+    /// Transfers into the payee in the last 24 hourly buckets.
     pub in_count_24h: i64,
+    /// Won into the payee in the same buckets.
     pub in_sum_24h: i64,
     /// Transfers into the payee in the last 7 and 30 daily buckets.
     pub in_count_7d: i64,
+    /// See `in_count_7d`.
     pub in_count_30d: i64,
+    /// Open fraud reports, one per reported transfer, whenever received.
     pub fraud_reports: i64,
+    /// The latest open report's time.
     pub last_report: Option<EventTime>,
     /// Open reports received in the last 1, 7 and 30 days ([`REPORT_WINDOW_DAYS`]),
     /// exact to the millisecond, saturating at 64 reports.
@@ -742,15 +764,20 @@ impl DeviceState {
 /// A device as it was just before a transfer.
 #[derive(Debug, Clone, Copy)]
 pub struct DeviceView {
+    /// Distinct accounts that used the device in the last 24 hours.
     pub distinct_accounts_24h: i64,
+    /// Transfers from the device in the last 12 five-minute buckets.
     pub count_1h: i64,
 }
 
 /// Views of the three entities a transfer touches, each as it was before it.
 #[derive(Debug, Clone, Copy)]
 pub struct Observed {
+    /// The sender.
     pub account: AccountView,
+    /// The payee, across all its senders.
     pub payee: PayeeView,
+    /// The device, when the transfer names one.
     pub device: Option<DeviceView>,
     /// The payee's and device's key hashes, kept for [`State::settle_transfer`].
     payee_hash: u64,
@@ -760,24 +787,34 @@ pub struct Observed {
 /// Entity counts and measured memory.
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
 pub struct MemoryReport {
+    /// Accounts held.
     pub accounts: usize,
+    /// Payees held.
     pub payees: usize,
+    /// Devices held.
     pub devices: usize,
+    /// Bytes the accounts take: entries, keys, heap collections, one slot each.
     pub account_bytes: usize,
+    /// Bytes the payees take, measured the same way.
     pub payee_bytes: usize,
+    /// Bytes the devices take, measured the same way.
     pub device_bytes: usize,
 }
 
 impl MemoryReport {
+    /// Mean bytes per account, 0 with none.
     pub fn bytes_per_account(&self) -> usize {
         self.account_bytes.checked_div(self.accounts).unwrap_or(0)
     }
+    /// Mean bytes per payee, 0 with none.
     pub fn bytes_per_payee(&self) -> usize {
         self.payee_bytes.checked_div(self.payees).unwrap_or(0)
     }
+    /// Mean bytes per device, 0 with none.
     pub fn bytes_per_device(&self) -> usize {
         self.device_bytes.checked_div(self.devices).unwrap_or(0)
     }
+    /// Bytes of the whole state.
     pub fn total_bytes(&self) -> usize {
         self.account_bytes + self.payee_bytes + self.device_bytes
     }
@@ -813,7 +850,21 @@ pub struct State {
     devices: Map<DeviceState>,
 }
 
+impl std::fmt::Debug for State {
+    /// Counts only: the maps are keyed by account numbers, which never go to
+    /// a log in full.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (accounts, payees, devices) = self.entities();
+        f.debug_struct("State")
+            .field("accounts", &accounts)
+            .field("payees", &payees)
+            .field("devices", &devices)
+            .finish_non_exhaustive()
+    }
+}
+
 impl State {
+    /// Empty state with these TTLs and caps.
     pub fn new(cfg: StateConfig) -> Self {
         State { cfg, accounts: Map::default(), payees: Map::default(), devices: Map::default() }
     }
@@ -1004,6 +1055,8 @@ impl State {
         }
     }
 
+    /// How many (accounts, payees, devices) are held: cheaper than
+    /// [`State::memory`], for metrics.
     pub fn entities(&self) -> (usize, usize, usize) {
         (self.accounts.len(), self.payees.len(), self.devices.len())
     }
