@@ -17,16 +17,16 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use fds::engine::Engine;
 use fds::event::DAY_MS;
 use fds::features::FeatureVector;
+use fds::input::{self, Format};
 use fds::model::dataset::{self, Span};
 use fds::model::train::{self, Algorithm, Provenance, TrainOptions};
 use fds::model::Model;
-use fds::replay::{self, Format};
 use fds::rules::RuleSet;
 
 fn demo_rows() -> (Vec<dataset::Row>, Vec<bool>, usize) {
     let rules = RuleSet::load_dir(Path::new("rules")).expect("the shipped rules load");
     let engine = Engine::with_rules(rules);
-    let source = replay::open(Path::new("replay-data/demo.jsonl.gz"), Format::Auto).expect("the demo stream opens");
+    let source = input::open(Path::new("replay-data/demo.jsonl.gz"), Format::Auto).expect("the demo stream opens");
     let span = Span { warmup_ms: 2 * DAY_MS, ..Span::default() };
     let data = dataset::collect(&engine, vec![source], span).expect("the demo stream replays");
     let y = data.targets();

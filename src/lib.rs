@@ -30,12 +30,15 @@
 //!   decision; a consumed offset is stored only after its decision is
 //!   acknowledged by the broker, and a re-delivered transfer gets the decision
 //!   already given. Bad messages go to a dead-letter topic with the reason.
+//! - [`input`]: recorded streams from files (JSON lines, plain or gzip, and
+//!   the handbook's card data set, [`input::handbook`]), with every bad line
+//!   named by file, line and reason; replay, load, training and evaluation
+//!   all read through it.
 //! - [`replay`]: runs recorded streams through the engine and reports throughput,
 //!   latency percentiles and, for labelled data, detection quality per typology.
 //! - [`generate`]: a deterministic generator of labelled Korean transfer traffic
 //!   with fraud typologies (voice phishing, account takeover, mule accounts, loan
-//!   fraud); [`handbook`] reads the labelled card data set of the fraud-detection
-//!   handbook as a stream of the same events.
+//!   fraud).
 //! - [`load`]: the pipeline benchmark. Plays the transfer API against a running
 //!   `fds run` over Kafka and reports end-to-end latency, missed budgets,
 //!   unanswered, late, duplicate and contradictory decisions.
@@ -64,7 +67,7 @@ pub mod engine;
 pub mod event;
 pub mod features;
 pub mod generate;
-pub mod handbook;
+pub mod input;
 pub mod kafka;
 pub mod load;
 pub mod metrics;

@@ -44,10 +44,11 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
 use crate::event::Event;
+use crate::input::{self, BadLine, Format, Input, InputError};
 use crate::kafka::{
     Connection, Topics, HEADER_CORRELATION_ID, HEADER_DEADLINE_MS, HEADER_DECISION, HEADER_LATE, HEADER_REDELIVERED,
 };
-use crate::replay::{self, BadLine, Format, Latency, ReplayError, Source};
+use crate::replay::Latency;
 
 /// The transfer API's usual latency budget.
 pub const DEFAULT_BUDGET_MS: u64 = 200;
@@ -82,7 +83,7 @@ const CONSUMER_ERRORS_LOGGED: u64 = 5;
 pub enum LoadError {
     /// An input file could not be opened or is not in the format asked for.
     #[error(transparent)]
-    Input(#[from] ReplayError),
+    Input(#[from] InputError),
     #[error("the rate must be a positive number of transfers per second, got {0}")]
     InvalidRate(f64),
     /// The metadata request at the start got no answer: nothing was sent.
@@ -262,7 +263,7 @@ pub fn run(opts: LoadOptions, progress: Option<ProgressBar>) -> Result<LoadRepor
             return Err(LoadError::InvalidRate(r));
         }
     }
-    let sources = opts.files.iter().map(|f| replay::open(f, opts.format)).collect::<Result<Vec<_>, _>>()?;
+    let sources = opts.files.iter().map(|f| input::open(f, opts.format)).collect::<Result<Vec<_>, _>>()?;
     let inputs: Vec<String> = sources.iter().map(|s| s.name.clone()).collect();
     let bar = progress.unwrap_or_else(ProgressBar::hidden);
     bar.set_length(sources.iter().map(|s| s.size).sum());
@@ -600,7 +601,7 @@ struct Prepared {
 }
 
 /// Read every source up to the transfer limit.
-fn prepare(sources: Vec<Source>, limit: u64, bar: &ProgressBar) -> Prepared {
+fn prepare(sources: Vec<Input>, limit: u64, bar: &ProgressBar) -> Prepared {
     let mut p = Prepared::default();
     let mut transfers = 0u64;
     let mut done_bytes = 0u64;

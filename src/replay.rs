@@ -1,8 +1,7 @@
 //! Replay: recorded event streams through the engine, with a report.
 //!
-//! This module owns reading recorded streams (JSON lines, plain or gzip, and the
-//! handbook's card data set) and measuring what the engine did with them:
-//! throughput, per-transfer engine latency percentiles, decisions, how often each
+//! This module owns running recorded streams (opened by [`crate::input`])
+//! through the engine and measuring what it did with them: throughput, per-transfer engine latency percentiles, decisions, how often each
 //! rule fired and, when the stream carries labels, detection quality per fraud
 //! typology.
 //!
@@ -11,17 +10,15 @@
 //!   or an invalid amount is counted and reported with its file, line number and
 //!   reason; the replay goes on. Nothing panics on input.
 //! - **Deterministic.** Events are fed in file order on one thread, so the same
-//!   files give the same decisions; [`Report::decisions_digest`] hashes them
+//!   files give the same decisions; [`ReplayReport::decisions_digest`] hashes them
 //!   (latency excluded) so two runs can be compared at a glance.
 //! - **Labels are ground truth, read late.** Detection quality uses each
 //!   transfer's *final* label (a report later cleared counts as genuine); the
 //!   engine itself sees labels only when they arrive in the stream.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::io::Write;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,148 +28,27 @@ use smallvec::SmallVec;
 
 use crate::engine::{Decision, Engine};
 use crate::event::{Event, LabelStatus};
-use crate::handbook::HandbookReader;
+use crate::input::{BadLine, Input, InputError};
 use crate::rules::RuleSet;
 use crate::state::MemoryReport;
 
 /// At most this many bad lines are listed in a report (all are counted).
 const BAD_LINES_LISTED: usize = 20;
 
-/// Why a replay could not start.
+/// Why a replay could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
-    #[error("cannot open {path}", path = path.display())]
-    Open { path: PathBuf, source: std::io::Error },
-    #[error("{path}: {reason}")]
-    Format { path: PathBuf, reason: String },
+    /// An input could not be opened.
+    #[error(transparent)]
+    Input(#[from] InputError),
+    /// `--decisions-out` could not be written.
     #[error("cannot write decisions: {0}")]
     Output(std::io::Error),
 }
 
-/// How a file is read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum Format {
-    /// From the content: the handbook's CSV header, or else JSON lines.
-    #[default]
-    Auto,
-    /// One event per line, as on the wire.
-    Jsonl,
-    /// The handbook's `transactions.csv(.gz)`.
-    Handbook,
-}
-
-/// A line that was not an event.
-#[derive(Debug, Clone, Serialize)]
-pub struct BadLine {
-    pub file: String,
-    pub line: u64,
-    pub reason: String,
-}
-
-/// Events with their line number, or a line that is not one, with the reason.
-type EventIter = Box<dyn Iterator<Item = Result<(u64, Event), (u64, String)>> + Send>;
-
-/// An opened input: its events, and how far into the file reading has got.
-pub struct Source {
-    pub name: String,
-    /// The format read: the one asked for, or the one [`Format::Auto`] found.
-    pub format: Format,
-    pub events: EventIter,
-    /// Bytes of the file read so far (compressed bytes for gzip).
-    pub position: Arc<AtomicU64>,
-    pub size: u64,
-}
-
-struct Counting<R> {
-    inner: R,
-    read: Arc<AtomicU64>,
-}
-
-impl<R: Read> Read for Counting<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.read.fetch_add(n as u64, Ordering::Relaxed);
-        Ok(n)
-    }
-}
-
-/// Open a recorded stream. `.gz` files are decompressed; a directory is taken
-/// to hold the handbook's `transactions.csv.gz`.
-pub fn open(path: &Path, format: Format) -> Result<Source, ReplayError> {
-    let path = if path.is_dir() { path.join("transactions.csv.gz") } else { path.to_path_buf() };
-    let open_err = |source| ReplayError::Open { path: path.clone(), source };
-    let file = File::open(&path).map_err(open_err)?;
-    let size = file.metadata().map_err(open_err)?.len();
-    let position = Arc::new(AtomicU64::new(0));
-    let counted = Counting { inner: file, read: position.clone() };
-    let raw: Box<dyn Read + Send> = if path.extension().is_some_and(|e| e == "gz") {
-        Box::new(flate2::read::MultiGzDecoder::new(BufReader::with_capacity(1 << 16, counted)))
-    } else {
-        Box::new(counted)
-    };
-    // Look at the whole first line (one read of a decoder may return less),
-    // then put it back in front of the rest.
-    let mut reader = BufReader::with_capacity(1 << 16, raw);
-    let mut first = Vec::new();
-    reader.read_until(b'\n', &mut first).map_err(open_err)?;
-    let format = match format {
-        Format::Auto if first.starts_with(crate::handbook::HEADER.as_bytes()) => Format::Handbook,
-        Format::Auto => Format::Jsonl,
-        f => f,
-    };
-    let rest: Box<dyn Read + Send> = Box::new(std::io::Cursor::new(first).chain(reader));
-    let reader = BufReader::with_capacity(1 << 16, rest);
-    let events: EventIter = match format {
-        Format::Handbook => {
-            let hb = HandbookReader::new(reader)
-                .map_err(|e| ReplayError::Format { path: path.clone(), reason: e.to_string() })?;
-            Box::new(hb.map(|r| r.map_err(|e| (e.line, e.reason))))
-        }
-        _ => Box::new(JsonLines { input: reader, line: 0, buf: Vec::new(), done: false }),
-    };
-    Ok(Source { name: path.display().to_string(), format, events, position, size })
-}
-
-/// Events from JSON lines; blank lines are skipped.
-struct JsonLines<R> {
-    input: R,
-    line: u64,
-    buf: Vec<u8>,
-    done: bool,
-}
-
-impl<R: BufRead> Iterator for JsonLines<R> {
-    type Item = Result<(u64, Event), (u64, String)>;
-    fn next(&mut self) -> Option<Self::Item> {
-        while !self.done {
-            self.buf.clear();
-            self.line += 1;
-            match self.input.read_until(b'\n', &mut self.buf) {
-                Ok(0) => return None,
-                Ok(_) => {
-                    let text = self.buf.trim_ascii();
-                    if text.is_empty() {
-                        continue;
-                    }
-                    return Some(
-                        Event::from_json(text).map(|e| (self.line, e)).map_err(|e| (self.line, e.to_string())),
-                    );
-                }
-                Err(e) => {
-                    // A broken file (a truncated gzip stream) fails the same way
-                    // on every further read: report it once and end the input.
-                    self.done = true;
-                    return Some(Err((self.line, format!("read error, input ends here: {e}"))));
-                }
-            }
-        }
-        None
-    }
-}
-
 /// How to replay.
 #[derive(Default)]
-pub struct Options {
+pub struct ReplayOptions {
     /// Replay at the recorded pace, sped up by this factor (1.0 = real time).
     pub pace: Option<f64>,
     /// Stop after this many events (all inputs together).
@@ -245,7 +121,7 @@ pub struct Quality {
 
 /// Everything a replay measured.
 #[derive(Debug, Clone, Serialize)]
-pub struct Report {
+pub struct ReplayReport {
     pub inputs: Vec<String>,
     pub events: u64,
     pub transfers: u64,
@@ -296,7 +172,7 @@ fn tx_key(id: &str) -> u64 {
 }
 
 /// Replay `sources` through `engine`, in order, and report.
-pub fn run(engine: &Engine, sources: Vec<Source>, mut opts: Options) -> Result<Report, ReplayError> {
+pub fn run(engine: &Engine, sources: Vec<Input>, mut opts: ReplayOptions) -> Result<ReplayReport, ReplayError> {
     let inputs: Vec<String> = sources.iter().map(|s| s.name.clone()).collect();
     let total_bytes: u64 = sources.iter().map(|s| s.size).sum();
     let bar = progress_bar(opts.progress, total_bytes);
@@ -305,7 +181,7 @@ pub fn run(engine: &Engine, sources: Vec<Source>, mut opts: Options) -> Result<R
     let mut records: HashMap<u64, TxRecord> = HashMap::new();
     let mut labels: HashMap<u64, (LabelStatus, String)> = HashMap::new();
     let mut tally = RuleTally::new(&engine.rules().load_full());
-    let mut report = Report {
+    let mut report = ReplayReport {
         inputs,
         events: 0,
         transfers: 0,
@@ -431,7 +307,7 @@ pub fn run(engine: &Engine, sources: Vec<Source>, mut opts: Options) -> Result<R
     Ok(report)
 }
 
-fn count_decision(report: &mut Report, d: &Decision) {
+fn count_decision(report: &mut ReplayReport, d: &Decision) {
     match d.verification {
         Some(v) => {
             report.hold += 1;
@@ -640,7 +516,7 @@ fn progress_bar(show: bool, total: u64) -> indicatif::ProgressBar {
     bar
 }
 
-impl Report {
+impl ReplayReport {
     fn bad_line(&mut self, file: &str, line: u64, reason: String) {
         self.bad_lines += 1;
         if self.bad_line_samples.len() < BAD_LINES_LISTED {

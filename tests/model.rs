@@ -9,9 +9,9 @@ use std::process::{Command, Output};
 use fds::engine::Engine;
 use fds::event::{Channel, Event, EventTime, Label, LabelStatus, SchemaVersion, Transfer, TransferPurpose, Won};
 use fds::features::{FeatureVector, F, N_FEATURES, SCHEMA};
+use fds::input::{self, Format};
 use fds::model::dataset::{self, Span};
 use fds::model::{Model, ModelError, CARD_FILE, MODEL_FILE};
-use fds::replay::{self, Format};
 use fds::rules::RuleSet;
 
 fn fds(args: &[&str]) -> Output {
@@ -280,7 +280,7 @@ fn rows_are_point_in_time_and_labels_are_the_latest_word() {
     }
     drop(f);
     let engine = Engine::with_rules(RuleSet::load_dir(Path::new("rules")).unwrap());
-    let source = replay::open(&path, Format::Auto).unwrap();
+    let source = input::open(&path, Format::Auto).unwrap();
     let data = dataset::collect(&engine, vec![source], Span::default()).unwrap();
     let reports: Vec<f64> = data.rows.iter().map(|r| r.features[F::PAYEE_FRAUD_REPORTS as usize]).collect();
     assert_eq!(reports, [0.0, 0.0, 1.0, 0.0]);

@@ -5,17 +5,18 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use fds::engine::Engine;
-use fds::replay::{self, Format, Options, Report};
+use fds::input::{self, Format};
+use fds::replay::{self, ReplayOptions, ReplayReport};
 use fds::rules::RuleSet;
 
 fn starter_engine() -> Engine {
     Engine::with_rules(RuleSet::load_dir(Path::new("rules")).unwrap())
 }
 
-fn replay_files(files: &[PathBuf], format: Format, limit: Option<u64>) -> Report {
+fn replay_files(files: &[PathBuf], format: Format, limit: Option<u64>) -> ReplayReport {
     let engine = starter_engine();
-    let sources = files.iter().map(|f| replay::open(f, format).unwrap()).collect();
-    replay::run(&engine, sources, Options { limit, ..Options::default() }).unwrap()
+    let sources = files.iter().map(|f| input::open(f, format).unwrap()).collect();
+    replay::run(&engine, sources, ReplayOptions { limit, ..ReplayOptions::default() }).unwrap()
 }
 
 #[test]
@@ -74,8 +75,8 @@ fn a_different_rule_set_changes_the_digest() {
     let engine = Engine::with_rules(RuleSet::empty());
     let b = replay::run(
         &engine,
-        vec![replay::open(&demo, Format::Auto).unwrap()],
-        Options { limit: Some(20_000), ..Options::default() },
+        vec![input::open(&demo, Format::Auto).unwrap()],
+        ReplayOptions { limit: Some(20_000), ..ReplayOptions::default() },
     )
     .unwrap();
     assert_eq!(a.transfers, b.transfers);
@@ -125,7 +126,7 @@ fn the_handbook_format_is_checked_not_guessed() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("other.csv");
     std::fs::write(&path, "a,b,c\n1,2,3\n").unwrap();
-    let err = replay::open(&path, Format::Handbook).err().expect("not the handbook");
+    let err = input::open(&path, Format::Handbook).err().expect("not the handbook");
     assert!(err.to_string().contains("not the handbook data set"), "{err}");
 }
 

@@ -16,11 +16,12 @@ use fds::config::{Config, ModelConfig};
 use fds::engine::Engine;
 use fds::event::{DAY_MS, MINUTE_MS};
 use fds::generate::{generate, GeneratorConfig};
+use fds::input::{self, Format};
 use fds::kafka::Connection;
 use fds::model::evaluate::{self, Protocol};
 use fds::model::train::{self, Algorithm, Provenance, TrainOptions};
 use fds::model::{dataset, Model};
-use fds::replay::{self, Format};
+use fds::replay::{self, ReplayOptions};
 use fds::rules::RuleSet;
 
 /// The embedded broker serves one `fds run`; one partition per topic keeps its
@@ -85,7 +86,8 @@ enum Command {
         /// Rule directory [default: the config's engine.rules_dir, else rules].
         #[arg(long)]
         rules: Option<PathBuf>,
-        #[arg(long, value_enum, default_value_t = Format::Auto)]
+        /// How the files are read: auto (from the content), jsonl or handbook.
+        #[arg(long, value_parser = choice(&Format::ALL, Format::name), default_value = "auto")]
         format: Format,
         /// Replay at the recorded pace, sped up by this factor (1 = real time).
         #[arg(long, value_name = "SPEED")]
@@ -150,7 +152,8 @@ enum Command {
         /// come from the config's [kafka] section, as for `fds run`.
         #[arg(long)]
         brokers: Option<String>,
-        #[arg(long, value_enum, default_value_t = Format::Auto)]
+        /// How the files are read: auto (from the content), jsonl or handbook.
+        #[arg(long, value_parser = choice(&Format::ALL, Format::name), default_value = "auto")]
         format: Format,
         /// Transfers per second [default: as fast as possible]. Context events
         /// and labels go out as they come and do not count.
@@ -210,7 +213,8 @@ enum Command {
         /// Model directory to write, e.g. models/NAME.
         #[arg(long)]
         out: PathBuf,
-        #[arg(long, value_enum, default_value_t = train::DEFAULT_ALGORITHM)]
+        /// The algorithm to fit.
+        #[arg(long, value_parser = choice(&Algorithm::ALL, Algorithm::name), default_value = train::DEFAULT_ALGORITHM.name())]
         algorithm: Algorithm,
         /// Rule directory the replay runs with [default: the config's engine.rules_dir, else rules].
         #[arg(long)]
@@ -262,7 +266,7 @@ enum Command {
         #[arg(long, default_value_t = 100)]
         top_k: usize,
         /// Algorithms to train and compare [default: logistic and forest].
-        #[arg(long, value_enum)]
+        #[arg(long, value_parser = choice(&Algorithm::ALL, Algorithm::name))]
         algorithm: Vec<Algorithm>,
         /// Rule directory the replay runs with [default: the config's engine.rules_dir, else rules].
         #[arg(long)]
@@ -334,6 +338,18 @@ enum RulesCommand {
         /// [default: the config's engine.rules_dir, else rules]
         dir: Option<PathBuf>,
     },
+}
+
+/// A command-line parser for one of the library's closed sets of names
+/// (`ALL` and `name()`), so the library keeps the one list of names and stays
+/// free of command-line types.
+fn choice<T: Copy + Send + Sync + 'static>(
+    all: &'static [T],
+    name: fn(T) -> &'static str,
+) -> impl clap::builder::TypedValueParser<Value = T> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(all.iter().map(|&v| name(v)))
+        .map(move |s| *all.iter().find(|&&v| name(v) == s).expect("clap offered only these names"))
 }
 
 fn main() -> ExitCode {
@@ -638,11 +654,8 @@ fn replay_engine(config: &Config, rules_dir: &Path) -> Result<Engine> {
     Ok(engine)
 }
 
-fn open_sources(files: &[PathBuf]) -> Result<Vec<replay::Source>> {
-    files
-        .iter()
-        .map(|f| replay::open(f, Format::Auto).with_context(|| format!("cannot read {}", f.display())))
-        .collect()
+fn open_sources(files: &[PathBuf]) -> Result<Vec<input::Input>> {
+    files.iter().map(|f| input::open(f, Format::Auto).with_context(|| format!("cannot read {}", f.display()))).collect()
 }
 
 /// `fds train`: replay, collect point-in-time rows, fit, write the model directory.
@@ -701,7 +714,7 @@ fn evaluate_cmd(
     let engine = replay_engine(config, &rules_dir)?;
     let ruleset = engine.rules().load().version().to_owned();
     let open = || {
-        replay::open(data, Format::Auto).with_context(|| format!("cannot read {} (pass --data FILE)", data.display()))
+        input::open(data, Format::Auto).with_context(|| format!("cannot read {} (pass --data FILE)", data.display()))
     };
     let mut source = open()?;
     let protocol = if source.format == Format::Handbook {
@@ -785,7 +798,7 @@ fn replay_cmd(files: &[PathBuf], args: ReplayArgs, config: &Config) -> Result<()
     let sources = files
         .iter()
         .map(|f| {
-            replay::open(f, format).with_context(|| {
+            input::open(f, format).with_context(|| {
                 if f == Path::new(DEMO_REPLAY) {
                     "the demo stream ships in replay-data/; run fds from the repository root".to_owned()
                 } else {
@@ -800,7 +813,7 @@ fn replay_cmd(files: &[PathBuf], args: ReplayArgs, config: &Config) -> Result<()
         }
         None => None,
     };
-    let opts = replay::Options {
+    let opts = ReplayOptions {
         pace,
         limit,
         progress: !json && std::io::stderr().is_terminal(),

@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use crate::engine::Engine;
 use crate::event::{Event, EventTime, LabelStatus};
 use crate::features::{FeatureVector, N_FEATURES, SCHEMA};
-use crate::replay::Source;
+use crate::input::Input;
 
 /// Why rows could not be collected.
 #[derive(Debug, thiserror::Error)]
@@ -122,7 +122,7 @@ impl Span {
 
 /// Replay `sources` through `engine` and keep the feature vectors of the
 /// transfers inside `span`, with every label of the stream.
-pub fn collect(engine: &Engine, sources: Vec<Source>, span: Span) -> Result<Collected, DatasetError> {
+pub fn collect(engine: &Engine, sources: Vec<Input>, span: Span) -> Result<Collected, DatasetError> {
     let files: Vec<PathBuf> = sources.iter().map(|s| PathBuf::from(&s.name)).collect();
     let mut out = Collected::default();
     let mut warm_until: Option<EventTime> = None;

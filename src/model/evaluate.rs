@@ -2,7 +2,7 @@
 //!
 //! This module owns `fds evaluate`: the protocol of Le Borgne et al. (2022,
 //! chapter 3, "Baseline fraud detection system") on their simulated card data
-//! ([`crate::handbook`] maps it onto transfers and labels delivered 7 days
+//! ([`crate::input::handbook`] maps it onto transfers and labels delivered 7 days
 //! late). The whole history streams through the engine, so state is warm
 //! from 2018-04-01; then:
 //!
@@ -46,7 +46,7 @@ use super::train::{self, Algorithm, Provenance, TrainError, TrainOptions};
 use super::Model;
 use crate::engine::Engine;
 use crate::event::{EventTime, LabelStatus, DAY_MS, KST_OFFSET_MS};
-use crate::replay::Source;
+use crate::input::Input;
 
 /// The handbook's best published figures on its default split (train
 /// 2018-07-25..31, test 2018-08-08..14): AUC ROC and card precision@100 by
@@ -199,7 +199,7 @@ pub struct Report {
 /// `algorithms` on the training week, score the test week.
 pub fn run(
     engine: &Engine,
-    source: Source,
+    source: Input,
     protocol: Protocol,
     algorithms: &[Algorithm],
     opts: &TrainOptions,

@@ -61,13 +61,19 @@ pub enum TrainError {
 }
 
 /// The algorithms `fds train` offers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Algorithm {
+    /// Logistic regression on signed-log, standardised features.
     Logistic,
+    /// Balanced bagging of decision trees.
     Forest,
 }
 
 impl Algorithm {
+    /// Every algorithm, as the command line offers them.
+    pub const ALL: [Algorithm; 2] = [Algorithm::Logistic, Algorithm::Forest];
+
+    /// The name on the command line and in model cards.
     pub fn name(self) -> &'static str {
         match self {
             Algorithm::Logistic => "logistic",

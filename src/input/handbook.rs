@@ -29,13 +29,15 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::io::BufRead;
 
-use crate::event::{Channel, Event, EventTime, Label, LabelStatus, SchemaVersion, Transfer, TransferPurpose, Won};
+use crate::event::{
+    Channel, Event, EventTime, Label, LabelStatus, SchemaVersion, Transfer, TransferPurpose, Won, DAY_MS,
+};
 
 /// The exact header the published file has.
 pub const HEADER: &str = "transaction_id,tx_datetime,customer_id,terminal_id,tx_amount,tx_fraud,tx_fraud_scenario";
 
 /// Fraud labels are delivered this long after the transaction.
-pub const LABEL_DELAY_MS: i64 = 7 * 86_400_000;
+pub const LABEL_DELAY_MS: i64 = 7 * DAY_MS;
 
 /// Payee bank code for handbook terminals (not a real Korean bank code).
 pub const TERMINAL_BANK_CODE: &str = "999";

@@ -1,0 +1,175 @@
+//! Input: recorded event streams, read from files.
+//!
+//! This module owns turning files into events: JSON lines as on the wire
+//! (plain or gzip), and the fraud-detection handbook's card data set
+//! ([`handbook`]), read as the same events. `fds replay`, `fds load`, training
+//! and evaluation all read their streams through [`open`], so a file that one
+//! command accepts, every command accepts, and reports the same bad lines.
+//!
+//! Guarantees:
+//! - **Bad input never stops reading.** A malformed line, an unknown event type
+//!   or an invalid value comes out as an error with its line number and the
+//!   reason, and the next line is read; a broken file (a truncated gzip stream)
+//!   is reported once, where it breaks, and the input ends there. Nothing
+//!   panics on input.
+//! - **File order.** Events come out in the order they are written: replays
+//!   are deterministic because their input is.
+//! - **Progress without a second pass.** [`Input::position`] counts the bytes
+//!   read so far (compressed bytes for gzip) against [`Input::size`].
+
+pub mod handbook;
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::event::Event;
+use handbook::HandbookReader;
+
+/// Why an input could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    #[error("cannot open {path}", path = path.display())]
+    Open { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {reason}")]
+    Format { path: PathBuf, reason: String },
+}
+
+/// How a file is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Format {
+    /// From the content: the handbook's CSV header, or else JSON lines.
+    #[default]
+    Auto,
+    /// One event per line, as on the wire.
+    Jsonl,
+    /// The handbook's `transactions.csv(.gz)`.
+    Handbook,
+}
+
+impl Format {
+    /// Every format, as the command line offers them.
+    pub const ALL: [Format; 3] = [Format::Auto, Format::Jsonl, Format::Handbook];
+
+    /// The name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Auto => "auto",
+            Format::Jsonl => "jsonl",
+            Format::Handbook => "handbook",
+        }
+    }
+}
+
+/// A line that was not an event.
+#[derive(Debug, Clone, Serialize)]
+pub struct BadLine {
+    pub file: String,
+    pub line: u64,
+    pub reason: String,
+}
+
+/// Events with their line number, or a line that is not one, with the reason.
+type EventIter = Box<dyn Iterator<Item = Result<(u64, Event), (u64, String)>> + Send>;
+
+/// An opened input: its events, and how far into the file reading has got.
+pub struct Input {
+    pub name: String,
+    /// The format read: the one asked for, or the one [`Format::Auto`] found.
+    pub format: Format,
+    pub events: EventIter,
+    /// Bytes of the file read so far (compressed bytes for gzip).
+    pub position: Arc<AtomicU64>,
+    pub size: u64,
+}
+
+struct Counting<R> {
+    inner: R,
+    read: Arc<AtomicU64>,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+/// Open a recorded stream. `.gz` files are decompressed; a directory is taken
+/// to hold the handbook's `transactions.csv.gz`.
+pub fn open(path: &Path, format: Format) -> Result<Input, InputError> {
+    let path = if path.is_dir() { path.join("transactions.csv.gz") } else { path.to_path_buf() };
+    let open_err = |source| InputError::Open { path: path.clone(), source };
+    let file = File::open(&path).map_err(open_err)?;
+    let size = file.metadata().map_err(open_err)?.len();
+    let position = Arc::new(AtomicU64::new(0));
+    let counted = Counting { inner: file, read: position.clone() };
+    let raw: Box<dyn Read + Send> = if path.extension().is_some_and(|e| e == "gz") {
+        Box::new(flate2::read::MultiGzDecoder::new(BufReader::with_capacity(1 << 16, counted)))
+    } else {
+        Box::new(counted)
+    };
+    // Look at the whole first line (one read of a decoder may return less),
+    // then put it back in front of the rest.
+    let mut reader = BufReader::with_capacity(1 << 16, raw);
+    let mut first = Vec::new();
+    reader.read_until(b'\n', &mut first).map_err(open_err)?;
+    let format = match format {
+        Format::Auto if first.starts_with(handbook::HEADER.as_bytes()) => Format::Handbook,
+        Format::Auto => Format::Jsonl,
+        f => f,
+    };
+    let rest: Box<dyn Read + Send> = Box::new(std::io::Cursor::new(first).chain(reader));
+    let reader = BufReader::with_capacity(1 << 16, rest);
+    let events: EventIter = match format {
+        Format::Handbook => {
+            let hb = HandbookReader::new(reader)
+                .map_err(|e| InputError::Format { path: path.clone(), reason: e.to_string() })?;
+            Box::new(hb.map(|r| r.map_err(|e| (e.line, e.reason))))
+        }
+        _ => Box::new(JsonLines { input: reader, line: 0, buf: Vec::new(), done: false }),
+    };
+    Ok(Input { name: path.display().to_string(), format, events, position, size })
+}
+
+/// Events from JSON lines; blank lines are skipped.
+struct JsonLines<R> {
+    input: R,
+    line: u64,
+    buf: Vec<u8>,
+    done: bool,
+}
+
+impl<R: BufRead> Iterator for JsonLines<R> {
+    type Item = Result<(u64, Event), (u64, String)>;
+    fn next(&mut self) -> Option<Self::Item> {
+        while !self.done {
+            self.buf.clear();
+            self.line += 1;
+            match self.input.read_until(b'\n', &mut self.buf) {
+                Ok(0) => return None,
+                Ok(_) => {
+                    let text = self.buf.trim_ascii();
+                    if text.is_empty() {
+                        continue;
+                    }
+                    return Some(
+                        Event::from_json(text).map(|e| (self.line, e)).map_err(|e| (self.line, e.to_string())),
+                    );
+                }
+                Err(e) => {
+                    // A broken file (a truncated gzip stream) fails the same way
+                    // on every further read: report it once and end the input.
+                    self.done = true;
+                    return Some(Err((self.line, format!("read error, input ends here: {e}"))));
+                }
+            }
+        }
+        None
+    }
+}
