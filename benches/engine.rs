@@ -18,7 +18,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use fds::engine::Engine;
-use fds::event::{Channel, EventTime, SchemaVersion, Transfer, TransferPurpose, Won};
+use fds::event::{build, EventTime, Transfer};
 use fds::features;
 use fds::rules::{Keys, RuleSet};
 
@@ -34,20 +34,15 @@ fn transfers(n: usize, start: EventTime, seed: u64) -> Vec<Transfer> {
             let acct = rng.gen_range(0..ACCOUNTS);
             // Most transfers go to one of the account's few regular payees.
             let payee = if rng.gen_bool(0.9) { acct * 3 + rng.gen_range(0..3) } else { rng.gen_range(0..ACCOUNTS * 3) };
-            Transfer {
-                schema_version: SchemaVersion,
-                bank_tran_id: format!("B{i:019}"),
-                tran_dtime: EventTime(t),
-                fintech_use_num: format!("120220{acct:018}"),
-                tran_amt: Won::new(rng.gen_range(1..500) * 1_000).expect("positive"),
-                recv_client_bank_code: "088".into(),
-                recv_client_account_num: format!("{payee:012}"),
-                recv_client_name: "홍길동".into(),
-                channel: Channel::MobileApp,
-                device_id: Some(format!("D{:08x}", acct + u64::from(rng.gen_bool(0.1)))),
-                ip: Some("10.1.2.3".into()),
-                transfer_purpose: TransferPurpose::Transfer,
-            }
+            build::transfer(&format!("B{i:019}"))
+                .at_time(EventTime(t))
+                .account(&format!("120220{acct:018}"))
+                .amount(rng.gen_range(1..500) * 1_000)
+                .payee("088", &format!("{payee:012}"))
+                .payee_name("홍길동")
+                .device(&format!("D{:08x}", acct + u64::from(rng.gen_bool(0.1))))
+                .ip("10.1.2.3")
+                .transfer()
         })
         .collect()
 }

@@ -11,7 +11,9 @@
 //! ```
 //!
 //! What it shows, in order: the message (a transfer event as JSON with
-//! `schema_version`, keyed by the sender's account), the `correlation-id` and
+//! `schema_version`, keyed by the sender's account; made here with
+//! `fds::event::build`, the README shows the JSON a client in any language
+//! writes), the `correlation-id` and
 //! `deadline-ms` headers, reading the `decisions` topic from its end *before*
 //! publishing (so the answer cannot be missed), matching by correlation id, and
 //! the documented fallback when the budget runs out: small amounts proceed,
@@ -25,6 +27,9 @@ use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientConfig;
+
+use fds::event::build;
+use fds::event::EventTime;
 
 /// How long the API waits for fds before it decides by itself.
 const BUDGET: Duration = Duration::from_millis(200);
@@ -62,25 +67,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // 2. The transfer, as the open-banking withdrawal-transfer request carries it.
     let now = chrono::Utc::now();
-    let kst = now + chrono::Duration::hours(9);
     let tran_id = format!("F120220001U{:09}", now.timestamp_micros().rem_euclid(1_000_000_000));
     let account = "120220000000000000004242";
-    let transfer = serde_json::json!({
-        "type": "transfer",
-        "schema_version": 1,
-        "bank_tran_id": tran_id,
-        "tran_dtime": kst.format("%Y%m%d%H%M%S").to_string(),
-        "fintech_use_num": account,
-        "tran_amt": amount,
-        "recv_client_bank_code": "088",
-        "recv_client_account_num": "110123456789",
-        "recv_client_name": "홍길동",
-        "channel": "mobile_app",
-        "device_id": "Dexample0001",
-        "ip": "10.1.2.3",
-        "transfer_purpose": "TR"
-    })
-    .to_string();
+    let transfer = build::transfer(&tran_id)
+        .at_time(EventTime::from_millis(now.timestamp_millis()))
+        .account(account)
+        .amount(amount)
+        .payee("088", "110123456789")
+        .payee_name("홍길동")
+        .device("Dexample0001")
+        .ip("10.1.2.3")
+        .json();
     let deadline = Instant::now() + BUDGET;
     let deadline_ms = (now.timestamp_millis() + BUDGET.as_millis() as i64).to_string();
     let headers = OwnedHeaders::new()

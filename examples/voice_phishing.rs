@@ -11,20 +11,14 @@
 use std::path::Path;
 
 use fds::engine::Engine;
-use fds::event::Event;
+use fds::event::{build, Event};
 use fds::model::{self, Model};
 use fds::rules::{RuleSet, Verification};
 
 const ACCOUNT: &str = "120220000000000000012345";
 
-fn event(json: String) -> Event {
-    Event::from_json(json.as_bytes()).expect("the example's events are valid")
-}
-
 fn transfer(id: &str, time: &str, amount: i64, payee: &str, device: &str) -> Event {
-    event(format!(
-        r#"{{"type":"transfer","schema_version":1,"bank_tran_id":"{id}","tran_dtime":"{time}","fintech_use_num":"{ACCOUNT}","tran_amt":{amount},"recv_client_bank_code":"088","recv_client_account_num":"{payee}","recv_client_name":"김민수","channel":"mobile_app","device_id":"{device}","transfer_purpose":"TR"}}"#
-    ))
+    build::transfer(id).account(ACCOUNT).at(time).amount(amount).payee("088", payee).device(device).build()
 }
 
 fn main() -> anyhow::Result<()> {
@@ -44,12 +38,8 @@ fn main() -> anyhow::Result<()> {
     }
 
     // The fraudster's device is registered and the certificate re-issued on it.
-    engine.process(&event(format!(
-        r#"{{"type":"device_registered","schema_version":1,"event_dtime":"20261102140000","fintech_use_num":"{ACCOUNT}","device_id":"NEWPHONE"}}"#
-    )))?;
-    engine.process(&event(format!(
-        r#"{{"type":"certificate","schema_version":1,"event_dtime":"20261102140200","fintech_use_num":"{ACCOUNT}","action":"reissued","device_id":"NEWPHONE"}}"#
-    )))?;
+    engine.process(&build::context(ACCOUNT).at("20261102140000").device("NEWPHONE").device_registered())?;
+    engine.process(&build::context(ACCOUNT).at("20261102140200").device("NEWPHONE").cert_reissued())?;
 
     // Eight minutes later: 9,000,000 won to a stranger, from the new device.
     let scored = engine

@@ -330,7 +330,6 @@ fn gauge_value(n: usize) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::Event;
     use crate::state::StateConfig;
 
     const ALL_NAMES: [&str; 20] = [
@@ -468,8 +467,7 @@ mod tests {
         assert_eq!(sample(&text, r#"fds_state_entities{kind="account"}"#).as_deref(), Some("0"));
         assert_eq!(sample(&text, "fds_state_bytes").as_deref(), Some("0"));
 
-        let json = r#"{"type":"transfer","schema_version":1,"bank_tran_id":"T1","tran_dtime":"20261126093000","fintech_use_num":"120220000000000000000001","tran_amt":50000,"recv_client_bank_code":"088","recv_client_account_num":"110123456789","recv_client_name":"홍길동","channel":"mobile_app","device_id":"D1","ip":"10.0.0.1","transfer_purpose":"TR"}"#;
-        let Event::Transfer(t) = Event::from_json(json.as_bytes()).unwrap() else { panic!("not a transfer") };
+        let t = crate::event::build::transfer("T1").device("D1").transfer();
         let seen = state.observe_transfer(&t, &t.payee_key());
         state.settle_transfer(&t, &seen, false);
         m.observe_state(&state);

@@ -4,28 +4,19 @@
 use std::path::Path;
 
 use fds::engine::{Engine, Outcome, Scored};
+use fds::event::build::{self, context};
 use fds::event::Event;
 use fds::features::{FeatureVector, Value, F, MINUTES_CAP};
 use fds::rules::{RuleSet, Verification};
 
-const ACCT: &str = "120220000000000000000001";
+const ACCT: &str = build::DEFAULT_ACCOUNT;
 
 fn transfer(id: &str, time: &str, amount: i64, payee: &str, device: &str) -> Event {
     transfer_from(ACCT, id, time, amount, payee, device)
 }
 
 fn transfer_from(acct: &str, id: &str, time: &str, amount: i64, payee: &str, device: &str) -> Event {
-    Event::from_json(
-        format!(
-            r#"{{"type":"transfer","schema_version":1,"bank_tran_id":"{id}","tran_dtime":"{time}","fintech_use_num":"{acct}","tran_amt":{amount},"recv_client_bank_code":"088","recv_client_account_num":"{payee}","recv_client_name":"김민수","channel":"mobile_app","device_id":"{device}","ip":"10.0.0.1","transfer_purpose":"TR"}}"#
-        )
-        .as_bytes(),
-    )
-    .unwrap()
-}
-
-fn context(json: &str) -> Event {
-    Event::from_json(json.as_bytes()).unwrap()
+    build::transfer(id).account(acct).at(time).amount(amount).payee("088", payee).device(device).ip("10.0.0.1").build()
 }
 
 fn starter_engine() -> Engine {
@@ -124,18 +115,8 @@ fn voice_phishing_pattern_is_held_for_a_call_back() {
         let s = score(&engine, &transfer(&format!("H{day}"), &time, 50_000, payee, "HOME"));
         assert_eq!(s.decision.outcome, Outcome::Allow, "habitual transfer on day {day}");
     }
-    apply(
-        &engine,
-        &context(&format!(
-            r#"{{"type":"device_registered","schema_version":1,"event_dtime":"20261102140000","fintech_use_num":"{ACCT}","device_id":"EVIL"}}"#
-        )),
-    );
-    apply(
-        &engine,
-        &context(&format!(
-            r#"{{"type":"certificate","schema_version":1,"event_dtime":"20261102140200","fintech_use_num":"{ACCT}","action":"reissued","device_id":"EVIL"}}"#
-        )),
-    );
+    apply(&engine, &context(ACCT).at("20261102140000").device("EVIL").device_registered());
+    apply(&engine, &context(ACCT).at("20261102140200").device("EVIL").cert_reissued());
     // The same transfer to a known payee from home is fine...
     let s = score(&engine, &transfer("K1", "20261102140500", 50_000, "111", "HOME"));
     assert_eq!(s.decision.outcome, Outcome::Allow);
@@ -166,22 +147,12 @@ fn a_reported_payee_is_held_for_every_later_sender() {
     let s = score(&engine, &transfer_from("A1", "T1", "20261102100000", 300_000, "555", "DA"));
     assert_eq!(s.decision.outcome, Outcome::Allow);
     // Days later the victim reports it; the label names the payee.
-    apply(
-        &engine,
-        &context(
-            r#"{"type":"label","schema_version":1,"bank_tran_id":"T1","report_dtime":"20261105100000","status":"fraud","typology":"voice_phishing","recv_client_bank_code":"088","recv_client_account_num":"555"}"#,
-        ),
-    );
+    apply(&engine, &label("T1", "20261105100000", "fraud", "555"));
     let s = score(&engine, &transfer_from("A2", "T2", "20261105110000", 300_000, "555", "DB"));
     assert_eq!(s.decision.outcome, Outcome::Hold);
     assert!(s.decision.reason_codes().any(|c| c == "MU001"));
     // A withdrawn report lifts it.
-    apply(
-        &engine,
-        &context(
-            r#"{"type":"label","schema_version":1,"bank_tran_id":"T1","report_dtime":"20261105120000","status":"cleared","recv_client_bank_code":"088","recv_client_account_num":"555"}"#,
-        ),
-    );
+    apply(&engine, &label("T1", "20261105120000", "cleared", "555"));
     let s = score(&engine, &transfer_from("A3", "T3", "20261105130000", 300_000, "555", "DC"));
     assert!(!s.decision.reason_codes().any(|c| c == "MU001"));
 }
@@ -226,12 +197,7 @@ fn same_events_same_decisions() {
 #[test]
 fn decision_json_names_reasons_with_labels() {
     let engine = starter_engine();
-    apply(
-        &engine,
-        &context(&format!(
-            r#"{{"type":"remote_app_detected","schema_version":1,"event_dtime":"20261102100000","fintech_use_num":"{ACCT}","app_name":"TeamViewer QS"}}"#
-        )),
-    );
+    apply(&engine, &context(ACCT).at("20261102100000").remote_app("TeamViewer QS"));
     let s = score(&engine, &transfer("R1", "20261102101500", 800_000, "777", "HOME"));
     let json: serde_json::Value = serde_json::from_str(&s.decision.to_json()).unwrap();
     assert_eq!(json["decision"], "hold");
@@ -256,12 +222,7 @@ fn one_report_against_a_busy_payee_adds_score_but_does_not_hold() {
         let time = format!("202611020{}{:02}00", 8 + i / 20, (i % 20) * 3);
         score(&engine, &transfer_from(&format!("C{i}"), &format!("S{i}"), &time, 30_000, "SHOP", &format!("DC{i}")));
     }
-    apply(
-        &engine,
-        &context(
-            r#"{"type":"label","schema_version":1,"bank_tran_id":"S0","report_dtime":"20261102110000","status":"fraud","typology":"loan_fraud","recv_client_bank_code":"088","recv_client_account_num":"SHOP"}"#,
-        ),
-    );
+    apply(&engine, &build::label("S0").at("20261102110000").typology("loan_fraud").payee("088", "SHOP").build());
     let s = score(&engine, &transfer_from("C99", "S99", "20261102113000", 30_000, "SHOP", "DC99"));
     let codes: Vec<&str> = s.decision.reason_codes().collect();
     // The report adds MU011's 40 points (the young payee's fan-in adds MU010's
@@ -272,9 +233,12 @@ fn one_report_against_a_busy_payee_adds_score_but_does_not_hold() {
 }
 
 fn label(id: &str, time: &str, status: &str, payee: &str) -> Event {
-    context(&format!(
-        r#"{{"type":"label","schema_version":1,"bank_tran_id":"{id}","report_dtime":"{time}","status":"{status}","typology":"voice_phishing","recv_client_bank_code":"088","recv_client_account_num":"{payee}"}}"#
-    ))
+    let report = build::label(id).at(time).payee("088", payee);
+    match status {
+        "fraud" => report.build(),
+        "cleared" => report.cleared().build(),
+        other => panic!("status {other}"),
+    }
 }
 
 /// A hold must not teach the engine that the payee is known: retrying the
@@ -282,12 +246,7 @@ fn label(id: &str, time: &str, status: &str, payee: &str) -> Event {
 #[test]
 fn a_held_transfer_retried_is_held_again() {
     let engine = starter_engine();
-    apply(
-        &engine,
-        &context(&format!(
-            r#"{{"type":"remote_app_detected","schema_version":1,"event_dtime":"20261102100000","fintech_use_num":"{ACCT}","app_name":"AnyDesk"}}"#
-        )),
-    );
+    apply(&engine, &context(ACCT).at("20261102100000").remote_app("AnyDesk"));
     let first = score(&engine, &transfer("R1", "20261102101000", 800_000, "777", "HOME"));
     assert_eq!(first.decision.outcome, Outcome::Hold);
     let retry = score(&engine, &transfer("R2", "20261102101100", 800_000, "777", "HOME"));
@@ -320,16 +279,8 @@ fn a_report_delivered_twice_counts_once_and_a_stray_withdrawal_changes_nothing()
 #[test]
 fn late_context_events_do_not_move_the_clock_back() {
     let engine = Engine::with_rules(RuleSet::empty());
-    let cert = |time: &str| {
-        context(&format!(
-            r#"{{"type":"certificate","schema_version":1,"event_dtime":"{time}","fintech_use_num":"{ACCT}","action":"reissued"}}"#
-        ))
-    };
-    let failed_login = |time: &str| {
-        context(&format!(
-            r#"{{"type":"login","schema_version":1,"event_dtime":"{time}","fintech_use_num":"{ACCT}","success":false}}"#
-        ))
-    };
+    let cert = |time: &str| context(ACCT).at(time).cert_reissued();
+    let failed_login = |time: &str| context(ACCT).at(time).login(false);
     apply(&engine, &cert("20261102140200"));
     for t in ["20261102140300", "20261102140400", "20261102140500"] {
         apply(&engine, &failed_login(t));
@@ -371,12 +322,7 @@ fn fraud_reports_do_not_move_the_expiry_clock() {
     // Each report could move the clock a sweep period (72 s here); 500 of
     // them, dated the next day, would carry it 10 hours on.
     for i in 0..500 {
-        apply(
-            &engine,
-            &context(&format!(
-                r#"{{"type":"label","schema_version":1,"bank_tran_id":"R{i}","report_dtime":"20261103100000","status":"fraud","typology":"voice_phishing","recv_client_bank_code":"088","recv_client_account_num":"777"}}"#
-            )),
-        );
+        apply(&engine, &label(&format!("R{i}"), "20261103100000", "fraud", "777"));
     }
     let s = score(&engine, &transfer("T2", "20261102100500", 10_000, "1", "D1"));
     assert!(!boolean(&s.features, F::PAYEE_FIRST_SEEN), "the account's history was expired");

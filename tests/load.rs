@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use fds::event::build::{context, label, transfer};
 use fds::kafka::{Connection, Topics, HEADER_CORRELATION_ID, HEADER_DEADLINE_MS, HEADER_LATE};
 use fds::load::{self, LoadOptions};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -37,23 +38,19 @@ fn input() -> String {
     let mut s = String::new();
     for i in 0..IN_FILE {
         let acct = account(i);
+        let (id, payee) = (format!("T{i:04}"), format!("110-123-4567{i:02}"));
         if i % 10 == 0 {
-            s += &format!(
-                r#"{{"type":"login","schema_version":1,"event_dtime":"20261126092900","fintech_use_num":"{acct}","device_id":"D1","success":true}}"#
-            );
+            s += &context(&acct).at("20261126092900").device("D1").login(true).to_json();
             s.push('\n');
         }
-        s += &format!(
-            r#"{{"type":"transfer","schema_version":1,"bank_tran_id":"T{i:04}","tran_dtime":"20261126093000","fintech_use_num":"{acct}","tran_amt":50000,"recv_client_bank_code":"088","recv_client_account_num":"110-123-4567{i:02}","recv_client_name":"홍길동","channel":"mobile_app","device_id":"D1","transfer_purpose":"TR"}}"#
-        );
+        s += &transfer(&id).account(&acct).at("20261126093000").amount(50_000).payee("088", &payee).device("D1").json();
         s.push('\n');
         if i % 25 == 5 {
-            s += &format!(
-                r#"{{"type":"label","schema_version":1,"bank_tran_id":"T{i:04}","report_dtime":"20261126100000","status":"fraud","typology":"voice_phishing","recv_client_bank_code":"088","recv_client_account_num":"110-123-4567{i:02}"}}"#
-            );
+            s += &label(&id).at("20261126100000").payee("088", &payee).json();
             s.push('\n');
         }
         if i == 3 {
+            // Not an event: the wire format's own business, so written by hand.
             s += "{\"type\":\"teleport\"}\n";
         }
     }
@@ -90,6 +87,7 @@ fn responder(brokers: &str, topics: &Topics, partitions: i32, stop: Arc<AtomicBo
     thread::spawn(move || {
         let mut seen = Vec::new();
         let answer = |id: &str, key: &str, decision: &str, late: bool| {
+            // A decision as fds writes it, reduced to what `fds load` reads.
             let body = format!(
                 r#"{{"schema_version":1,"bank_tran_id":"{id}","decision":"{decision}","verification":null,"late":{late}}}"#
             );

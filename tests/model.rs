@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use fds::engine::Engine;
-use fds::event::{Channel, Event, EventTime, Label, LabelStatus, SchemaVersion, Transfer, TransferPurpose, Won};
+use fds::event::{build, Event, EventTime, LabelStatus};
 use fds::features::{FeatureVector, F, N_FEATURES, SCHEMA};
 use fds::input::{self, Format};
 use fds::model::dataset::{self, Span};
@@ -228,32 +228,15 @@ fn data_without_fraud_is_refused_and_nothing_is_written() {
 }
 
 fn transfer(id: &str, time: EventTime, payee: &str) -> Event {
-    Event::Transfer(Transfer {
-        schema_version: SchemaVersion,
-        bank_tran_id: id.into(),
-        tran_dtime: time,
-        fintech_use_num: format!("ACC-{id}"),
-        tran_amt: Won::new(100_000).unwrap(),
-        recv_client_bank_code: "088".into(),
-        recv_client_account_num: payee.into(),
-        recv_client_name: "x".into(),
-        channel: Channel::MobileApp,
-        device_id: None,
-        ip: None,
-        transfer_purpose: TransferPurpose::Transfer,
-    })
+    build::transfer(id).account(&format!("ACC-{id}")).at_time(time).amount(100_000).payee("088", payee).build()
 }
 
 fn label(id: &str, time: EventTime, payee: &str, status: LabelStatus) -> Event {
-    Event::Label(Label {
-        schema_version: SchemaVersion,
-        bank_tran_id: id.into(),
-        report_dtime: time,
-        status,
-        typology: if status == LabelStatus::Fraud { "voice_phishing".into() } else { String::new() },
-        recv_client_bank_code: "088".into(),
-        recv_client_account_num: payee.into(),
-    })
+    let report = build::label(id).at_time(time).payee("088", payee);
+    match status {
+        LabelStatus::Fraud => report.build(),
+        LabelStatus::Cleared => report.cleared().build(),
+    }
 }
 
 /// Rows are what the engine saw at the time: a transfer to a payee reported

@@ -7,19 +7,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fds::engine::{Engine, Outcome, Scored};
-use fds::event::Event;
+use fds::event::{build, Event};
 use fds::features::{Value, F, MINUTES_CAP};
 use fds::model::{self, Forest, Model, Scorer, LEAF};
 use fds::rules::{RuleSet, Verification};
 
 fn transfer(id: &str, time: &str, amount: i64, payee: &str) -> Event {
-    Event::from_json(
-        format!(
-            r#"{{"type":"transfer","schema_version":1,"bank_tran_id":"{id}","tran_dtime":"{time}","fintech_use_num":"120220000000000000000001","tran_amt":{amount},"recv_client_bank_code":"088","recv_client_account_num":"{payee}","recv_client_name":"김민수","channel":"mobile_app","device_id":"D1","ip":"10.0.0.1","transfer_purpose":"TR"}}"#
-        )
-        .as_bytes(),
-    )
-    .unwrap()
+    build::transfer(id).at(time).amount(amount).payee("088", payee).device("D1").ip("10.0.0.1").build()
 }
 
 /// One tree: up to 1,000,000 won scores 0.01; above, 0.2 to a known payee

@@ -5,6 +5,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use fds::engine::Engine;
+use fds::event::build::transfer;
 use fds::input::{self, Format};
 use fds::replay::{self, ReplayOptions, ReplayReport};
 use fds::rules::RuleSet;
@@ -23,7 +24,9 @@ fn replay_files(files: &[PathBuf], format: Format, limit: Option<u64>) -> Replay
 fn bad_lines_are_counted_with_line_numbers_and_replay_goes_on() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("mixed.jsonl");
-    let good = r#"{"type":"transfer","schema_version":1,"bank_tran_id":"T1","tran_dtime":"20261102100000","fintech_use_num":"A1","tran_amt":10000,"recv_client_bank_code":"088","recv_client_account_num":"1","recv_client_name":"x","channel":"mobile_app","transfer_purpose":"TR"}"#;
+    // Bad lines are made from a good one by hand: they are the wire format's
+    // own business.
+    let good = transfer("T1").account("A1").at("20261102100000").amount(10_000).payee("088", "1").json();
     let mut f = std::fs::File::create(&path).unwrap();
     writeln!(f, "{good}").unwrap();
     writeln!(f, "not json at all").unwrap();

@@ -21,6 +21,8 @@
 //! `YYYYMMDDhhmmss` form in Korea Standard Time. Parsing never panics: every bad
 //! input is an [`EventError`] naming the field and the reason.
 
+pub mod build;
+
 use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
