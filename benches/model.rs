@@ -18,7 +18,7 @@ use fds::engine::Engine;
 use fds::event::DAY_MS;
 use fds::features::FeatureVector;
 use fds::input::{self, Format};
-use fds::model::dataset::{self, Span};
+use fds::model::dataset::{self, Selection};
 use fds::model::train::{self, Algorithm, Provenance, TrainOptions};
 use fds::model::Model;
 use fds::rules::RuleSet;
@@ -27,8 +27,8 @@ fn demo_rows() -> (Vec<dataset::Row>, Vec<bool>, usize) {
     let rules = RuleSet::load_dir(Path::new("rules")).expect("the shipped rules load");
     let engine = Engine::with_rules(rules);
     let source = input::open(Path::new("replay-data/demo.jsonl.gz"), Format::Auto).expect("the demo stream opens");
-    let span = Span { warmup_ms: 2 * DAY_MS, ..Span::default() };
-    let data = dataset::collect(&engine, vec![source], span).expect("the demo stream replays");
+    let selection = Selection { warmup_ms: 2 * DAY_MS, ..Selection::default() };
+    let data = dataset::collect(&engine, vec![source], selection).expect("the demo stream replays");
     let y = data.targets();
     let labels = data.labels.len();
     (data.rows, y, labels)

@@ -54,6 +54,7 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 pub type Refresh = Arc<dyn Fn() + Send + Sync>;
 
 /// Why the HTTP server could not start.
+#[allow(missing_docs)] // each variant's #[error] text is its documentation and names its fields
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("cannot listen on {addr}")]
@@ -86,6 +87,7 @@ impl Health {
         }
     }
 
+    /// The health thread's verdict on the brokers, every second.
     pub fn set_broker_up(&self, up: bool) {
         self.broker_up.store(up, Ordering::Relaxed);
     }
@@ -107,6 +109,7 @@ impl Health {
         self.stopping.store(true, Ordering::Relaxed);
     }
 
+    /// Whether `/readyz` answers 200: no problem listed.
     pub fn is_ready(&self) -> bool {
         self.problems().is_empty()
     }

@@ -22,6 +22,7 @@ use crate::rules::Verification;
 use crate::state::StateConfig;
 
 /// Why a configuration file was refused.
+#[allow(missing_docs)] // each variant's #[error] text is its documentation and names its fields
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}", path = path.display())]
@@ -120,12 +121,16 @@ struct RawEngine {
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// TTLs and caps of the streaming state (`[state]`).
     pub state: StateConfig,
+    /// The rule directory (`engine.rules_dir`), watched for edits.
     pub rules_dir: PathBuf,
+    /// Which model scores beside the rules (`[model]`).
     pub model: ModelConfig,
     /// Refuse events dated more than this far ahead of the wall clock (live
     /// consumption); `None` trusts the recorded times, as replay does.
     pub max_skew_ms: Option<i64>,
+    /// The `[kafka]` section, for `fds run`, `fds load` and `fds topics`.
     pub kafka: KafkaConfig,
     /// Where `/metrics`, `/readyz` and `/healthz` are served.
     pub listen: SocketAddr,
@@ -137,13 +142,18 @@ pub struct Config {
 pub struct KafkaConfig {
     /// `None`: start the embedded broker.
     pub brokers: Option<String>,
+    /// The consumer group every instance joins.
     pub group_id: String,
     /// Partitions of the keyed topics, for the embedded broker (default 1)
     /// and `fds topics create` (default 4).
     pub partitions: Option<i32>,
+    /// Decisions remembered by transfer id to answer re-deliveries the same way.
     pub dedup_capacity: usize,
+    /// How often stored offsets are committed.
     pub commit_interval: Duration,
+    /// The decision producer's batching delay (`linger.ms`).
     pub linger: Duration,
+    /// Topic names.
     pub topics: Topics,
     /// Pass-through librdkafka settings, `env:NAME` values already resolved.
     pub client: BTreeMap<String, String>,

@@ -14,11 +14,15 @@
 //! - [`event`]: the wire format. Transfers, context events (logins, new devices,
 //!   joint-certificate re-issues, phone changes, remote-control apps...) and late
 //!   fraud labels, as JSON with a `schema_version`; unknown fields are rejected.
+//!   [`event::build`] makes valid events for tests, benches, examples and
+//!   clients, so a wire-format change is made in one place.
 //! - [`state`]: per-account, per-payee and per-device memory in concurrent maps,
 //!   windowed by *event time*, bounded by caps and TTLs.
 //! - [`features`]: the one pure function from a transfer and the state before it
 //!   to a fixed, named feature vector. Rules, models, training and replay all
-//!   call it, so there is no train/serve skew.
+//!   call it, so there is no train/serve skew. Each feature is declared once,
+//!   with its type, name, help and computation, so the vector's order and the
+//!   schema cannot disagree.
 //! - [`rules`]: analyst-written rule files, compiled once into a typed form,
 //!   rejected with file:line:column errors when wrong, hot-reloaded and swapped
 //!   in atomically; the hot path reads them without a lock.
@@ -38,7 +42,8 @@
 //!   latency percentiles and, for labelled data, detection quality per typology.
 //! - [`generate`]: a deterministic generator of labelled Korean transfer traffic
 //!   with fraud typologies (voice phishing, account takeover, mule accounts, loan
-//!   fraud).
+//!   fraud), in rooms by concern: population, genuine behaviour, typologies,
+//!   output.
 //! - [`load`]: the pipeline benchmark. Plays the transfer API against a running
 //!   `fds run` over Kafka and reports end-to-end latency, missed budgets,
 //!   unanswered, late, duplicate and contradictory decisions.
@@ -60,6 +65,26 @@
 //!
 //! Money is integer won everywhere ([`event::Won`]); account numbers are masked
 //! in logs ([`event::mask_account`]).
+//!
+//! ## House rules the code keeps
+//!
+//! - **One meaning per name, one definition per constant.** `engine::Outcome`
+//!   is a decision's allow/hold and `rules::Action` what a rule asks for;
+//!   `features::FeatureType` is a feature's type and `state::Window` an
+//!   account window; time units ([`event::MINUTE_MS`], [`event::HOUR_MS`],
+//!   [`event::DAY_MS`], [`event::KST_OFFSET_MS`]) are defined once.
+//! - **The library has no command-line types.** Closed sets the command line
+//!   offers ([`input::Format`], [`model::train::Algorithm`]) list themselves
+//!   (`ALL`, `name()`); the binary parses those names.
+//! - **Lints.** Every public item is documented (`missing_docs`), the
+//!   idioms of Rust 2018 are kept, nothing is `pub` that cannot be reached, and
+//!   every public type is `Debug` unless its `#[allow]` says why it prints
+//!   nothing useful. Error enums document their variants in their `#[error]`
+//!   text, which names each field; their `#[allow(missing_docs)]` says so.
+//!   `scripts/test` runs `cargo fmt --check` and `cargo clippy --all-targets
+//!   -- -D warnings`.
+
+#![warn(missing_docs, unreachable_pub, rust_2018_idioms, missing_debug_implementations)]
 
 pub mod api;
 pub mod config;

@@ -79,6 +79,7 @@ const FETCH_WAIT_MS: &str = "1";
 const CONSUMER_ERRORS_LOGGED: u64 = 5;
 
 /// Why a load could not run.
+#[allow(missing_docs)] // each variant's #[error] text is its documentation and names its fields
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     /// An input file could not be opened or is not in the format asked for.
@@ -122,8 +123,11 @@ impl LoadError {
 pub struct LoadOptions {
     /// Recorded streams, sent in order.
     pub files: Vec<PathBuf>,
+    /// How the files are read.
     pub format: Format,
+    /// The brokers and client settings, as `fds run` takes them.
     pub connection: Connection,
+    /// Topic names, the same as `fds run`'s.
     pub topics: Topics,
     /// Transfers per second; `None` sends as fast as the producer takes them.
     /// Context events and labels go out as they come and do not count.
@@ -170,30 +174,42 @@ impl LoadOptions {
 /// Everything a load measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct LoadReport {
+    /// The files sent.
     pub inputs: Vec<String>,
+    /// The bootstrap servers.
     pub brokers: String,
     /// The rate asked for, in transfers per second; `None` for flat out.
     pub target_rate: Option<f64>,
+    /// The answer budget written into `deadline-ms`, in ms.
     pub budget_ms: u64,
+    /// How long the load waited for answers after the last send, in seconds.
     pub drain_s: f64,
 
+    /// Transfers handed to the producer.
     pub transfers_sent: u64,
+    /// Context events handed to the producer.
     pub context_events_sent: u64,
+    /// Fraud reports handed to the producer.
     pub labels_sent: u64,
+    /// Input lines that were not events (not sent).
     pub bad_lines: u64,
+    /// The first few of them, with file, line and reason.
     pub bad_line_samples: Vec<BadLine>,
     /// Sending stopped at the transfer limit.
     pub stopped_at_limit: bool,
     /// Messages of any kind the producer gave up on, and of those, transfers
     /// (which are then not waited for).
     pub delivery_failures: u64,
+    /// See `delivery_failures`.
     pub transfers_not_delivered: u64,
+    /// The first producer error, for the report.
     pub first_delivery_error: Option<String>,
     /// Times a send found the producer queue full and waited.
     pub queue_full_waits: u64,
     /// The in-flight limit, and how many sends had to wait for a free slot
     /// (each counted once, however long it waited).
     pub max_in_flight: u64,
+    /// See `max_in_flight`.
     pub in_flight_waits: u64,
     /// Transfer ids that came up again in the input: their later decisions
     /// count as duplicates.
@@ -206,6 +222,7 @@ pub struct LoadReport {
     /// From the first transfer sent to the last decision read (or to the last
     /// send when that is later).
     pub elapsed_s: f64,
+    /// Decisions read per second over `elapsed_s`.
     pub decisions_per_s: f64,
 
     /// Transfers answered (first decisions only).
@@ -219,7 +236,9 @@ pub struct LoadReport {
     /// Answers `fds run` marked late (header `fds-late` or `"late": true`):
     /// it consumed the transfer after its deadline.
     pub late: u64,
+    /// First answers that said allow.
     pub allow: u64,
+    /// First answers that said hold.
     pub hold: u64,
     /// Answers whose `decision` was missing or neither allow nor hold.
     pub other_decisions: u64,
@@ -233,6 +252,7 @@ pub struct LoadReport {
     pub unknown: u64,
     /// Messages on the decisions topic with no id in header or body.
     pub unreadable: u64,
+    /// Errors the decisions reader saw (broker trouble, not bad messages).
     pub consumer_errors: u64,
 }
 
@@ -865,7 +885,7 @@ fn read_decision<'h>(
     if let (Some(_), Some(verdict)) = (&id, &decision) {
         return ReadDecision { id, verdict: verdict.clone(), late, redelivered };
     }
-    let body: Body = body.and_then(|b| serde_json::from_slice(b).ok()).unwrap_or_default();
+    let body: Body<'_> = body.and_then(|b| serde_json::from_slice(b).ok()).unwrap_or_default();
     let id = id.or(body.bank_tran_id.filter(|s| !s.is_empty()).map(String::from));
     let verdict = decision.unwrap_or_else(|| verdict_of(body.decision.as_deref().unwrap_or("")));
     ReadDecision { id, verdict, late: late || body.late == Some(true), redelivered }

@@ -56,6 +56,7 @@ const END_TO_END_BUCKETS: [f64; 18] =
 /// gauges `ready` and `broker_up` are set from [`crate::api::Health`] at each
 /// scrape by [`crate::api`], so callers need not keep them in step.
 pub struct Metrics {
+    /// The registry `/metrics` encodes: this product's metrics only.
     pub registry: Registry,
     /// `fds_events_consumed_total{topic}`. Resolve each topic's child once.
     pub events_consumed: IntCounterVec,

@@ -26,9 +26,11 @@ use tracing::{info, warn};
 
 /// Something loaded from disk as a whole and swapped in atomically.
 pub trait Reloadable: Sized + Send + Sync + 'static {
+    /// Why a load failed.
     type Error: std::error::Error + Send + Sync + 'static;
     /// What it is, in logs and thread names: `rules`, `model`.
     const KIND: &'static str;
+    /// Load and check the whole thing at `path`; an error leaves the running version in force.
     fn load(path: &Path) -> Result<Self, Self::Error>;
     /// Two loads with the same key are the same: nothing to swap. Also what
     /// the reload is logged under.
@@ -41,7 +43,9 @@ pub trait Reloadable: Sized + Send + Sync + 'static {
 
 /// Where the running version lives: read by the hot path, written here.
 pub trait Slot<T>: Send + Sync + 'static {
+    /// The version running now, for logs (`None`: nothing loaded yet).
     fn running_version(&self) -> Option<String>;
+    /// Swap `new` in for every later reader.
     fn put(&self, new: Arc<T>);
 }
 
@@ -64,6 +68,7 @@ impl<T: Reloadable> Slot<T> for ArcSwapOption<T> {
 }
 
 /// The file watch could not be set up.
+#[allow(missing_docs)] // each variant's #[error] text is its documentation and names its fields
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {
     #[error("cannot watch {path}", path = path.display())]
@@ -159,6 +164,7 @@ enum Msg {
 }
 
 /// A running watcher. Dropping it stops the file watch and joins its thread.
+#[allow(missing_debug_implementations)] // a thread and a channel; its status is what callers inspect
 pub struct Watcher<T: Reloadable> {
     path: PathBuf,
     /// Dropped first on shutdown so no event arrives after `Stop`.
@@ -169,6 +175,7 @@ pub struct Watcher<T: Reloadable> {
 }
 
 impl<T: Reloadable> Watcher<T> {
+    /// The last reload's outcome and the running version.
     pub fn status(&self) -> ReloadStatus<T::Error> {
         self.status.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }

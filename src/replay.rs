@@ -36,6 +36,7 @@ use crate::state::MemoryReport;
 const BAD_LINES_LISTED: usize = 20;
 
 /// Why a replay could not run.
+#[allow(missing_docs)] // each variant's #[error] text is its documentation and names its fields
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
     /// An input could not be opened.
@@ -47,6 +48,7 @@ pub enum ReplayError {
 }
 
 /// How to replay.
+#[allow(missing_debug_implementations)] // holds a boxed writer for the decisions: nothing to print
 #[derive(Default)]
 pub struct ReplayOptions {
     /// Replay at the recorded pace, sped up by this factor (1.0 = real time).
@@ -66,20 +68,30 @@ pub struct ReplayOptions {
 /// Engine latency per transfer, in microseconds.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Latency {
+    /// Median.
     pub p50_us: f64,
+    /// 99th percentile.
     pub p99_us: f64,
+    /// 99.9th percentile.
     pub p999_us: f64,
+    /// The slowest transfer.
     pub max_us: f64,
+    /// The mean.
     pub mean_us: f64,
 }
 
 /// How often one rule fired.
 #[derive(Debug, Clone, Serialize)]
 pub struct RuleCount {
+    /// The rule's id.
     pub id: String,
+    /// The reason code it gives.
     pub reason: String,
+    /// The analysts' label (Korean).
     pub label: String,
+    /// Shadow rules are reported, never acted on.
     pub shadow: bool,
+    /// Transfers it fired on (warm-up excluded).
     pub fired: u64,
     /// Of those, on transfers labelled fraud (when the stream has labels).
     pub fired_on_fraud: u64,
@@ -88,20 +100,30 @@ pub struct RuleCount {
 /// Detection on one typology.
 #[derive(Debug, Clone, Serialize)]
 pub struct TypologyQuality {
+    /// The label's typology string.
     pub typology: String,
+    /// Fraudulent transfers of this typology.
     pub frauds: u64,
+    /// Of those, held.
     pub held: u64,
+    /// `held / frauds`.
     pub recall: f64,
+    /// Won in those frauds.
     pub fraud_won: i64,
+    /// Won in the held ones.
     pub saved_won: i64,
 }
 
 /// Detection quality against the stream's labels.
 #[derive(Debug, Clone, Serialize)]
 pub struct Quality {
+    /// Transfers whose final label is fraud.
     pub frauds: u64,
+    /// All other transfers.
     pub genuine: u64,
+    /// Frauds held.
     pub held_fraud: u64,
+    /// Genuine transfers held.
     pub held_genuine: u64,
     /// Held frauds / all frauds.
     pub recall: f64,
@@ -111,38 +133,57 @@ pub struct Quality {
     pub hold_rate_genuine: f64,
     /// Won in fraudulent transfers, and the part of it held.
     pub fraud_won: i64,
+    /// See `fraud_won`.
     pub saved_won: i64,
     /// Won in genuine transfers that were held (delayed for verification).
     pub held_genuine_won: i64,
     /// Labels naming a transfer the replay never saw.
     pub unmatched_labels: u64,
+    /// The same, per typology, sorted by name.
     pub by_typology: Vec<TypologyQuality>,
 }
 
 /// Everything a replay measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct ReplayReport {
+    /// The files replayed, in order.
     pub inputs: Vec<String>,
+    /// Events read (bad lines excluded).
     pub events: u64,
+    /// Transfers scored, warm-up included.
     pub transfers: u64,
+    /// Context events applied.
     pub context_events: u64,
+    /// Fraud reports applied.
     pub labels: u64,
+    /// Lines that were not events.
     pub bad_lines: u64,
+    /// The first few of them, with file, line and reason.
     pub bad_line_samples: Vec<BadLine>,
     /// Transfers scored during the warm-up and left out of the counts below.
     pub warmup_transfers: u64,
     /// The replay stopped at `--limit`: labels due after that point never
     /// arrived, so detection quality undercounts fraud.
     pub stopped_at_limit: bool,
+    /// Wall-clock seconds for the whole replay.
     pub elapsed_s: f64,
+    /// Events per second over `elapsed_s`, parsing included.
     pub events_per_s: f64,
+    /// Engine time per transfer.
     pub latency: Latency,
+    /// Allowed transfers (after the warm-up).
     pub allow: u64,
+    /// Held transfers (after the warm-up).
     pub hold: u64,
+    /// Holds by the verification asked for (`ars`, `callback`, `delay`).
     pub holds_by_verification: BTreeMap<String, u64>,
+    /// How often each rule fired, in rule-set order.
     pub rules: Vec<RuleCount>,
+    /// Detection quality, when the stream carries labels.
     pub quality: Option<Quality>,
+    /// The state's size at the end.
     pub state: MemoryReport,
+    /// The rule set running at the start.
     pub ruleset_version: String,
     /// The model scoring beside the rules at the start (`None`: rules alone).
     pub model_version: Option<String>,

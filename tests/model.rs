@@ -12,7 +12,7 @@ use fds::engine::Engine;
 use fds::event::{build, Event, EventTime, LabelStatus};
 use fds::features::{FeatureVector, F, N_FEATURES, SCHEMA};
 use fds::input::{self, Format};
-use fds::model::dataset::{self, Span};
+use fds::model::dataset::{self, Selection};
 use fds::model::{Model, ModelError, CARD_FILE, MODEL_FILE};
 use fds::rules::RuleSet;
 
@@ -266,7 +266,7 @@ fn rows_are_point_in_time_and_labels_are_the_latest_word() {
     drop(f);
     let engine = Engine::with_rules(RuleSet::load_dir(Path::new("rules")).unwrap());
     let source = input::open(&path, Format::Auto).unwrap();
-    let data = dataset::collect(&engine, vec![source], Span::default()).unwrap();
+    let data = dataset::collect(&engine, vec![source], Selection::default()).unwrap();
     let reports: Vec<f64> = data.rows.iter().map(|r| r.features[F::PAYEE_FRAUD_REPORTS as usize]).collect();
     assert_eq!(reports, [0.0, 0.0, 1.0, 0.0]);
     assert_eq!(data.targets(), [true, false, false, false]);

@@ -676,8 +676,9 @@ fn train_cmd(
     let ruleset = engine.rules().load().version().to_owned();
     let mut provenance = Provenance::new(&name, data, &rules_dir.display().to_string(), &ruleset)
         .context("cannot hash the training data")?;
-    let span = dataset::Span { warmup_ms: (warmup_days * DAY_MS as f64) as i64, ..dataset::Span::default() };
-    let collected = dataset::collect(&engine, open_sources(data)?, span)?;
+    let selection =
+        dataset::Selection { warmup_ms: (warmup_days * DAY_MS as f64) as i64, ..dataset::Selection::default() };
+    let collected = dataset::collect(&engine, open_sources(data)?, selection)?;
     provenance.labels_in_stream = collected.labels.len();
     provenance.warmup_transfers = collected.transfers - collected.rows.len() as u64;
     let model = train::train(&collected.rows, &collected.targets(), opts, &provenance)

@@ -46,6 +46,7 @@ pub const KST_OFFSET_MS: i64 = 9 * HOUR_MS;
 pub const MAX_AMOUNT_WON: i64 = 10_000_000_000_000;
 
 /// Why an event could not be read.
+#[allow(missing_docs)] // each variant's #[error] text is its documentation and names its fields
 #[derive(Debug, thiserror::Error)]
 pub enum EventError {
     /// Not JSON, a missing or unknown field, a wrong type, a bad value.
@@ -66,15 +67,19 @@ pub enum EventError {
 pub struct EventTime(pub i64);
 
 impl EventTime {
+    /// A time `ms` milliseconds after the Unix epoch (UTC).
     pub const fn from_millis(ms: i64) -> Self {
         EventTime(ms)
     }
+    /// A time `s` seconds after the Unix epoch (UTC).
     pub const fn from_secs(s: i64) -> Self {
         EventTime(s * 1000)
     }
+    /// Milliseconds since the Unix epoch.
     pub const fn millis(self) -> i64 {
         self.0
     }
+    /// Whole seconds since the Unix epoch (rounded down).
     pub const fn secs(self) -> i64 {
         self.0.div_euclid(1000)
     }
@@ -183,6 +188,7 @@ impl Won {
             Ok(Won(won))
         }
     }
+    /// The amount in won.
     pub const fn get(self) -> i64 {
         self.0
     }
@@ -248,6 +254,7 @@ pub enum TransferPurpose {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Transfer {
+    /// Always [`SCHEMA_VERSION`]; another version is refused.
     pub schema_version: SchemaVersion,
     /// Transfer id, unique per request; the correlation id of the decision.
     pub bank_tran_id: String,
@@ -255,18 +262,24 @@ pub struct Transfer {
     pub tran_dtime: EventTime,
     /// The sender's account, as the fintech use number (핀테크이용번호).
     pub fintech_use_num: String,
+    /// The amount, in won.
     pub tran_amt: Won,
     /// Counterparty (payee) bank code, e.g. "088".
     pub recv_client_bank_code: String,
+    /// Counterparty account number; hyphens and spaces are ignored when payees are compared.
     pub recv_client_account_num: String,
+    /// The payee's name as the sender typed it (not checked against the bank's).
     pub recv_client_name: String,
+    /// Where the customer made the request.
     pub channel: Channel,
     /// Device the request came from; open-banking partners may not send one.
     /// An empty string counts as absent, not as one device shared by everyone.
     #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "non_empty")]
     pub device_id: Option<String>,
+    /// Client IP address, when the channel sends one.
     #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "non_empty")]
     pub ip: Option<String>,
+    /// What the money is for.
     pub transfer_purpose: TransferPurpose,
 }
 
@@ -323,13 +336,19 @@ fn check_bank_code(kind: &'static str, value: &str) -> Result<(), EventError> {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Login {
+    /// Always [`SCHEMA_VERSION`].
     pub schema_version: SchemaVersion,
+    /// When it happened (`YYYYMMDDhhmmss`, KST).
     pub event_dtime: EventTime,
+    /// The account it is about.
     pub fintech_use_num: String,
+    /// The device used, if known.
     #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "non_empty")]
     pub device_id: Option<String>,
+    /// Client IP address, if known.
     #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "non_empty")]
     pub ip: Option<String>,
+    /// Whether the login succeeded; failed ones count toward takeover signals.
     pub success: bool,
 }
 
@@ -337,9 +356,13 @@ pub struct Login {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeviceRegistered {
+    /// Always [`SCHEMA_VERSION`].
     pub schema_version: SchemaVersion,
+    /// When it happened (`YYYYMMDDhhmmss`, KST).
     pub event_dtime: EventTime,
+    /// The account it is about.
     pub fintech_use_num: String,
+    /// The newly registered device.
     pub device_id: String,
 }
 
@@ -347,8 +370,11 @@ pub struct DeviceRegistered {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CertificateAction {
+    /// A first certificate for the customer.
     Issued,
+    /// A new certificate replacing one (lost phone, new device): the voice-phishing precursor.
     Reissued,
+    /// An extension of the certificate already held.
     Renewed,
 }
 
@@ -357,10 +383,15 @@ pub enum CertificateAction {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Certificate {
+    /// Always [`SCHEMA_VERSION`].
     pub schema_version: SchemaVersion,
+    /// When it happened (`YYYYMMDDhhmmss`, KST).
     pub event_dtime: EventTime,
+    /// The account it is about.
     pub fintech_use_num: String,
+    /// Issued, re-issued or renewed.
     pub action: CertificateAction,
+    /// The device the certificate was put on, if known.
     #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "non_empty")]
     pub device_id: Option<String>,
 }
@@ -369,8 +400,11 @@ pub struct Certificate {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PhoneChanged {
+    /// Always [`SCHEMA_VERSION`].
     pub schema_version: SchemaVersion,
+    /// When it happened (`YYYYMMDDhhmmss`, KST).
     pub event_dtime: EventTime,
+    /// The account it is about.
     pub fintech_use_num: String,
 }
 
@@ -378,11 +412,16 @@ pub struct PhoneChanged {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RemoteAppDetected {
+    /// Always [`SCHEMA_VERSION`].
     pub schema_version: SchemaVersion,
+    /// When it happened (`YYYYMMDDhhmmss`, KST).
     pub event_dtime: EventTime,
+    /// The account it is about.
     pub fintech_use_num: String,
+    /// The device the app was found on, if known.
     #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "non_empty")]
     pub device_id: Option<String>,
+    /// The app's name as the detector reports it.
     pub app_name: String,
 }
 
@@ -390,9 +429,13 @@ pub struct RemoteAppDetected {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitRaised {
+    /// Always [`SCHEMA_VERSION`].
     pub schema_version: SchemaVersion,
+    /// When it happened (`YYYYMMDDhhmmss`, KST).
     pub event_dtime: EventTime,
+    /// The account it is about.
     pub fintech_use_num: String,
+    /// The new daily transfer limit, in won.
     pub new_limit: Won,
 }
 
@@ -400,9 +443,13 @@ pub struct LimitRaised {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EkycCompleted {
+    /// Always [`SCHEMA_VERSION`].
     pub schema_version: SchemaVersion,
+    /// When it happened (`YYYYMMDDhhmmss`, KST).
     pub event_dtime: EventTime,
+    /// The account it is about.
     pub fintech_use_num: String,
+    /// The device verified on, if known.
     #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "non_empty")]
     pub device_id: Option<String>,
 }
@@ -411,7 +458,9 @@ pub struct EkycCompleted {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LabelStatus {
+    /// The transfer was fraud.
     Fraud,
+    /// An earlier report on the transfer is withdrawn.
     Cleared,
 }
 
@@ -422,18 +471,25 @@ pub enum LabelStatus {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Label {
+    /// Always [`SCHEMA_VERSION`].
     pub schema_version: SchemaVersion,
+    /// The reported transfer's id.
     pub bank_tran_id: String,
+    /// When the report was received (`YYYYMMDDhhmmss`, KST).
     pub report_dtime: EventTime,
+    /// Fraud, or a withdrawal of an earlier report.
     pub status: LabelStatus,
     /// The fraud typology, e.g. `voice_phishing`; empty for `cleared`.
     #[serde(default)]
     pub typology: String,
+    /// The bank code of the account the money went to.
     pub recv_client_bank_code: String,
+    /// The account the money went to.
     pub recv_client_account_num: String,
 }
 
 impl Label {
+    /// The reported payee's key (see [`payee_key`]).
     pub fn payee_key(&self) -> String {
         payee_key(&self.recv_client_bank_code, &self.recv_client_account_num)
     }
@@ -443,14 +499,23 @@ impl Label {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
+    /// A withdrawal transfer request: the only event that gets a decision.
     Transfer(Transfer),
+    /// A login attempt.
     Login(Login),
+    /// A device registered to the account.
     DeviceRegistered(DeviceRegistered),
+    /// A joint certificate issued, re-issued or renewed.
     Certificate(Certificate),
+    /// The account's phone number changed.
     PhoneChanged(PhoneChanged),
+    /// A remote-control app detected on the customer's device.
     RemoteAppDetected(RemoteAppDetected),
+    /// The transfer limit raised.
     LimitRaised(LimitRaised),
+    /// Non-face-to-face identity verification completed.
     EkycCompleted(EkycCompleted),
+    /// A fraud report, or its withdrawal.
     Label(Label),
 }
 
@@ -469,7 +534,7 @@ impl<'de> Deserialize<'de> for TypeFirst {
         struct Fields;
         impl<'de> serde::de::Visitor<'de> for Fields {
             type Value = TypeFirst;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str(r#"an event object with "type" first"#)
             }
             fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<TypeFirst, A::Error> {

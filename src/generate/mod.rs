@@ -116,6 +116,7 @@ pub enum GenerateError {
 /// small demo and a million-account run have the same fraud rate.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GeneratorConfig {
+    /// Seeds every random stream: the same seed, the same bytes.
     pub seed: u64,
     /// Sender accounts (100 to 10,000,000).
     pub accounts: u32,
@@ -201,6 +202,7 @@ impl GeneratorConfig {
 pub struct GenerateSummary {
     /// Lines written.
     pub events: u64,
+    /// Transfer lines.
     pub transfers: u64,
     /// Logins, device, certificate, phone, remote-app, limit and eKYC events.
     pub context_events: u64,
@@ -212,9 +214,11 @@ pub struct GenerateSummary {
     pub false_reports: u64,
     /// Fraud transfers per typology.
     pub frauds_by_typology: BTreeMap<String, u64>,
+    /// Bytes written.
     pub bytes: u64,
     /// Time of the first and last line (the last is usually a late label).
     pub first_time: Option<EventTime>,
+    /// See `first_time`.
     pub last_time: Option<EventTime>,
 }
 

@@ -38,6 +38,7 @@ use crate::event::{
 /// it out. `fds evaluate` reads it from there by default.
 pub const DATA_PATH: &str = "../shared/datasets/handbook-simulated/transactions.csv.gz";
 
+/// The CSV header the data set starts with, by which [`crate::input::Format::Auto`] knows it.
 pub const HEADER: &str = "transaction_id,tx_datetime,customer_id,terminal_id,tx_amount,tx_fraud,tx_fraud_scenario";
 
 /// Fraud labels are delivered this long after the transaction.
@@ -50,11 +51,14 @@ pub const TERMINAL_BANK_CODE: &str = "999";
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("line {line}: {reason}")]
 pub struct BadRow {
+    /// Line number in the CSV (1 is the header).
     pub line: u64,
+    /// What is wrong with the row.
     pub reason: String,
 }
 
 /// Reads the handbook CSV (already decompressed) as events in time order.
+#[allow(missing_debug_implementations)] // a reader over an opaque input and a heap of pending labels: nothing a log line could use
 pub struct HandbookReader<R> {
     input: R,
     line: u64,

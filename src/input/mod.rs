@@ -31,6 +31,7 @@ use crate::event::Event;
 use handbook::HandbookReader;
 
 /// Why an input could not be opened.
+#[allow(missing_docs)] // each variant's #[error] text is its documentation and names its fields
 #[derive(Debug, thiserror::Error)]
 pub enum InputError {
     #[error("cannot open {path}", path = path.display())]
@@ -68,8 +69,11 @@ impl Format {
 /// A line that was not an event.
 #[derive(Debug, Clone, Serialize)]
 pub struct BadLine {
+    /// The input's name (its path).
     pub file: String,
+    /// Line number, from 1.
     pub line: u64,
+    /// Why the line is not an event.
     pub reason: String,
 }
 
@@ -77,13 +81,17 @@ pub struct BadLine {
 type EventIter = Box<dyn Iterator<Item = Result<(u64, Event), (u64, String)>> + Send>;
 
 /// An opened input: its events, and how far into the file reading has got.
+#[allow(missing_debug_implementations)] // holds an iterator over a reader: nothing to print but the name
 pub struct Input {
+    /// The path, as reports name the input.
     pub name: String,
     /// The format read: the one asked for, or the one [`Format::Auto`] found.
     pub format: Format,
+    /// The events in file order, or each bad line with its number and reason.
     pub events: EventIter,
     /// Bytes of the file read so far (compressed bytes for gzip).
     pub position: Arc<AtomicU64>,
+    /// The file's size in bytes, for progress.
     pub size: u64,
 }
 

@@ -39,6 +39,7 @@ use rdkafka::producer::DefaultProducerContext;
 use rdkafka::ClientConfig;
 
 /// Why a broker-side set-up step failed.
+#[allow(missing_docs)] // each variant's #[error] text is its documentation and names its fields
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaSetupError {
     #[error("cannot start the embedded broker")]
@@ -70,7 +71,9 @@ pub const HEADER_ERROR: &str = "fds-error";
 pub const HEADER_ERROR_KIND: &str = "fds-error-kind";
 /// On dead-letter records: where the original message was read.
 pub const HEADER_SOURCE_TOPIC: &str = "fds-source-topic";
+/// On dead-letter records: the partition the original message was read from.
 pub const HEADER_SOURCE_PARTITION: &str = "fds-source-partition";
+/// On dead-letter records: the original message's offset.
 pub const HEADER_SOURCE_OFFSET: &str = "fds-source-offset";
 /// On dead-letter records cut to fit the broker's size limit: the original length.
 pub const HEADER_TRUNCATED_FROM: &str = "fds-truncated-from";
@@ -78,10 +81,15 @@ pub const HEADER_TRUNCATED_FROM: &str = "fds-truncated-from";
 /// The topic names, configurable per deployment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topics {
+    /// Transfer requests in, keyed by sender account.
     pub transfers: String,
+    /// Context events in, keyed by account; as many partitions as `transfers`.
     pub context_events: String,
+    /// Fraud reports in, keyed by payee; every instance reads all of it.
     pub labels: String,
+    /// Decisions out, keyed by sender account.
     pub decisions: String,
+    /// Refused messages out, with the reason in headers.
     pub dead_letter: String,
 }
 
@@ -119,9 +127,11 @@ pub enum DeadLetterKind {
 }
 
 impl DeadLetterKind {
+    /// Every kind, for metrics resolved up front.
     pub const ALL: [DeadLetterKind; 4] =
         [DeadLetterKind::Malformed, DeadLetterKind::Invalid, DeadLetterKind::WrongTopic, DeadLetterKind::AheadOfClock];
 
+    /// The name in the `fds-error-kind` header and the metric label.
     pub fn name(self) -> &'static str {
         match self {
             DeadLetterKind::Malformed => "malformed",
@@ -138,7 +148,9 @@ impl DeadLetterKind {
 /// resolved `sasl.password` (see [`crate::config::is_secret_setting`]).
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Connection {
+    /// Bootstrap servers, `HOST:PORT[,HOST:PORT...]`.
     pub brokers: String,
+    /// librdkafka settings passed through (TLS, SASL...), secrets already resolved.
     pub client: BTreeMap<String, String>,
 }
 
@@ -152,6 +164,7 @@ impl std::fmt::Debug for Connection {
 }
 
 impl Connection {
+    /// A connection with no extra client settings.
     pub fn new(brokers: impl Into<String>) -> Self {
         Connection { brokers: brokers.into(), client: BTreeMap::new() }
     }
@@ -182,6 +195,7 @@ impl Connection {
 /// librdkafka's mock cluster. It lets the demo and the tests run the real
 /// client code with nothing installed. It keeps records in memory only, and its
 /// transactions are not real (the pipeline uses none).
+#[allow(missing_debug_implementations)] // a handle on librdkafka's mock cluster; its address is what callers need
 pub struct EmbeddedBroker {
     cluster: MockCluster<'static, DefaultProducerContext>,
 }

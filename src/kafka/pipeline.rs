@@ -92,6 +92,7 @@ use crate::metrics::Metrics;
 use crate::rules::RuleSet;
 
 /// Why the pipeline could not start or had to stop.
+#[allow(missing_docs)] // each variant's #[error] text is its documentation and names its fields
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
     #[error("cannot create the Kafka {role} for {brokers}")]
@@ -114,7 +115,9 @@ pub type StopFlag = Arc<AtomicBool>;
 /// How the pipeline runs. [`PipelineOptions::new`] gives the defaults `fds run` uses.
 #[derive(Debug, Clone)]
 pub struct PipelineOptions {
+    /// Brokers and client settings.
     pub connection: Connection,
+    /// Topic names.
     pub topics: Topics,
     /// The consumer group shared by all instances.
     pub group_id: String,
@@ -130,6 +133,7 @@ pub struct PipelineOptions {
 }
 
 impl PipelineOptions {
+    /// The defaults `fds run` uses, for these brokers.
     pub fn new(connection: Connection) -> Self {
         PipelineOptions {
             connection,
@@ -146,11 +150,17 @@ impl PipelineOptions {
 /// What a run did, for the log line at exit and for tests.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Summary {
+    /// Messages taken from the input topics.
     pub consumed: u64,
+    /// Decisions produced (first answers).
     pub decisions: u64,
+    /// Decisions sent again for a re-delivered transfer.
     pub redelivered: u64,
+    /// Decisions marked late.
     pub late: u64,
+    /// Messages sent to the dead-letter topic.
     pub dead_letters: u64,
+    /// Context events applied.
     pub context_events: u64,
     /// Messages consumed whose outcome was still unacknowledged at exit; they
     /// will be delivered again on the next start.
@@ -238,6 +248,7 @@ impl OffsetTracker {
 /// It sits on the scoring thread's path for every transfer, so each decision
 /// is one allocation (id and bytes together) in a table keyed by a hash of
 /// the id, not a map of owned strings.
+#[allow(missing_debug_implementations)] // thousands of decisions: its length is what a log line could use
 pub struct DecisionMemory {
     table: hashbrown::HashTable<Remembered>,
     /// (id hash, sequence number) in the order remembered, to forget the oldest.
@@ -248,6 +259,7 @@ pub struct DecisionMemory {
 }
 
 /// One decision given: the transfer id followed by the decision as sent.
+#[allow(missing_debug_implementations)] // raw decision bytes; see `decision()`
 pub struct Remembered {
     seq: u64,
     hash: u64,
@@ -271,6 +283,7 @@ impl Remembered {
 }
 
 impl DecisionMemory {
+    /// A memory of the last `capacity` decisions.
     pub fn new(capacity: usize) -> Self {
         DecisionMemory {
             table: hashbrown::HashTable::new(),
@@ -310,10 +323,12 @@ impl DecisionMemory {
         self.order.push_back((hash, seq));
     }
 
+    /// Decisions remembered.
     pub fn len(&self) -> usize {
         self.table.len()
     }
 
+    /// Whether none is remembered.
     pub fn is_empty(&self) -> bool {
         self.table.is_empty()
     }
@@ -1352,9 +1367,8 @@ fn read_back_decisions(opts: &PipelineOptions, memory: &mut DecisionMemory, stop
                 let hold = match header(m, HEADER_DECISION) {
                     Some(v) => v == Outcome::Hold.name(),
                     // Decisions written before the header existed.
-                    None => {
-                        serde_json::from_slice::<VerdictOnly>(payload).is_ok_and(|b| b.decision == Outcome::Hold.name())
-                    }
+                    None => serde_json::from_slice::<VerdictOnly<'_>>(payload)
+                        .is_ok_and(|b| b.decision == Outcome::Hold.name()),
                 };
                 memory.insert(&id, payload, late, if hold { Outcome::Hold } else { Outcome::Allow });
             }

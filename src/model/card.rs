@@ -25,8 +25,11 @@ pub const CARD_VERSION: u32 = 1;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataFile {
+    /// The path as given to `fds train`.
     pub path: String,
+    /// SHA-256 of its bytes, so a card names exactly the data it came from.
     pub sha256: String,
+    /// Its size in bytes.
     pub bytes: u64,
 }
 
@@ -45,19 +48,25 @@ impl DataFile {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Training {
+    /// The streams replayed, in order.
     pub files: Vec<DataFile>,
     /// The rule directory the replay ran with (it shapes `mins_since_hold`).
     pub rules: String,
+    /// The rule set's version at the start of the replay.
     pub ruleset_version: String,
     /// Transfers in the training rows, and of those labelled fraud.
     pub rows: u64,
+    /// See `rows`.
     pub frauds: u64,
+    /// `frauds / rows`.
     pub fraud_rate: f64,
     /// First and last training transfer, KST.
     pub from: String,
+    /// See `from`.
     pub to: String,
     /// Transfers replayed before `from` only to build state.
     pub warmup_transfers: u64,
+    /// Wall-clock seconds the fit took.
     pub seconds: f64,
 }
 
@@ -67,14 +76,19 @@ pub struct Training {
 pub struct Validation {
     /// How the split was made.
     pub method: String,
+    /// Transfers in the split.
     pub rows: u64,
+    /// Of those, labelled fraud.
     pub frauds: u64,
+    /// Area under the ROC curve.
     pub auc_roc: f64,
+    /// Average precision (area under the precision-recall curve).
     pub average_precision: f64,
     /// The handbook's card precision@100 over the split's days (accounts as cards).
     pub card_precision_at_100: f64,
     /// Precision and recall of holding at the threshold, on this split.
     pub precision_at_threshold: f64,
+    /// See `precision_at_threshold`.
     pub recall_at_threshold: f64,
 }
 
@@ -86,6 +100,7 @@ pub struct Threshold {
     pub hold: f64,
     /// How it was chosen, in words.
     pub chosen_by: String,
+    /// The precision the threshold was chosen to reach.
     pub target_precision: f64,
 }
 
@@ -93,20 +108,27 @@ pub struct Threshold {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Card {
+    /// The card format's version; another is refused.
     pub card_version: u32,
+    /// The model's name: its directory's name.
     pub name: String,
     /// SHA-256 of the `model.json` this card describes.
     pub model_sha256: String,
+    /// `forest` or `logistic`, as in `model.json`.
     pub algorithm: String,
     /// UTC, RFC 3339.
     pub created: String,
+    /// The fds version that trained it.
     pub engine_version: String,
     /// Feature names in model order (must be the engine's schema).
     pub features: Vec<String>,
     /// Training parameters, by name.
     pub parameters: toml::Table,
+    /// Where the rows came from.
     pub training: Training,
+    /// How it did on held-out rows.
     pub validation: Validation,
+    /// When it holds.
     pub threshold: Threshold,
 }
 
@@ -139,6 +161,7 @@ impl Card {
         Ok(card)
     }
 
+    /// The card as written to `card.toml`.
     pub fn to_toml(&self) -> String {
         let header = "# Model card (fds). Written by `fds train`; `fds model show` prints it.\n\
                       # The engine refuses this directory if this card and model.json disagree.\n\n";

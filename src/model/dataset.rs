@@ -23,6 +23,7 @@ use crate::features::{FeatureVector, N_FEATURES, SCHEMA};
 use crate::input::Input;
 
 /// Why rows could not be collected.
+#[allow(missing_docs)] // each variant's #[error] text is its documentation and names its fields
 #[derive(Debug, thiserror::Error)]
 pub enum DatasetError {
     #[error("transfer {transfer}: feature `{feature}` is {value}, which a model cannot be trained on")]
@@ -34,10 +35,13 @@ pub enum DatasetError {
 /// One transfer as training sees it.
 #[derive(Debug, Clone)]
 pub struct Row {
+    /// The transfer's id.
     pub bank_tran_id: String,
     /// The sender account (the handbook's card).
     pub account: String,
+    /// The transfer's time.
     pub time: EventTime,
+    /// The features as the engine computed them when the transfer arrived.
     pub features: [f64; N_FEATURES],
 }
 
@@ -62,9 +66,11 @@ pub struct Collected {
     pub typologies: HashMap<String, String>,
     /// Transfers replayed (kept or not).
     pub transfers: u64,
+    /// Input lines that were not events.
     pub bad_lines: u64,
     /// Event time of the first and last transfer kept.
     pub first: Option<EventTime>,
+    /// See `first`.
     pub last: Option<EventTime>,
 }
 
@@ -100,7 +106,7 @@ impl Collected {
 
 /// Which transfers to keep, and when to stop reading.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Span {
+pub struct Selection {
     /// Keep transfers at or after this time (earlier ones only build state).
     pub from: Option<EventTime>,
     /// Keep transfers before this time.
@@ -114,15 +120,15 @@ pub struct Span {
     pub warmup_ms: i64,
 }
 
-impl Span {
+impl Selection {
     fn keeps(&self, t: EventTime) -> bool {
         self.from.map_or(true, |f| t >= f) && self.until.map_or(true, |u| t < u)
     }
 }
 
 /// Replay `sources` through `engine` and keep the feature vectors of the
-/// transfers inside `span`, with every label of the stream.
-pub fn collect(engine: &Engine, sources: Vec<Input>, span: Span) -> Result<Collected, DatasetError> {
+/// transfers inside `selection`, with every label of the stream.
+pub fn collect(engine: &Engine, sources: Vec<Input>, selection: Selection) -> Result<Collected, DatasetError> {
     let files: Vec<PathBuf> = sources.iter().map(|s| PathBuf::from(&s.name)).collect();
     let mut out = Collected::default();
     let mut warm_until: Option<EventTime> = None;
@@ -132,10 +138,11 @@ pub fn collect(engine: &Engine, sources: Vec<Input>, span: Span) -> Result<Colle
                 out.bad_lines += 1;
                 continue;
             };
-            if span.stop_at.is_some_and(|s| event.time() >= s) {
+            if selection.stop_at.is_some_and(|s| event.time() >= s) {
                 break 'sources;
             }
-            let warm_until = *warm_until.get_or_insert(EventTime(event.time().millis().saturating_add(span.warmup_ms)));
+            let warm_until =
+                *warm_until.get_or_insert(EventTime(event.time().millis().saturating_add(selection.warmup_ms)));
             let scored = match engine.process(&event) {
                 Ok(s) => s,
                 Err(_) => {
@@ -153,7 +160,7 @@ pub fn collect(engine: &Engine, sources: Vec<Input>, span: Span) -> Result<Colle
                 }
                 (Event::Transfer(t), Some(scored)) => {
                     out.transfers += 1;
-                    if t.tran_dtime >= warm_until && span.keeps(t.tran_dtime) {
+                    if t.tran_dtime >= warm_until && selection.keeps(t.tran_dtime) {
                         let features = finite(&t.bank_tran_id, &scored.features)?;
                         out.first.get_or_insert(t.tran_dtime);
                         out.last = Some(t.tran_dtime);

@@ -40,7 +40,7 @@ use std::time::Instant;
 
 use chrono::NaiveDate;
 
-use super::dataset::{self, DatasetError, Row, Span};
+use super::dataset::{self, DatasetError, Row, Selection};
 use super::quality::{self, CardScore};
 use super::train::{self, Algorithm, Provenance, TrainError, TrainOptions};
 use super::Model;
@@ -63,6 +63,7 @@ pub fn default_train_start() -> NaiveDate {
 }
 
 /// Why the protocol could not run.
+#[allow(missing_docs)] // each variant's #[error] text is its documentation and names its fields
 #[derive(Debug, thiserror::Error)]
 pub enum EvaluateError {
     #[error(transparent)]
@@ -78,9 +79,13 @@ pub enum EvaluateError {
 /// The spans of the protocol, in KST days, and how the test span is read.
 #[derive(Debug, Clone, Copy)]
 pub struct Protocol {
+    /// First training day (KST).
     pub train_start: NaiveDate,
+    /// Training days.
     pub train_days: i64,
+    /// Days between training and test, as long as the label delay, so no test-span report reaches training.
     pub delay_days: i64,
+    /// Test days.
     pub test_days: i64,
     /// Leave out, on each test day, the senders already known defrauded: the
     /// handbook's rule, because its compromised cards keep being defrauded
@@ -94,6 +99,7 @@ pub struct Protocol {
 }
 
 impl Protocol {
+    /// The handbook's own protocol: 7 training days, a 7-day gap, 7 test days, precision@100.
     pub fn handbook(train_start: NaiveDate) -> Self {
         Protocol {
             train_start,
@@ -139,10 +145,12 @@ impl Protocol {
         EventTime(day * DAY_MS - KST_OFFSET_MS)
     }
 
+    /// First test day (KST).
     pub fn test_start(&self) -> NaiveDate {
         Self::date(self.start_day() + self.train_days + self.delay_days)
     }
 
+    /// Last test day (KST).
     pub fn test_end(&self) -> NaiveDate {
         Self::date(self.start_day() + self.train_days + self.delay_days + self.test_days - 1)
     }
@@ -151,9 +159,13 @@ impl Protocol {
 /// One typology's frauds against every genuine transfer of the test span.
 #[derive(Debug, Clone)]
 pub struct TypologyScore {
+    /// The label's typology string.
     pub typology: String,
+    /// Frauds of this typology in the test span.
     pub frauds: usize,
+    /// Area under the ROC curve against every genuine transfer.
     pub auc_roc: f64,
+    /// Average precision, likewise.
     pub average_precision: f64,
     /// Card precision@k with the other typologies' frauds left out.
     pub precision_at_k: f64,
@@ -164,10 +176,15 @@ pub struct TypologyScore {
 /// One algorithm's result on the test span.
 #[derive(Debug)]
 pub struct Evaluation {
+    /// The algorithm trained.
     pub algorithm: Algorithm,
+    /// The model it fitted.
     pub model: Model,
+    /// Wall-clock seconds of the fit.
     pub train_seconds: f64,
+    /// Area under the ROC curve on the test span.
     pub auc_roc: f64,
+    /// Average precision on the test span.
     pub average_precision: f64,
     /// Card precision@k (k = [`Protocol::top_k`]; 100 for the handbook).
     pub card_precision_at_100: f64,
@@ -175,23 +192,31 @@ pub struct Evaluation {
     pub by_typology: Vec<TypologyScore>,
     /// Test transactions and their scores, in stream order.
     pub test_ids: Vec<String>,
+    /// See `test_ids`.
     pub test_scores: Vec<f64>,
 }
 
 /// The test week and what was measured on it.
 #[derive(Debug)]
 pub struct Report {
+    /// The protocol that was run.
     pub protocol: Protocol,
+    /// Training transfers.
     pub train_rows: usize,
+    /// Of those, frauds reported before the test span.
     pub train_frauds: usize,
+    /// Test transfers scored.
     pub test_rows: usize,
+    /// Of those, frauds.
     pub test_frauds: usize,
     /// Test transactions left out because their customer was known compromised.
     pub dropped_known: usize,
     /// Card precision@100 of a perfect ranking: a test week with fewer than
     /// 100 compromised cards a day cannot score higher.
     pub card_precision_ceiling: f64,
+    /// Seconds the replay that built the rows took.
     pub replay_seconds: f64,
+    /// One result per algorithm asked for.
     pub evaluations: Vec<Evaluation>,
 }
 
@@ -216,7 +241,7 @@ pub fn run(
     let d0 = protocol.start_day();
     let test_from = d0 + protocol.train_days + protocol.delay_days;
     let test_until = test_from + protocol.test_days;
-    let span = Span {
+    let selection = Selection {
         from: Some(Protocol::midnight(d0)),
         until: Some(Protocol::midnight(test_until)),
         // The handbook's labels of the last test day arrive 7 days later;
@@ -224,7 +249,7 @@ pub fn run(
         stop_at: protocol.handbook.then(|| Protocol::midnight(test_until + 8)),
         warmup_ms: 0,
     };
-    let data = dataset::collect(engine, vec![source], span)?;
+    let data = dataset::collect(engine, vec![source], selection)?;
     let replay_seconds = started.elapsed().as_secs_f64();
     // Training learns only the reports received before the test span.
     let known = data.labels_known_before(Protocol::midnight(test_from));

@@ -96,6 +96,7 @@ pub const CARD_FILE: &str = "card.toml";
 pub const LEAF: u16 = u16::MAX;
 
 /// Why a model directory was refused (or could not be written).
+#[allow(missing_docs)] // each variant's #[error] text is its documentation and names its fields
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     #[error("cannot read {path}", path = path.display())]
@@ -123,10 +124,15 @@ pub enum ModelError {
 /// magnitude; their logarithm is what is linear in the log-odds).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Logistic {
+    /// Whether feature `i` is log-scaled before standardising.
     pub log_scale: Vec<bool>,
+    /// Mean of each (transformed) feature on the training rows.
     pub mean: Vec<f64>,
+    /// Standard deviation of each (transformed) feature, never 0.
     pub std: Vec<f64>,
+    /// Weight of each standardised feature.
     pub weights: Vec<f64>,
+    /// The log-odds with every feature at its mean.
     pub intercept: f64,
 }
 
@@ -138,11 +144,17 @@ pub struct Logistic {
 /// their parent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Forest {
+    /// Each tree's root node.
     pub roots: Vec<u32>,
+    /// The feature node `i` splits on, or [`LEAF`].
     pub feature: Vec<u16>,
+    /// The split value of node `i`.
     pub threshold: Vec<f64>,
+    /// Node `i`'s child for `x <= threshold`.
     pub left: Vec<u32>,
+    /// Node `i`'s child for `x > threshold`.
     pub right: Vec<u32>,
+    /// The fraud share of the training rows that reached node `i`.
     pub value: Vec<f64>,
 }
 
@@ -150,11 +162,14 @@ pub struct Forest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "algorithm", rename_all = "snake_case")]
 pub enum Scorer {
+    /// Logistic regression.
     Logistic(Logistic),
+    /// Bagged decision trees.
     Forest(Forest),
 }
 
 impl Scorer {
+    /// `logistic` or `forest`, as in the card.
     pub fn algorithm(&self) -> &'static str {
         match self {
             Scorer::Logistic(_) => "logistic",
@@ -532,10 +547,12 @@ impl Model {
         &self.version
     }
 
+    /// The model card, as loaded.
     pub fn card(&self) -> &Card {
         &self.card
     }
 
+    /// The fitted parameters.
     pub fn scorer(&self) -> &Scorer {
         &self.scorer
     }

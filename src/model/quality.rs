@@ -96,9 +96,13 @@ pub fn average_precision(scores: &[f64], labels: &[bool]) -> Option<f64> {
 /// and whether it was fraud.
 #[derive(Debug, Clone, Copy)]
 pub struct CardScore<'a> {
+    /// KST day, as days since 1970-01-01.
     pub day: i64,
+    /// The card (account) the transaction belongs to.
     pub card: &'a str,
+    /// The model's score.
     pub score: f64,
+    /// Whether it was fraud.
     pub fraud: bool,
 }
 

@@ -43,6 +43,7 @@ use super::{Forest, Logistic, Model, Scorer, LEAF};
 use crate::features::{FeatureType, N_FEATURES, SCHEMA};
 
 /// Why no model was trained. Nothing was written.
+#[allow(missing_docs)] // each variant's #[error] text is its documentation and names its fields
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
     #[error("no labels: the data has {rows} transfers and not one fraud report, so there is nothing to learn")]
@@ -89,7 +90,9 @@ pub const DEFAULT_ALGORITHM: Algorithm = Algorithm::Forest;
 /// Forest hyper-parameters.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ForestParams {
+    /// Trees in the forest.
     pub trees: usize,
+    /// Deepest split of a tree.
     pub max_depth: usize,
     /// Genuine transfers sampled per fraud for each tree.
     pub negatives_per_fraud: f64,
@@ -125,6 +128,7 @@ impl Default for ForestParams {
 pub struct LogisticParams {
     /// L2 penalty.
     pub alpha: f64,
+    /// Iterations of the solver, at most.
     pub max_iterations: u64,
 }
 
@@ -137,9 +141,13 @@ impl Default for LogisticParams {
 /// How to train.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TrainOptions {
+    /// Which model to fit.
     pub algorithm: Algorithm,
+    /// Used when `algorithm` is the forest.
     pub forest: ForestParams,
+    /// Used when `algorithm` is logistic.
     pub logistic: LogisticParams,
+    /// Seeds sampling: the same rows and seed give the same model.
     pub seed: u64,
     /// The most recent share of the rows, held out to validate and to choose the threshold.
     pub validation_fraction: f64,
@@ -227,10 +235,15 @@ impl TrainOptions {
 /// What the card says about where the rows came from.
 #[derive(Debug, Clone, Default)]
 pub struct Provenance {
+    /// The model's name (its directory's).
     pub name: String,
+    /// The streams replayed, hashed.
     pub files: Vec<DataFile>,
+    /// The rule directory the replay ran with.
     pub rules: String,
+    /// Its version.
     pub ruleset_version: String,
+    /// Transfers replayed only to build state.
     pub warmup_transfers: u64,
     /// Fraud reports the stream carried (to tell "no labels" from "no fraud").
     pub labels_in_stream: usize,

@@ -28,9 +28,10 @@ const KEYWORDS: [&str; 6] = ["and", "or", "not", "in", "true", "false"];
 
 /// A compile problem at a byte offset within the condition text.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExprError {
-    pub offset: usize,
-    pub message: String,
+pub(crate) struct ExprError {
+    /// Byte offset in the condition text.
+    pub(crate) offset: usize,
+    pub(crate) message: String,
 }
 
 fn err(offset: usize, message: impl Into<String>) -> ExprError {
@@ -739,7 +740,7 @@ impl Arith {
 
 impl BoolExpr {
     #[inline]
-    pub(crate) fn eval(&self, cx: &EvalCx) -> bool {
+    pub(crate) fn eval(&self, cx: &EvalCx<'_>) -> bool {
         match self {
             BoolExpr::IntFeatureCmp(f, op, v) => op.int(read_int(cx.features, *f), *v),
             BoolExpr::Feature(f) => read_bool(cx.features, *f),
@@ -849,7 +850,7 @@ pub(crate) fn compile(src: &str, lists: &[String]) -> Result<BoolExpr, Vec<ExprE
 impl Checker<'_> {
     /// The source text of a subexpression, on one line and shortened, for
     /// messages.
-    fn snippet(&self, ast: &Ast) -> String {
+    fn snippet(&self, ast: &Ast<'_>) -> String {
         let raw = self.src.get(ast.span.start..ast.span.end).unwrap_or("");
         let text = raw.split_whitespace().collect::<Vec<_>>().join(" ");
         const MAX: usize = 40;
@@ -869,7 +870,7 @@ impl Checker<'_> {
     /// Check children before failing on the parent, so every independent
     /// problem is reported; a failed child yields `None` silently, so one
     /// mistake is not reported again by every enclosing operator.
-    fn check(&mut self, ast: &Ast) -> Option<Typed> {
+    fn check(&mut self, ast: &Ast<'_>) -> Option<Typed> {
         match &ast.node {
             Node::Int(v) => Some(Typed::Int(IntExpr::Const(*v))),
             Node::Float(v) => Some(Typed::Float(FloatExpr::Const(*v))),
@@ -948,11 +949,11 @@ impl Checker<'_> {
         Some(Typed::Bool(BoolExpr::InList { key, list, negate }))
     }
 
-    fn binary(&mut self, op: BinOp, op_at: usize, left: (&Ast, Typed), right: (&Ast, Typed)) -> Option<Typed> {
+    fn binary(&mut self, op: BinOp, op_at: usize, left: (&Ast<'_>, Typed), right: (&Ast<'_>, Typed)) -> Option<Typed> {
         let (lk, rk) = (left.1.kind(), right.1.kind());
         match op {
             BinOp::And | BinOp::Or => {
-                let bad: Vec<&(&Ast, Typed)> =
+                let bad: Vec<&(&Ast<'_>, Typed)> =
                     [&left, &right].into_iter().filter(|s| s.1.kind() != FeatureType::Bool).collect();
                 if let Some(first) = bad.first() {
                     let found: Vec<String> =

@@ -291,7 +291,7 @@ struct RawSettings {
     score_verify: Option<Verification>,
 }
 
-fn parse_settings(cx: &FileCx, problems: &mut Vec<Problem>) -> Settings {
+fn parse_settings(cx: &FileCx<'_>, problems: &mut Vec<Problem>) -> Settings {
     let raw: RawSettings = match toml::from_str(cx.text) {
         Ok(raw) => raw,
         Err(e) => {
@@ -322,7 +322,7 @@ fn is_list_name(name: &str) -> bool {
 }
 
 /// One entry per line; `#` starts a comment; blank lines are skipped.
-fn parse_list(cx: &FileCx, name: &str, problems: &mut Vec<Problem>) -> Vec<String> {
+fn parse_list(cx: &FileCx<'_>, name: &str, problems: &mut Vec<Problem>) -> Vec<String> {
     if !is_list_name(name) {
         let fixed: String =
             name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
@@ -379,7 +379,7 @@ struct RawRuleFile {
 }
 
 fn parse_rule_file(
-    cx: &FileCx,
+    cx: &FileCx<'_>,
     lists: &[String],
     drafts: &mut Vec<Draft>,
     ids: &mut Vec<IdSite>,

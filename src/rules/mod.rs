@@ -112,6 +112,7 @@ pub enum Verification {
 }
 
 impl Verification {
+    /// Every verification, weakest first.
     pub const ALL: [Verification; 3] = [Verification::Delay, Verification::Ars, Verification::Callback];
 
     /// The spelling used in rule files and decisions.
@@ -152,7 +153,9 @@ pub struct Keys<'a> {
     pub account: &'a str,
     /// The payee key, `BANK-ACCOUNT` (see [`crate::event::payee_key`]).
     pub payee: &'a str,
+    /// The device id, when the transfer has one.
     pub device: Option<&'a str>,
+    /// The client IP, when the transfer has one.
     pub ip: Option<&'a str>,
 }
 
@@ -195,6 +198,7 @@ impl Rule {
     pub fn label(&self) -> &str {
         &self.label
     }
+    /// What the rule is for, in the analysts' words.
     pub fn description(&self) -> &str {
         &self.description
     }
@@ -202,6 +206,7 @@ impl Rule {
     pub fn when(&self) -> &str {
         &self.when
     }
+    /// What the rule does when live and its condition holds.
     pub fn action(&self) -> Action {
         self.action
     }
@@ -306,6 +311,7 @@ impl RuleSet {
         &self.rules
     }
 
+    /// The directory-wide settings (`ruleset.toml`).
     pub fn settings(&self) -> &Settings {
         &self.settings
     }
@@ -316,7 +322,7 @@ impl RuleSet {
     }
 
     /// Evaluate every rule against one transfer.
-    pub fn evaluate(&self, features: &FeatureVector, keys: &Keys) -> RuleOutcome {
+    pub fn evaluate(&self, features: &FeatureVector, keys: &Keys<'_>) -> RuleOutcome {
         let cx = expr::EvalCx { features, keys, lists: &self.lists };
         let mut out = RuleOutcome::default();
         let mut hold: Option<Verification> = None;
@@ -349,9 +355,13 @@ impl RuleSet {
 /// lines holding Korean text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
+    /// The file.
     pub path: PathBuf,
+    /// 1-based line.
     pub line: usize,
+    /// 1-based column, in characters.
     pub column: usize,
+    /// What is wrong, and how to fix it where that is known.
     pub message: String,
 }
 
@@ -362,6 +372,7 @@ impl fmt::Display for Problem {
 }
 
 /// Why a rules directory could not be used (or watched).
+#[allow(missing_docs)] // each variant's #[error] text is its documentation and names its fields
 #[derive(Debug, thiserror::Error)]
 pub enum RulesError {
     /// A file or directory could not be read at all.
