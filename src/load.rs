@@ -44,7 +44,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
 use crate::event::Event;
-use crate::input::{self, BadLine, Format, Input, InputError};
+use crate::input::{self, BadLine, Format, Input, InputError, BAD_LINES_LISTED};
 use crate::kafka::{
     Connection, Topics, HEADER_CORRELATION_ID, HEADER_DEADLINE_MS, HEADER_DECISION, HEADER_LATE, HEADER_REDELIVERED,
 };
@@ -60,8 +60,6 @@ pub const DEFAULT_LINGER_MS: u32 = 1;
 /// How long the brokers get to answer at the start.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// At most this many bad lines are listed in a report (all are counted).
-const BAD_LINES_LISTED: usize = 20;
 /// Latencies are recorded in microseconds, up to an hour (anything longer is
 /// clamped: such a transfer has failed whatever its exact figure).
 const MAX_LATENCY_US: u64 = 3_600_000_000;

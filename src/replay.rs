@@ -28,12 +28,9 @@ use smallvec::SmallVec;
 
 use crate::engine::{Decision, Engine};
 use crate::event::{Event, LabelStatus};
-use crate::input::{BadLine, Input, InputError};
+use crate::input::{BadLine, Input, InputError, BAD_LINES_LISTED};
 use crate::rules::RuleSet;
 use crate::state::MemoryReport;
-
-/// At most this many bad lines are listed in a report (all are counted).
-const BAD_LINES_LISTED: usize = 20;
 
 /// Why a replay could not run.
 #[allow(missing_docs)] // each variant's #[error] text is its documentation and names its fields

@@ -30,6 +30,9 @@ use serde::Serialize;
 use crate::event::Event;
 use handbook::HandbookReader;
 
+/// At most this many bad lines are listed in a report (all are counted).
+pub const BAD_LINES_LISTED: usize = 20;
+
 /// Why an input could not be opened.
 #[allow(missing_docs)] // each variant's #[error] text is its documentation and names its fields
 #[derive(Debug, thiserror::Error)]
