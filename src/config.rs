@@ -17,7 +17,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::event::{DAY_MS, MINUTE_MS};
-use crate::kafka::Topics;
+use crate::kafka::pipeline::PipelineOptions;
+use crate::kafka::{Connection, RedactedSettings, Topics};
 use crate::rules::Verification;
 use crate::state::StateConfig;
 
@@ -137,7 +138,7 @@ pub struct Config {
 }
 
 /// The `[kafka]` section, checked. Its `Debug` output hides secrets (see
-/// [`is_secret_setting`]).
+/// [`crate::kafka::is_secret_setting`]).
 #[derive(Clone)]
 pub struct KafkaConfig {
     /// `None`: start the embedded broker.
@@ -171,28 +172,6 @@ impl std::fmt::Debug for KafkaConfig {
             .field("linger", &self.linger)
             .field("topics", &self.topics)
             .field("client", &RedactedSettings(&self.client))
-            .finish()
-    }
-}
-
-/// Whether a librdkafka setting holds a secret: a password, a client secret
-/// (`sasl.oauthbearer.client.secret`), or private key material (`ssl.key.pem`,
-/// `ssl.key.location`, `ssl.key.password`). Over-matching costs only a
-/// `<redacted>` where a harmless value would have been.
-pub fn is_secret_setting(key: &str) -> bool {
-    let key = key.to_ascii_lowercase();
-    ["password", "secret", "key.pem", "ssl.key", "ssl_key"].iter().any(|s| key.contains(s))
-}
-
-/// librdkafka settings for `Debug` output, with the values of secret ones
-/// (see [`is_secret_setting`]) shown as `"<redacted>"`. Used by every type
-/// that holds pass-through settings, [`crate::kafka::Connection`] included.
-pub struct RedactedSettings<'a>(pub &'a BTreeMap<String, String>);
-
-impl std::fmt::Debug for RedactedSettings<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_map()
-            .entries(self.0.iter().map(|(k, v)| (k, if is_secret_setting(k) { "<redacted>" } else { v.as_str() })))
             .finish()
     }
 }
@@ -235,15 +214,18 @@ const RESERVED_CLIENT_SETTINGS: &[(&str, &str)] = &[
 ];
 
 impl Default for KafkaConfig {
+    /// The pipeline's own defaults ([`PipelineOptions::new`]): defined there
+    /// once, read here.
     fn default() -> Self {
+        let p = PipelineOptions::new(Connection::new(""));
         KafkaConfig {
             brokers: None,
-            group_id: "fds".into(),
+            group_id: p.group_id,
             partitions: None,
-            dedup_capacity: 500_000,
-            commit_interval: Duration::from_secs(1),
-            linger: Duration::from_millis(1),
-            topics: Topics::default(),
+            dedup_capacity: p.dedup_capacity,
+            commit_interval: p.commit_interval,
+            linger: p.linger,
+            topics: p.topics,
             client: BTreeMap::new(),
         }
     }
@@ -410,8 +392,9 @@ fn kafka_config(raw: RawKafka, problems: &mut Vec<String>) -> KafkaConfig {
     };
     let partitions = raw.partitions.map(|n| int("partitions", Some(n), 1..=1024, 1) as i32);
     let dedup_capacity = int("dedup_capacity", raw.dedup_capacity, 1..=100_000_000, d.dedup_capacity as i64) as usize;
-    let commit_ms = int("commit_interval_ms", raw.commit_interval_ms, 10..=60_000, 1000) as u64;
-    let linger_ms = int("linger_ms", raw.linger_ms, 0..=1000, 1) as u64;
+    let commit_ms =
+        int("commit_interval_ms", raw.commit_interval_ms, 10..=60_000, d.commit_interval.as_millis() as i64) as u64;
+    let linger_ms = int("linger_ms", raw.linger_ms, 0..=1000, d.linger.as_millis() as i64) as u64;
     let mut name = |key: &str, value: Option<String>, default: &str| match value {
         None => default.to_owned(),
         Some(v)
@@ -626,7 +609,10 @@ mod tests {
         assert!(shown.contains("\"ssl.key.pem\": \"<redacted>\"") && shown.contains("10.0.0.1:9093"), "{shown}");
         let raw: RawConfig = toml::from_str("[kafka.client]\n\"sasl.password\" = \"hunter2\"\n").unwrap();
         assert!(!format!("{raw:?}").contains("hunter2"));
-        assert!(is_secret_setting("SSL.KEY.LOCATION") && !is_secret_setting("security.protocol"));
+        assert!(
+            crate::kafka::is_secret_setting("SSL.KEY.LOCATION")
+                && !crate::kafka::is_secret_setting("security.protocol")
+        );
     }
 
     #[test]

@@ -78,6 +78,29 @@ pub const HEADER_SOURCE_OFFSET: &str = "fds-source-offset";
 /// On dead-letter records cut to fit the broker's size limit: the original length.
 pub const HEADER_TRUNCATED_FROM: &str = "fds-truncated-from";
 
+/// Whether a librdkafka setting holds a secret: a password, a client secret
+/// (`sasl.oauthbearer.client.secret`), or private key material (`ssl.key.pem`,
+/// `ssl.key.location`, `ssl.key.password`). Over-matching costs only a
+/// `<redacted>` where a harmless value would have been.
+pub fn is_secret_setting(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    ["password", "secret", "key.pem", "ssl.key", "ssl_key"].iter().any(|s| key.contains(s))
+}
+
+/// librdkafka settings for `Debug` output, with the values of secret ones
+/// (see [`is_secret_setting`]) shown as `"<redacted>"`. Used by every type
+/// that holds pass-through settings, [`Connection`] and the checked
+/// configuration included.
+pub struct RedactedSettings<'a>(pub &'a BTreeMap<String, String>);
+
+impl std::fmt::Debug for RedactedSettings<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(self.0.iter().map(|(k, v)| (k, if is_secret_setting(k) { "<redacted>" } else { v.as_str() })))
+            .finish()
+    }
+}
+
 /// The topic names, configurable per deployment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topics {
@@ -145,7 +168,7 @@ impl DeadLetterKind {
 /// How to reach the brokers: the bootstrap list and any librdkafka settings
 /// the operator passes through (TLS, SASL, timeouts...), applied last so the
 /// operator has the final word. Its `Debug` output hides secrets such as a
-/// resolved `sasl.password` (see [`crate::config::is_secret_setting`]).
+/// resolved `sasl.password` (see [`is_secret_setting`]).
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Connection {
     /// Bootstrap servers, `HOST:PORT[,HOST:PORT...]`.
@@ -158,7 +181,7 @@ impl std::fmt::Debug for Connection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Connection")
             .field("brokers", &self.brokers)
-            .field("client", &crate::config::RedactedSettings(&self.client))
+            .field("client", &RedactedSettings(&self.client))
             .finish()
     }
 }

@@ -1,0 +1,271 @@
+//! Group membership: the rebalance callbacks (in-flight decisions awaited and
+//! committed before partitions go, the decision memory read back before new
+//! ones are handled) and the orphan watchdog that rejoins when input has no
+//! owner.
+
+use super::*;
+
+/// What the scoring thread and the rebalance callbacks share: the offsets in
+/// flight and the acknowledgements coming back. Both run on the scoring thread
+/// (librdkafka calls the rebalance callbacks inside `poll`), so the lock is
+/// never contended; it is there because the callbacks reach it through `&self`.
+pub(super) struct Book {
+    pub(super) tracker: OffsetTracker,
+    pub(super) acks: Receiver<Ack>,
+}
+
+impl Book {
+    /// Take the acknowledgements that arrived: successes finish their offsets,
+    /// failures come back to be produced again. Returns whether any finished.
+    pub(super) fn drain(&mut self, metrics: &Metrics, retries: &mut Vec<(Origin, Retry)>) -> bool {
+        let mut moved = false;
+        while let Ok(ack) = self.acks.try_recv() {
+            match ack.retry {
+                None => {
+                    metrics.ack_latency.observe(ack.produced_at.elapsed().as_secs_f64());
+                    self.tracker.finish(ack.source.topic, ack.source.partition, ack.source.offset);
+                    moved = true;
+                }
+                Some(r) => retries.push((ack.source, r)),
+            }
+        }
+        moved
+    }
+}
+
+pub(super) struct GroupContext {
+    pub(super) health: Arc<Health>,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) producer: Arc<ThreadedProducer<AckContext>>,
+    pub(super) topics: Topics,
+    pub(super) book: Mutex<Book>,
+    /// Decisions given, by transfer id (see [`DecisionMemory`]).
+    pub(super) memory: Mutex<DecisionMemory>,
+    /// For reading decisions back when partitions are assigned.
+    pub(super) options: PipelineOptions,
+    pub(super) stop: StopFlag,
+    /// How many partitions the last rebalance assigned this member, or
+    /// [`NOT_ASSIGNED`] (see [`OrphanWatch`]).
+    pub(super) assigned: AtomicUsize,
+    /// Revocations so far: the scoring thread drops a burst taken across one
+    /// (see the loop in [`run`]).
+    pub(super) revocations: std::sync::atomic::AtomicU64,
+}
+
+impl GroupContext {
+    pub(super) fn book(&self) -> std::sync::MutexGuard<'_, Book> {
+        self.book.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub(super) fn memory(&self) -> std::sync::MutexGuard<'_, DecisionMemory> {
+        self.memory.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Hand the finished positions to the consumer for its next commit.
+    pub(super) fn store_offsets(&self, consumer: &BaseConsumer<GroupContext>) {
+        let ready = self.book().tracker.take_committable();
+        if ready.is_empty() {
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (t, partition, next) in ready {
+            let topic = if t == TOPIC_TRANSFERS { &self.topics.transfers } else { &self.topics.context_events };
+            let _ = tpl.add_partition_offset(topic, partition, Offset::Offset(next));
+        }
+        if let Err(e) = consumer.store_offsets(&tpl) {
+            tracing::debug!(error = %e, "offsets not stored");
+        }
+        self.metrics.offsets_pending.set(self.book().tracker.pending() as i64);
+    }
+}
+
+impl ClientContext for GroupContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        client_log("consumer", level, fac, message)
+    }
+    fn error(&self, error: KafkaError, reason: &str) {
+        client_error("consumer", Some(&self.health), error, reason)
+    }
+}
+
+impl ConsumerContext for GroupContext {
+    /// Partitions are about to go to another instance: while they are still
+    /// ours, wait for the acknowledgements of what was decided, store and
+    /// commit those offsets, so the next owner starts exactly after them.
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Revoke(tpl) => {
+                self.revocations.fetch_add(1, Ordering::Relaxed);
+                self.health.set_assigned(false);
+                let pending = self.book().tracker.pending();
+                if pending > 0 {
+                    let deadline = Instant::now() + REVOKE_GRACE;
+                    let mut retries = Vec::new();
+                    while self.book().tracker.pending() > 0 && Instant::now() < deadline {
+                        let _ = self.producer.flush(Duration::from_millis(100));
+                        self.book().drain(&self.metrics, &mut retries);
+                    }
+                    if !retries.is_empty() {
+                        tracing::warn!(
+                            records = retries.len(),
+                            "deliveries failed during a rebalance; the next owner will decide those transfers"
+                        );
+                    }
+                }
+                self.store_offsets(consumer);
+                if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+                    if e.rdkafka_error_code() != Some(RDKafkaErrorCode::NoOffset) {
+                        tracing::warn!(error = %e, "commit before giving up partitions failed");
+                    }
+                }
+                let left = self.book().tracker.pending();
+                for e in tpl.elements() {
+                    let t = if e.topic() == self.topics.transfers { TOPIC_TRANSFERS } else { TOPIC_CONTEXT };
+                    self.book().tracker.forget(t, e.partition());
+                }
+                tracing::info!(partitions = tpl.count(), unfinished = left, "partitions revoked");
+            }
+            Rebalance::Assign(_) => {}
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance failed"),
+        }
+    }
+
+    /// New partitions: before their first message is handed out (this runs
+    /// inside `poll`, on the scoring thread), read back the decisions already
+    /// given (perhaps by an instance that just died), so a transfer delivered
+    /// again gets the same answer. Pausing the partitions instead was measured
+    /// to delay the first fetches after resuming by about half a second.
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            tracing::info!(partitions = tpl.count(), "partitions assigned");
+            if tpl.count() > 0 {
+                self.health.set_caught_up(false);
+                let mut memory = self.memory();
+                read_back_decisions(&self.options, &mut memory, &self.stop);
+                tracing::info!(decisions = memory.len(), "recent decisions read back");
+                self.health.set_caught_up(true);
+            }
+            self.health.set_assigned(tpl.count() > 0);
+            self.assigned.store(tpl.count(), Ordering::Relaxed);
+        }
+    }
+}
+
+/// How long a rebalance waits for in-flight decisions before it lets go.
+pub(super) const REVOKE_GRACE: Duration = Duration::from_secs(10);
+
+/// The group consumer's `session.timeout.ms`: a crashed instance's partitions
+/// move to the others after this long without its heartbeat (librdkafka's
+/// default is 45 s).
+pub(super) const SESSION_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// [`GroupContext::assigned`] before the first assignment and while joining again.
+pub(super) const NOT_ASSIGNED: usize = usize::MAX;
+
+/// While this instance holds no partition: is anybody consuming the inputs?
+///
+/// An instance may rightly hold nothing (more instances than partitions), but
+/// then the others move the group's committed offsets on as input arrives.
+/// Input waiting above a committed offset that has not moved for a session
+/// timeout has no owner, and no rebalance is coming to give it one: a dead
+/// owner would have lost it by then. The instance then leaves the group and
+/// joins again. Each time that still leaves it with nothing, the next look
+/// waits twice as long (up to 32 times), so an owner held up by broker
+/// trouble does not set off a rebalance every few seconds.
+///
+/// tansu 0.6.0 ends rebalances that way. Its JoinGroup answers at once instead
+/// of waiting for every member, so an instance restarted within a session
+/// timeout of its crash joins as a follower of its dead predecessor, still
+/// the leader. The coordinator expires silent members only when a request
+/// comes in, and tansu holds a follower's JoinGroup 3 s with the SyncGroup
+/// right after it, so it is usually the follower's SyncGroup that finds the
+/// leader gone. That SyncGroup carries no assignments, yet tansu completes
+/// the generation with it: the follower is made leader, every member gets an
+/// empty assignment, and its heartbeats are acknowledged from then on. (When
+/// the follower's own membership has expired by then too, its SyncGroup is
+/// refused and it joins afresh as leader: the restart then works.) Leaving
+/// makes tansu pick a leader afresh at the next JoinGroup. No client setting
+/// avoids it short of static membership (`group.instance.id`), which would
+/// ask every deployment for a stable, unique id per instance; and tansu's
+/// DescribeGroups, which would show the members, fails with its SQLite
+/// storage and drops the connection.
+#[derive(Default)]
+pub(super) struct OrphanWatch {
+    pub(super) next: Option<Instant>,
+    /// The waiting input seen at the last look, if the brokers answered.
+    pub(super) before: Option<HashMap<(String, i32), i64>>,
+    /// Times in a row this instance joined again and was given nothing.
+    pub(super) rejoins: u32,
+}
+
+impl OrphanWatch {
+    /// Called after each poll while the group holds nothing for this
+    /// instance: look at the inputs when due, and join again when input
+    /// waits for nobody.
+    pub(super) fn check(
+        &mut self,
+        consumer: &BaseConsumer<GroupContext>,
+        opts: &PipelineOptions,
+        inputs: &[&str],
+    ) -> Result<(), PipelineError> {
+        if self.next.is_some_and(|next| Instant::now() < next) {
+            return Ok(());
+        }
+        let every = SESSION_TIMEOUT.max(opts.commit_interval * 3) * 2u32.pow(self.rejoins.min(5));
+        let now = waiting_input(consumer, &opts.topics);
+        self.next = Some(Instant::now() + every);
+        let stalled = match (&self.before, &now) {
+            (Some(before), Some(now)) => now.iter().any(|(k, o)| before.get(k) == Some(o)),
+            _ => false,
+        };
+        self.before = now;
+        if !stalled {
+            return Ok(());
+        }
+        tracing::warn!(
+            group = %opts.group_id,
+            "this instance holds no partition and input nobody has committed for {} s is waiting; \
+             leaving and joining the group again",
+            every.as_secs()
+        );
+        self.rejoins += 1;
+        self.next = None;
+        self.before = None;
+        consumer.context().assigned.store(NOT_ASSIGNED, Ordering::Relaxed);
+        consumer.unsubscribe();
+        consumer.subscribe(inputs).map_err(|source| PipelineError::Subscribe { topics: inputs.join(", "), source })
+    }
+}
+
+/// The input partitions with records above the group's committed offset,
+/// with that offset (the low watermark when nothing was committed); `None`
+/// when the brokers do not answer. Only partitions with more than one record
+/// waiting count (see below).
+pub(super) fn waiting_input<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topics: &Topics,
+) -> Option<HashMap<(String, i32), i64>> {
+    let timeout = Duration::from_secs(2);
+    let mut tpl = TopicPartitionList::new();
+    for topic in [&topics.transfers, &topics.context_events] {
+        let md = consumer.fetch_metadata(Some(topic), timeout).ok()?;
+        for p in md.topics().first()?.partitions() {
+            tpl.add_partition(topic, p.id());
+        }
+    }
+    let committed = consumer.committed_offsets(tpl, timeout).ok()?;
+    let mut waiting = HashMap::new();
+    for e in committed.elements() {
+        let (low, high) = consumer.fetch_watermarks(e.topic(), e.partition(), timeout).ok()?;
+        let from = match e.offset() {
+            Offset::Offset(o) => o,
+            _ => low,
+        };
+        // One record above the committed offset can be a transactional
+        // producer's commit marker, which no consumer ever commits past.
+        if high > from + 1 {
+            waiting.insert((e.topic().to_owned(), e.partition()), from);
+        }
+    }
+    Some(waiting)
+}

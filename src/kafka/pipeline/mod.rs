@@ -1,0 +1,396 @@
+//! The consume → score → produce loop behind `fds run`.
+//!
+//! ## Threads
+//!
+//! - **The scoring thread** (the caller's) polls one consumer-group member
+//!   subscribed to `transfers` and `context-events`, takes what has arrived in
+//!   bursts (up to 64 messages), parses a burst, has the state its events will
+//!   read fetched into the CPU cache together ([`Engine::prefetch`]), then runs
+//!   each message through the [`Engine`] in order and hands the decision (or
+//!   dead-letter record) to the producer. It never waits on the network: librdkafka fetches ahead on its
+//!   own threads and the producer batches and sends on its own, so consuming,
+//!   scoring and producing overlap. One thread keeps one account's events in
+//!   order without any locking; the engine itself is lock-free for readers.
+//! - **The producer's thread** (librdkafka's, driven by `ThreadedProducer`)
+//!   receives the broker's acknowledgements and passes them back to the
+//!   scoring thread over a channel.
+//! - **The labels thread** reads the whole `labels` topic, from the beginning,
+//!   with a reading position of this process's own, so every instance learns
+//!   every fraud report (labels are small and few).
+//! - **The health thread** asks the brokers for metadata every second and
+//!   flips [`Health::set_broker_up`]; `/readyz` and `fds_broker_up` follow it.
+//!
+//! ## Where each job lives
+//!
+//! - `mod.rs`: the options, [`run`] (set-up, the scoring loop, the graceful
+//!   stop) and its errors.
+//! - `scoring`: one message through the engine to the producer; acks settled,
+//!   offsets stored.
+//! - [`offsets`](OffsetTracker): which offsets are finished, per partition.
+//! - [`memory`](DecisionMemory): decisions given, by transfer id.
+//! - `group`: rebalance callbacks and the orphan watchdog.
+//! - `clients`: the producer's acknowledgement channel and client logging.
+//! - `readers`: the co-partitioning check, reading a topic to its end (the
+//!   `decisions` tail into the memory, the fraud reports), the labels thread.
+//! - `health`: the broker health thread.
+//!
+//! ## Delivery semantics
+//!
+//! - **At least once; no decision lost.** Automatic offset *storing* is off: an
+//!   offset is stored (and then committed by the periodic auto-commit, and once
+//!   more synchronously at shutdown) only when every message before it on its
+//!   partition has been *finished*: its decision or dead-letter record
+//!   acknowledged by the broker (`acks=all`), or, for a context event, applied.
+//!   [`OffsetTracker`] keeps that watermark per partition.
+//! - **Idempotent by transfer id.** Every decision given is remembered by its
+//!   `bank_tran_id` (bounded, oldest forgotten first); whenever partitions are
+//!   assigned (at start, after a rebalance) the tail of the `decisions` topic is
+//!   read back into that memory before any of their messages is handled. A transfer delivered again (after a crash between the decision
+//!   and the commit, a rebalance, or an API retry) is answered with the same
+//!   decision bytes, marked `fds-redelivered: true`, and is not fed to the state
+//!   a second time. Neither supported broker has transactions, so this is the
+//!   design: at-least-once delivery with an idempotent producer and idempotent
+//!   decisions, not exactly-once.
+//! - **Bad input never stops a partition.** A message that is not an event, is
+//!   invalid, is on the wrong topic or is dated ahead of the clock goes to
+//!   `dead-letter` with the original key and bytes and headers naming the
+//!   reason and the source topic/partition/offset; its offset then moves on like
+//!   any other.
+//! - **Broker trouble.** The producer retries forever (`message.timeout.ms=0`)
+//!   with back-off, so a decision waits for the broker instead of being
+//!   dropped; when its queue is full the scoring thread stops taking new
+//!   messages (back-pressure) until it drains. The process stays up, `/readyz`
+//!   reports the broker unreachable, and it catches up when the broker returns.
+//! - **Rebalances.** Partitions are assigned with `range`, so an instance gets
+//!   the same partition numbers of `transfers` and `context-events`: one
+//!   account, one instance. Before partitions are given up, their in-flight
+//!   decisions are awaited and their offsets committed, so the next owner
+//!   starts right after them. An instance left with no partition watches the
+//!   group's committed offsets: input that nobody has moved on for a whole
+//!   session timeout has no owner, and the instance leaves and joins the group
+//!   again so that it gets one. tansu 0.6 can end a rebalance that way, for
+//!   good, when an instance restarts before its crashed predecessor's session
+//!   has expired (`OrphanWatch` below says how).
+//! - **Shutdown** ([`StopFlag`], set on SIGTERM): stop polling, wait for the
+//!   acknowledgements of everything in flight, store and commit the offsets,
+//!   leave the group.
+//! - **Fraud reports first.** The labels already in the topic are read before
+//!   the first transfer is consumed.
+//! - **Late transfers.** A transfer consumed after its `deadline-ms` header is
+//!   still scored (the state must see it) and its decision says `"late": true`.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::ClientContext;
+
+use super::{
+    Connection, DeadLetterKind, Topics, HEADER_CORRELATION_ID, HEADER_DEADLINE_MS, HEADER_DECISION, HEADER_ERROR,
+    HEADER_ERROR_KIND, HEADER_LATE, HEADER_REDELIVERED, HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION,
+    HEADER_SOURCE_TOPIC, HEADER_TRUNCATED_FROM,
+};
+use crate::api::Health;
+use crate::engine::{Engine, EngineError, Outcome};
+use crate::event::{mask_account, Event, EventError};
+use crate::metrics::Metrics;
+use crate::rules::RuleSet;
+
+mod clients;
+mod group;
+mod health;
+mod memory;
+mod offsets;
+mod readers;
+mod scoring;
+
+use clients::*;
+use group::*;
+use health::*;
+use readers::*;
+use scoring::*;
+
+pub use memory::{DecisionMemory, Remembered};
+pub use offsets::OffsetTracker;
+
+/// Why the pipeline could not start or had to stop.
+#[allow(missing_docs)] // each variant's #[error] text is its documentation and names its fields
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("cannot create the Kafka {role} for {brokers}")]
+    Client { role: &'static str, brokers: String, source: KafkaError },
+    #[error("cannot subscribe to {topics}")]
+    Subscribe { topics: String, source: KafkaError },
+    #[error("cannot read back the recent decisions from topic {topic}")]
+    LoadDecisions { topic: String, source: KafkaError },
+    #[error("the decisions producer failed for good ({code:?}: {reason}); stopped after committing what was decided")]
+    ProducerFatal { code: RDKafkaErrorCode, reason: String },
+    #[error("the {0} thread stopped unexpectedly (see the log above); the pipeline stopped after committing what was decided")]
+    ThreadDied(&'static str),
+    #[error("topics {a} ({a_n} partitions) and {b} ({b_n} partitions) must have the same partition count, so one account's transfers and context events reach the same instance")]
+    NotCopartitioned { a: String, a_n: usize, b: String, b_n: usize },
+}
+
+/// Set from a signal handler (or a test) to stop the pipeline gracefully.
+pub type StopFlag = Arc<AtomicBool>;
+
+/// How the pipeline runs. [`PipelineOptions::new`] gives the defaults `fds run` uses.
+#[derive(Debug, Clone)]
+pub struct PipelineOptions {
+    /// Brokers and client settings.
+    pub connection: Connection,
+    /// Topic names.
+    pub topics: Topics,
+    /// The consumer group shared by all instances.
+    pub group_id: String,
+    /// Decisions remembered by transfer id, to answer re-deliveries the same way.
+    pub dedup_capacity: usize,
+    /// How often stored offsets are committed.
+    pub commit_interval: Duration,
+    /// Producer batching delay: the latency/throughput trade-off of the
+    /// decisions topic.
+    pub linger: Duration,
+    /// How long shutdown waits for in-flight decisions to be acknowledged.
+    pub shutdown_timeout: Duration,
+}
+
+impl PipelineOptions {
+    /// The defaults `fds run` uses, for these brokers.
+    pub fn new(connection: Connection) -> Self {
+        PipelineOptions {
+            connection,
+            topics: Topics::default(),
+            group_id: "fds".into(),
+            dedup_capacity: 500_000,
+            commit_interval: Duration::from_secs(1),
+            linger: Duration::from_millis(1),
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What a run did, for the log line at exit and for tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Messages taken from the input topics.
+    pub consumed: u64,
+    /// Decisions produced (first answers).
+    pub decisions: u64,
+    /// Decisions sent again for a re-delivered transfer.
+    pub redelivered: u64,
+    /// Decisions marked late.
+    pub late: u64,
+    /// Messages sent to the dead-letter topic.
+    pub dead_letters: u64,
+    /// Context events applied.
+    pub context_events: u64,
+    /// Messages consumed whose outcome was still unacknowledged at exit; they
+    /// will be delivered again on the next start.
+    pub unfinished: u64,
+}
+
+/// Run the pipeline until `stop` is set. Blocks the calling thread, which
+/// becomes the scoring thread.
+pub fn run(
+    engine: Arc<Engine>,
+    opts: PipelineOptions,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    stop: StopFlag,
+) -> Result<Summary, PipelineError> {
+    let brokers = opts.connection.brokers.clone();
+    let (ack_tx, ack_rx) = mpsc::channel();
+    let linger = opts.linger.as_millis().to_string();
+    let producer: ThreadedProducer<AckContext> = opts
+        .connection
+        .client_config(&[
+            ("enable.idempotence", "true"),
+            ("acks", "all"),
+            // Never give up on a decision: wait for the broker to come back.
+            ("message.timeout.ms", "0"),
+            ("linger.ms", &linger),
+            ("retry.backoff.ms", "100"),
+            ("retry.backoff.max.ms", "2000"),
+        ])
+        .create_with_context(AckContext { acks: Mutex::new(ack_tx), health: health.clone() })
+        .map_err(|source| PipelineError::Client { role: "producer", brokers: brokers.clone(), source })?;
+
+    let producer = Arc::new(producer);
+    // Learn the output topics' leaders now, so the first decision does not
+    // wait for the producer's first metadata round trip.
+    for topic in [&opts.topics.decisions, &opts.topics.dead_letter] {
+        if let Err(e) = producer.client().fetch_metadata(Some(topic), Duration::from_secs(5)) {
+            tracing::debug!(error = %e, %topic, "no metadata yet");
+        }
+    }
+
+    // Fraud reports first: transfers are not scored before every known report
+    // is in the state.
+    let labels = spawn_labels_reader(engine.clone(), &opts, metrics.clone(), stop.clone())?;
+    let watcher = spawn_health_watch(&opts, health.clone(), stop.clone())?;
+
+    let commit_ms = opts.commit_interval.as_millis().max(1).to_string();
+    let context = GroupContext {
+        health: health.clone(),
+        metrics: metrics.clone(),
+        producer: producer.clone(),
+        topics: opts.topics.clone(),
+        book: Mutex::new(Book { tracker: OffsetTracker::default(), acks: ack_rx }),
+        memory: Mutex::new(DecisionMemory::new(opts.dedup_capacity)),
+        options: opts.clone(),
+        stop: stop.clone(),
+        assigned: AtomicUsize::new(NOT_ASSIGNED),
+        revocations: std::sync::atomic::AtomicU64::new(0),
+    };
+    let consumer: BaseConsumer<GroupContext> = opts
+        .connection
+        .client_config(&[
+            ("group.id", &opts.group_id),
+            ("enable.auto.commit", "true"),
+            ("auto.commit.interval.ms", &commit_ms),
+            // Offsets are stored by hand, only once the outcome is safe.
+            ("enable.auto.offset.store", "false"),
+            ("auto.offset.reset", "earliest"),
+            // `range` gives one member the same partition numbers of every
+            // topic it reads (the topics have the same counts): an account's
+            // transfers and context events meet on one instance.
+            ("partition.assignment.strategy", "range"),
+            // Latency: hand over what has arrived instead of waiting to fill a
+            // batch (the transfer API is waiting for each answer).
+            ("fetch.wait.max.ms", "1"),
+            ("fetch.queue.backoff.ms", "1"),
+            ("fetch.error.backoff.ms", "20"),
+            ("session.timeout.ms", &SESSION_TIMEOUT.as_millis().to_string()),
+            ("heartbeat.interval.ms", "1000"),
+        ])
+        .create_with_context(context)
+        .map_err(|source| PipelineError::Client { role: "consumer", brokers: brokers.clone(), source })?;
+    let transfer_partitions = check_copartitioned(&consumer, &opts.topics)?;
+    let same_partitions =
+        transfer_partitions.is_some() && partition_count(&consumer, &opts.topics.decisions) == transfer_partitions;
+    let inputs = [opts.topics.transfers.as_str(), opts.topics.context_events.as_str()];
+    consumer.subscribe(&inputs).map_err(|source| PipelineError::Subscribe { topics: inputs.join(", "), source })?;
+    tracing::info!(brokers = %brokers, group = %opts.group_id, "consuming {}", inputs.join(", "));
+
+    let mut scorer = ScoringThread {
+        engine: &engine,
+        topics: &opts.topics,
+        metrics: &metrics,
+        producer: &producer,
+        consumer: &consumer,
+        stop: &stop,
+        summary: Summary::default(),
+        consumed_transfers: metrics.events_consumed.with_label_values(&[opts.topics.transfers.as_str()]),
+        consumed_context: metrics.events_consumed.with_label_values(&[opts.topics.context_events.as_str()]),
+        last_store: Instant::now(),
+        json: Vec::with_capacity(1024),
+        rule_counters: RuleCounters::default(),
+        same_partitions,
+        burst_wall_ms: 0,
+    };
+
+    let mut failure = None;
+    let mut orphans = OrphanWatch::default();
+    let mut burst = Vec::with_capacity(BURST);
+    let mut events = Vec::with_capacity(BURST);
+    while !stop.load(Ordering::Relaxed) {
+        if labels.is_finished() || watcher.is_finished() {
+            // A helper thread ended on its own: a bug. Stop cleanly and say so,
+            // rather than run on without fraud reports or health checks.
+            failure = Some(PipelineError::ThreadDied(if labels.is_finished() { "labels" } else { "health" }));
+            break;
+        }
+        if let Some((code, reason)) = producer.client().fatal_error() {
+            failure = Some(PipelineError::ProducerFatal { code, reason });
+            break;
+        }
+        scorer.settle_acks();
+        if scorer.last_store.elapsed() >= STORE_EVERY {
+            scorer.store_offsets();
+        }
+        // Wait for a message, then take what has already arrived behind it
+        // without the checks above: under load they ran once per message
+        // and showed in the profile.
+        let mut wait = Duration::from_millis(50);
+        let revocations = consumer.context().revocations.load(Ordering::Relaxed);
+        while burst.len() < BURST {
+            match consumer.poll(wait) {
+                None => break,
+                Some(Ok(msg)) => burst.push(msg),
+                // Broker trouble shows here as well as in the health thread,
+                // which logs it once.
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "kafka consumer poll");
+                    break;
+                }
+            }
+            wait = Duration::ZERO;
+        }
+        if consumer.context().revocations.load(Ordering::Relaxed) != revocations {
+            // Partitions were revoked while the burst was taken (the callback
+            // runs inside `poll`). Its messages were polled under the old
+            // assignment and never begun, so the offsets committed on revocation
+            // come before them: whoever owns the partitions now reads them again.
+            // Handling them here could answer a transfer twice, differently.
+            burst.clear();
+        }
+        // Parse the burst, then have the state of all its events fetched from
+        // memory at once, before scoring any (see `State::prefetch`).
+        events.extend(burst.iter().map(|m| Event::from_json(m.payload().unwrap_or_default())));
+        engine.prefetch(events.iter().flatten());
+        // One wall-clock read for the burst's ahead-of-clock guard (the guard
+        // allows minutes; a burst takes well under a millisecond).
+        scorer.burst_wall_ms = chrono::Utc::now().timestamp_millis();
+        for (msg, event) in burst.drain(..).zip(events.drain(..)) {
+            scorer.handle(&msg, event);
+        }
+        match consumer.context().assigned.load(Ordering::Relaxed) {
+            0 => {
+                if let Err(e) = orphans.check(&consumer, &opts, &inputs) {
+                    failure = Some(e);
+                    break;
+                }
+            }
+            NOT_ASSIGNED => {}
+            _ => orphans = OrphanWatch::default(),
+        }
+    }
+
+    // Graceful stop: no new messages; wait for what is in flight, then commit.
+    health.set_stopping();
+    let pending = || consumer.context().book().tracker.pending();
+    tracing::info!(pending = pending(), "stopping: waiting for in-flight decisions");
+    let deadline = Instant::now() + opts.shutdown_timeout;
+    while pending() > 0 && Instant::now() < deadline {
+        let _ = producer.flush(Duration::from_millis(100));
+        scorer.settle_acks();
+    }
+    scorer.settle_acks();
+    scorer.store_offsets();
+    scorer.summary.unfinished = pending() as u64;
+    if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+        // Nothing stored since the last commit is also a "failure" here.
+        if e.rdkafka_error_code() != Some(RDKafkaErrorCode::NoOffset) {
+            tracing::warn!(error = %e, "final commit failed; the last messages will be delivered again");
+        }
+    }
+    consumer.unsubscribe();
+    let summary = scorer.summary.clone();
+    drop(scorer);
+    stop.store(true, Ordering::Relaxed);
+    let _ = labels.join();
+    let _ = watcher.join();
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(summary),
+    }
+}

@@ -1,0 +1,117 @@
+//! Offsets: which consumed offsets are finished, per partition, so the
+//! offset stored for commit never passes a message whose outcome is not yet
+//! safe (acknowledgements come back out of order).
+
+use super::*;
+
+/// Which offsets of each partition are finished, so the stored offset never
+/// passes a message whose decision is not yet safe at the broker.
+///
+/// Acknowledgements come back out of order (decisions go to other partitions
+/// than their transfers came from), so each partition keeps its unfinished
+/// offsets in consumption order and the committable position is the first
+/// unfinished one.
+#[derive(Debug, Default)]
+pub struct OffsetTracker {
+    parts: HashMap<(u8, i32), PartitionTrack>,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct PartitionTrack {
+    /// Consumed offsets in order, with whether each is finished.
+    pub(super) inflight: VecDeque<(i64, bool)>,
+    /// The next offset to commit once it moves; `None` until one is known.
+    pub(super) committable: Option<i64>,
+    /// Whether `committable` moved since the last `take_committable`.
+    pub(super) dirty: bool,
+}
+
+impl OffsetTracker {
+    /// A message was consumed and its outcome is pending.
+    pub fn begin(&mut self, topic: u8, partition: i32, offset: i64) {
+        let p = self.parts.entry((topic, partition)).or_default();
+        debug_assert!(p.inflight.back().map_or(true, |&(o, _)| o < offset), "offsets go forward");
+        p.inflight.push_back((offset, false));
+    }
+
+    /// A message's outcome is safe. Unknown offsets (a partition revoked in
+    /// the meantime) are ignored.
+    pub fn finish(&mut self, topic: u8, partition: i32, offset: i64) {
+        let Some(p) = self.parts.get_mut(&(topic, partition)) else { return };
+        if let Ok(i) = p.inflight.binary_search_by_key(&offset, |&(o, _)| o) {
+            p.inflight[i].1 = true;
+        }
+        while let Some(&(o, true)) = p.inflight.front() {
+            p.inflight.pop_front();
+            p.committable = Some(o + 1);
+            p.dirty = true;
+        }
+    }
+
+    /// Messages consumed and not yet finished, over all partitions.
+    pub fn pending(&self) -> usize {
+        self.parts.values().map(|p| p.inflight.iter().filter(|(_, done)| !done).count()).sum()
+    }
+
+    /// The positions that moved since the last call: (topic, partition, next offset).
+    pub fn take_committable(&mut self) -> Vec<(u8, i32, i64)> {
+        let mut out = Vec::new();
+        for (&(t, part), p) in &mut self.parts {
+            if p.dirty {
+                p.dirty = false;
+                if let Some(o) = p.committable {
+                    out.push((t, part, o));
+                }
+            }
+        }
+        out
+    }
+
+    /// Forget a partition (revoked): its unfinished messages will be delivered
+    /// to whichever instance gets it next.
+    pub fn forget(&mut self, topic: u8, partition: i32) {
+        self.parts.remove(&(topic, partition));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_move_only_past_finished_messages() {
+        let mut t = OffsetTracker::default();
+        for o in 10..15 {
+            t.begin(TOPIC_TRANSFERS, 0, o);
+        }
+        t.finish(TOPIC_TRANSFERS, 0, 12);
+        t.finish(TOPIC_TRANSFERS, 0, 11);
+        assert!(t.take_committable().is_empty(), "10 is not finished, nothing may be stored");
+        assert_eq!(t.pending(), 3);
+        t.finish(TOPIC_TRANSFERS, 0, 10);
+        assert_eq!(t.take_committable(), vec![(TOPIC_TRANSFERS, 0, 13)]);
+        assert!(t.take_committable().is_empty(), "reported once");
+        t.finish(TOPIC_TRANSFERS, 0, 14);
+        assert!(t.take_committable().is_empty(), "13 still open");
+        t.finish(TOPIC_TRANSFERS, 0, 13);
+        assert_eq!(t.take_committable(), vec![(TOPIC_TRANSFERS, 0, 15)]);
+        assert_eq!(t.pending(), 0);
+    }
+
+    #[test]
+    fn partitions_are_tracked_apart_and_forgotten_on_revoke() {
+        let mut t = OffsetTracker::default();
+        t.begin(TOPIC_TRANSFERS, 0, 5);
+        t.begin(TOPIC_TRANSFERS, 1, 5);
+        t.begin(TOPIC_CONTEXT, 0, 7);
+        t.finish(TOPIC_TRANSFERS, 1, 5);
+        t.finish(TOPIC_CONTEXT, 0, 7);
+        let mut c = t.take_committable();
+        c.sort();
+        assert_eq!(c, vec![(TOPIC_TRANSFERS, 1, 6), (TOPIC_CONTEXT, 0, 8)]);
+        t.forget(TOPIC_TRANSFERS, 0);
+        t.finish(TOPIC_TRANSFERS, 0, 5); // a late ack for a revoked partition
+        assert!(t.take_committable().is_empty());
+        assert_eq!(t.pending(), 0);
+    }
+}

@@ -1,0 +1,253 @@
+//! Topic readers: the co-partitioning check at start, reading a topic to its
+//! end (fraud reports, the decisions tail), and the labels thread that keeps
+//! every instance's fraud reports current.
+
+use super::*;
+
+/// Transfers and context events of one account must meet on one instance.
+/// Returns the transfers topic's partition count, when the brokers say.
+pub(super) fn check_copartitioned<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topics: &Topics,
+) -> Result<Option<usize>, PipelineError> {
+    // Unknown counts (broker away, topic not yet created) are not an error
+    // here: the consumer waits for the topics like any other client.
+    let transfers = partition_count(consumer, &topics.transfers);
+    if let (Some(a_n), Some(b_n)) = (transfers, partition_count(consumer, &topics.context_events)) {
+        if a_n != b_n {
+            return Err(PipelineError::NotCopartitioned {
+                a: topics.transfers.clone(),
+                a_n,
+                b: topics.context_events.clone(),
+                b_n,
+            });
+        }
+    }
+    Ok(transfers)
+}
+
+/// How many partitions `topic` has; `None` when the brokers do not say.
+pub(super) fn partition_count<C: ConsumerContext>(consumer: &BaseConsumer<C>, topic: &str) -> Option<usize> {
+    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).ok()?;
+    let t = md.topics().first()?;
+    (t.error().is_none() && !t.partitions().is_empty()).then(|| t.partitions().len())
+}
+
+/// Assign every partition of `topic`, each from `start(low, high)`, and read
+/// until each reaches the end it had when the call began, handing every message
+/// to `f`. It waits for the brokers (retrying) rather than failing, and gives
+/// up after `limit`; returns whether it reached the end everywhere. The
+/// assignment stays, so the caller may go on reading.
+pub(super) fn read_to_end<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    start: impl Fn(i64, i64) -> i64,
+    stop: &StopFlag,
+    limit: Duration,
+    mut f: impl FnMut(&BorrowedMessage<'_>),
+) -> bool {
+    let began = Instant::now();
+    let mut warned = false;
+    let mut wait = |what: &str| -> bool {
+        if !warned {
+            tracing::warn!(%topic, "{what}; waiting");
+            warned = true;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        !stop.load(Ordering::Relaxed) && began.elapsed() < limit
+    };
+    let partitions: Vec<i32> = loop {
+        match consumer.fetch_metadata(Some(topic), Duration::from_secs(5)) {
+            Ok(md) if md.topics().first().is_some_and(|t| t.error().is_none() && !t.partitions().is_empty()) => {
+                break md.topics()[0].partitions().iter().map(|p| p.id()).collect();
+            }
+            Ok(_) if wait("topic not found yet") => {}
+            Err(_) if wait("brokers unreachable") => {}
+            _ => return false,
+        }
+    };
+    let mut tpl = TopicPartitionList::new();
+    let mut ends = HashMap::new();
+    for p in partitions {
+        let (low, high) = loop {
+            match consumer.fetch_watermarks(topic, p, Duration::from_secs(5)) {
+                Ok(w) => break w,
+                Err(_) if wait("partition watermarks unavailable") => {}
+                Err(_) => return false,
+            }
+        };
+        let from = start(low, high).clamp(low, high);
+        if tpl.add_partition_offset(topic, p, Offset::Offset(from)).is_err() {
+            return false;
+        }
+        if high > from {
+            ends.insert(p, high);
+        }
+    }
+    if consumer.assign(&tpl).is_err() {
+        return false;
+    }
+    while !ends.is_empty() {
+        if stop.load(Ordering::Relaxed) || began.elapsed() > limit {
+            tracing::warn!(%topic, partitions = ends.len(), "stopped reading before the end");
+            return false;
+        }
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                f(&m);
+                if ends.get(&m.partition()).is_some_and(|&end| m.offset() + 1 >= end) {
+                    ends.remove(&m.partition());
+                }
+            }
+            Some(Err(e)) => tracing::debug!(error = %e, %topic, "reading to the end"),
+            None => {
+                // Offsets may be missing at the end (compaction): the position
+                // tells when a partition is through.
+                if let Ok(pos) = consumer.position() {
+                    for e in pos.elements_for_topic(topic) {
+                        if let Offset::Offset(o) = e.offset() {
+                            if ends.get(&e.partition()).is_some_and(|&end| o >= end) {
+                                ends.remove(&e.partition());
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    true
+}
+
+/// Read the tail of the decisions topic into the decision memory, so that
+/// transfers delivered again (after a restart or a rebalance) get the decision
+/// already given.
+pub(super) fn read_back_decisions(opts: &PipelineOptions, memory: &mut DecisionMemory, stop: &StopFlag) {
+    let topic = &opts.topics.decisions;
+    let consumer: BaseConsumer<Quiet> = match opts
+        .connection
+        .client_config(&[
+            ("group.id", &format!("{}-decisions-readback", opts.group_id)),
+            ("enable.auto.commit", "false"),
+            ("enable.auto.offset.store", "false"),
+            ("auto.offset.reset", "earliest"),
+        ])
+        .create_with_context(Quiet("decisions read-back"))
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read back recent decisions; re-delivered transfers will be scored again");
+            return;
+        }
+    };
+    let per_partition = opts.dedup_capacity as i64;
+    let complete = read_to_end(
+        &consumer,
+        topic,
+        |_, high| high - per_partition,
+        stop,
+        READ_BACK_LIMIT,
+        |m| {
+            if let (Some(id), Some(payload)) = (correlation_id(m), m.payload()) {
+                let late = header(m, HEADER_LATE) == Some("true");
+                let hold = match header(m, HEADER_DECISION) {
+                    Some(v) => v == Outcome::Hold.name(),
+                    // Decisions written before the header existed.
+                    None => serde_json::from_slice::<VerdictOnly<'_>>(payload)
+                        .is_ok_and(|b| b.decision == Outcome::Hold.name()),
+                };
+                memory.insert(&id, payload, late, if hold { Outcome::Hold } else { Outcome::Allow });
+            }
+        },
+    );
+    if !complete {
+        tracing::warn!(%topic, "recent decisions only partly read back");
+    }
+}
+
+/// The verdict of a decision read back, from its body.
+#[derive(serde::Deserialize)]
+pub(super) struct VerdictOnly<'a> {
+    #[serde(borrow)]
+    pub(super) decision: &'a str,
+}
+
+/// How long reading back decisions or catching up labels may take at start.
+pub(super) const READ_BACK_LIMIT: Duration = Duration::from_secs(120);
+
+/// Every instance reads every label, from the start of the topic: fraud
+/// reports are few, and each instance needs all of them for payee risk. The
+/// reports already there are read before this returns, so no transfer is
+/// scored without them.
+pub(super) fn spawn_labels_reader(
+    engine: Arc<Engine>,
+    opts: &PipelineOptions,
+    metrics: Arc<Metrics>,
+    stop: StopFlag,
+) -> Result<JoinHandle<()>, PipelineError> {
+    let topic = opts.topics.labels.clone();
+    // Assigned, not subscribed: no group membership, a reading position of
+    // this process's own.
+    let consumer: BaseConsumer<Quiet> = opts
+        .connection
+        .client_config(&[
+            ("group.id", &format!("{}-labels", opts.group_id)),
+            ("enable.auto.commit", "false"),
+            ("auto.offset.reset", "earliest"),
+            ("fetch.wait.max.ms", "100"),
+        ])
+        .create_with_context(Quiet("labels consumer"))
+        .map_err(|source| PipelineError::Client {
+            role: "labels consumer",
+            brokers: opts.connection.brokers.clone(),
+            source,
+        })?;
+    let counter = metrics.events_consumed.with_label_values(&[topic.as_str()]);
+    let dead = metrics.dead_letters.clone();
+    let apply = move |msg: &BorrowedMessage<'_>| {
+        counter.inc();
+        match Event::from_json(msg.payload().unwrap_or_default()) {
+            Ok(e @ Event::Label(_)) => {
+                if let Err(err) = engine.process(&e) {
+                    tracing::warn!(error = %err, offset = msg.offset(), "label refused");
+                }
+            }
+            // Labels are read by every instance, so a bad one is reported
+            // (log, metric) but not dead-lettered: N instances would write N
+            // copies.
+            Ok(other) => {
+                dead.with_label_values(&[DeadLetterKind::WrongTopic.name()]).inc();
+                tracing::warn!(kind = other.kind(), offset = msg.offset(), "not a label on the labels topic");
+            }
+            Err(e) => {
+                dead.with_label_values(&[DeadLetterKind::Malformed.name()]).inc();
+                tracing::warn!(offset = msg.offset(), "bad label: {}", crate::event::mask_digit_runs(&e.to_string()));
+            }
+        }
+    };
+    let started = Instant::now();
+    let mut read = 0u64;
+    let complete = read_to_end(
+        &consumer,
+        &topic,
+        |low, _| low,
+        &stop,
+        READ_BACK_LIMIT,
+        |m| {
+            read += 1;
+            apply(m)
+        },
+    );
+    tracing::info!(labels = read, complete, ms = started.elapsed().as_millis() as u64, "fraud reports read");
+    Ok(std::thread::Builder::new()
+        .name("fds-labels".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                match consumer.poll(Duration::from_millis(100)) {
+                    Some(Ok(m)) => apply(&m),
+                    Some(Err(e)) => tracing::debug!(error = %e, "labels consumer"),
+                    None => {}
+                }
+            }
+        })
+        .expect("spawn labels thread"))
+}
