@@ -37,7 +37,7 @@ use crate::event::{Event, EventTime, Transfer, MINUTE_MS};
 use crate::features::{self, FeatureVector, SCHEMA};
 use crate::model::{Model, ModelHandle};
 use crate::rules::{Action as RuleAction, Keys, RuleSet, RulesHandle, Verification};
-use crate::state::{State, StateConfig};
+use crate::state::{ExpiryClocks, SnapshotError, SnapshotStats, State, StateConfig};
 
 /// A hold the model alone asks for: an automated call the customer answers,
 /// the least costly check that still stops a fraudster on a phished device.
@@ -448,6 +448,30 @@ impl Engine {
             latency_ns: started.elapsed().as_nanos() as u64,
         };
         Scored { decision, features }
+    }
+
+    /// Write the engine's state, with its expiry clocks, as a snapshot (see
+    /// [`crate::state`]'s `snapshot` module for the format and its checks).
+    /// Call it between events: a snapshot taken while another thread applies
+    /// events holds each entity as its shard was when read.
+    pub fn write_snapshot<W: std::io::Write>(&self, out: W) -> std::io::Result<SnapshotStats> {
+        let clocks = ExpiryClocks {
+            expiry_clock: self.expiry_clock.load(Ordering::Relaxed),
+            last_expiry: self.last_expiry.load(Ordering::Relaxed),
+        };
+        self.state.write_snapshot(clocks, out)
+    }
+
+    /// This engine with its state replaced by a snapshot's: what a restarted
+    /// instance does before it handles an event. All or nothing: on error the
+    /// engine is not built.
+    pub fn restore_snapshot<R: std::io::Read>(mut self, input: R) -> Result<(Self, SnapshotStats), SnapshotError> {
+        let cfg = self.state.config().clone();
+        let (state, clocks, stats) = State::read_snapshot(cfg, input)?;
+        self.state = state;
+        self.expiry_clock = AtomicI64::new(clocks.expiry_clock);
+        self.last_expiry = AtomicI64::new(clocks.last_expiry);
+        Ok((self, stats))
     }
 
     /// Move the expiry clock toward `time`, by at most one sweep period.

@@ -29,6 +29,9 @@
 //!   per entity.
 //! - **Late events.** Context events that arrive late never move a "last seen"
 //!   time backwards; window adds older than their ring are dropped.
+//! - **Durable form.** [`State::write_snapshot`] and [`State::read_snapshot`]
+//!   (module `snapshot`) turn the whole state into versioned, checksummed
+//!   records and back, exactly.
 //!
 //! Windows are rings of time buckets. A window of `N` buckets of width `w` holds
 //! the events whose bucket is one of the last `N` buckets up to and including the
@@ -39,6 +42,10 @@
 //! payee's incoming transfers are also counted in 38 daily buckets, enough for
 //! the 30 days that reports can be received in plus the 7 days before those
 //! the reported transfers can date from, plus the far edge's partial bucket.
+
+mod snapshot;
+
+pub use snapshot::{ExpiryClocks, SnapshotError, SnapshotStats, FORMAT_VERSION, MAGIC};
 
 use std::mem::size_of;
 
@@ -867,6 +874,11 @@ impl State {
     /// Empty state with these TTLs and caps.
     pub fn new(cfg: StateConfig) -> Self {
         State { cfg, accounts: Map::default(), payees: Map::default(), devices: Map::default() }
+    }
+
+    /// The TTLs and caps this state keeps.
+    pub fn config(&self) -> &StateConfig {
+        &self.cfg
     }
 
     /// Read the sender, payee and device as they were before `t`, then record `t`.
