@@ -113,6 +113,7 @@ struct RawState {
 #[serde(deny_unknown_fields)]
 struct RawEngine {
     rules_dir: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
     max_skew_minutes: Option<i64>,
     model_dir: Option<PathBuf>,
     use_model: Option<bool>,
@@ -126,6 +127,9 @@ pub struct Config {
     pub state: StateConfig,
     /// The rule directory (`engine.rules_dir`), watched for edits.
     pub rules_dir: PathBuf,
+    /// Where `fds run` checkpoints its state on a graceful stop and restores
+    /// it from at start (`engine.state_dir`); `None`: in memory only.
+    pub state_dir: Option<PathBuf>,
     /// Which model scores beside the rules (`[model]`).
     pub model: ModelConfig,
     /// Refuse events dated more than this far ahead of the wall clock (live
@@ -292,6 +296,7 @@ impl Default for Config {
         Config {
             state: StateConfig::default(),
             rules_dir: PathBuf::from("rules"),
+            state_dir: None,
             model: ModelConfig::default(),
             max_skew_ms: None,
             kafka: KafkaConfig::default(),
@@ -360,6 +365,10 @@ impl Config {
         if rules_dir.as_os_str().is_empty() {
             problems.push("engine.rules_dir is empty".to_owned());
         }
+        let state_dir = raw.engine.state_dir.clone();
+        if state_dir.as_ref().is_some_and(|d| d.as_os_str().is_empty()) {
+            problems.push("engine.state_dir is empty; leave it out to keep the state in memory only".to_owned());
+        }
         let model = model_config(&raw.engine, &mut problems);
         let kafka = kafka_config(raw.kafka, &mut problems);
         let listen = match raw.server.listen.as_deref().unwrap_or(DEFAULT_LISTEN).parse() {
@@ -373,7 +382,7 @@ impl Config {
             }
         };
         if problems.is_empty() {
-            Ok(Config { state, rules_dir, model, max_skew_ms, kafka, listen })
+            Ok(Config { state, rules_dir, state_dir, model, max_skew_ms, kafka, listen })
         } else {
             Err(Problems::Invalid(problems))
         }

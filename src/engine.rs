@@ -465,13 +465,20 @@ impl Engine {
     /// This engine with its state replaced by a snapshot's: what a restarted
     /// instance does before it handles an event. All or nothing: on error the
     /// engine is not built.
-    pub fn restore_snapshot<R: std::io::Read>(mut self, input: R) -> Result<(Self, SnapshotStats), SnapshotError> {
-        let cfg = self.state.config().clone();
-        let (state, clocks, stats) = State::read_snapshot(cfg, input)?;
-        self.state = state;
-        self.expiry_clock = AtomicI64::new(clocks.expiry_clock);
-        self.last_expiry = AtomicI64::new(clocks.last_expiry);
+    pub fn restore_snapshot<R: std::io::Read>(self, input: R) -> Result<(Self, SnapshotStats), SnapshotError> {
+        let stats = self.load_snapshot(input)?;
         Ok((self, stats))
+    }
+
+    /// Replace the state of this (shared) engine with a snapshot's. Meant
+    /// for start-up, before any event is processed; all or nothing, so on
+    /// error the state is as it was.
+    pub fn load_snapshot<R: std::io::Read>(&self, input: R) -> Result<SnapshotStats, SnapshotError> {
+        let (state, clocks, stats) = State::read_snapshot(self.state.config().clone(), input)?;
+        self.state.replace_with(state);
+        self.expiry_clock.store(clocks.expiry_clock, Ordering::Relaxed);
+        self.last_expiry.store(clocks.last_expiry, Ordering::Relaxed);
+        Ok(stats)
     }
 
     /// Move the expiry clock toward `time`, by at most one sweep period.

@@ -333,3 +333,78 @@ fn two_instances_share_accounts_and_hand_over_cleanly() {
         }
     }
 }
+
+/// What a decision says, without when it was made: verdict, verification,
+/// score and reasons.
+fn verdict(j: &serde_json::Value) -> serde_json::Value {
+    serde_json::json!([j["decision"], j["verification"], j["score"], j["reasons"]])
+}
+
+#[test]
+fn a_graceful_restart_with_a_state_dir_keeps_the_state() {
+    use fds::engine::Engine;
+    use fds::event::Event;
+    use fds::rules::RuleSet;
+
+    let topics = Topics::default();
+    let broker = EmbeddedBroker::start(&topics, 1).unwrap();
+    let brokers = broker.bootstrap_servers();
+    // Transfers only, on one partition: the pipeline reads them in the order
+    // sent, so it must decide exactly as one engine fed that order.
+    let transfers: Vec<Event> = stream(400).into_iter().filter(|e| matches!(e, Event::Transfer(_))).collect();
+    let (first, second) = transfers.split_at(transfers.len() / 2);
+    let dir = tempfile::tempdir().unwrap();
+    let with_dir = |o: &mut fds::kafka::pipeline::PipelineOptions| o.state_dir = Some(dir.path().to_path_buf());
+    let p = producer(&brokers);
+    let mut decisions = Reader::new(&brokers, &topics.decisions);
+
+    let run = Running::start_with(&brokers, "graceful", with_dir);
+    send_events(&p, &topics, first, 60_000);
+    assert!(decisions.read_until(WAIT, |r| r.len() >= first.len()), "first half decided");
+    assert_eq!(run.stop().unfinished, 0);
+    assert!(dir.path().join("state.snap").exists() && dir.path().join("state.offsets").exists());
+
+    let run = Running::start_with(&brokers, "graceful", with_dir);
+    assert!(wait_for(WAIT, || run.engine.state().entities().0 > 0), "the state is restored at start");
+    send_events(&p, &topics, second, 60_000);
+    assert!(decisions.read_until(WAIT, |r| r.len() >= transfers.len()), "second half decided");
+    run.stop();
+
+    let rules = || RuleSet::load_dir(std::path::Path::new("rules")).unwrap();
+    let decide = |engine: &Engine, events: &[Event]| -> Vec<serde_json::Value> {
+        events
+            .iter()
+            .map(|e| verdict(&serde_json::from_str(&engine.process(e).unwrap().unwrap().decision.to_json()).unwrap()))
+            .collect()
+    };
+    let whole = Engine::with_rules(rules());
+    decide(&whole, first);
+    let expected = decide(&whole, second);
+    let by_id = decisions_by_id(&decisions.records);
+    let live: Vec<serde_json::Value> = second
+        .iter()
+        .map(|e| {
+            let Event::Transfer(t) = e else { unreachable!() };
+            verdict(&by_id[&t.bank_tran_id][0])
+        })
+        .collect();
+    let differ = expected.iter().zip(&live).filter(|(a, b)| a != b).count();
+    assert_eq!(differ, 0, "{differ} of {} decisions after the restart differ from one engine's", second.len());
+
+    // A restart that forgot the state decides the second half otherwise, so
+    // the comparison above can fail.
+    let forgetful = decide(&Engine::with_rules(rules()), second);
+    assert!(expected.iter().zip(&forgetful).any(|(a, b)| a != b));
+
+    // Once the input has moved past the checkpoint (here an instance without
+    // the state dir; in production a crash or another instance), the
+    // checkpoint is not used: the next start is empty, not wrong.
+    let run = Running::start(&brokers, "graceful");
+    send_events(&p, &topics, &first[..3], 60_000); // re-sent: answered again, offsets move on
+    assert!(decisions.read_until(WAIT, |r| r.len() >= transfers.len() + 3));
+    run.stop();
+    let run = Running::start_with(&brokers, "graceful", with_dir);
+    assert!(wait_for(WAIT, || run.health.is_ready()), "the instance comes up");
+    assert_eq!(run.engine.state().entities(), (0, 0, 0), "a stale checkpoint is not restored");
+    run.stop();
+}

@@ -193,6 +193,10 @@ enum Command {
         /// Address of the operator endpoints [default: server.listen, else 127.0.0.1:9464].
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
+        /// Checkpoint the state here on a graceful stop and restore it at start
+        /// [default: the config's engine.state_dir, else memory only].
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
         #[command(flatten)]
         model: ModelArgs,
     },
@@ -398,9 +402,10 @@ fn run() -> Result<()> {
         Command::Rules { command: RulesCommand::Check { dir } } => {
             rules_check(&dir.unwrap_or_else(|| config.rules_dir.clone()))
         }
-        Command::Run { brokers, rules, listen, model } => {
+        Command::Run { brokers, rules, listen, state_dir, model } => {
             let model = model.resolve(&config);
-            run_cmd(&config, brokers, rules.unwrap_or_else(|| config.rules_dir.clone()), listen, model)
+            let state_dir = state_dir.or_else(|| config.state_dir.clone());
+            run_cmd(&config, brokers, rules.unwrap_or_else(|| config.rules_dir.clone()), listen, state_dir, model)
         }
         Command::Topics { command: TopicsCommand::Create { brokers, partitions, replication } } => {
             let connection = connection(&config, brokers)?;
@@ -510,6 +515,7 @@ fn run_cmd(
     brokers: Option<String>,
     rules_dir: PathBuf,
     listen: Option<std::net::SocketAddr>,
+    state_dir: Option<PathBuf>,
     model: ModelConfig,
 ) -> Result<()> {
     use fds::kafka::{pipeline, EmbeddedBroker};
@@ -579,6 +585,7 @@ fn run_cmd(
     opts.dedup_capacity = kafka.dedup_capacity;
     opts.commit_interval = kafka.commit_interval;
     opts.linger = kafka.linger;
+    opts.state_dir = state_dir;
     let summary = pipeline::run(engine, opts, metrics, health, stop)?;
     tracing::info!(
         consumed = summary.consumed,

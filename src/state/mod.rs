@@ -881,6 +881,23 @@ impl State {
         &self.cfg
     }
 
+    /// Take `other`'s entities in place of this state's own (restoring a
+    /// snapshot into a state already shared with other threads).
+    pub fn replace_with(&self, other: State) {
+        self.accounts.clear();
+        self.payees.clear();
+        self.devices.clear();
+        for (k, v) in other.accounts {
+            self.accounts.insert(k, v);
+        }
+        for (k, v) in other.payees {
+            self.payees.insert(k, v);
+        }
+        for (k, v) in other.devices {
+            self.devices.insert(k, v);
+        }
+    }
+
     /// Read the sender, payee and device as they were before `t`, then record `t`.
     /// `payee_key` is `t.payee_key()`, passed in so it is built once per transfer.
     pub fn observe_transfer(&self, t: &Transfer, payee_key: &str) -> Observed {

@@ -105,6 +105,7 @@ use crate::event::{mask_account, Event, EventError};
 use crate::metrics::Metrics;
 use crate::rules::RuleSet;
 
+mod checkpoint;
 mod clients;
 mod group;
 mod health;
@@ -161,6 +162,9 @@ pub struct PipelineOptions {
     pub linger: Duration,
     /// How long shutdown waits for in-flight decisions to be acknowledged.
     pub shutdown_timeout: Duration,
+    /// Where the state is checkpointed on a graceful stop and restored from
+    /// at start (see the `checkpoint` module); `None`: in memory only.
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 impl PipelineOptions {
@@ -174,6 +178,7 @@ impl PipelineOptions {
             commit_interval: Duration::from_secs(1),
             linger: Duration::from_millis(1),
             shutdown_timeout: Duration::from_secs(30),
+            state_dir: None,
         }
     }
 }
@@ -235,6 +240,9 @@ pub fn run(
 
     // Fraud reports first: transfers are not scored before every known report
     // is in the state.
+    if let Some(dir) = &opts.state_dir {
+        restore_checkpoint(dir, &engine, &opts);
+    }
     let labels = spawn_labels_reader(engine.clone(), &opts, metrics.clone(), stop.clone())?;
     let watcher = spawn_health_watch(&opts, health.clone(), stop.clone())?;
 
@@ -383,6 +391,9 @@ pub fn run(
             tracing::warn!(error = %e, "final commit failed; the last messages will be delivered again");
         }
     }
+    if let (Some(dir), None, 0) = (&opts.state_dir, &failure, scorer.summary.unfinished) {
+        write_checkpoint(dir, &engine, &consumer, &inputs);
+    }
     consumer.unsubscribe();
     let summary = scorer.summary.clone();
     drop(scorer);
@@ -392,5 +403,69 @@ pub fn run(
     match failure {
         Some(e) => Err(e),
         None => Ok(summary),
+    }
+}
+
+/// Restore the state from the checkpoint in `dir` when it covers exactly the
+/// group's committed offsets; otherwise say why and start empty.
+fn restore_checkpoint(dir: &std::path::Path, engine: &Engine, opts: &PipelineOptions) {
+    let started = Instant::now();
+    let consumer: Result<BaseConsumer<Quiet>, _> = opts
+        .connection
+        .client_config(&[("group.id", &opts.group_id), ("enable.auto.commit", "false")])
+        .create_with_context(Quiet("checkpoint offsets"));
+    let inputs = [opts.topics.transfers.as_str(), opts.topics.context_events.as_str()];
+    let committed =
+        consumer.map_err(|e| e.to_string()).and_then(|c| checkpoint::committed(&c, &inputs).map_err(|e| e.to_string()));
+    let committed = match committed {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot read the committed offsets; starting with empty state");
+            return;
+        }
+    };
+    match checkpoint::restore(dir, engine, &committed) {
+        Ok(stats) => tracing::info!(
+            dir = %dir.display(),
+            accounts = stats.accounts,
+            payees = stats.payees,
+            devices = stats.devices,
+            bytes = stats.bytes,
+            ms = started.elapsed().as_millis() as u64,
+            "state restored from the checkpoint"
+        ),
+        Err(why) => tracing::warn!("starting with empty state: {why}"),
+    }
+}
+
+/// After the final commit: checkpoint the state with the offsets it covers,
+/// when this instance holds every input partition (otherwise its state is
+/// only part of the accounts, and the next owner could not tell which).
+fn write_checkpoint(dir: &std::path::Path, engine: &Engine, consumer: &BaseConsumer<GroupContext>, inputs: &[&str]) {
+    let all = match checkpoint::committed(consumer, inputs) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "no checkpoint written: cannot read the committed offsets");
+            return;
+        }
+    };
+    let partitions: usize = inputs.iter().filter_map(|t| partition_count(consumer, t)).sum();
+    let owned = consumer.assignment().map(|a| a.count()).unwrap_or(0);
+    if owned < partitions {
+        tracing::info!(owned, partitions, "no checkpoint written: this instance holds only some input partitions");
+        return;
+    }
+    let started = Instant::now();
+    match checkpoint::write(dir, engine, &all) {
+        Ok(stats) => tracing::info!(
+            dir = %dir.display(),
+            accounts = stats.accounts,
+            payees = stats.payees,
+            devices = stats.devices,
+            bytes = stats.bytes,
+            ms = started.elapsed().as_millis() as u64,
+            "state checkpointed"
+        ),
+        Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "no checkpoint written"),
     }
 }
