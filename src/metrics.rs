@@ -31,7 +31,7 @@
 use std::fmt;
 
 use prometheus::{
-    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::engine::Outcome;
@@ -88,6 +88,18 @@ pub struct Metrics {
     pub state_entities: IntGaugeVec,
     /// `fds_state_bytes`: estimated bytes held by the state.
     pub state_bytes: IntGauge,
+    /// `fds_state_checkpoints_total{result}`: state checkpoints at a graceful
+    /// stop, `result` = `written`, `skipped` (not every partition held) or
+    /// `failed`.
+    pub state_checkpoints: IntCounterVec,
+    /// `fds_state_restores_total{result}`: start-ups, `result` = `restored`,
+    /// `empty` (no checkpoint), `stale` (the input moved past it) or `refused`
+    /// (unreadable or corrupt).
+    pub state_restores: IntCounterVec,
+    /// `fds_state_restore_seconds`: how long the last restore took.
+    pub state_restore_seconds: Gauge,
+    /// `fds_state_restore_bytes`: bytes of the snapshot last restored.
+    pub state_restore_bytes: IntGauge,
     /// `fds_rules_reloads_total{result}`, `result` = `applied` or `rejected`.
     pub rules_reloads: IntCounterVec,
     /// `fds_rules_loaded`: rules in force (live and shadow).
@@ -235,6 +247,28 @@ impl Metrics {
             ),
             state_entities,
             state_bytes: register(r, IntGauge::new("fds_state_bytes", "Estimated bytes held by the state.")),
+            state_checkpoints: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new("fds_state_checkpoints_total", "State checkpoints at a graceful stop, by result."),
+                    &["result"],
+                ),
+            ),
+            state_restores: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new("fds_state_restores_total", "Start-ups by what became of the state checkpoint."),
+                    &["result"],
+                ),
+            ),
+            state_restore_seconds: register(
+                r,
+                Gauge::new("fds_state_restore_seconds", "How long the last state restore took."),
+            ),
+            state_restore_bytes: register(
+                r,
+                IntGauge::new("fds_state_restore_bytes", "Bytes of the state snapshot last restored."),
+            ),
             rules_reloads,
             rules_loaded: register(r, IntGauge::new("fds_rules_loaded", "Rules in force, live and shadow.")),
             model_reloads,
@@ -333,7 +367,7 @@ mod tests {
     use super::*;
     use crate::state::StateConfig;
 
-    const ALL_NAMES: [&str; 20] = [
+    const ALL_NAMES: [&str; 24] = [
         "fds_events_consumed_total",
         "fds_decisions_total",
         "fds_decisions_late_total",
@@ -348,6 +382,10 @@ mod tests {
         "fds_offsets_pending",
         "fds_state_entities",
         "fds_state_bytes",
+        "fds_state_checkpoints_total",
+        "fds_state_restores_total",
+        "fds_state_restore_seconds",
+        "fds_state_restore_bytes",
         "fds_rules_reloads_total",
         "fds_rules_loaded",
         "fds_model_reloads_total",
@@ -366,11 +404,19 @@ mod tests {
         let m = Metrics::new();
         let text = m.encode();
         for name in ALL_NAMES {
-            let expected = !matches!(name, "fds_events_consumed_total" | "fds_rule_fired_total");
+            let expected = !matches!(
+                name,
+                "fds_events_consumed_total"
+                    | "fds_rule_fired_total"
+                    | "fds_state_checkpoints_total"
+                    | "fds_state_restores_total"
+            );
             assert_eq!(text.contains(&format!("# TYPE {name} ")), expected, "{name}:\n{text}");
         }
         m.events_consumed.with_label_values(&["transfers"]).inc();
         m.rules_fired.with_label_values(&["NEW_PAYEE", "false"]).inc();
+        m.state_checkpoints.with_label_values(&["written"]).inc();
+        m.state_restores.with_label_values(&["restored"]).inc();
         let text = m.encode();
         for name in ALL_NAMES {
             assert_eq!(text.matches(&format!("# TYPE {name} ")).count(), 1, "{name}:\n{text}");

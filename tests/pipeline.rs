@@ -366,6 +366,8 @@ fn a_graceful_restart_with_a_state_dir_keeps_the_state() {
 
     let run = Running::start_with(&brokers, "graceful", with_dir);
     assert!(wait_for(WAIT, || run.engine.state().entities().0 > 0), "the state is restored at start");
+    assert_eq!(run.metrics.state_restores.with_label_values(&["restored"]).get(), 1);
+    assert!(run.metrics.state_restore_bytes.get() > 0);
     send_events(&p, &topics, second, 60_000);
     assert!(decisions.read_until(WAIT, |r| r.len() >= transfers.len()), "second half decided");
     run.stop();
@@ -406,5 +408,6 @@ fn a_graceful_restart_with_a_state_dir_keeps_the_state() {
     let run = Running::start_with(&brokers, "graceful", with_dir);
     assert!(wait_for(WAIT, || run.health.is_ready()), "the instance comes up");
     assert_eq!(run.engine.state().entities(), (0, 0, 0), "a stale checkpoint is not restored");
+    assert_eq!(run.metrics.state_restores.with_label_values(&["stale"]).get(), 1);
     run.stop();
 }

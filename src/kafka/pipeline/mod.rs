@@ -241,7 +241,7 @@ pub fn run(
     // Fraud reports first: transfers are not scored before every known report
     // is in the state.
     if let Some(dir) = &opts.state_dir {
-        restore_checkpoint(dir, &engine, &opts);
+        restore_checkpoint(dir, &engine, &opts, &metrics);
     }
     let labels = spawn_labels_reader(engine.clone(), &opts, metrics.clone(), stop.clone())?;
     let watcher = spawn_health_watch(&opts, health.clone(), stop.clone())?;
@@ -392,7 +392,7 @@ pub fn run(
         }
     }
     if let (Some(dir), None, 0) = (&opts.state_dir, &failure, scorer.summary.unfinished) {
-        write_checkpoint(dir, &engine, &consumer, &inputs);
+        write_checkpoint(dir, &engine, &consumer, &inputs, &metrics);
     }
     consumer.unsubscribe();
     let summary = scorer.summary.clone();
@@ -408,7 +408,7 @@ pub fn run(
 
 /// Restore the state from the checkpoint in `dir` when it covers exactly the
 /// group's committed offsets; otherwise say why and start empty.
-fn restore_checkpoint(dir: &std::path::Path, engine: &Engine, opts: &PipelineOptions) {
+fn restore_checkpoint(dir: &std::path::Path, engine: &Engine, opts: &PipelineOptions, metrics: &Metrics) {
     let started = Instant::now();
     let consumer: Result<BaseConsumer<Quiet>, _> = opts
         .connection
@@ -421,10 +421,23 @@ fn restore_checkpoint(dir: &std::path::Path, engine: &Engine, opts: &PipelineOpt
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(dir = %dir.display(), error = %e, "cannot read the committed offsets; starting with empty state");
+            metrics.state_restores.with_label_values(&["refused"]).inc();
             return;
         }
     };
-    match checkpoint::restore(dir, engine, &committed) {
+    let result = checkpoint::restore(dir, engine, &committed);
+    let outcome = match &result {
+        Ok(_) => "restored",
+        Err(checkpoint::Skip::Missing(_)) => "empty",
+        Err(checkpoint::Skip::Stale { .. }) => "stale",
+        Err(checkpoint::Skip::Unreadable { .. }) => "refused",
+    };
+    metrics.state_restores.with_label_values(&[outcome]).inc();
+    if let Ok(stats) = &result {
+        metrics.state_restore_seconds.set(started.elapsed().as_secs_f64());
+        metrics.state_restore_bytes.set(i64::try_from(stats.bytes).unwrap_or(i64::MAX));
+    }
+    match result {
         Ok(stats) => tracing::info!(
             dir = %dir.display(),
             accounts = stats.accounts,
@@ -434,6 +447,7 @@ fn restore_checkpoint(dir: &std::path::Path, engine: &Engine, opts: &PipelineOpt
             ms = started.elapsed().as_millis() as u64,
             "state restored from the checkpoint"
         ),
+        Err(why @ checkpoint::Skip::Missing(_)) => tracing::info!("starting with empty state: {why}"),
         Err(why) => tracing::warn!("starting with empty state: {why}"),
     }
 }
@@ -441,11 +455,19 @@ fn restore_checkpoint(dir: &std::path::Path, engine: &Engine, opts: &PipelineOpt
 /// After the final commit: checkpoint the state with the offsets it covers,
 /// when this instance holds every input partition (otherwise its state is
 /// only part of the accounts, and the next owner could not tell which).
-fn write_checkpoint(dir: &std::path::Path, engine: &Engine, consumer: &BaseConsumer<GroupContext>, inputs: &[&str]) {
+fn write_checkpoint(
+    dir: &std::path::Path,
+    engine: &Engine,
+    consumer: &BaseConsumer<GroupContext>,
+    inputs: &[&str],
+    metrics: &Metrics,
+) {
+    let count = |result: &str| metrics.state_checkpoints.with_label_values(&[result]).inc();
     let all = match checkpoint::committed(consumer, inputs) {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(error = %e, "no checkpoint written: cannot read the committed offsets");
+            count("failed");
             return;
         }
     };
@@ -453,10 +475,13 @@ fn write_checkpoint(dir: &std::path::Path, engine: &Engine, consumer: &BaseConsu
     let owned = consumer.assignment().map(|a| a.count()).unwrap_or(0);
     if owned < partitions {
         tracing::info!(owned, partitions, "no checkpoint written: this instance holds only some input partitions");
+        count("skipped");
         return;
     }
     let started = Instant::now();
-    match checkpoint::write(dir, engine, &all) {
+    let result = checkpoint::write(dir, engine, &all);
+    count(if result.is_ok() { "written" } else { "failed" });
+    match result {
         Ok(stats) => tracing::info!(
             dir = %dir.display(),
             accounts = stats.accounts,
