@@ -144,29 +144,10 @@ impl State {
         put_i64(&mut buf, clocks.expiry_clock);
         put_i64(&mut buf, clocks.last_expiry);
         write_record(&mut out, KIND_CLOCKS, &buf)?;
-        let mut records = 0u64;
-        for e in self.accounts.iter() {
-            buf.clear();
-            put_key(&mut buf, e.key());
-            write_account(&mut buf, e.value());
-            write_record(&mut out, KIND_ACCOUNT, &buf)?;
-            stats.accounts += 1;
-        }
-        for e in self.payees.iter() {
-            buf.clear();
-            put_key(&mut buf, e.key());
-            write_payee(&mut buf, e.value());
-            write_record(&mut out, KIND_PAYEE, &buf)?;
-            stats.payees += 1;
-        }
-        for e in self.devices.iter() {
-            buf.clear();
-            put_key(&mut buf, e.key());
-            write_device(&mut buf, e.value());
-            write_record(&mut out, KIND_DEVICE, &buf)?;
-            stats.devices += 1;
-        }
-        records += stats.accounts + stats.payees + stats.devices;
+        stats.accounts = write_entities(&mut out, &mut buf, &self.accounts, KIND_ACCOUNT, write_account)?;
+        stats.payees = write_entities(&mut out, &mut buf, &self.payees, KIND_PAYEE, write_payee)?;
+        stats.devices = write_entities(&mut out, &mut buf, &self.devices, KIND_DEVICE, write_device)?;
+        let records = stats.accounts + stats.payees + stats.devices;
         buf.clear();
         put_u64(&mut buf, records);
         write_record(&mut out, KIND_END, &buf)?;
@@ -243,6 +224,25 @@ impl State {
             }
         }
     }
+}
+
+/// Write every entity of `map` as a record of `kind`; returns how many.
+fn write_entities<W: Write, V>(
+    out: &mut W,
+    buf: &mut Vec<u8>,
+    map: &Map<V>,
+    kind: u8,
+    fields: fn(&mut Vec<u8>, &V),
+) -> io::Result<u64> {
+    let mut n = 0;
+    for e in map.iter() {
+        buf.clear();
+        put_key(buf, e.key());
+        fields(buf, e.value());
+        write_record(out, kind, buf)?;
+        n += 1;
+    }
+    Ok(n)
 }
 
 fn insert_once<V>(map: &Map<V>, key: CompactString, value: V) -> Result<(), String> {

@@ -438,15 +438,7 @@ fn restore_checkpoint(dir: &std::path::Path, engine: &Engine, opts: &PipelineOpt
         metrics.state_restore_bytes.set(i64::try_from(stats.bytes).unwrap_or(i64::MAX));
     }
     match result {
-        Ok(stats) => tracing::info!(
-            dir = %dir.display(),
-            accounts = stats.accounts,
-            payees = stats.payees,
-            devices = stats.devices,
-            bytes = stats.bytes,
-            ms = started.elapsed().as_millis() as u64,
-            "state restored from the checkpoint"
-        ),
+        Ok(stats) => log_snapshot("state restored from the checkpoint", dir, &stats, started),
         Err(why @ checkpoint::Skip::Missing(_)) => tracing::info!("starting with empty state: {why}"),
         Err(why) => tracing::warn!("starting with empty state: {why}"),
     }
@@ -482,15 +474,19 @@ fn write_checkpoint(
     let result = checkpoint::write(dir, engine, &all);
     count(if result.is_ok() { "written" } else { "failed" });
     match result {
-        Ok(stats) => tracing::info!(
-            dir = %dir.display(),
-            accounts = stats.accounts,
-            payees = stats.payees,
-            devices = stats.devices,
-            bytes = stats.bytes,
-            ms = started.elapsed().as_millis() as u64,
-            "state checkpointed"
-        ),
+        Ok(stats) => log_snapshot("state checkpointed", dir, &stats, started),
         Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "no checkpoint written"),
     }
+}
+
+fn log_snapshot(what: &str, dir: &std::path::Path, stats: &crate::state::SnapshotStats, started: Instant) {
+    tracing::info!(
+        dir = %dir.display(),
+        accounts = stats.accounts,
+        payees = stats.payees,
+        devices = stats.devices,
+        bytes = stats.bytes,
+        ms = started.elapsed().as_millis() as u64,
+        "{what}"
+    );
 }
