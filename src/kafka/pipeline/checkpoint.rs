@@ -64,7 +64,8 @@ pub(super) enum Skip {
     Unreadable { path: PathBuf, reason: String },
     #[error(
         "the checkpoint covers input up to other offsets than the group has committed \
-         ({detail}): the input moved on after it was written (a crash, or another instance)"
+         ({detail}): the input moved on after it was written (a crash, another instance, or a new \
+         broker such as the embedded one, which starts empty)"
     )]
     Stale { detail: String },
 }
