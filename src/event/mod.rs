@@ -730,6 +730,9 @@ pub fn mask_digit_runs(text: &str) -> String {
 mod tests {
     use super::*;
 
+    // Written by hand, not with `build`: these tests are about the wire format
+    // itself (field order, the fast path, unknown fields, bad values), so the
+    // bytes must not come from the serializer under test.
     const TRANSFER: &str = r#"{"type":"transfer","schema_version":1,"bank_tran_id":"T1","tran_dtime":"20261126093000","fintech_use_num":"120220000000000000000001","tran_amt":50000,"recv_client_bank_code":"088","recv_client_account_num":"110123456789","recv_client_name":"홍길동","channel":"mobile_app","device_id":"D1","ip":"10.0.0.1","transfer_purpose":"TR"}"#;
 
     #[test]
