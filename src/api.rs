@@ -87,7 +87,8 @@ impl Health {
         }
     }
 
-    /// The health thread's verdict on the brokers, every second.
+    /// Whether the brokers answer: set by the pipeline's health thread every
+    /// second, and cleared at once when a client reports all brokers down.
     pub fn set_broker_up(&self, up: bool) {
         self.broker_up.store(up, Ordering::Relaxed);
     }

@@ -43,7 +43,8 @@ pub trait Reloadable: Sized + Send + Sync + 'static {
 
 /// Where the running version lives: read by the hot path, written here.
 pub trait Slot<T>: Send + Sync + 'static {
-    /// The version running now, for logs (`None`: nothing loaded yet).
+    /// The running version's [`Reloadable::reload_key`], logged and compared
+    /// with a new load's to skip an unchanged one (`None`: nothing loaded yet).
     fn running_version(&self) -> Option<String>;
     /// Swap `new` in for every later reader.
     fn put(&self, new: Arc<T>);
@@ -164,7 +165,6 @@ enum Msg {
 }
 
 /// A running watcher. Dropping it stops the file watch and joins its thread.
-#[allow(missing_debug_implementations)] // a thread and a channel; its status is what callers inspect
 pub struct Watcher<T: Reloadable> {
     path: PathBuf,
     /// Dropped first on shutdown so no event arrives after `Stop`.
@@ -175,7 +175,7 @@ pub struct Watcher<T: Reloadable> {
 }
 
 impl<T: Reloadable> Watcher<T> {
-    /// The last reload's outcome and the running version.
+    /// A copy of the counts so far and the last rejection.
     pub fn status(&self) -> ReloadStatus<T::Error> {
         self.status.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
@@ -190,6 +190,18 @@ impl<T: Reloadable> Watcher<T> {
     pub fn status_handle(&self) -> impl Fn() -> ReloadStatus<T::Error> + Send + Sync + 'static {
         let status = self.status.clone();
         move || status.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+}
+
+/// By hand: the thread and the channel say nothing; what it watches and its
+/// status do.
+impl<T: Reloadable> std::fmt::Debug for Watcher<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watcher")
+            .field("kind", &T::KIND)
+            .field("path", &self.path)
+            .field("status", &self.status())
+            .finish_non_exhaustive()
     }
 }
 

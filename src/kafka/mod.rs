@@ -218,9 +218,15 @@ impl Connection {
 /// librdkafka's mock cluster. It lets the demo and the tests run the real
 /// client code with nothing installed. It keeps records in memory only, and its
 /// transactions are not real (the pipeline uses none).
-#[allow(missing_debug_implementations)] // a handle on librdkafka's mock cluster; its address is what callers need
 pub struct EmbeddedBroker {
     cluster: MockCluster<'static, DefaultProducerContext>,
+}
+
+/// By hand: the mock cluster has no `Debug`, and its address is what a reader needs.
+impl std::fmt::Debug for EmbeddedBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedBroker").field("bootstrap_servers", &self.bootstrap_servers()).finish()
+    }
 }
 
 impl EmbeddedBroker {

@@ -54,19 +54,20 @@ pub struct Training {
     pub rules: String,
     /// The rule set's version at the start of the replay.
     pub ruleset_version: String,
-    /// Transfers in the training rows, and of those labelled fraud.
+    /// Transfers in the training rows, the validation split included.
     pub rows: u64,
-    /// See `rows`.
+    /// Of `rows`, those labelled fraud.
     pub frauds: u64,
     /// `frauds / rows`.
     pub fraud_rate: f64,
-    /// First and last training transfer, KST.
+    /// First training transfer, KST.
     pub from: String,
-    /// See `from`.
+    /// Last training transfer, KST.
     pub to: String,
     /// Transfers replayed before `from` only to build state.
     pub warmup_transfers: u64,
-    /// Wall-clock seconds the fit took.
+    /// Wall-clock seconds of training: the validation fit, the threshold and
+    /// the final fit (not the replay).
     pub seconds: f64,
 }
 
@@ -86,9 +87,9 @@ pub struct Validation {
     pub average_precision: f64,
     /// The handbook's card precision@100 over the split's days (accounts as cards).
     pub card_precision_at_100: f64,
-    /// Precision and recall of holding at the threshold, on this split.
+    /// Share of the split's transfers held at the threshold that are fraud.
     pub precision_at_threshold: f64,
-    /// See `precision_at_threshold`.
+    /// Share of the split's frauds the threshold holds.
     pub recall_at_threshold: f64,
 }
 
@@ -100,7 +101,8 @@ pub struct Threshold {
     pub hold: f64,
     /// How it was chosen, in words.
     pub chosen_by: String,
-    /// The precision the threshold was chosen to reach.
+    /// The precision on validation the threshold was to reach; `chosen_by`
+    /// says whether it did.
     pub target_precision: f64,
 }
 

@@ -66,11 +66,12 @@ pub struct Collected {
     pub typologies: HashMap<String, String>,
     /// Transfers replayed (kept or not).
     pub transfers: u64,
-    /// Input lines that were not events.
+    /// Lines skipped: not an event, or an event the engine refused (dated too
+    /// far ahead of the clock).
     pub bad_lines: u64,
-    /// Event time of the first and last transfer kept.
+    /// Event time of the first transfer kept.
     pub first: Option<EventTime>,
-    /// See `first`.
+    /// Event time of the last transfer kept.
     pub last: Option<EventTime>,
 }
 

@@ -83,7 +83,8 @@ pub struct Protocol {
     pub train_start: NaiveDate,
     /// Training days.
     pub train_days: i64,
-    /// Days between training and test, as long as the label delay, so no test-span report reaches training.
+    /// Days skipped between training and test, so the labels of the last
+    /// training days have arrived (the handbook's gap equals its 7-day delay).
     pub delay_days: i64,
     /// Test days.
     pub test_days: i64,
@@ -99,7 +100,8 @@ pub struct Protocol {
 }
 
 impl Protocol {
-    /// The handbook's own protocol: 7 training days, a 7-day gap, 7 test days, precision@100.
+    /// The handbook's own protocol: 7 training days, a 7-day gap, 7 test days,
+    /// known-compromised customers left out, precision@100.
     pub fn handbook(train_start: NaiveDate) -> Self {
         Protocol {
             train_start,
@@ -192,7 +194,7 @@ pub struct Evaluation {
     pub by_typology: Vec<TypologyScore>,
     /// Test transactions and their scores, in stream order.
     pub test_ids: Vec<String>,
-    /// See `test_ids`.
+    /// The model's score of each of `test_ids`, in the same order.
     pub test_scores: Vec<f64>,
 }
 
@@ -207,7 +209,7 @@ pub struct Report {
     pub train_frauds: usize,
     /// Test transfers scored.
     pub test_rows: usize,
-    /// Of those, frauds.
+    /// Of those, frauds by the stream's final labels.
     pub test_frauds: usize,
     /// Test transactions left out because their customer was known compromised.
     pub dropped_known: usize,

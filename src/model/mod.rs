@@ -128,7 +128,8 @@ pub struct Logistic {
     pub log_scale: Vec<bool>,
     /// Mean of each (transformed) feature on the training rows.
     pub mean: Vec<f64>,
-    /// Standard deviation of each (transformed) feature, never 0.
+    /// Standard deviation of each (transformed) feature; never 0 (a constant
+    /// feature gets 1).
     pub std: Vec<f64>,
     /// Weight of each standardised feature.
     pub weights: Vec<f64>,
@@ -150,11 +151,12 @@ pub struct Forest {
     pub feature: Vec<u16>,
     /// The split value of node `i`.
     pub threshold: Vec<f64>,
-    /// Node `i`'s child for `x <= threshold`.
+    /// Node `i`'s child for `x <= threshold` (unused for a leaf).
     pub left: Vec<u32>,
-    /// Node `i`'s child for `x > threshold`.
+    /// Node `i`'s child for `x > threshold` (unused for a leaf).
     pub right: Vec<u32>,
-    /// The fraud share of the training rows that reached node `i`.
+    /// The fraud share of the training rows that reached node `i`, shrunk
+    /// toward its parent's when few did; always in [0, 1].
     pub value: Vec<f64>,
 }
 

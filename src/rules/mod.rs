@@ -153,9 +153,9 @@ pub struct Keys<'a> {
     pub account: &'a str,
     /// The payee key, `BANK-ACCOUNT` (see [`crate::event::payee_key`]).
     pub payee: &'a str,
-    /// The device id, when the transfer has one.
+    /// The device id, when the transfer has one; an absent device is in no list.
     pub device: Option<&'a str>,
-    /// The client IP, when the transfer has one.
+    /// The client IP, when the transfer has one; an absent IP is in no list.
     pub ip: Option<&'a str>,
 }
 
@@ -311,7 +311,7 @@ impl RuleSet {
         &self.rules
     }
 
-    /// The directory-wide settings (`ruleset.toml`).
+    /// The directory-wide settings (`ruleset.toml`; the defaults when it is absent).
     pub fn settings(&self) -> &Settings {
         &self.settings
     }
@@ -355,7 +355,8 @@ impl RuleSet {
 /// lines holding Korean text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
-    /// The file.
+    /// The file: under the directory given to [`RuleSet::load_dir`], or the
+    /// relative name given to [`RuleSet::from_files`].
     pub path: PathBuf,
     /// 1-based line.
     pub line: usize,

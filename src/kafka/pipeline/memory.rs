@@ -11,7 +11,6 @@ use super::*;
 /// It sits on the scoring thread's path for every transfer, so each decision
 /// is one allocation (id and bytes together) in a table keyed by a hash of
 /// the id, not a map of owned strings.
-#[allow(missing_debug_implementations)] // thousands of decisions: its length is what a log line could use
 pub struct DecisionMemory {
     table: hashbrown::HashTable<Remembered>,
     /// (id hash, sequence number) in the order remembered, to forget the oldest.
@@ -22,7 +21,6 @@ pub struct DecisionMemory {
 }
 
 /// One decision given: the transfer id followed by the decision as sent.
-#[allow(missing_debug_implementations)] // raw decision bytes; see `decision()`
 pub struct Remembered {
     seq: u64,
     hash: u64,
@@ -45,8 +43,30 @@ impl Remembered {
     }
 }
 
+/// By hand: hundreds of thousands of decisions; their count is what a log
+/// line can use.
+impl std::fmt::Debug for DecisionMemory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DecisionMemory")
+            .field("len", &self.len())
+            .field("capacity", &self.capacity)
+            .finish_non_exhaustive()
+    }
+}
+
+/// By hand: the id and verdict, not the decision's raw bytes (see [`Remembered::decision`]).
+impl std::fmt::Debug for Remembered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Remembered")
+            .field("id", &String::from_utf8_lossy(self.id()))
+            .field("late", &self.late)
+            .field("outcome", &self.outcome)
+            .finish_non_exhaustive()
+    }
+}
+
 impl DecisionMemory {
-    /// A memory of the last `capacity` decisions.
+    /// A memory of the last `capacity` decisions (at least one).
     pub fn new(capacity: usize) -> Self {
         DecisionMemory {
             table: hashbrown::HashTable::new(),

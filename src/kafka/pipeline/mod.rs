@@ -186,13 +186,15 @@ impl PipelineOptions {
 /// What a run did, for the log line at exit and for tests.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Summary {
-    /// Messages taken from the input topics.
+    /// Messages taken from the transfers and context-events topics (fraud
+    /// reports are read by a thread of their own and not counted).
     pub consumed: u64,
     /// Decisions produced (first answers).
     pub decisions: u64,
     /// Decisions sent again for a re-delivered transfer.
     pub redelivered: u64,
-    /// Decisions marked late.
+    /// Decisions made after the transfer's `deadline-ms` header had passed;
+    /// still sent, with `fds-late: true`.
     pub late: u64,
     /// Messages sent to the dead-letter topic.
     pub dead_letters: u64,
