@@ -118,12 +118,20 @@ pub(super) fn restore(dir: &Path, engine: &Engine, committed: &Offsets) -> Resul
     engine.load_snapshot(BufReader::new(file)).map_err(|e| Skip::Unreadable { path, reason: e.to_string() })
 }
 
-/// Every partition of `topics` with the group's committed offset (a partition
-/// with none is left out, so an empty group matches no checkpoint).
+/// The group's committed offsets on every partition of some topics.
+pub(super) struct Committed {
+    /// Partitions of the topics, committed or not.
+    pub(super) partitions: usize,
+    /// Each partition with a committed offset (one with none is left out, so
+    /// an empty group matches no checkpoint).
+    pub(super) offsets: Offsets,
+}
+
+/// The group's committed offsets on every partition of `topics`.
 pub(super) fn committed<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
     topics: &[&str],
-) -> Result<Offsets, KafkaError> {
+) -> Result<Committed, KafkaError> {
     let mut tpl = TopicPartitionList::new();
     for topic in topics {
         let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
@@ -133,13 +141,15 @@ pub(super) fn committed<C: ConsumerContext>(
             }
         }
     }
+    let partitions = tpl.count();
     let committed = consumer.committed_offsets(tpl, Duration::from_secs(10))?;
-    Ok(committed
+    let offsets = committed
         .elements()
         .iter()
         .filter_map(|e| match e.offset() {
             Offset::Offset(o) => Some(((e.topic().to_owned(), e.partition()), o)),
             _ => None,
         })
-        .collect())
+        .collect();
+    Ok(Committed { partitions, offsets })
 }

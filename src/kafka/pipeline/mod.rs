@@ -427,7 +427,7 @@ fn restore_checkpoint(dir: &std::path::Path, engine: &Engine, opts: &PipelineOpt
             return;
         }
     };
-    let result = checkpoint::restore(dir, engine, &committed);
+    let result = checkpoint::restore(dir, engine, &committed.offsets);
     let outcome = match &result {
         Ok(_) => "restored",
         Err(checkpoint::Skip::Missing(_)) => "empty",
@@ -465,15 +465,15 @@ fn write_checkpoint(
             return;
         }
     };
-    let partitions: usize = inputs.iter().filter_map(|t| partition_count(consumer, t)).sum();
     let owned = consumer.assignment().map(|a| a.count()).unwrap_or(0);
-    if owned < partitions {
+    if owned < all.partitions {
+        let partitions = all.partitions;
         tracing::info!(owned, partitions, "no checkpoint written: this instance holds only some input partitions");
         count("skipped");
         return;
     }
     let started = Instant::now();
-    let result = checkpoint::write(dir, engine, &all);
+    let result = checkpoint::write(dir, engine, &all.offsets);
     count(if result.is_ok() { "written" } else { "failed" });
     match result {
         Ok(stats) => log_snapshot("state checkpointed", dir, &stats, started),
