@@ -465,20 +465,28 @@ impl Engine {
     /// This engine with its state replaced by a snapshot's: what a restarted
     /// instance does before it handles an event. All or nothing: on error the
     /// engine is not built.
-    pub fn restore_snapshot<R: std::io::Read>(self, input: R) -> Result<(Self, SnapshotStats), SnapshotError> {
-        let stats = self.load_snapshot(input)?;
+    pub fn restore_snapshot<R: std::io::Read>(mut self, input: R) -> Result<(Self, SnapshotStats), SnapshotError> {
+        let (state, clocks, stats) = State::read_snapshot(self.state.config().clone(), input)?;
+        // Owned: the restored maps are taken as they are, not copied.
+        self.state = state;
+        self.set_expiry_clocks(clocks);
         Ok((self, stats))
     }
 
     /// Replace the state of this (shared) engine with a snapshot's. Meant
     /// for start-up, before any event is processed; all or nothing, so on
-    /// error the state is as it was.
+    /// error the state is as it was. Costs a second pass over the entities
+    /// ([`State::replace_with`]) that [`Engine::restore_snapshot`] avoids.
     pub fn load_snapshot<R: std::io::Read>(&self, input: R) -> Result<SnapshotStats, SnapshotError> {
         let (state, clocks, stats) = State::read_snapshot(self.state.config().clone(), input)?;
         self.state.replace_with(state);
+        self.set_expiry_clocks(clocks);
+        Ok(stats)
+    }
+
+    fn set_expiry_clocks(&self, clocks: ExpiryClocks) {
         self.expiry_clock.store(clocks.expiry_clock, Ordering::Relaxed);
         self.last_expiry.store(clocks.last_expiry, Ordering::Relaxed);
-        Ok(stats)
     }
 
     /// Move the expiry clock toward `time`, by at most one sweep period.
