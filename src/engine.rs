@@ -335,6 +335,12 @@ impl Engine {
         self
     }
 
+    /// Whether an event at `time_ms` is refused as ahead of the wall clock
+    /// `wall_ms` (see [`Engine::with_wall_clock_guard`]).
+    pub fn is_ahead_of_clock(&self, time_ms: i64, wall_ms: i64) -> bool {
+        self.wall_clock_skew_ms.is_some_and(|skew| time_ms > wall_ms.saturating_add(skew))
+    }
+
     /// Score with the model in `handle` (swapped by its watcher), besides the
     /// rules; a hold the model alone asks for gets `verification`.
     pub fn with_model(mut self, handle: ModelHandle, verification: Verification) -> Self {
@@ -387,7 +393,7 @@ impl Engine {
     pub fn process_at(&self, event: &Event, wall_ms: Option<i64>) -> Result<Option<Scored>, EngineError> {
         let time = event.time().millis();
         if let (Some(skew), Some(wall)) = (self.wall_clock_skew_ms, wall_ms) {
-            if time > wall.saturating_add(skew) {
+            if self.is_ahead_of_clock(time, wall) {
                 return Err(EngineError::AheadOfClock {
                     kind: event.kind(),
                     time: event.time(),

@@ -88,6 +88,10 @@ pub struct Metrics {
     pub state_entities: IntGaugeVec,
     /// `fds_state_bytes`: estimated bytes held by the state.
     pub state_bytes: IntGauge,
+    /// `fds_merge_gave_up_total`: times the scoring thread stopped waiting for
+    /// an input partition that should have had more to deliver (its leader
+    /// unreachable) and went on without it, out of the canonical order.
+    pub merge_gave_up: IntCounter,
     /// `fds_state_checkpoints_total{result}`: state checkpoints at a graceful
     /// stop, `result` = `written`, `skipped` (not every partition held) or
     /// `failed`.
@@ -247,6 +251,13 @@ impl Metrics {
             ),
             state_entities,
             state_bytes: register(r, IntGauge::new("fds_state_bytes", "Estimated bytes held by the state.")),
+            merge_gave_up: register(
+                r,
+                IntCounter::new(
+                    "fds_merge_gave_up_total",
+                    "Times an input partition that should have had more was not waited for any longer.",
+                ),
+            ),
             state_checkpoints: register(
                 r,
                 IntCounterVec::new(
@@ -367,7 +378,7 @@ mod tests {
     use super::*;
     use crate::state::StateConfig;
 
-    const ALL_NAMES: [&str; 24] = [
+    const ALL_NAMES: [&str; 25] = [
         "fds_events_consumed_total",
         "fds_decisions_total",
         "fds_decisions_late_total",
@@ -382,6 +393,7 @@ mod tests {
         "fds_offsets_pending",
         "fds_state_entities",
         "fds_state_bytes",
+        "fds_merge_gave_up_total",
         "fds_state_checkpoints_total",
         "fds_state_restores_total",
         "fds_state_restore_seconds",

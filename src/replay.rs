@@ -9,9 +9,13 @@
 //! - **Bad input never stops a replay.** A malformed line, an unknown event type
 //!   or an invalid amount is counted and reported with its file, line number and
 //!   reason; the replay goes on. Nothing panics on input.
-//! - **Deterministic.** Events are fed in file order on one thread, so the same
-//!   files give the same decisions; [`ReplayReport::decisions_digest`] hashes them
-//!   (latency excluded) so two runs can be compared at a glance.
+//! - **Deterministic, and the same as live.** Events are fed on one thread in
+//!   the order `fds run` handles them ([`crate::input::order`]): file order,
+//!   with each run of equal event time sorted the way the live merge of
+//!   partitions sorts it, on as many partitions as [`ReplayOptions::partitions`]
+//!   says. The same files give the same decisions, and a live run on a backlog
+//!   of the same events gives them too; [`ReplayReport::decisions_digest`]
+//!   hashes them (latency excluded) so two runs can be compared at a glance.
 //! - **Labels are ground truth, read late.** Detection quality uses each
 //!   transfer's *final* label (a report later cleared counts as genuine); the
 //!   engine itself sees labels only when they arrive in the stream.
@@ -60,6 +64,9 @@ pub struct ReplayOptions {
     /// scored (and timed) but left out of decision counts and detection quality,
     /// as a bank warms a new engine on history before trusting its numbers.
     pub warmup: Duration,
+    /// Order the events as a live run on this many partitions of
+    /// `transfers` and `context-events` would (0 is taken as 1).
+    pub partitions: u32,
 }
 
 /// Engine latency per transfer, in microseconds.
@@ -250,7 +257,7 @@ pub fn run(engine: &Engine, sources: Vec<Input>, mut opts: ReplayOptions) -> Res
     let limit = opts.limit.unwrap_or(u64::MAX);
 
     'sources: for src in sources {
-        for item in src.events {
+        for item in crate::input::order::in_order(src.events, opts.partitions) {
             if report.events + report.bad_lines >= limit {
                 report.stopped_at_limit = true;
                 break 'sources;

@@ -49,6 +49,9 @@ fn every_transfer_gets_one_decision_in_account_order() {
     let mut partitions: HashMap<Vec<u8>, i32> = HashMap::new();
     for r in &decisions.records {
         assert_eq!(*partitions.entry(r.key.clone()).or_insert(r.partition), r.partition, "one account, one partition");
+        // Decisions go to their transfer's partition, which the producer
+        // chose: the replay's partitioner must agree with it.
+        assert_eq!(r.partition, fds::input::order::partition_for(&r.key, 4), "the producer's partition");
         seen_order.entry(r.key.clone()).or_default().push(r.json()["bank_tran_id"].as_str().unwrap().to_owned());
         assert_eq!(r.header(HEADER_CORRELATION_ID), r.json()["bank_tran_id"].as_str());
         assert_eq!(

@@ -103,6 +103,11 @@ enum Command {
         /// left out of decision counts and detection quality.
         #[arg(long, default_value_t = 0.0, value_name = "DAYS")]
         warmup_days: f64,
+        /// Handle the events in the order `fds run` would on this many
+        /// partitions of transfers and context-events (ties in event time are
+        /// broken by partition), to compare with a live run.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        partitions: u32,
         #[command(flatten)]
         model: ModelArgs,
     },
@@ -377,9 +382,9 @@ fn run() -> Result<()> {
         None => Config::default(),
     };
     match cli.command {
-        Command::Replay { files, rules, format, pace, limit, json, decisions_out, warmup_days, model } => {
+        Command::Replay { files, rules, format, pace, limit, json, decisions_out, warmup_days, partitions, model } => {
             let model = model.resolve(&config);
-            let args = ReplayArgs { rules, format, pace, limit, json, decisions_out, warmup_days, model };
+            let args = ReplayArgs { rules, format, pace, limit, json, decisions_out, warmup_days, partitions, model };
             replay_cmd(&files, args, &config)
         }
         Command::Demo { json, model } => {
@@ -392,6 +397,8 @@ fn run() -> Result<()> {
                 json,
                 decisions_out: None,
                 warmup_days: DEMO_WARMUP_DAYS,
+                // As `fds run` on the embedded broker orders them.
+                partitions: EMBEDDED_PARTITIONS.unsigned_abs(),
             };
             replay_cmd(&[PathBuf::from(DEMO_REPLAY)], args, &config)
         }
@@ -777,10 +784,11 @@ struct ReplayArgs {
     json: bool,
     decisions_out: Option<PathBuf>,
     warmup_days: f64,
+    partitions: u32,
 }
 
 fn replay_cmd(files: &[PathBuf], args: ReplayArgs, config: &Config) -> Result<()> {
-    let ReplayArgs { rules, format, pace, limit, json, decisions_out, warmup_days, model } = args;
+    let ReplayArgs { rules, format, pace, limit, json, decisions_out, warmup_days, partitions, model } = args;
     if let Some(p) = pace {
         if !(p > 0.0 && p.is_finite()) {
             bail!("--pace must be a positive speed factor, got {p}");
@@ -825,6 +833,7 @@ fn replay_cmd(files: &[PathBuf], args: ReplayArgs, config: &Config) -> Result<()
         progress: !json && std::io::stderr().is_terminal(),
         decisions_out,
         warmup: Duration::from_secs_f64(warmup_days * 86_400.0),
+        partitions,
     };
     let report = replay::run(&engine, sources, opts)?;
     if json {

@@ -18,6 +18,7 @@
 //!   read so far (compressed bytes for gzip) against [`Input::size`].
 
 pub mod handbook;
+pub mod order;
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};

@@ -134,7 +134,8 @@ pub fn collect(engine: &Engine, sources: Vec<Input>, selection: Selection) -> Re
     let mut out = Collected::default();
     let mut warm_until: Option<EventTime> = None;
     'sources: for src in sources {
-        for item in src.events {
+        // In the order live scoring sees them, as the replay does.
+        for item in crate::input::order::in_order(src.events, 1) {
             let Ok((_, event)) = item else {
                 out.bad_lines += 1;
                 continue;

@@ -44,7 +44,12 @@ pub fn handbook_data() -> Option<std::path::PathBuf> {
 /// A day of generated traffic for `accounts` accounts: transfers, context
 /// events and labels, in time order.
 pub fn stream(accounts: u32) -> Vec<Event> {
-    let cfg = GeneratorConfig { accounts, days: 1, ..GeneratorConfig::default() };
+    stream_of(accounts, 1)
+}
+
+/// `days` of generated traffic for `accounts` accounts, in time order.
+pub fn stream_of(accounts: u32, days: u32) -> Vec<Event> {
+    let cfg = GeneratorConfig { accounts, days, ..GeneratorConfig::default() };
     let mut out = Vec::new();
     generate(&cfg, &mut out).unwrap();
     out.split(|&b| b == b'\n').filter(|l| !l.is_empty()).map(|l| Event::from_json(l).unwrap()).collect()

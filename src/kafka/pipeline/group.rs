@@ -50,6 +50,9 @@ pub(super) struct GroupContext {
     /// Revocations so far: the scoring thread drops a burst taken across one
     /// (see the loop in [`run`]).
     pub(super) revocations: std::sync::atomic::AtomicU64,
+    /// Partitions just assigned, with the offset each starts from, for the
+    /// scoring thread's merge to follow (see [`Merge::follow`]).
+    pub(super) starts: Mutex<Vec<(Feed, i32, Option<i64>)>>,
 }
 
 impl GroupContext {
@@ -59,6 +62,11 @@ impl GroupContext {
 
     pub(super) fn memory(&self) -> std::sync::MutexGuard<'_, DecisionMemory> {
         self.memory.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The partitions assigned since the last call, with their starts.
+    pub(super) fn take_starts(&self) -> Vec<(Feed, i32, Option<i64>)> {
+        std::mem::take(&mut *self.starts.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
     }
 
     /// Hand the finished positions to the consumer for its next commit.
@@ -96,6 +104,8 @@ impl ConsumerContext for GroupContext {
         match rebalance {
             Rebalance::Revoke(tpl) => {
                 self.revocations.fetch_add(1, Ordering::Relaxed);
+                self.assigned.store(NOT_ASSIGNED, Ordering::Relaxed);
+                self.take_starts();
                 self.health.set_assigned(false);
                 let pending = self.book().tracker.pending();
                 if pending > 0 {
@@ -135,9 +145,11 @@ impl ConsumerContext for GroupContext {
     /// given (perhaps by an instance that just died), so a transfer delivered
     /// again gets the same answer. Pausing the partitions instead was measured
     /// to delay the first fetches after resuming by about half a second.
-    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
             tracing::info!(partitions = tpl.count(), "partitions assigned");
+            let starts = start_offsets(consumer, tpl, &self.topics);
+            *self.starts.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = starts;
             if tpl.count() > 0 {
                 self.health.set_caught_up(false);
                 let mut memory = self.memory();
@@ -149,6 +161,35 @@ impl ConsumerContext for GroupContext {
             self.assigned.store(tpl.count(), Ordering::Relaxed);
         }
     }
+}
+
+/// Where each assigned input partition starts: its committed offset or, with
+/// none, the beginning (`auto.offset.reset=earliest`); `None` where the
+/// brokers do not say (the merge then waits for its first message).
+fn start_offsets<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    assigned: &TopicPartitionList,
+    topics: &Topics,
+) -> Vec<(Feed, i32, Option<i64>)> {
+    let committed = consumer.committed_offsets(assigned.clone(), Duration::from_secs(10)).ok();
+    assigned
+        .elements()
+        .iter()
+        .map(|e| {
+            let feed = if e.topic() == topics.transfers { Feed::Transfers } else { Feed::Context };
+            let offset =
+                committed.as_ref().and_then(|c| c.find_partition(e.topic(), e.partition())).map(|c| c.offset());
+            let start = match offset {
+                Some(Offset::Offset(o)) => Some(o),
+                Some(Offset::Invalid | Offset::Beginning) => consumer
+                    .fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(10))
+                    .ok()
+                    .map(|(low, _)| low),
+                _ => None,
+            };
+            (feed, e.partition(), start)
+        })
+        .collect()
 }
 
 /// How long a rebalance waits for in-flight decisions before it lets go.

@@ -3,20 +3,21 @@
 //! ## Threads
 //!
 //! - **The scoring thread** (the caller's) polls one consumer-group member
-//!   subscribed to `transfers` and `context-events`, takes what has arrived in
-//!   bursts (up to 64 messages), parses a burst, has the state its events will
-//!   read fetched into the CPU cache together ([`Engine::prefetch`]), then runs
-//!   each message through the [`Engine`] in order and hands the decision (or
-//!   dead-letter record) to the producer. It never waits on the network: librdkafka fetches ahead on its
+//!   subscribed to `transfers` and `context-events`, and a consumer of its own
+//!   assigned the whole `labels` topic from the beginning (every instance
+//!   learns every fraud report; reports are small and few). It takes what has
+//!   arrived in bursts (up to 64 messages), parses a burst, has the state its
+//!   events will read fetched into the CPU cache together
+//!   ([`Engine::prefetch`]), and puts the messages in the merge by event time
+//!   (see *Order* below); then runs each message whose turn has come through
+//!   the [`Engine`] and hands the decision (or dead-letter record) to the
+//!   producer. It never waits on the network: librdkafka fetches ahead on its
 //!   own threads and the producer batches and sends on its own, so consuming,
 //!   scoring and producing overlap. One thread keeps one account's events in
 //!   order without any locking; the engine itself is lock-free for readers.
 //! - **The producer's thread** (librdkafka's, driven by `ThreadedProducer`)
 //!   receives the broker's acknowledgements and passes them back to the
 //!   scoring thread over a channel.
-//! - **The labels thread** reads the whole `labels` topic, from the beginning,
-//!   with a reading position of this process's own, so every instance learns
-//!   every fraud report (labels are small and few).
 //! - **The health thread** asks the brokers for metadata every second and
 //!   flips [`Health::set_broker_up`]; `/readyz` and `fds_broker_up` follow it.
 //!
@@ -31,7 +32,8 @@
 //! - `group`: rebalance callbacks and the orphan watchdog.
 //! - `clients`: the producer's acknowledgement channel and client logging.
 //! - `readers`: the co-partitioning check, reading a topic to its end (the
-//!   `decisions` tail into the memory, the fraud reports), the labels thread.
+//!   `decisions` tail into the memory), the labels consumer.
+//! - `merge`: the messages polled, waiting for their turn in event-time order.
 //! - `health`: the broker health thread.
 //!
 //! ## Delivery semantics
@@ -74,8 +76,17 @@
 //! - **Shutdown** ([`StopFlag`], set on SIGTERM): stop polling, wait for the
 //!   acknowledgements of everything in flight, store and commit the offsets,
 //!   leave the group.
-//! - **Fraud reports first.** The labels already in the topic are read before
-//!   the first transfer is consumed.
+//! - **Order: live equals replay.** Transfers, context events and fraud reports
+//!   are handled in the canonical order of [`crate::input::order`] (event time,
+//!   then reports, context, transfers, then partition), merged from the heads
+//!   of the partitions as Kafka Streams merges a task's inputs: a message goes
+//!   when no partition that still has input to deliver could hold an earlier
+//!   one. So a backlog (a restart, a replay of recorded traffic into the
+//!   topics) is decided exactly as `fds replay --partitions N` decides the same
+//!   events, and a fraud report is in the state before any transfer dated
+//!   after it. Caught-up partitions hold nobody back, so live traffic does
+//!   not wait for quiet ones; a partition behind its end that delivers nothing
+//!   for 500 ms is given up on until it does (`fds_merge_gave_up_total`).
 //! - **Late transfers.** A transfer consumed after its `deadline-ms` header is
 //!   still scored (the state must see it) and its decision says `"late": true`.
 
@@ -102,6 +113,7 @@ use super::{
 use crate::api::Health;
 use crate::engine::{Engine, EngineError, Outcome};
 use crate::event::{mask_account, Event, EventError};
+use crate::input::order::{Feed, Key, Merge};
 use crate::metrics::Metrics;
 use crate::rules::RuleSet;
 
@@ -110,6 +122,7 @@ mod clients;
 mod group;
 mod health;
 mod memory;
+mod merge;
 mod offsets;
 mod readers;
 mod scoring;
@@ -117,6 +130,7 @@ mod scoring;
 use clients::*;
 use group::*;
 use health::*;
+use merge::*;
 use readers::*;
 use scoring::*;
 
@@ -240,12 +254,10 @@ pub fn run(
         }
     }
 
-    // Fraud reports first: transfers are not scored before every known report
-    // is in the state.
     if let Some(dir) = &opts.state_dir {
         restore_checkpoint(dir, &engine, &opts, &metrics);
     }
-    let labels = spawn_labels_reader(engine.clone(), &opts, metrics.clone(), stop.clone())?;
+    let (labels, label_starts) = labels_reader(&opts, &stop)?;
     let watcher = spawn_health_watch(&opts, health.clone(), stop.clone())?;
 
     let commit_ms = opts.commit_interval.as_millis().max(1).to_string();
@@ -260,6 +272,7 @@ pub fn run(
         stop: stop.clone(),
         assigned: AtomicUsize::new(NOT_ASSIGNED),
         revocations: std::sync::atomic::AtomicU64::new(0),
+        starts: Mutex::new(Vec::new()),
     };
     let consumer: BaseConsumer<GroupContext> = opts
         .connection
@@ -301,6 +314,7 @@ pub fn run(
         summary: Summary::default(),
         consumed_transfers: metrics.events_consumed.with_label_values(&[opts.topics.transfers.as_str()]),
         consumed_context: metrics.events_consumed.with_label_values(&[opts.topics.context_events.as_str()]),
+        consumed_labels: metrics.events_consumed.with_label_values(&[opts.topics.labels.as_str()]),
         last_store: Instant::now(),
         json: Vec::with_capacity(1024),
         rule_counters: RuleCounters::default(),
@@ -308,15 +322,19 @@ pub fn run(
         burst_wall_ms: 0,
     };
 
+    // Every input in the canonical order (see `input::order`): the fraud
+    // reports from their own reader, transfers and context events from the
+    // group's partitions, merged by event time.
+    let mut ordered = InputMerge::new(&opts.topics, &label_starts);
     let mut failure = None;
     let mut orphans = OrphanWatch::default();
-    let mut burst = Vec::with_capacity(BURST);
-    let mut events = Vec::with_capacity(BURST);
+    let mut burst = Vec::with_capacity(2 * BURST);
+    let mut events = Vec::with_capacity(2 * BURST);
     while !stop.load(Ordering::Relaxed) {
-        if labels.is_finished() || watcher.is_finished() {
-            // A helper thread ended on its own: a bug. Stop cleanly and say so,
-            // rather than run on without fraud reports or health checks.
-            failure = Some(PipelineError::ThreadDied(if labels.is_finished() { "labels" } else { "health" }));
+        if watcher.is_finished() {
+            // The health thread ended on its own: a bug. Stop cleanly and say
+            // so, rather than run on without health checks.
+            failure = Some(PipelineError::ThreadDied("health"));
             break;
         }
         if let Some((code, reason)) = producer.client().fatal_error() {
@@ -327,13 +345,29 @@ pub fn run(
         if scorer.last_store.elapsed() >= STORE_EVERY {
             scorer.store_offsets();
         }
-        // Wait for a message, then take what has already arrived behind it
-        // without the checks above: under load they ran once per message
-        // and showed in the profile.
-        let mut wait = Duration::from_millis(50);
-        let revocations = consumer.context().revocations.load(Ordering::Relaxed);
+        // Wait for a message (briefly when the merge is waiting for one
+        // partition), then take what has already arrived behind it without
+        // the checks above: under load they ran once per message and showed
+        // in the profile.
+        let mut wait = if ordered.merge.is_empty() { IDLE_WAIT } else { BLOCKED_WAIT };
+        let mut revocations = consumer.context().revocations.load(Ordering::Relaxed);
         while burst.len() < BURST {
-            match consumer.poll(wait) {
+            let polled = consumer.poll(wait);
+            let now = consumer.context().revocations.load(Ordering::Relaxed);
+            if now != revocations {
+                // Partitions were revoked inside that poll (the callbacks run
+                // there). The messages taken before, and those the merge
+                // holds, were polled under the old assignment and never
+                // begun, so the offsets committed on revocation come before
+                // them: whoever owns the partitions now reads them again.
+                // Handling them here could answer a transfer twice,
+                // differently. The message the poll returned, if any, came
+                // after the new assignment and stays.
+                revocations = now;
+                burst.clear();
+                ordered.merge.forget(&[Feed::Transfers, Feed::Context]);
+            }
+            match polled {
                 None => break,
                 Some(Ok(msg)) => burst.push(msg),
                 // Broker trouble shows here as well as in the health thread,
@@ -345,13 +379,18 @@ pub fn run(
             }
             wait = Duration::ZERO;
         }
-        if consumer.context().revocations.load(Ordering::Relaxed) != revocations {
-            // Partitions were revoked while the burst was taken (the callback
-            // runs inside `poll`). Its messages were polled under the old
-            // assignment and never begun, so the offsets committed on revocation
-            // come before them: whoever owns the partitions now reads them again.
-            // Handling them here could answer a transfer twice, differently.
-            burst.clear();
+        for (feed, partition, from) in consumer.context().take_starts() {
+            ordered.merge.follow(feed, partition, from);
+        }
+        while burst.len() < 2 * BURST {
+            match labels.poll(Duration::ZERO) {
+                Some(Ok(msg)) => burst.push(msg),
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "labels consumer poll");
+                    break;
+                }
+                None => break,
+            }
         }
         // Parse the burst, then have the state of all its events fetched from
         // memory at once, before scoring any (see `State::prefetch`).
@@ -361,7 +400,25 @@ pub fn run(
         // allows minutes; a burst takes well under a millisecond).
         scorer.burst_wall_ms = chrono::Utc::now().timestamp_millis();
         for (msg, event) in burst.drain(..).zip(events.drain(..)) {
-            scorer.handle(&msg, event);
+            let feed = if msg.topic() == opts.topics.transfers {
+                Feed::Transfers
+            } else if msg.topic() == opts.topics.context_events {
+                Feed::Context
+            } else {
+                Feed::Labels
+            };
+            let time = match &event {
+                Ok(e) if !engine.is_ahead_of_clock(e.time().millis(), scorer.burst_wall_ms) => e.time().millis(),
+                _ => Key::AT_ONCE,
+            };
+            ordered.merge.push(feed, msg.partition(), msg.offset(), time, (msg, event));
+        }
+        ordered.refresh_ends(consumer.client(), labels.client());
+        // Until the group has settled which partitions are ours, the reports
+        // wait too: they would otherwise go ahead of a backlog of transfers
+        // dated before them.
+        if consumer.context().assigned.load(Ordering::Relaxed) != NOT_ASSIGNED {
+            ordered.drain(&mut scorer);
         }
         match consumer.context().assigned.load(Ordering::Relaxed) {
             0 => {
@@ -400,7 +457,8 @@ pub fn run(
     let summary = scorer.summary.clone();
     drop(scorer);
     stop.store(true, Ordering::Relaxed);
-    let _ = labels.join();
+    drop(ordered);
+    drop(labels);
     let _ = watcher.join();
     match failure {
         Some(e) => Err(e),

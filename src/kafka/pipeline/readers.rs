@@ -1,5 +1,5 @@
 //! Topic readers: the co-partitioning check at start, reading a topic to its
-//! end (fraud reports, the decisions tail), and the labels thread that keeps
+//! end (the decisions tail), and the labels consumer that keeps
 //! every instance's fraud reports current.
 
 use super::*;
@@ -33,19 +33,17 @@ pub(super) fn partition_count<C: ConsumerContext>(consumer: &BaseConsumer<C>, to
     (t.error().is_none() && !t.partitions().is_empty()).then(|| t.partitions().len())
 }
 
-/// Assign every partition of `topic`, each from `start(low, high)`, and read
-/// until each reaches the end it had when the call began, handing every message
-/// to `f`. It waits for the brokers (retrying) rather than failing, and gives
-/// up after `limit`; returns whether it reached the end everywhere. The
-/// assignment stays, so the caller may go on reading.
-pub(super) fn read_to_end<C: ConsumerContext>(
+/// Assign every partition of `topic`, each from `start(low, high)`, waiting
+/// for the brokers (retrying) up to `limit`. Returns each partition with the
+/// offset it starts from and its end then, or `None` when the brokers never
+/// answered.
+pub(super) fn assign_all<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
     topic: &str,
     start: impl Fn(i64, i64) -> i64,
     stop: &StopFlag,
     limit: Duration,
-    mut f: impl FnMut(&BorrowedMessage<'_>),
-) -> bool {
+) -> Option<Vec<(i32, i64, i64)>> {
     let began = Instant::now();
     let mut warned = false;
     let mut wait = |what: &str| -> bool {
@@ -63,30 +61,43 @@ pub(super) fn read_to_end<C: ConsumerContext>(
             }
             Ok(_) if wait("topic not found yet") => {}
             Err(_) if wait("brokers unreachable") => {}
-            _ => return false,
+            _ => return None,
         }
     };
     let mut tpl = TopicPartitionList::new();
-    let mut ends = HashMap::new();
+    let mut assigned = Vec::new();
     for p in partitions {
         let (low, high) = loop {
             match consumer.fetch_watermarks(topic, p, Duration::from_secs(5)) {
                 Ok(w) => break w,
                 Err(_) if wait("partition watermarks unavailable") => {}
-                Err(_) => return false,
+                Err(_) => return None,
             }
         };
         let from = start(low, high).clamp(low, high);
-        if tpl.add_partition_offset(topic, p, Offset::Offset(from)).is_err() {
-            return false;
-        }
-        if high > from {
-            ends.insert(p, high);
-        }
+        tpl.add_partition_offset(topic, p, Offset::Offset(from)).ok()?;
+        assigned.push((p, from, high));
     }
-    if consumer.assign(&tpl).is_err() {
-        return false;
-    }
+    consumer.assign(&tpl).ok()?;
+    Some(assigned)
+}
+
+/// Assign every partition of `topic`, each from `start(low, high)`, and read
+/// until each reaches the end it had when the call began, handing every message
+/// to `f`. It waits for the brokers (retrying) rather than failing, and gives
+/// up after `limit`; returns whether it reached the end everywhere.
+pub(super) fn read_to_end<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    start: impl Fn(i64, i64) -> i64,
+    stop: &StopFlag,
+    limit: Duration,
+    mut f: impl FnMut(&BorrowedMessage<'_>),
+) -> bool {
+    let began = Instant::now();
+    let Some(assigned) = assign_all(consumer, topic, start, stop, limit) else { return false };
+    let mut ends: HashMap<i32, i64> =
+        assigned.into_iter().filter(|&(_, from, high)| high > from).map(|(p, _, high)| (p, high)).collect();
     while !ends.is_empty() {
         if stop.load(Ordering::Relaxed) || began.elapsed() > limit {
             tracing::warn!(%topic, partitions = ends.len(), "stopped reading before the end");
@@ -174,26 +185,26 @@ pub(super) struct VerdictOnly<'a> {
 /// How long reading back decisions or catching up labels may take at start.
 pub(super) const READ_BACK_LIMIT: Duration = Duration::from_secs(120);
 
-/// Every instance reads every label, from the start of the topic: fraud
-/// reports are few, and each instance needs all of them for payee risk. The
-/// reports already there are read before this returns, so no transfer is
-/// scored without them.
-pub(super) fn spawn_labels_reader(
-    engine: Arc<Engine>,
-    opts: &PipelineOptions,
-    metrics: Arc<Metrics>,
-    stop: StopFlag,
-) -> Result<JoinHandle<()>, PipelineError> {
-    let topic = opts.topics.labels.clone();
-    // Assigned, not subscribed: no group membership, a reading position of
-    // this process's own.
+/// The labels consumer and, per partition, the offset it starts from.
+pub(super) type LabelsReader = (BaseConsumer<Quiet>, Vec<(i32, i64)>);
+
+/// The fraud-report reader: every instance reads every label, from the start
+/// of the topic (fraud reports are few, and each instance needs all of them
+/// for payee risk), assigned rather than subscribed (no group membership, a
+/// reading position of this process's own). The scoring thread polls it and
+/// merges the reports with its partitions by event time, so a report is in
+/// the state before any transfer dated after it is scored. Returns the
+/// consumer and, per partition, where it starts; no partitions when the
+/// topic could not be found in time (logged; reports then go unread).
+pub(super) fn labels_reader(opts: &PipelineOptions, stop: &StopFlag) -> Result<LabelsReader, PipelineError> {
     let consumer: BaseConsumer<Quiet> = opts
         .connection
         .client_config(&[
             ("group.id", &format!("{}-labels", opts.group_id)),
             ("enable.auto.commit", "false"),
             ("auto.offset.reset", "earliest"),
-            ("fetch.wait.max.ms", "100"),
+            ("fetch.wait.max.ms", "1"),
+            ("fetch.queue.backoff.ms", "1"),
         ])
         .create_with_context(Quiet("labels consumer"))
         .map_err(|source| PipelineError::Client {
@@ -201,53 +212,13 @@ pub(super) fn spawn_labels_reader(
             brokers: opts.connection.brokers.clone(),
             source,
         })?;
-    let counter = metrics.events_consumed.with_label_values(&[topic.as_str()]);
-    let dead = metrics.dead_letters.clone();
-    let apply = move |msg: &BorrowedMessage<'_>| {
-        counter.inc();
-        match Event::from_json(msg.payload().unwrap_or_default()) {
-            Ok(e @ Event::Label(_)) => {
-                if let Err(err) = engine.process(&e) {
-                    tracing::warn!(error = %err, offset = msg.offset(), "label refused");
-                }
-            }
-            // Labels are read by every instance, so a bad one is reported
-            // (log, metric) but not dead-lettered: N instances would write N
-            // copies.
-            Ok(other) => {
-                dead.with_label_values(&[DeadLetterKind::WrongTopic.name()]).inc();
-                tracing::warn!(kind = other.kind(), offset = msg.offset(), "not a label on the labels topic");
-            }
-            Err(e) => {
-                dead.with_label_values(&[DeadLetterKind::Malformed.name()]).inc();
-                tracing::warn!(offset = msg.offset(), "bad label: {}", crate::event::mask_digit_runs(&e.to_string()));
-            }
+    let topic = &opts.topics.labels;
+    let starts = match assign_all(&consumer, topic, |low, _| low, stop, READ_BACK_LIMIT) {
+        Some(assigned) => assigned.into_iter().map(|(p, from, _)| (p, from)).collect(),
+        None => {
+            tracing::error!(%topic, "cannot read the fraud reports; payee risk will miss them");
+            Vec::new()
         }
     };
-    let started = Instant::now();
-    let mut read = 0u64;
-    let complete = read_to_end(
-        &consumer,
-        &topic,
-        |low, _| low,
-        &stop,
-        READ_BACK_LIMIT,
-        |m| {
-            read += 1;
-            apply(m)
-        },
-    );
-    tracing::info!(labels = read, complete, ms = started.elapsed().as_millis() as u64, "fraud reports read");
-    Ok(std::thread::Builder::new()
-        .name("fds-labels".into())
-        .spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                match consumer.poll(Duration::from_millis(100)) {
-                    Some(Ok(m)) => apply(&m),
-                    Some(Err(e)) => tracing::debug!(error = %e, "labels consumer"),
-                    None => {}
-                }
-            }
-        })
-        .expect("spawn labels thread"))
+    Ok((consumer, starts))
 }

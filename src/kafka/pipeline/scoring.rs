@@ -15,6 +15,7 @@ pub(super) struct ScoringThread<'a> {
     pub(super) summary: Summary,
     pub(super) consumed_transfers: prometheus::IntCounter,
     pub(super) consumed_context: prometheus::IntCounter,
+    pub(super) consumed_labels: prometheus::IntCounter,
     pub(super) last_store: Instant,
     /// The decision being written (reused: one exact allocation per decision,
     /// the copy kept for redeliveries, instead of a growing buffer each time).
@@ -181,6 +182,28 @@ impl ScoringThread<'_> {
                 let out = Out { topic: &self.topics.decisions, key: msg.key(), payload: &json, headers, partition };
                 self.produce(out, source);
                 self.json = json;
+            }
+        }
+    }
+
+    /// A fraud report from the labels topic: into the state. Labels are read
+    /// by every instance, so a bad one is reported (log, metric) but not
+    /// dead-lettered: N instances would write N copies.
+    pub(super) fn handle_label(&mut self, msg: &BorrowedMessage<'_>, event: Result<Event, EventError>) {
+        self.consumed_labels.inc();
+        match event {
+            Ok(e @ Event::Label(_)) => {
+                if let Err(err) = self.engine.process_at(&e, Some(self.burst_wall_ms)) {
+                    tracing::warn!(error = %err, offset = msg.offset(), "label refused");
+                }
+            }
+            Ok(other) => {
+                self.metrics.dead_letters.with_label_values(&[DeadLetterKind::WrongTopic.name()]).inc();
+                tracing::warn!(kind = other.kind(), offset = msg.offset(), "not a label on the labels topic");
+            }
+            Err(e) => {
+                self.metrics.dead_letters.with_label_values(&[DeadLetterKind::Malformed.name()]).inc();
+                tracing::warn!(offset = msg.offset(), "bad label: {}", crate::event::mask_digit_runs(&e.to_string()));
             }
         }
     }
