@@ -461,11 +461,16 @@ impl Engine {
     /// Call it between events: a snapshot taken while another thread applies
     /// events holds each entity as its shard was when read.
     pub fn write_snapshot<W: std::io::Write>(&self, out: W) -> std::io::Result<SnapshotStats> {
-        let clocks = ExpiryClocks {
+        self.state.write_snapshot(self.expiry_clocks(), out)
+    }
+
+    /// The clocks that decide when idle entities are swept: part of the
+    /// state a restored engine must carry on with.
+    pub fn expiry_clocks(&self) -> ExpiryClocks {
+        ExpiryClocks {
             expiry_clock: self.expiry_clock.load(Ordering::Relaxed),
             last_expiry: self.last_expiry.load(Ordering::Relaxed),
-        };
-        self.state.write_snapshot(clocks, out)
+        }
     }
 
     /// This engine with its state replaced by a snapshot's: what a restarted
@@ -490,7 +495,8 @@ impl Engine {
         Ok(stats)
     }
 
-    fn set_expiry_clocks(&self, clocks: ExpiryClocks) {
+    /// Carry on with restored expiry clocks (see [`Engine::expiry_clocks`]).
+    pub fn set_expiry_clocks(&self, clocks: ExpiryClocks) {
         self.expiry_clock.store(clocks.expiry_clock, Ordering::Relaxed);
         self.last_expiry.store(clocks.last_expiry, Ordering::Relaxed);
     }

@@ -43,8 +43,10 @@
 //! the 30 days that reports can be received in plus the 7 days before those
 //! the reported transfers can date from, plus the far edge's partial bucket.
 
+mod changes;
 mod snapshot;
 
+pub use changes::Changed;
 pub use snapshot::{ExpiryClocks, SnapshotError, SnapshotStats, FORMAT_VERSION, MAGIC};
 
 use std::mem::size_of;
@@ -855,6 +857,9 @@ pub struct State {
     accounts: Map<AccountState>,
     payees: Map<PayeeState>,
     devices: Map<DeviceState>,
+    /// The entities changed since they were last taken, when asked to keep
+    /// them (see [`State::track_changes`]).
+    changes: changes::Tracker,
 }
 
 impl std::fmt::Debug for State {
@@ -873,7 +878,13 @@ impl std::fmt::Debug for State {
 impl State {
     /// Empty state with these TTLs and caps.
     pub fn new(cfg: StateConfig) -> Self {
-        State { cfg, accounts: Map::default(), payees: Map::default(), devices: Map::default() }
+        State {
+            cfg,
+            accounts: Map::default(),
+            payees: Map::default(),
+            devices: Map::default(),
+            changes: changes::Tracker::default(),
+        }
     }
 
     /// The TTLs and caps this state keeps.
@@ -908,12 +919,14 @@ impl State {
         let device_h = t.device_id.as_deref().map(key_hash);
 
         let account = {
+            self.changes.touch(EntityKind::Account, &t.fintech_use_num);
             let mut a = entry(&self.accounts, &t.fintech_use_num, || AccountState::new(now));
             let view = a.view(now, payee_h, device_h);
             a.count_attempt(now, amount);
             view
         };
         let payee = {
+            self.changes.touch(EntityKind::Payee, payee_key);
             let mut p = entry(&self.payees, payee_key, || PayeeState::new(now));
             let view = p.view(now);
             p.last_seen = p.last_seen.max(now.millis());
@@ -923,6 +936,7 @@ impl State {
             view
         };
         let device = t.device_id.as_deref().map(|d| {
+            self.changes.touch(EntityKind::Device, d);
             let mut dev = entry(&self.devices, d, || DeviceState::new(now));
             let view = dev.view(now);
             dev.last_seen = dev.last_seen.max(now.millis());
@@ -967,6 +981,7 @@ impl State {
     /// with what that returned.
     pub fn settle_transfer(&self, t: &Transfer, seen: &Observed, held: bool) {
         let now = t.tran_dtime;
+        self.changes.touch(EntityKind::Account, &t.fintech_use_num);
         let mut a = entry(&self.accounts, &t.fintech_use_num, || AccountState::new(now));
         a.settle(now, t.tran_amt.get(), seen.payee_hash, seen.device_hash, held, &self.cfg);
     }
@@ -1032,6 +1047,7 @@ impl State {
     }
 
     fn with_account(&self, account: &str, now: EventTime, f: impl FnOnce(&mut AccountState, &StateConfig)) {
+        self.changes.touch(EntityKind::Account, account);
         let mut a = entry(&self.accounts, account, || AccountState::new(now));
         a.last_seen = a.last_seen.max(now.millis());
         f(&mut a, &self.cfg);
@@ -1041,7 +1057,9 @@ impl State {
     /// report it names. Delivering either twice changes nothing more.
     fn apply_label(&self, l: &Label) {
         let now = l.report_dtime;
-        let mut p = entry(&self.payees, &l.payee_key(), || PayeeState::new(now));
+        let key = l.payee_key();
+        self.changes.touch(EntityKind::Payee, &key);
+        let mut p = entry(&self.payees, &key, || PayeeState::new(now));
         p.last_seen = p.last_seen.max(now.millis());
         p.apply_report(key_hash(&l.bank_tran_id), now, l.status == LabelStatus::Fraud);
     }
@@ -1059,11 +1077,20 @@ impl State {
             k
         };
         let n = now.millis();
-        self.accounts.retain(|_, a| keep(n - a.last_seen <= self.cfg.account_ttl_ms));
+        let changes = &self.changes;
+        let gone = |kind: EntityKind, key: &CompactString, kept: bool| {
+            if !kept {
+                changes.touch(kind, key);
+            }
+            keep(kept)
+        };
+        self.accounts.retain(|k, a| gone(EntityKind::Account, k, n - a.last_seen <= self.cfg.account_ttl_ms));
         // A payee with open fraud reports is kept: forgetting a reported mule
         // account because it went quiet would reopen it to victims.
-        self.payees.retain(|_, p| keep(p.open_reports() > 0 || n - p.last_seen <= self.cfg.payee_ttl_ms));
-        self.devices.retain(|_, d| keep(n - d.last_seen <= self.cfg.device_ttl_ms));
+        self.payees.retain(|k, p| {
+            gone(EntityKind::Payee, k, p.open_reports() > 0 || n - p.last_seen <= self.cfg.payee_ttl_ms)
+        });
+        self.devices.retain(|k, d| gone(EntityKind::Device, k, n - d.last_seen <= self.cfg.device_ttl_ms));
         dropped.get()
     }
 
@@ -1102,10 +1129,13 @@ impl State {
 const PREFETCH_LIST_LINES: usize = 8;
 
 /// Which map an entity lives in.
-#[derive(Clone, Copy)]
-enum EntityKind {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EntityKind {
+    /// A sender account (`fintech_use_num`).
     Account,
+    /// A receiving account (bank code and account number).
     Payee,
+    /// A device id.
     Device,
 }
 

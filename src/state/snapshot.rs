@@ -54,10 +54,10 @@ pub const FORMAT_VERSION: u16 = 1;
 const MAX_RECORD_BYTES: u64 = 1 << 20;
 
 const KIND_END: u8 = 0;
-const KIND_ACCOUNT: u8 = 1;
-const KIND_PAYEE: u8 = 2;
-const KIND_DEVICE: u8 = 3;
-const KIND_CLOCKS: u8 = 4;
+pub(super) const KIND_ACCOUNT: u8 = 1;
+pub(super) const KIND_PAYEE: u8 = 2;
+pub(super) const KIND_DEVICE: u8 = 3;
+pub(super) const KIND_CLOCKS: u8 = 4;
 
 /// The clocks that decide when idle entities are swept (kept by the engine,
 /// see `Engine::process`): a restored state must sweep when the original
@@ -254,7 +254,7 @@ fn insert_once<V>(map: &Map<V>, key: CompactString, value: V) -> Result<(), Stri
 
 // ---------------------------------------------------------------- records ---
 
-fn write_record<W: Write>(out: &mut W, kind: u8, payload: &[u8]) -> io::Result<()> {
+pub(super) fn write_record<W: Write>(out: &mut W, kind: u8, payload: &[u8]) -> io::Result<()> {
     let mut head = Vec::with_capacity(11);
     head.push(kind);
     put_u64(&mut head, payload.len() as u64);
@@ -267,7 +267,7 @@ fn write_record<W: Write>(out: &mut W, kind: u8, payload: &[u8]) -> io::Result<(
 }
 
 /// Read one record into `payload`; returns its kind.
-fn read_record<R: Read>(input: &mut Offset<R>, payload: &mut Vec<u8>) -> Result<u8, SnapshotError> {
+pub(super) fn read_record<R: Read>(input: &mut Offset<R>, payload: &mut Vec<u8>) -> Result<u8, SnapshotError> {
     let offset = input.at;
     let truncated = |at| SnapshotError::Truncated { offset: at };
     let mut head = Vec::with_capacity(11);
@@ -333,12 +333,16 @@ impl<W: Write> Write for Counting<W> {
 }
 
 /// A reader that knows its offset, and tells a clean end from a short read.
-struct Offset<R> {
+pub(super) struct Offset<R> {
     inner: R,
     at: u64,
 }
 
 impl<R: Read> Offset<R> {
+    pub(super) fn new(inner: R) -> Self {
+        Offset { inner, at: 0 }
+    }
+
     /// Fill `buf`, or as much of it as there is; returns how much was read.
     fn read_exact_or_eof(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let mut filled = 0;
@@ -365,7 +369,7 @@ fn put_u64(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
-fn put_i64(out: &mut Vec<u8>, v: i64) {
+pub(super) fn put_i64(out: &mut Vec<u8>, v: i64) {
     put_u64(out, ((v << 1) ^ (v >> 63)) as u64);
 }
 
@@ -377,7 +381,7 @@ fn put_hash(out: &mut Vec<u8>, h: u64) {
     out.extend_from_slice(&h.to_le_bytes());
 }
 
-fn put_key(out: &mut Vec<u8>, key: &str) {
+pub(super) fn put_key(out: &mut Vec<u8>, key: &str) {
     put_u64(out, key.len() as u64);
     out.extend_from_slice(key.as_bytes());
 }
@@ -388,12 +392,20 @@ fn put_len(out: &mut Vec<u8>, n: usize) {
 
 /// Reads fields from one record's payload; every error names the field's
 /// position in the payload.
-struct Cursor<'a> {
+pub(super) struct Cursor<'a> {
     bytes: &'a [u8],
     at: usize,
 }
 
-impl Cursor<'_> {
+impl<'a> Cursor<'a> {
+    pub(super) fn new(bytes: &'a [u8]) -> Self {
+        Cursor { bytes, at: 0 }
+    }
+
+    pub(super) fn is_done(&self) -> bool {
+        self.at == self.bytes.len()
+    }
+
     fn byte(&mut self) -> Result<u8, String> {
         let b = *self.bytes.get(self.at).ok_or_else(|| format!("ends inside a field at payload byte {}", self.at))?;
         self.at += 1;
@@ -413,7 +425,7 @@ impl Cursor<'_> {
             shift += 7;
         }
     }
-    fn i64(&mut self) -> Result<i64, String> {
+    pub(super) fn i64(&mut self) -> Result<i64, String> {
         let z = self.u64()?;
         Ok(((z >> 1) as i64) ^ -((z & 1) as i64))
     }
@@ -450,7 +462,7 @@ impl Cursor<'_> {
         }
         Ok(n as usize)
     }
-    fn key(&mut self) -> Result<CompactString, String> {
+    pub(super) fn key(&mut self) -> Result<CompactString, String> {
         let n = self.len(256)?;
         let end = self.at + n;
         let b = self.bytes.get(self.at..end).ok_or("ends inside the key")?;
@@ -536,7 +548,7 @@ fn read_last_seen(r: &mut Cursor<'_>) -> Result<LastSeen, String> {
 }
 
 /// An account's fields, in format order.
-fn write_account(out: &mut Vec<u8>, a: &AccountState) {
+pub(super) fn write_account(out: &mut Vec<u8>, a: &AccountState) {
     put_i64(out, a.first_seen);
     put_i64(out, a.last_seen);
     put_u64(out, a.lifetime_count);
@@ -570,7 +582,7 @@ fn write_account(out: &mut Vec<u8>, a: &AccountState) {
     }
 }
 
-fn read_account(r: &mut Cursor<'_>) -> Result<AccountState, String> {
+pub(super) fn read_account(r: &mut Cursor<'_>) -> Result<AccountState, String> {
     let first_seen = r.i64()?;
     let last_seen = r.i64()?;
     let lifetime_count = r.u64()?;
@@ -613,7 +625,7 @@ fn read_account(r: &mut Cursor<'_>) -> Result<AccountState, String> {
 }
 
 /// A payee's fields, in format order.
-fn write_payee(out: &mut Vec<u8>, p: &PayeeState) {
+pub(super) fn write_payee(out: &mut Vec<u8>, p: &PayeeState) {
     put_i64(out, p.first_seen);
     put_i64(out, p.last_seen);
     put_ring(out, &p.in_1h);
@@ -627,7 +639,7 @@ fn write_payee(out: &mut Vec<u8>, p: &PayeeState) {
     }
 }
 
-fn read_payee(r: &mut Cursor<'_>) -> Result<PayeeState, String> {
+pub(super) fn read_payee(r: &mut Cursor<'_>) -> Result<PayeeState, String> {
     let first_seen = r.i64()?;
     let last_seen = r.i64()?;
     let in_1h = read_ring(r)?;
@@ -642,13 +654,13 @@ fn read_payee(r: &mut Cursor<'_>) -> Result<PayeeState, String> {
 }
 
 /// A device's fields, in format order.
-fn write_device(out: &mut Vec<u8>, d: &DeviceState) {
+pub(super) fn write_device(out: &mut Vec<u8>, d: &DeviceState) {
     put_i64(out, d.last_seen);
     put_ring(out, &d.transfers_5m);
     put_last_seen(out, &d.accounts);
 }
 
-fn read_device(r: &mut Cursor<'_>) -> Result<DeviceState, String> {
+pub(super) fn read_device(r: &mut Cursor<'_>) -> Result<DeviceState, String> {
     Ok(DeviceState { last_seen: r.i64()?, transfers_5m: read_ring(r)?, accounts: read_last_seen(r)? })
 }
 

@@ -1,0 +1,216 @@
+//! Changes: which entities changed since they were last taken, and one
+//! entity at a time in the snapshot's record format, for a changelog that
+//! carries single entities rather than whole snapshots.
+//!
+//! Tracking is off until [`State::track_changes`] turns it on, so a replay or
+//! a pipeline without a changelog pays one relaxed load per touch. On, a touch
+//! is a short uncontended lock and a set insert: the set holds each entity at
+//! most once however often it changed, which is what makes a changelog carry
+//! the entities dirty per checkpoint rather than every update (the Kafka
+//! Streams record cache does the same). An entity swept by [`State::expire`] is
+//! a change too: it is gone, and [`State::entity_record`] then says so.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+use compact_str::CompactString;
+
+use super::snapshot::{self, Cursor, KIND_ACCOUNT, KIND_CLOCKS, KIND_DEVICE, KIND_PAYEE};
+use super::{EntityKind, ExpiryClocks, SnapshotError, State};
+
+/// An entity that changed: its kind and key.
+pub type Changed = (EntityKind, CompactString);
+
+#[derive(Default)]
+pub(super) struct Tracker {
+    on: AtomicBool,
+    set: Mutex<HashSet<Changed>>,
+}
+
+impl Tracker {
+    #[inline]
+    pub(super) fn touch(&self, kind: EntityKind, key: &str) {
+        if self.on.load(Ordering::Relaxed) {
+            self.lock().insert((kind, CompactString::from(key)));
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<Changed>> {
+        self.set.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl State {
+    /// From now on, remember which entities change.
+    pub fn track_changes(&self) {
+        self.changes.on.store(true, Ordering::Relaxed);
+    }
+
+    /// The entities changed since the last call, each once, into `out`.
+    pub fn take_changes(&self, out: &mut Vec<Changed>) {
+        out.extend(self.changes.lock().drain());
+    }
+
+    /// Write the entity as one checked record (kind, length, key and
+    /// fields, CRC-32) into `out`; `false` when there is no such entity (it
+    /// expired, or never was).
+    pub fn entity_record(&self, kind: EntityKind, key: &str, out: &mut Vec<u8>) -> bool {
+        out.clear();
+        let mut payload = Vec::with_capacity(256);
+        snapshot::put_key(&mut payload, key);
+        let kind_byte = match kind {
+            EntityKind::Account => match self.accounts.get(key) {
+                Some(a) => {
+                    snapshot::write_account(&mut payload, &a);
+                    KIND_ACCOUNT
+                }
+                None => return false,
+            },
+            EntityKind::Payee => match self.payees.get(key) {
+                Some(p) => {
+                    snapshot::write_payee(&mut payload, &p);
+                    KIND_PAYEE
+                }
+                None => return false,
+            },
+            EntityKind::Device => match self.devices.get(key) {
+                Some(d) => {
+                    snapshot::write_device(&mut payload, &d);
+                    KIND_DEVICE
+                }
+                None => return false,
+            },
+        };
+        snapshot::write_record(out, kind_byte, &payload).expect("writing to memory cannot fail");
+        true
+    }
+
+    /// Put the entity of a record written by [`State::entity_record`] in
+    /// place of the one with its key. Returns its kind and key.
+    pub fn apply_record(&self, record: &[u8]) -> Result<Changed, SnapshotError> {
+        let mut payload = Vec::new();
+        let kind = snapshot::read_record(&mut snapshot::Offset::new(record), &mut payload)?;
+        let malformed = |reason: String| SnapshotError::Malformed { offset: 0, reason };
+        let mut r = Cursor::new(&payload);
+        let key = r.key().map_err(malformed)?;
+        let kind = match kind {
+            KIND_ACCOUNT => {
+                let a = snapshot::read_account(&mut r).map_err(malformed)?;
+                self.accounts.insert(key.clone(), Box::new(a));
+                EntityKind::Account
+            }
+            KIND_PAYEE => {
+                let p = snapshot::read_payee(&mut r).map_err(malformed)?;
+                self.payees.insert(key.clone(), Box::new(p));
+                EntityKind::Payee
+            }
+            KIND_DEVICE => {
+                let d = snapshot::read_device(&mut r).map_err(malformed)?;
+                self.devices.insert(key.clone(), Box::new(d));
+                EntityKind::Device
+            }
+            other => return Err(malformed(format!("record kind {other} is not an entity"))),
+        };
+        if !r.is_done() {
+            return Err(malformed("bytes left over after the entity".into()));
+        }
+        Ok((kind, key))
+    }
+
+    /// Forget an entity (a changelog said it is gone).
+    pub fn remove(&self, kind: EntityKind, key: &str) {
+        match kind {
+            EntityKind::Account => drop(self.accounts.remove(key)),
+            EntityKind::Payee => drop(self.payees.remove(key)),
+            EntityKind::Device => drop(self.devices.remove(key)),
+        }
+    }
+}
+
+impl ExpiryClocks {
+    /// The clocks as one checked record.
+    pub fn to_record(self) -> Vec<u8> {
+        let clocks = self;
+        let mut payload = Vec::with_capacity(20);
+        snapshot::put_i64(&mut payload, clocks.expiry_clock);
+        snapshot::put_i64(&mut payload, clocks.last_expiry);
+        let mut out = Vec::with_capacity(32);
+        snapshot::write_record(&mut out, KIND_CLOCKS, &payload).expect("writing to memory cannot fail");
+        out
+    }
+
+    /// Read a record written by [`ExpiryClocks::to_record`].
+    pub fn from_record(record: &[u8]) -> Result<ExpiryClocks, SnapshotError> {
+        let mut payload = Vec::new();
+        let kind = snapshot::read_record(&mut snapshot::Offset::new(record), &mut payload)?;
+        let malformed = |reason: String| SnapshotError::Malformed { offset: 0, reason };
+        if kind != KIND_CLOCKS {
+            return Err(malformed(format!("record kind {kind} is not the clocks")));
+        }
+        let mut r = Cursor::new(&payload);
+        Ok(ExpiryClocks { expiry_clock: r.i64().map_err(malformed)?, last_expiry: r.i64().map_err(malformed)? })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::build;
+    use crate::state::StateConfig;
+
+    #[test]
+    fn changes_are_taken_once_each_and_records_carry_an_entity_across() {
+        let a = State::new(StateConfig::default());
+        let t = build::transfer("T1").account("A1").payee("088", "1234").device("D1").at("20261102101010").transfer();
+        let seen = a.observe_transfer(&t, &t.payee_key());
+        assert!(a.take_changes_vec().is_empty(), "nothing is tracked until asked");
+        a.track_changes();
+        a.settle_transfer(&t, &seen, false);
+        let seen = a.observe_transfer(&t, &t.payee_key());
+        a.settle_transfer(&t, &seen, false);
+        let mut changed = a.take_changes_vec();
+        changed.sort_by_key(|(k, key)| (*k as u8, key.clone()));
+        let payee = t.payee_key();
+        assert_eq!(
+            changed,
+            [
+                (EntityKind::Account, "A1".into()),
+                (EntityKind::Payee, payee.as_str().into()),
+                (EntityKind::Device, "D1".into())
+            ]
+        );
+        assert!(a.take_changes_vec().is_empty());
+
+        let b = State::new(StateConfig::default());
+        let mut rec = Vec::new();
+        for (kind, key) in &changed {
+            assert!(a.entity_record(*kind, key, &mut rec));
+            assert_eq!(b.apply_record(&rec).unwrap(), (*kind, key.clone()));
+        }
+        let (mut x, mut y) = (Vec::new(), Vec::new());
+        a.write_snapshot(ExpiryClocks::default(), &mut x).unwrap();
+        b.write_snapshot(ExpiryClocks::default(), &mut y).unwrap();
+        assert_eq!(x, y, "the same state, record for record");
+
+        assert!(!a.entity_record(EntityKind::Account, "nobody", &mut rec));
+        b.remove(EntityKind::Device, "D1");
+        assert_eq!(b.entities(), (1, 1, 0));
+        let mut bad = rec.clone();
+        a.entity_record(EntityKind::Account, "A1", &mut bad);
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        assert!(matches!(b.apply_record(&bad), Err(SnapshotError::Checksum { .. })));
+
+        let clocks = ExpiryClocks { expiry_clock: 5, last_expiry: -3 };
+        assert_eq!(ExpiryClocks::from_record(&clocks.to_record()).unwrap(), clocks);
+    }
+
+    impl State {
+        fn take_changes_vec(&self) -> Vec<Changed> {
+            let mut v = Vec::new();
+            self.take_changes(&mut v);
+            v
+        }
+    }
+}
