@@ -73,6 +73,7 @@ pub struct Health {
     broker_up: AtomicBool,
     assigned: AtomicBool,
     caught_up: AtomicBool,
+    restoring: AtomicBool,
     stopping: AtomicBool,
 }
 
@@ -83,6 +84,7 @@ impl Health {
             broker_up: AtomicBool::new(false),
             assigned: AtomicBool::new(false),
             caught_up: AtomicBool::new(false),
+            restoring: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
         }
     }
@@ -104,6 +106,12 @@ impl Health {
         self.caught_up.store(yes, Ordering::Relaxed);
     }
 
+    /// Whether the state is being restored (from the changelog) before any
+    /// input is handled.
+    pub fn set_restoring(&self, yes: bool) {
+        self.restoring.store(yes, Ordering::Relaxed);
+    }
+
     /// Shutdown has begun; the instance is never ready again. Set first, so
     /// load balancers stop sending before the consumer lets go.
     pub fn set_stopping(&self) {
@@ -122,6 +130,7 @@ impl Health {
             (self.broker_up.load(Ordering::Relaxed), "broker unreachable"),
             (self.assigned.load(Ordering::Relaxed), "not yet assigned partitions"),
             (self.caught_up.load(Ordering::Relaxed), "loading recent decisions"),
+            (!self.restoring.load(Ordering::Relaxed), "restoring state"),
         ];
         flags.into_iter().filter(|(ok, _)| !ok).map(|(_, problem)| problem).collect()
     }

@@ -57,6 +57,7 @@ struct RawKafka {
     partitions: Option<i64>,
     dedup_capacity: Option<i64>,
     commit_interval_ms: Option<i64>,
+    checkpoint_interval_ms: Option<i64>,
     linger_ms: Option<i64>,
     #[serde(default)]
     topics: RawTopics,
@@ -74,6 +75,7 @@ impl std::fmt::Debug for RawKafka {
             .field("partitions", &self.partitions)
             .field("dedup_capacity", &self.dedup_capacity)
             .field("commit_interval_ms", &self.commit_interval_ms)
+            .field("checkpoint_interval_ms", &self.checkpoint_interval_ms)
             .field("linger_ms", &self.linger_ms)
             .field("topics", &self.topics)
             .field("client", &RedactedSettings(&self.client))
@@ -89,6 +91,7 @@ struct RawTopics {
     labels: Option<String>,
     decisions: Option<String>,
     dead_letter: Option<String>,
+    state: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -156,6 +159,9 @@ pub struct KafkaConfig {
     pub dedup_capacity: usize,
     /// How often stored offsets are committed.
     pub commit_interval: Duration,
+    /// How often the state's changes are checkpointed to the changelog
+    /// topic; `None`: no changelog (the state is lost with the process).
+    pub checkpoint_interval: Option<Duration>,
     /// The decision producer's batching delay (`linger.ms`).
     pub linger: Duration,
     /// Topic names.
@@ -173,6 +179,7 @@ impl std::fmt::Debug for KafkaConfig {
             .field("partitions", &self.partitions)
             .field("dedup_capacity", &self.dedup_capacity)
             .field("commit_interval", &self.commit_interval)
+            .field("checkpoint_interval", &self.checkpoint_interval)
             .field("linger", &self.linger)
             .field("topics", &self.topics)
             .field("client", &RedactedSettings(&self.client))
@@ -228,6 +235,7 @@ impl Default for KafkaConfig {
             partitions: None,
             dedup_capacity: p.dedup_capacity,
             commit_interval: p.commit_interval,
+            checkpoint_interval: p.checkpoint_interval,
             linger: p.linger,
             topics: p.topics,
             client: BTreeMap::new(),
@@ -404,6 +412,9 @@ fn kafka_config(raw: RawKafka, problems: &mut Vec<String>) -> KafkaConfig {
     let commit_ms =
         int("commit_interval_ms", raw.commit_interval_ms, 10..=60_000, d.commit_interval.as_millis() as i64) as u64;
     let linger_ms = int("linger_ms", raw.linger_ms, 0..=1000, d.linger.as_millis() as i64) as u64;
+    let default_checkpoint = d.checkpoint_interval.map_or(0, |i| i.as_millis() as i64);
+    let checkpoint_ms =
+        int("checkpoint_interval_ms", raw.checkpoint_interval_ms, 0..=3_600_000, default_checkpoint) as u64;
     let mut name = |key: &str, value: Option<String>, default: &str| match value {
         None => default.to_owned(),
         Some(v)
@@ -423,6 +434,7 @@ fn kafka_config(raw: RawKafka, problems: &mut Vec<String>) -> KafkaConfig {
         labels: name("topics.labels", t.labels, &d.topics.labels),
         decisions: name("topics.decisions", t.decisions, &d.topics.decisions),
         dead_letter: name("topics.dead_letter", t.dead_letter, &d.topics.dead_letter),
+        state: name("topics.state", t.state, &d.topics.state),
     };
     let group_id = name("group_id", raw.group_id, &d.group_id);
     let all = topics.all();
@@ -463,6 +475,7 @@ fn kafka_config(raw: RawKafka, problems: &mut Vec<String>) -> KafkaConfig {
         partitions,
         dedup_capacity,
         commit_interval: Duration::from_millis(commit_ms),
+        checkpoint_interval: (checkpoint_ms > 0).then(|| Duration::from_millis(checkpoint_ms)),
         linger: Duration::from_millis(linger_ms),
         topics,
         client,

@@ -175,7 +175,7 @@ fn broker_down_then_back_loses_nothing() {
     broker.cluster().broker_up(1).unwrap();
 
     assert!(
-        decisions.read_until(WAIT, |r| decisions_by_id(r).len() >= ids.len()),
+        decisions.read_until(WAIT, |r| all_decided(r, ids.len())),
         "after the broker came back: {} of {} decided",
         decisions_by_id(&decisions.records).len(),
         ids.len()
@@ -216,7 +216,7 @@ fn restart_after_a_crash_loses_nothing_and_never_contradicts() {
     send_events(&p, &topics, &events[third..], 600_000);
     let child = FdsRun::start(&brokers, None);
     assert!(
-        decisions.read_until(WAIT, |r| decisions_by_id(r).len() >= ids.len()),
+        decisions.read_until(WAIT, |r| all_decided(r, ids.len())),
         "{} of {} decided after the restart",
         decisions_by_id(&decisions.records).len(),
         ids.len()
@@ -313,7 +313,7 @@ fn two_instances_share_accounts_and_hand_over_cleanly() {
     assert_eq!(summary_b.unfinished, 0);
     send_events(&p, &topics, &events[half..], 600_000);
     assert!(
-        decisions.read_until(WAIT, |r| decisions_by_id(r).len() >= ids.len()),
+        decisions.read_until(WAIT, |r| all_decided(r, ids.len())),
         "{} of {}",
         decisions_by_id(&decisions.records).len(),
         ids.len()
@@ -357,7 +357,11 @@ fn a_graceful_restart_with_a_state_dir_keeps_the_state() {
     let transfers: Vec<Event> = stream(400).into_iter().filter(|e| matches!(e, Event::Transfer(_))).collect();
     let (first, second) = transfers.split_at(transfers.len() / 2);
     let dir = tempfile::tempdir().unwrap();
-    let with_dir = |o: &mut fds::kafka::pipeline::PipelineOptions| o.state_dir = Some(dir.path().to_path_buf());
+    // The local checkpoint is what a run without the changelog uses.
+    let with_dir = |o: &mut fds::kafka::pipeline::PipelineOptions| {
+        o.state_dir = Some(dir.path().to_path_buf());
+        o.checkpoint_interval = None;
+    };
     let p = producer(&brokers);
     let mut decisions = Reader::new(&brokers, &topics.decisions);
 
@@ -404,7 +408,7 @@ fn a_graceful_restart_with_a_state_dir_keeps_the_state() {
     // Once the input has moved past the checkpoint (here an instance without
     // the state dir; in production a crash or another instance), the
     // checkpoint is not used: the next start is empty, not wrong.
-    let run = Running::start(&brokers, "graceful");
+    let run = Running::start_with(&brokers, "graceful", |o| o.checkpoint_interval = None);
     send_events(&p, &topics, &first[..3], 60_000); // re-sent: answered again, offsets move on
     assert!(decisions.read_until(WAIT, |r| r.len() >= transfers.len() + 3));
     run.stop();

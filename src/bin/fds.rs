@@ -591,6 +591,7 @@ fn run_cmd(
     opts.group_id = kafka.group_id.clone();
     opts.dedup_capacity = kafka.dedup_capacity;
     opts.commit_interval = kafka.commit_interval;
+    opts.checkpoint_interval = kafka.checkpoint_interval;
     opts.linger = kafka.linger;
     opts.state_dir = state_dir;
     let summary = pipeline::run(engine, opts, metrics, health, stop)?;

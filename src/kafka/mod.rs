@@ -13,6 +13,7 @@
 //! | `labels`             | payee account    | a fraud report (label event)           | — |
 //! | `decisions`          | sender account   | the decision (JSON, `schema_version`)  | `correlation-id`, `fds-decision`, `fds-late`, `fds-redelivered` |
 //! | `dead-letter`        | the original key | the original bytes, unchanged          | `fds-error`, `fds-error-kind`, `fds-source-topic`, `fds-source-partition`, `fds-source-offset` |
+//! | `state` (compacted)  | entity kind and key | the entity as a checked record (fds's own; see [`pipeline`]'s changelog) | `fds-checkpoint` |
 //!
 //! Transfers and context events are keyed by the sender's account, and both
 //! topics must have the same partition count, so one account's events land on
@@ -114,6 +115,8 @@ pub struct Topics {
     pub decisions: String,
     /// Refused messages out, with the reason in headers.
     pub dead_letter: String,
+    /// The state's changelog (compacted): fds writes and reads it itself.
+    pub state: String,
 }
 
 impl Default for Topics {
@@ -124,14 +127,15 @@ impl Default for Topics {
             labels: "labels".into(),
             decisions: "decisions".into(),
             dead_letter: "dead-letter".into(),
+            state: "state".into(),
         }
     }
 }
 
 impl Topics {
     /// Every topic, inputs first.
-    pub fn all(&self) -> [&str; 5] {
-        [&self.transfers, &self.context_events, &self.labels, &self.decisions, &self.dead_letter]
+    pub fn all(&self) -> [&str; 6] {
+        [&self.transfers, &self.context_events, &self.labels, &self.decisions, &self.dead_letter, &self.state]
     }
 }
 
@@ -253,14 +257,16 @@ impl EmbeddedBroker {
 }
 
 /// Each topic with its partition count: the keyed topics get `partitions`
-/// (transfers and context events must match), labels and dead letters one.
-fn topic_layout(topics: &Topics, partitions: i32) -> [(&str, i32); 5] {
+/// (transfers and context events must match, the state changelog follows
+/// them), labels and dead letters one.
+fn topic_layout(topics: &Topics, partitions: i32) -> [(&str, i32); 6] {
     [
         (&topics.transfers, partitions),
         (&topics.context_events, partitions),
         (&topics.labels, 1),
         (&topics.decisions, partitions),
         (&topics.dead_letter, 1),
+        (&topics.state, partitions),
     ]
 }
 
@@ -278,8 +284,18 @@ pub fn create_topics(
         .create()
         .map_err(|source| KafkaSetupError::Unreachable { brokers: brokers.clone(), source })?;
     let layout = topic_layout(topics, partitions);
-    let new: Vec<NewTopic<'_>> =
-        layout.iter().map(|&(name, n)| NewTopic::new(name, n, TopicReplication::Fixed(replication))).collect();
+    // The changelog keeps the latest record per entity: compacted.
+    let new: Vec<NewTopic<'_>> = layout
+        .iter()
+        .map(|&(name, n)| {
+            let topic = NewTopic::new(name, n, TopicReplication::Fixed(replication));
+            if name == topics.state {
+                topic.set("cleanup.policy", "compact")
+            } else {
+                topic
+            }
+        })
+        .collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     // The admin client answers through a future; a one-off runtime waits for it.
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");

@@ -238,6 +238,18 @@ impl Drop for Running {
     }
 }
 
+/// Whether every one of `n` transfers has an answer among `records`: cheap
+/// enough to be asked after every record read (no JSON parsed).
+pub fn all_decided(records: &[Record], n: usize) -> bool {
+    records.len() >= n
+        && records
+            .iter()
+            .filter_map(|r| r.header(HEADER_CORRELATION_ID))
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+            >= n
+}
+
 /// Decisions by transfer id, in the order they were read.
 pub fn decisions_by_id(records: &[Record]) -> HashMap<String, Vec<serde_json::Value>> {
     let mut by_id: HashMap<String, Vec<serde_json::Value>> = HashMap::new();
@@ -259,7 +271,7 @@ impl FdsRun {
             cmd.arg("--config").arg(c);
         }
         cmd.args(["run", "--brokers", brokers, "--listen", "127.0.0.1:0"])
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", std::env::var("FDS_TEST_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(std::process::Stdio::null());
         FdsRun(cmd.spawn().unwrap())
     }

@@ -53,6 +53,9 @@ pub(super) struct GroupContext {
     /// Partitions just assigned, with the offset each starts from, for the
     /// scoring thread's merge to follow (see [`Merge::follow`]).
     pub(super) starts: Mutex<Vec<(Feed, i32, Option<i64>)>>,
+    /// Where the restored state stands per input partition: input from there
+    /// on is handled again (see the `changelog` module).
+    pub(super) rewind: Positions,
 }
 
 impl GroupContext {
@@ -148,7 +151,7 @@ impl ConsumerContext for GroupContext {
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
             tracing::info!(partitions = tpl.count(), "partitions assigned");
-            let starts = start_offsets(consumer, tpl, &self.topics);
+            let starts = start_offsets(consumer, tpl, &self.topics, &self.rewind);
             *self.starts.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = starts;
             if tpl.count() > 0 {
                 self.health.set_caught_up(false);
@@ -166,10 +169,14 @@ impl ConsumerContext for GroupContext {
 /// Where each assigned input partition starts: its committed offset or, with
 /// none, the beginning (`auto.offset.reset=earliest`); `None` where the
 /// brokers do not say (the merge then waits for its first message).
+///
+/// A partition whose committed offset is past the restored state's position
+/// is moved back to that position, so the state learns what it missed.
 fn start_offsets<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
     assigned: &TopicPartitionList,
     topics: &Topics,
+    rewind: &Positions,
 ) -> Vec<(Feed, i32, Option<i64>)> {
     let committed = consumer.committed_offsets(assigned.clone(), Duration::from_secs(10)).ok();
     assigned
@@ -186,6 +193,22 @@ fn start_offsets<C: ConsumerContext>(
                     .ok()
                     .map(|(low, _)| low),
                 _ => None,
+            };
+            let back = rewind.get(&(feed, e.partition())).copied();
+            let start = match (start, back) {
+                (Some(s), Some(b)) if b < s => {
+                    match consumer.seek(e.topic(), e.partition(), Offset::Offset(b), Duration::from_secs(10)) {
+                        Ok(()) => {
+                            tracing::info!(topic = e.topic(), partition = e.partition(), from = b, to = s, "replaying input the restored state has not seen");
+                            Some(b)
+                        }
+                        Err(err) => {
+                            tracing::error!(topic = e.topic(), partition = e.partition(), error = %err, "cannot go back to the restored state's position; what it missed stays missed");
+                            start
+                        }
+                    }
+                }
+                _ => start,
             };
             (feed, e.partition(), start)
         })

@@ -29,6 +29,10 @@ pub struct Remembered {
     pub late: bool,
     /// The verdict (the `fds-decision` header of a re-sent answer).
     pub outcome: Outcome,
+    /// The transfer message it answered (partition, offset), when known:
+    /// the same message delivered again, rather than the same transfer sent
+    /// again, is what a restored state may still need to learn.
+    pub source: Option<(i32, i64)>,
     bytes: Box<[u8]>,
 }
 
@@ -84,7 +88,7 @@ impl DecisionMemory {
     }
 
     /// Remember a decision; the first one given for an id is the one kept.
-    pub fn insert(&mut self, tran_id: &str, decision: &[u8], late: bool, outcome: Outcome) {
+    pub fn insert(&mut self, tran_id: &str, decision: &[u8], late: bool, outcome: Outcome, source: Option<(i32, i64)>) {
         let hash = self.hasher.hash_one(tran_id.as_bytes());
         if self.table.find(hash, |r| r.id() == tran_id.as_bytes()).is_some() {
             return;
@@ -101,7 +105,15 @@ impl DecisionMemory {
         bytes.extend_from_slice(decision);
         let seq = self.next;
         self.next += 1;
-        let r = Remembered { seq, hash, id_len: tran_id.len() as u32, late, outcome, bytes: bytes.into_boxed_slice() };
+        let r = Remembered {
+            seq,
+            hash,
+            id_len: tran_id.len() as u32,
+            late,
+            outcome,
+            source,
+            bytes: bytes.into_boxed_slice(),
+        };
         self.table.insert_unique(hash, r, |r| r.hash);
         self.order.push_back((hash, seq));
     }
@@ -124,20 +136,20 @@ mod tests {
     #[test]
     fn decision_memory_keeps_the_first_answer_and_forgets_the_oldest() {
         let mut m = DecisionMemory::new(2);
-        m.insert("a", b"allow", false, Outcome::Allow);
-        m.insert("a", b"hold", true, Outcome::Hold);
+        m.insert("a", b"allow", false, Outcome::Allow, None);
+        m.insert("a", b"hold", true, Outcome::Hold, None);
         let a = m.get("a").unwrap();
         assert_eq!(a.decision(), b"allow", "a second answer never replaces the first");
         assert!(!a.late && a.outcome == Outcome::Allow);
-        m.insert("b", b"x", false, Outcome::Hold);
-        m.insert("c", b"y", true, Outcome::Allow);
+        m.insert("b", b"x", false, Outcome::Hold, None);
+        m.insert("c", b"y", true, Outcome::Allow, None);
         assert!(m.get("a").is_none(), "oldest forgotten at capacity");
         assert_eq!(m.len(), 2);
         assert_eq!(m.get("b").unwrap().decision(), b"x");
         assert_eq!(m.get("b").unwrap().outcome, Outcome::Hold);
         assert!(m.get("c").unwrap().late);
         // An id that is a prefix of another's bytes is still its own entry.
-        m.insert("cy", b"z", false, Outcome::Allow);
+        m.insert("cy", b"z", false, Outcome::Allow, None);
         assert_eq!(m.get("c").unwrap().decision(), b"y");
         assert_eq!(m.get("cy").unwrap().decision(), b"z");
         assert!(m.get("b").is_none());
@@ -150,7 +162,7 @@ mod tests {
         let mut m = DecisionMemory::new(100);
         for i in 0..1000 {
             let outcome = if i % 2 == 0 { Outcome::Hold } else { Outcome::Allow };
-            m.insert(&format!("T{i}"), format!("d{i}").as_bytes(), false, outcome);
+            m.insert(&format!("T{i}"), format!("d{i}").as_bytes(), false, outcome, None);
         }
         assert_eq!(m.len(), 100);
         for i in 0..1000 {

@@ -117,6 +117,7 @@ use crate::input::order::{Feed, Key, Merge};
 use crate::metrics::Metrics;
 use crate::rules::RuleSet;
 
+mod changelog;
 mod checkpoint;
 mod clients;
 mod group;
@@ -127,6 +128,7 @@ mod offsets;
 mod readers;
 mod scoring;
 
+use changelog::*;
 use clients::*;
 use group::*;
 use health::*;
@@ -171,6 +173,9 @@ pub struct PipelineOptions {
     pub dedup_capacity: usize,
     /// How often stored offsets are committed.
     pub commit_interval: Duration,
+    /// How often the state's changes are checkpointed to the changelog
+    /// (see the `changelog` module); `None`: no changelog.
+    pub checkpoint_interval: Option<Duration>,
     /// Producer batching delay: the latency/throughput trade-off of the
     /// decisions topic.
     pub linger: Duration,
@@ -190,6 +195,7 @@ impl PipelineOptions {
             group_id: "fds".into(),
             dedup_capacity: 500_000,
             commit_interval: Duration::from_secs(1),
+            checkpoint_interval: Some(Duration::from_secs(5)),
             linger: Duration::from_millis(1),
             shutdown_timeout: Duration::from_secs(30),
             state_dir: None,
@@ -254,7 +260,15 @@ pub fn run(
         }
     }
 
-    if let Some(dir) = &opts.state_dir {
+    // The state first: restored from the changelog (or, without one, from a
+    // local checkpoint) before anything is consumed.
+    let mut positions = Positions::new();
+    let mut changelog = None;
+    if let Some(interval) = opts.checkpoint_interval {
+        positions = restore_from_changelog(&engine, &opts, &metrics, &health, &stop);
+        engine.state().track_changes();
+        changelog = Some(Changelog::new(&opts, interval)?);
+    } else if let Some(dir) = &opts.state_dir {
         restore_checkpoint(dir, &engine, &opts, &metrics);
     }
     let (labels, label_starts) = labels_reader(&opts, &stop)?;
@@ -273,6 +287,7 @@ pub fn run(
         assigned: AtomicUsize::new(NOT_ASSIGNED),
         revocations: std::sync::atomic::AtomicU64::new(0),
         starts: Mutex::new(Vec::new()),
+        rewind: positions.clone(),
     };
     let consumer: BaseConsumer<GroupContext> = opts
         .connection
@@ -320,6 +335,7 @@ pub fn run(
         rule_counters: RuleCounters::default(),
         same_partitions,
         burst_wall_ms: 0,
+        positions,
     };
 
     // Every input in the canonical order (see `input::order`): the fraud
@@ -381,6 +397,11 @@ pub fn run(
         }
         for (feed, partition, from) in consumer.context().take_starts() {
             ordered.merge.follow(feed, partition, from);
+            // The state has learnt nothing of this partition before where it
+            // starts here (unless restored past it): a checkpoint says so.
+            if let Some(from) = from {
+                scorer.positions.entry((feed, partition)).or_insert(from);
+            }
         }
         while burst.len() < 2 * BURST {
             match labels.poll(Duration::ZERO) {
@@ -420,6 +441,9 @@ pub fn run(
         if consumer.context().assigned.load(Ordering::Relaxed) != NOT_ASSIGNED {
             ordered.drain(&mut scorer);
         }
+        if let Some(c) = &mut changelog {
+            c.tick(&engine, &scorer.positions, &consumer.context().book().tracker, &metrics);
+        }
         match consumer.context().assigned.load(Ordering::Relaxed) {
             0 => {
                 if let Err(e) = orphans.check(&consumer, &opts, &inputs) {
@@ -450,7 +474,10 @@ pub fn run(
             tracing::warn!(error = %e, "final commit failed; the last messages will be delivered again");
         }
     }
-    if let (Some(dir), None, 0) = (&opts.state_dir, &failure, scorer.summary.unfinished) {
+    if let (Some(c), None, 0) = (&mut changelog, &failure, scorer.summary.unfinished) {
+        let tracker = &consumer.context().book().tracker;
+        c.finish(&engine, &scorer.positions, tracker, &metrics, opts.shutdown_timeout);
+    } else if let (Some(dir), None, 0) = (&opts.state_dir, &failure, scorer.summary.unfinished) {
         write_checkpoint(dir, &engine, &consumer, &inputs, &metrics);
     }
     consumer.unsubscribe();
@@ -463,6 +490,55 @@ pub fn run(
     match failure {
         Some(e) => Err(e),
         None => Ok(summary),
+    }
+}
+
+/// Restore the state from the changelog; returns the input positions it
+/// covers (empty when there was nothing to restore, or it was refused: the
+/// state is then empty, and the log says why).
+fn restore_from_changelog(
+    engine: &Engine,
+    opts: &PipelineOptions,
+    metrics: &Metrics,
+    health: &Health,
+    stop: &StopFlag,
+) -> Positions {
+    health.set_restoring(true);
+    let started = Instant::now();
+    tracing::info!(topic = %opts.topics.state, "restoring the state from its changelog");
+    let result = changelog::restore(opts, engine, stop);
+    health.set_restoring(false);
+    let seconds = started.elapsed().as_secs_f64();
+    match result {
+        Ok(Restored { marker: Some(marker), entities, bytes }) => {
+            metrics.state_restores.with_label_values(&["restored"]).inc();
+            metrics.state_restore_seconds.set(seconds);
+            metrics.state_restore_bytes.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+            let (accounts, payees, devices) = engine.state().entities();
+            tracing::info!(
+                checkpoint = marker.id,
+                entities,
+                accounts,
+                payees,
+                devices,
+                bytes,
+                ms = (seconds * 1e3) as u64,
+                "state restored; input after the checkpoint is handled again"
+            );
+            positions_of(&marker)
+        }
+        Ok(Restored { marker: None, .. }) => {
+            metrics.state_restores.with_label_values(&["empty"]).inc();
+            tracing::info!("no state checkpoint yet; starting with empty state");
+            Positions::new()
+        }
+        Err(why) => {
+            engine.state().replace_with(crate::state::State::new(engine.state().config().clone()));
+            engine.set_expiry_clocks(crate::state::ExpiryClocks::default());
+            metrics.state_restores.with_label_values(&["refused"]).inc();
+            tracing::error!(topic = %opts.topics.state, "state not restored, starting empty: {why}");
+            Positions::new()
+        }
     }
 }
 

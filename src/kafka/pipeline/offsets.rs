@@ -48,6 +48,12 @@ impl OffsetTracker {
         }
     }
 
+    /// Whether every message of the partition before `position` that was
+    /// consumed here is finished.
+    pub fn finished_below(&self, topic: u8, partition: i32, position: i64) -> bool {
+        self.parts.get(&(topic, partition)).map_or(true, |p| p.inflight.front().map_or(true, |&(o, _)| o >= position))
+    }
+
     /// Messages consumed and not yet finished, over all partitions.
     pub fn pending(&self) -> usize {
         self.parts.values().map(|p| p.inflight.iter().filter(|(_, done)| !done).count()).sum()

@@ -166,7 +166,10 @@ pub(super) fn read_back_decisions(opts: &PipelineOptions, memory: &mut DecisionM
                     None => serde_json::from_slice::<VerdictOnly<'_>>(payload)
                         .is_ok_and(|b| b.decision == Outcome::Hold.name()),
                 };
-                memory.insert(&id, payload, late, if hold { Outcome::Hold } else { Outcome::Allow });
+                let source = header(m, HEADER_SOURCE_PARTITION)
+                    .and_then(|p| p.parse().ok())
+                    .zip(header(m, HEADER_SOURCE_OFFSET).and_then(|o| o.parse().ok()));
+                memory.insert(&id, payload, late, if hold { Outcome::Hold } else { Outcome::Allow }, source);
             }
         },
     );

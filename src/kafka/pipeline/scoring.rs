@@ -28,6 +28,8 @@ pub(super) struct ScoringThread<'a> {
     pub(super) same_partitions: bool,
     /// The wall clock (Unix ms) when the burst being handled was taken.
     pub(super) burst_wall_ms: i64,
+    /// Per input partition, the next offset the state has not learnt.
+    pub(super) positions: Positions,
 }
 
 /// Dead-letter payloads are cut to this size (Kafka's default record limit is
@@ -52,12 +54,19 @@ pub(super) struct Out<'m> {
     pub(super) partition: Option<i32>,
 }
 
-/// The headers every decision carries (a re-sent one adds `fds-redelivered`).
-pub(super) fn decision_headers(tran_id: &str, outcome: Outcome, late: bool) -> OwnedHeaders {
-    OwnedHeaders::new_with_capacity(4)
+/// The headers every decision carries (a re-sent one adds `fds-redelivered`):
+/// the transfer's id, the verdict, whether it was late, and which message it
+/// answers (so a restarted instance can tell that message delivered again
+/// from the same transfer sent again).
+pub(super) fn decision_headers(tran_id: &str, outcome: Outcome, late: bool, source: Origin) -> OwnedHeaders {
+    let partition = source.partition.to_string();
+    let offset = source.offset.to_string();
+    OwnedHeaders::new_with_capacity(6)
         .insert(Header { key: HEADER_CORRELATION_ID, value: Some(tran_id.as_bytes()) })
         .insert(Header { key: HEADER_DECISION, value: Some(outcome.name()) })
         .insert(Header { key: HEADER_LATE, value: Some(if late { "true" } else { "false" }) })
+        .insert(Header { key: HEADER_SOURCE_PARTITION, value: Some(&partition) })
+        .insert(Header { key: HEADER_SOURCE_OFFSET, value: Some(&offset) })
 }
 
 /// The `fds_rule_fired_total` counters of one rule set, indexed like its
@@ -94,6 +103,13 @@ impl ScoringThread<'_> {
         } else {
             self.consumed_context.inc();
         }
+        // Whether the state already holds this message: it was handled here
+        // before (a partition given back and taken again), or the restored
+        // state covers it.
+        let feed = if topic == TOPIC_TRANSFERS { Feed::Transfers } else { Feed::Context };
+        let next = self.positions.entry((feed, source.partition)).or_insert(0);
+        let known = source.offset < *next;
+        *next = (*next).max(source.offset + 1);
         let event = match event {
             Ok(e) => e,
             Err(e) => {
@@ -115,16 +131,20 @@ impl ScoringThread<'_> {
         }
 
         if let Event::Transfer(t) = &event {
-            let given = self
-                .consumer
-                .context()
-                .memory()
-                .get(&t.bank_tran_id)
-                .map(|r| (r.decision().to_vec(), r.late, r.outcome));
-            if let Some((given, late, outcome)) = given {
+            let given = self.consumer.context().memory().get(&t.bank_tran_id).map(|r| {
+                let same_message = r.source == Some((source.partition, source.offset));
+                (r.decision().to_vec(), r.late, r.outcome, same_message)
+            });
+            if let Some((given, late, outcome, same_message)) = given {
+                if same_message && !known {
+                    // Decided before a crash, after the restored state's
+                    // position: the state learns it again, in the same order
+                    // as the first time; the answer stays the one given.
+                    let _ = self.engine.process_at(&event, Some(self.burst_wall_ms));
+                }
                 self.metrics.decisions_redelivered.inc();
                 self.summary.redelivered += 1;
-                let headers = decision_headers(&t.bank_tran_id, outcome, late)
+                let headers = decision_headers(&t.bank_tran_id, outcome, late, source)
                     .insert(Header { key: HEADER_REDELIVERED, value: Some("true") });
                 let out = Out {
                     topic: &self.topics.decisions,
@@ -135,6 +155,13 @@ impl ScoringThread<'_> {
                 };
                 return self.produce(out, source);
             }
+        }
+
+        if known && !matches!(event, Event::Transfer(_)) {
+            // A context event the state already holds: applied once only.
+            self.summary.context_events += 1;
+            self.consumer.context().book().tracker.finish(source.topic, source.partition, source.offset);
+            return;
         }
 
         match self.engine.process_at(&event, Some(self.burst_wall_ms)) {
@@ -153,7 +180,8 @@ impl ScoringThread<'_> {
                 let late = deadline_ms(msg).is_some_and(|deadline| now_ms > deadline);
                 self.json.clear();
                 d.write_json_with_late(late, &mut self.json);
-                self.consumer.context().memory().insert(&d.bank_tran_id, &self.json, late, d.outcome);
+                let from = Some((source.partition, source.offset));
+                self.consumer.context().memory().insert(&d.bank_tran_id, &self.json, late, d.outcome, from);
                 self.metrics.count_decision(d.outcome, d.verification);
                 if d.model.as_ref().is_some_and(|m| m.hold) {
                     self.metrics.model_holds.inc();
@@ -176,7 +204,7 @@ impl ScoringThread<'_> {
                     self.summary.late += 1;
                 }
                 self.summary.decisions += 1;
-                let headers = decision_headers(&d.bank_tran_id, d.outcome, late);
+                let headers = decision_headers(&d.bank_tran_id, d.outcome, late, source);
                 let json = std::mem::take(&mut self.json);
                 let partition = self.partition(source);
                 let out = Out { topic: &self.topics.decisions, key: msg.key(), payload: &json, headers, partition };

@@ -1,0 +1,427 @@
+//! The state's changelog: what survives a crash, and what lets another
+//! machine carry on.
+//!
+//! ## Design
+//!
+//! The only storage every instance shares is Kafka, so the state lives there
+//! too, the way Kafka Streams keeps a store: a compacted topic (`state`,
+//! partitioned like the inputs) holding the latest record of every entity,
+//! keyed by its kind and key. The scoring thread is the state's only writer,
+//! so between two messages the state is exact as of known input positions,
+//! and a checkpoint is taken there, every `checkpoint_interval` (5 s):
+//!
+//! 1. the entities changed since the last checkpoint ([`State::take_changes`]:
+//!    each once, however often it changed, as the Kafka Streams record cache
+//!    does) go to the topic as checked records ([`State::entity_record`]), or
+//!    as tombstones for entities swept by expiry, each tagged with the
+//!    checkpoint's number (header `fds-checkpoint`);
+//! 2. once all of them are acknowledged, *and* every input message before the
+//!    checkpoint's positions has its outcome acknowledged (its decision is in
+//!    `decisions`), a marker record (key `@checkpoint`) says the checkpoint is
+//!    complete: its number, the input positions it covers and the engine's
+//!    expiry clocks. The next checkpoint starts after that.
+//!
+//! Restoring ([`restore`], at start, before anything is consumed; `/readyz`
+//! answers 503 `restoring state` meanwhile) reads the topic to its end and
+//! keeps, per entity, the latest record of a complete checkpoint, so a
+//! checkpoint cut short by a crash is ignored whole. The consumer then starts
+//! each input partition at the covered position (or its committed offset, if
+//! that is earlier) and handles everything after it again, through the same
+//! merge by event time: the state learns exactly what it had learnt, in the
+//! same order, and every transfer already decided is answered from the
+//! decision memory (read back from `decisions`) with the bytes first sent,
+//! marked redelivered. A transfer message the state already holds (below the
+//! covered position) is not fed to it again; the same message beyond it is
+//! (see `handle`).
+//!
+//! Consistency without transactions (neither supported broker has them):
+//! entity records are idempotent (the latest wins), the marker is written
+//! only after the records and the decisions it covers are acknowledged, and
+//! replaying input between the covered position and the crash cannot double
+//! count, because the restored state holds nothing past that position. Fraud
+//! reports are re-read from the start by every instance and apply
+//! idempotently (a report is keyed by its transfer).
+//!
+//! Why this over the alternatives, measured here: a whole snapshot on Kafka
+//! per checkpoint costs 113 MB at 100,000 accounts and stalls scoring for
+//! 0.5-0.75 s to write (`examples/snapshot.rs`); the changed entities of a
+//! 5 s checkpoint at 5,000 transfers/s are at most 3 x 25,000 records of about
+//! 190 bytes, written by the producer's own thread while scoring goes on.
+//! Rewinding the inputs (Flink's way) alone would need the whole 30-day
+//! history replayed.
+//!
+//! What it leaves to the scale-out work: one instance owns every partition.
+//! Payee and device entities are written whole, as the single owner sees
+//! them; with several instances each would write its own partial view under
+//! the same key. The shared tables (every instance's contribution, read by
+//! all) replace that.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicI64;
+
+use serde::{Deserialize, Serialize};
+
+use super::*;
+use crate::state::{Changed, EntityKind, ExpiryClocks};
+
+/// The header on every changelog record: the checkpoint it belongs to.
+pub(super) const HEADER_CHECKPOINT: &str = "fds-checkpoint";
+
+/// The key of the record that completes a checkpoint.
+const MARKER_KEY: &[u8] = b"@checkpoint";
+
+/// A complete checkpoint: what it covers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct Marker {
+    pub(super) id: u64,
+    pub(super) expiry_clock: i64,
+    pub(super) last_expiry: i64,
+    /// (topic, partition, next offset not in the state).
+    pub(super) positions: Vec<(String, i32, i64)>,
+}
+
+/// The changelog producer's acknowledgements: how many records are still
+/// unacknowledged.
+pub(super) struct ChangelogAcks {
+    pending: Arc<AtomicI64>,
+}
+
+impl ClientContext for ChangelogAcks {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        client_log("changelog producer", level, fac, message)
+    }
+    fn error(&self, error: KafkaError, reason: &str) {
+        client_error("changelog producer", None, error, reason)
+    }
+}
+
+impl ProducerContext for ChangelogAcks {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(_) => {
+                self.pending.fetch_sub(1, Ordering::Relaxed);
+            }
+            // The producer retries for ever (`message.timeout.ms=0`); what
+            // comes back failed cannot be written (a fatal producer state).
+            // The checkpoint then never completes and the next start uses the
+            // previous one.
+            Err((e, _)) => tracing::error!(error = %e, "a changelog record could not be written"),
+        }
+    }
+}
+
+/// Where each input partition stands: the next offset whose message the
+/// state has not learnt.
+pub(super) type Positions = HashMap<(Feed, i32), i64>;
+
+/// The writer: one checkpoint at a time.
+pub(super) struct Changelog {
+    producer: ThreadedProducer<ChangelogAcks>,
+    pending: Arc<AtomicI64>,
+    topic: String,
+    partitions: u32,
+    interval: Duration,
+    last: Instant,
+    next_id: u64,
+    open: Option<Open>,
+    changed: Vec<Changed>,
+    record: Vec<u8>,
+    key: Vec<u8>,
+}
+
+struct Open {
+    marker: Marker,
+    /// Positions the decisions must have reached before the marker goes.
+    waits_for: Vec<(u8, i32, i64)>,
+    started: Instant,
+    marker_sent: bool,
+    entities: usize,
+    bytes: usize,
+}
+
+impl Changelog {
+    /// A writer. Checkpoints are numbered by the wall clock at start (ms),
+    /// then one up each: numbers keep growing across restarts without being
+    /// read back (a refused restore cannot know the last one).
+    pub(super) fn new(opts: &PipelineOptions, interval: Duration) -> Result<Self, PipelineError> {
+        let next_id = u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(1);
+        let pending = Arc::new(AtomicI64::new(0));
+        let producer: ThreadedProducer<ChangelogAcks> = opts
+            .connection
+            .client_config(&[
+                ("enable.idempotence", "true"),
+                ("acks", "all"),
+                ("message.timeout.ms", "0"),
+                ("linger.ms", "5"),
+                ("compression.type", "lz4"),
+            ])
+            .create_with_context(ChangelogAcks { pending: pending.clone() })
+            .map_err(|source| PipelineError::Client {
+                role: "changelog producer",
+                brokers: opts.connection.brokers.clone(),
+                source,
+            })?;
+        let partitions = producer
+            .client()
+            .fetch_metadata(Some(&opts.topics.state), Duration::from_secs(10))
+            .ok()
+            .and_then(|md| md.topics().first().map(|t| t.partitions().len() as u32))
+            .filter(|&n| n > 0)
+            .unwrap_or(1);
+        Ok(Changelog {
+            producer,
+            pending,
+            topic: opts.topics.state.clone(),
+            partitions,
+            interval,
+            last: Instant::now(),
+            next_id,
+            open: None,
+            changed: Vec::new(),
+            record: Vec::new(),
+            key: Vec::new(),
+        })
+    }
+
+    /// Move the checkpoint on: finish the open one when its records and the
+    /// decisions it covers are acknowledged, or start the next when it is
+    /// due. Called by the scoring thread between messages.
+    pub(super) fn tick(&mut self, engine: &Engine, positions: &Positions, tracker: &OffsetTracker, metrics: &Metrics) {
+        if let Some(open) = &mut self.open {
+            if self.pending.load(Ordering::Relaxed) > 0 {
+                return;
+            }
+            if !open.marker_sent {
+                if !open.waits_for.iter().all(|&(t, p, pos)| tracker.finished_below(t, p, pos)) {
+                    return;
+                }
+                let value = serde_json::to_vec(&open.marker).expect("a marker serializes");
+                let id = open.marker.id.to_string();
+                send(&self.producer, &self.pending, &self.topic, MARKER_KEY, Some(&value), 0, &id);
+                open.marker_sent = true;
+                return;
+            }
+            metrics.state_checkpoints.with_label_values(&["written"]).inc();
+            tracing::debug!(
+                checkpoint = open.marker.id,
+                entities = open.entities,
+                bytes = open.bytes,
+                ms = open.started.elapsed().as_millis() as u64,
+                "state checkpoint complete"
+            );
+            self.open = None;
+            self.last = Instant::now();
+            return;
+        }
+        // Before any partition is assigned there is no position to cover.
+        if self.last.elapsed() < self.interval || positions.is_empty() {
+            return;
+        }
+        self.begin(engine, positions);
+    }
+
+    fn begin(&mut self, engine: &Engine, positions: &Positions) {
+        let id = self.next_id;
+        self.next_id += 1;
+        let header = id.to_string();
+        let mut changed = std::mem::take(&mut self.changed);
+        engine.state().take_changes(&mut changed);
+        let (mut entities, mut bytes) = (0, 0);
+        for (kind, key) in changed.drain(..) {
+            let value = engine.state().entity_record(kind, &key, &mut self.record).then(|| self.record.clone());
+            bytes += value.as_ref().map_or(0, Vec::len);
+            entities += 1;
+            let partition = crate::input::order::partition_for(key.as_bytes(), self.partitions);
+            self.key.clear();
+            self.key.push(kind_tag(kind));
+            self.key.extend_from_slice(key.as_bytes());
+            send(&self.producer, &self.pending, &self.topic, &self.key, value.as_deref(), partition, &header);
+        }
+        self.changed = changed;
+        let clocks = engine.expiry_clocks();
+        let mut covered: Vec<(String, i32, i64)> = Vec::new();
+        let mut waits_for = Vec::new();
+        for (&(feed, partition), &next) in positions {
+            let (topic, t) = match feed {
+                Feed::Transfers => ("transfers", TOPIC_TRANSFERS),
+                Feed::Context => ("context", TOPIC_CONTEXT),
+                Feed::Labels => continue,
+            };
+            covered.push((topic.to_owned(), partition, next));
+            waits_for.push((t, partition, next));
+        }
+        covered.sort();
+        let marker =
+            Marker { id, expiry_clock: clocks.expiry_clock, last_expiry: clocks.last_expiry, positions: covered };
+        self.open = Some(Open { marker, waits_for, started: Instant::now(), marker_sent: false, entities, bytes });
+    }
+
+    /// Wait (up to `timeout`) for the open checkpoint to complete, as at a
+    /// graceful stop after the last decisions are acknowledged.
+    pub(super) fn finish(
+        &mut self,
+        engine: &Engine,
+        positions: &Positions,
+        tracker: &OffsetTracker,
+        metrics: &Metrics,
+        timeout: Duration,
+    ) {
+        let deadline = Instant::now() + timeout;
+        if self.open.is_none() {
+            self.begin(engine, positions);
+        }
+        while self.open.is_some() && Instant::now() < deadline {
+            let _ = self.producer.flush(Duration::from_millis(100));
+            self.tick(engine, positions, tracker, metrics);
+        }
+        if self.open.is_some() {
+            tracing::warn!("the last state checkpoint did not complete; the next start replays from the one before");
+        }
+    }
+}
+
+/// Hand one changelog record to the producer (counted in `pending` until
+/// acknowledged), waiting while its queue is full.
+fn send(
+    producer: &ThreadedProducer<ChangelogAcks>,
+    pending: &AtomicI64,
+    topic: &str,
+    key: &[u8],
+    value: Option<&[u8]>,
+    partition: i32,
+    checkpoint: &str,
+) {
+    pending.fetch_add(1, Ordering::Relaxed);
+    let headers = OwnedHeaders::new().insert(Header { key: HEADER_CHECKPOINT, value: Some(checkpoint) });
+    let mut record: BaseRecord<'_, [u8], [u8], ()> =
+        BaseRecord::to(topic).key(key).partition(partition).headers(headers);
+    if let Some(v) = value {
+        record = record.payload(v);
+    }
+    loop {
+        match producer.send(record) {
+            Ok(()) => return,
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                record = back;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err((e, _)) => {
+                // Not written: the checkpoint never completes, the next
+                // start uses the previous one.
+                pending.fetch_sub(1, Ordering::Relaxed);
+                tracing::error!(error = %e, %topic, "cannot write to the state changelog");
+                return;
+            }
+        }
+    }
+}
+
+fn kind_tag(kind: EntityKind) -> u8 {
+    match kind {
+        EntityKind::Account => b'a',
+        EntityKind::Payee => b'p',
+        EntityKind::Device => b'd',
+    }
+}
+
+/// What a restore found.
+#[derive(Debug, Default)]
+pub(super) struct Restored {
+    /// The checkpoint restored; `None`: no complete checkpoint (empty state).
+    pub(super) marker: Option<Marker>,
+    pub(super) entities: u64,
+    pub(super) bytes: u64,
+}
+
+/// Read the changelog to its end into the engine's state: per entity, the
+/// latest record of the latest complete checkpoint. All or nothing: a record
+/// that does not read leaves the state empty, with the reason logged.
+pub(super) fn restore(opts: &PipelineOptions, engine: &Engine, stop: &StopFlag) -> Result<Restored, String> {
+    let consumer: BaseConsumer<Quiet> = opts
+        .connection
+        .client_config(&[
+            ("group.id", &format!("{}-state-restore", opts.group_id)),
+            ("enable.auto.commit", "false"),
+            ("auto.offset.reset", "earliest"),
+        ])
+        .create_with_context(Quiet("state restore"))
+        .map_err(|e| format!("cannot create the restore consumer: {e}"))?;
+    // Per entity, its latest record and the one before (if the latest
+    // belongs to a checkpoint that never completed, the one before holds).
+    type Version = (u64, Option<Vec<u8>>);
+    let mut versions: HashMap<Vec<u8>, (Version, Option<Version>)> = HashMap::new();
+    let mut marker: Option<Marker> = None;
+    let mut bytes = 0u64;
+    let mut bad: Option<String> = None;
+    let complete = read_to_end(
+        &consumer,
+        &opts.topics.state,
+        |low, _| low,
+        stop,
+        READ_BACK_LIMIT,
+        |m| {
+            bytes += m.payload().map_or(0, |p| p.len() as u64);
+            let key = m.key().unwrap_or_default();
+            if key == MARKER_KEY {
+                match m.payload().map(serde_json::from_slice::<Marker>) {
+                    Some(Ok(found)) => {
+                        if marker.as_ref().map_or(true, |old| found.id > old.id) {
+                            marker = Some(found);
+                        }
+                    }
+                    _ => {
+                        bad.get_or_insert_with(|| {
+                            format!("partition {} offset {}: a bad marker", m.partition(), m.offset())
+                        });
+                    }
+                }
+                return;
+            }
+            let Some(id) = header(m, HEADER_CHECKPOINT).and_then(|h| h.parse::<u64>().ok()) else {
+                bad.get_or_insert_with(|| {
+                    format!("partition {} offset {}: no checkpoint header", m.partition(), m.offset())
+                });
+                return;
+            };
+            let version = (id, m.payload().map(<[u8]>::to_vec));
+            match versions.get_mut(key) {
+                Some((latest, before)) => *before = Some(std::mem::replace(latest, version)),
+                None => {
+                    versions.insert(key.to_vec(), (version, None));
+                }
+            }
+        },
+    );
+    if !complete {
+        return Err(format!("could not read topic {} to its end", opts.topics.state));
+    }
+    if let Some(why) = bad {
+        return Err(why);
+    }
+    let Some(marker) = marker else { return Ok(Restored::default()) };
+    let state = engine.state();
+    let mut entities = 0;
+    for (key, (latest, before)) in versions {
+        let chosen = if latest.0 <= marker.id { Some(latest) } else { before.filter(|b| b.0 <= marker.id) };
+        let Some((_, Some(record))) = chosen else { continue };
+        let (kind, found) = state.apply_record(&record).map_err(|e| format!("an entity record: {e}"))?;
+        if key.first() != Some(&kind_tag(kind)) || key[1..] != *found.as_bytes() {
+            return Err("an entity record under another entity's key".into());
+        }
+        entities += 1;
+    }
+    engine.set_expiry_clocks(ExpiryClocks { expiry_clock: marker.expiry_clock, last_expiry: marker.last_expiry });
+    Ok(Restored { marker: Some(marker), entities, bytes })
+}
+
+/// The positions a marker covers, by feed and partition.
+pub(super) fn positions_of(marker: &Marker) -> Positions {
+    marker
+        .positions
+        .iter()
+        .map(|(topic, p, o)| (if topic == "transfers" { Feed::Transfers } else { Feed::Context }, *p, *o))
+        .map(|(f, p, o)| ((f, p), o))
+        .collect()
+}
