@@ -95,6 +95,11 @@ impl Health {
         self.broker_up.store(up, Ordering::Relaxed);
     }
 
+    /// Whether the brokers answered the last health check.
+    pub fn is_broker_up(&self) -> bool {
+        self.broker_up.load(Ordering::Relaxed)
+    }
+
     /// Whether this instance holds partitions of the transfers topic.
     pub fn set_assigned(&self, yes: bool) {
         self.assigned.store(yes, Ordering::Relaxed);

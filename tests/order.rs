@@ -33,11 +33,6 @@ fn decide(events: impl IntoIterator<Item = Event>) -> Vec<(String, serde_json::V
         .collect()
 }
 
-/// What a decision says, without when it was made.
-fn verdict(j: &serde_json::Value) -> serde_json::Value {
-    serde_json::json!([j["decision"], j["verification"], j["score"], j["reasons"]])
-}
-
 fn live_equals_replay(partitions: i32) {
     let topics = Topics::default();
     let broker = EmbeddedBroker::start(&topics, partitions).unwrap();

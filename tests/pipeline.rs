@@ -337,12 +337,6 @@ fn two_instances_share_accounts_and_hand_over_cleanly() {
     }
 }
 
-/// What a decision says, without when it was made: verdict, verification,
-/// score and reasons.
-fn verdict(j: &serde_json::Value) -> serde_json::Value {
-    serde_json::json!([j["decision"], j["verification"], j["score"], j["reasons"]])
-}
-
 #[test]
 fn a_graceful_restart_with_a_state_dir_keeps_the_state() {
     use fds::engine::Engine;

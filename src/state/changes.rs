@@ -16,8 +16,10 @@ use std::sync::Mutex;
 
 use compact_str::CompactString;
 
-use super::snapshot::{self, Cursor, KIND_ACCOUNT, KIND_CLOCKS, KIND_DEVICE, KIND_PAYEE};
-use super::{EntityKind, ExpiryClocks, SnapshotError, State};
+use super::snapshot::{self, Cursor, KIND_ACCOUNT, KIND_DEVICE, KIND_PAYEE};
+#[cfg(test)]
+use super::ExpiryClocks;
+use super::{EntityKind, SnapshotError, State};
 
 /// An entity that changed: its kind and key.
 pub type Changed = (EntityKind, CompactString);
@@ -50,6 +52,14 @@ impl State {
     /// The entities changed since the last call, each once, into `out`.
     pub fn take_changes(&self, out: &mut Vec<Changed>) {
         out.extend(self.changes.lock().drain());
+    }
+
+    /// Every entity's kind and key, into `out` (a changelog writing the
+    /// whole state again).
+    pub fn all_entities(&self, out: &mut Vec<Changed>) {
+        out.extend(self.accounts.iter().map(|e| (EntityKind::Account, e.key().clone())));
+        out.extend(self.payees.iter().map(|e| (EntityKind::Payee, e.key().clone())));
+        out.extend(self.devices.iter().map(|e| (EntityKind::Device, e.key().clone())));
     }
 
     /// Write the entity as one checked record (kind, length, key and
@@ -128,31 +138,6 @@ impl State {
     }
 }
 
-impl ExpiryClocks {
-    /// The clocks as one checked record.
-    pub fn to_record(self) -> Vec<u8> {
-        let clocks = self;
-        let mut payload = Vec::with_capacity(20);
-        snapshot::put_i64(&mut payload, clocks.expiry_clock);
-        snapshot::put_i64(&mut payload, clocks.last_expiry);
-        let mut out = Vec::with_capacity(32);
-        snapshot::write_record(&mut out, KIND_CLOCKS, &payload).expect("writing to memory cannot fail");
-        out
-    }
-
-    /// Read a record written by [`ExpiryClocks::to_record`].
-    pub fn from_record(record: &[u8]) -> Result<ExpiryClocks, SnapshotError> {
-        let mut payload = Vec::new();
-        let kind = snapshot::read_record(&mut snapshot::Offset::new(record), &mut payload)?;
-        let malformed = |reason: String| SnapshotError::Malformed { offset: 0, reason };
-        if kind != KIND_CLOCKS {
-            return Err(malformed(format!("record kind {kind} is not the clocks")));
-        }
-        let mut r = Cursor::new(&payload);
-        Ok(ExpiryClocks { expiry_clock: r.i64().map_err(malformed)?, last_expiry: r.i64().map_err(malformed)? })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,9 +186,6 @@ mod tests {
         let last = bad.len() - 1;
         bad[last] ^= 1;
         assert!(matches!(b.apply_record(&bad), Err(SnapshotError::Checksum { .. })));
-
-        let clocks = ExpiryClocks { expiry_clock: 5, last_expiry: -3 };
-        assert_eq!(ExpiryClocks::from_record(&clocks.to_record()).unwrap(), clocks);
     }
 
     impl State {

@@ -81,9 +81,10 @@ pub(super) struct Marker {
 }
 
 /// The changelog producer's acknowledgements: how many records are still
-/// unacknowledged.
+/// unacknowledged, and whether one failed.
 pub(super) struct ChangelogAcks {
     pending: Arc<AtomicI64>,
+    failed: Arc<AtomicBool>,
 }
 
 impl ClientContext for ChangelogAcks {
@@ -100,15 +101,17 @@ impl ProducerContext for ChangelogAcks {
 
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
         match result {
-            Ok(_) => {
-                self.pending.fetch_sub(1, Ordering::Relaxed);
+            Ok(_) => {}
+            // The producer retries for ever (`message.timeout.ms=0`) what can
+            // be retried; what comes back failed was refused by the broker.
+            // Its checkpoint is abandoned (no marker: a restart uses the one
+            // before) and the next one writes every entity.
+            Err((e, _)) => {
+                self.failed.store(true, Ordering::Relaxed);
+                tracing::warn!(error = %e, "a changelog record was refused; the next checkpoint writes the whole state");
             }
-            // The producer retries for ever (`message.timeout.ms=0`); what
-            // comes back failed cannot be written (a fatal producer state).
-            // The checkpoint then never completes and the next start uses the
-            // previous one.
-            Err((e, _)) => tracing::error!(error = %e, "a changelog record could not be written"),
         }
+        self.pending.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -120,6 +123,9 @@ pub(super) type Positions = HashMap<(Feed, i32), i64>;
 pub(super) struct Changelog {
     producer: ThreadedProducer<ChangelogAcks>,
     pending: Arc<AtomicI64>,
+    failed: Arc<AtomicBool>,
+    /// The next checkpoint writes every entity, not only the changed ones.
+    whole: bool,
     topic: String,
     partitions: u32,
     interval: Duration,
@@ -148,6 +154,7 @@ impl Changelog {
     pub(super) fn new(opts: &PipelineOptions, interval: Duration) -> Result<Self, PipelineError> {
         let next_id = u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(1);
         let pending = Arc::new(AtomicI64::new(0));
+        let failed = Arc::new(AtomicBool::new(false));
         let producer: ThreadedProducer<ChangelogAcks> = opts
             .connection
             .client_config(&[
@@ -157,7 +164,7 @@ impl Changelog {
                 ("linger.ms", "5"),
                 ("compression.type", "lz4"),
             ])
-            .create_with_context(ChangelogAcks { pending: pending.clone() })
+            .create_with_context(ChangelogAcks { pending: pending.clone(), failed: failed.clone() })
             .map_err(|source| PipelineError::Client {
                 role: "changelog producer",
                 brokers: opts.connection.brokers.clone(),
@@ -173,6 +180,8 @@ impl Changelog {
         Ok(Changelog {
             producer,
             pending,
+            failed,
+            whole: false,
             topic: opts.topics.state.clone(),
             partitions,
             interval,
@@ -193,13 +202,22 @@ impl Changelog {
             if self.pending.load(Ordering::Relaxed) > 0 {
                 return;
             }
+            if self.failed.swap(false, Ordering::Relaxed) {
+                metrics.state_checkpoints.with_label_values(&["failed"]).inc();
+                self.open = None;
+                self.whole = true;
+                self.last = Instant::now();
+                return;
+            }
             if !open.marker_sent {
                 if !open.waits_for.iter().all(|&(t, p, pos)| tracker.finished_below(t, p, pos)) {
                     return;
                 }
                 let value = serde_json::to_vec(&open.marker).expect("a marker serializes");
                 let id = open.marker.id.to_string();
-                send(&self.producer, &self.pending, &self.topic, MARKER_KEY, Some(&value), 0, &id);
+                if !send(&self.producer, &self.pending, &self.topic, MARKER_KEY, Some(&value), 0, &id) {
+                    self.failed.store(true, Ordering::Relaxed);
+                }
                 open.marker_sent = true;
                 return;
             }
@@ -228,6 +246,12 @@ impl Changelog {
         let header = id.to_string();
         let mut changed = std::mem::take(&mut self.changed);
         engine.state().take_changes(&mut changed);
+        if std::mem::take(&mut self.whole) {
+            // After a refused record: every entity, so none is left at an
+            // older version than the state holds.
+            changed.clear();
+            engine.state().all_entities(&mut changed);
+        }
         let (mut entities, mut bytes) = (0, 0);
         for (kind, key) in changed.drain(..) {
             let value = engine.state().entity_record(kind, &key, &mut self.record).then(|| self.record.clone());
@@ -237,7 +261,9 @@ impl Changelog {
             self.key.clear();
             self.key.push(kind_tag(kind));
             self.key.extend_from_slice(key.as_bytes());
-            send(&self.producer, &self.pending, &self.topic, &self.key, value.as_deref(), partition, &header);
+            if !send(&self.producer, &self.pending, &self.topic, &self.key, value.as_deref(), partition, &header) {
+                self.failed.store(true, Ordering::Relaxed);
+            }
         }
         self.changed = changed;
         let clocks = engine.expiry_clocks();
@@ -283,7 +309,8 @@ impl Changelog {
 }
 
 /// Hand one changelog record to the producer (counted in `pending` until
-/// acknowledged), waiting while its queue is full.
+/// acknowledged), waiting while its queue is full. `false`: the producer
+/// refused it.
 fn send(
     producer: &ThreadedProducer<ChangelogAcks>,
     pending: &AtomicI64,
@@ -292,7 +319,7 @@ fn send(
     value: Option<&[u8]>,
     partition: i32,
     checkpoint: &str,
-) {
+) -> bool {
     pending.fetch_add(1, Ordering::Relaxed);
     let headers = OwnedHeaders::new().insert(Header { key: HEADER_CHECKPOINT, value: Some(checkpoint) });
     let mut record: BaseRecord<'_, [u8], [u8], ()> =
@@ -302,7 +329,7 @@ fn send(
     }
     loop {
         match producer.send(record) {
-            Ok(()) => return,
+            Ok(()) => return true,
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                 record = back;
                 std::thread::sleep(Duration::from_millis(1));
@@ -312,7 +339,7 @@ fn send(
                 // start uses the previous one.
                 pending.fetch_sub(1, Ordering::Relaxed);
                 tracing::error!(error = %e, %topic, "cannot write to the state changelog");
-                return;
+                return false;
             }
         }
     }

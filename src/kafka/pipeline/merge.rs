@@ -13,9 +13,10 @@ use super::*;
 
 /// How long the merge may wait for an input partition that should have more
 /// to deliver before going on without it (see [`Merge::give_up_waiting`]).
-/// Long enough for a fetch round trip under load; short enough that a sick
-/// partition costs the others one pause, not an outage.
-pub(super) const MERGE_WAIT: Duration = Duration::from_millis(500);
+/// Long enough for the first fetches of a backlog (tansu took more than
+/// 500 ms to start delivering some of eight partitions); short enough that a
+/// sick partition costs the others one pause, not an outage.
+pub(super) const MERGE_WAIT: Duration = Duration::from_secs(5);
 
 /// Messages the merge may hold while waiting for one partition before it goes
 /// on without it: bounds memory when one partition lags far behind the rest.
@@ -66,7 +67,11 @@ impl<'c> InputMerge<'c> {
     /// partition that keeps the others waiting too long (its leader
     /// unreachable), or while too much piles up, is given up on until it
     /// delivers again.
-    pub(super) fn drain(&mut self, scorer: &mut ScoringThread<'_>) {
+    ///
+    /// While the brokers are unreachable nothing is given up on: waiting for
+    /// them is all there is to do, and going on out of order would gain
+    /// nothing (the wait starts again when they answer).
+    pub(super) fn drain(&mut self, scorer: &mut ScoringThread<'_>, broker_up: bool) {
         loop {
             while let Some((feed, (msg, event))) = self.merge.pop() {
                 match feed {
@@ -75,6 +80,10 @@ impl<'c> InputMerge<'c> {
                 }
             }
             if self.merge.is_empty() {
+                self.blocked_since = None;
+                return;
+            }
+            if !broker_up {
                 self.blocked_since = None;
                 return;
             }

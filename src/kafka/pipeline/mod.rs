@@ -86,7 +86,8 @@
 //!   events, and a fraud report is in the state before any transfer dated
 //!   after it. Caught-up partitions hold nobody back, so live traffic does
 //!   not wait for quiet ones; a partition behind its end that delivers nothing
-//!   for 500 ms is given up on until it does (`fds_merge_gave_up_total`).
+//!   for 5 s while the brokers answer is given up on until it does
+//!   (`fds_merge_gave_up_total`).
 //! - **Late transfers.** A transfer consumed after its `deadline-ms` header is
 //!   still scored (the state must see it) and its decision says `"late": true`.
 
@@ -435,11 +436,13 @@ pub fn run(
             ordered.merge.push(feed, msg.partition(), msg.offset(), time, (msg, event));
         }
         ordered.refresh_ends(consumer.client(), labels.client());
-        // Until the group has settled which partitions are ours, the reports
+        // Until the group has given this instance partitions, the reports
         // wait too: they would otherwise go ahead of a backlog of transfers
-        // dated before them.
-        if consumer.context().assigned.load(Ordering::Relaxed) != NOT_ASSIGNED {
-            ordered.drain(&mut scorer);
+        // dated before them (tansu can hand out an empty assignment first).
+        // An instance left without partitions keeps at most a bounded pile.
+        let assigned = consumer.context().assigned.load(Ordering::Relaxed);
+        if (assigned != NOT_ASSIGNED && assigned > 0) || ordered.merge.len() >= MERGE_MAX_BUFFERED {
+            ordered.drain(&mut scorer, health.is_broker_up());
         }
         if let Some(c) = &mut changelog {
             c.tick(&engine, &scorer.positions, &consumer.context().book().tracker, &metrics);
