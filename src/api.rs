@@ -350,6 +350,10 @@ mod tests {
         assert_eq!((status, body.as_str()), (503, "loading recent decisions\n"));
 
         health.set_caught_up(true);
+        health.set_restoring(true);
+        let (status, _, body) = get(addr, "/readyz");
+        assert_eq!((status, body.as_str()), (503, "restoring state\n"));
+        health.set_restoring(false);
         assert!(health.is_ready());
         assert_eq!(get(addr, "/readyz"), (200, "text/plain; charset=utf-8".into(), "ready\n".into()));
         let (_, _, body) = get(addr, "/metrics");

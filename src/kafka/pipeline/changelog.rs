@@ -431,8 +431,7 @@ pub(super) fn restore(opts: &PipelineOptions, engine: &Engine, stop: &StopFlag) 
     let state = engine.state();
     let mut entities = 0;
     for (key, (latest, before)) in versions {
-        let chosen = if latest.0 <= marker.id { Some(latest) } else { before.filter(|b| b.0 <= marker.id) };
-        let Some((_, Some(record))) = chosen else { continue };
+        let Some((_, Some(record))) = as_of(latest, before, marker.id) else { continue };
         let (kind, found) = state.apply_record(&record).map_err(|e| format!("an entity record: {e}"))?;
         if key.first() != Some(&kind_tag(kind)) || key[1..] != *found.as_bytes() {
             return Err("an entity record under another entity's key".into());
@@ -443,6 +442,20 @@ pub(super) fn restore(opts: &PipelineOptions, engine: &Engine, stop: &StopFlag) 
     Ok(Restored { marker: Some(marker), entities, bytes })
 }
 
+/// An entity's record as of complete checkpoint `checkpoint`, from its
+/// latest record and the one before: the latest unless it belongs to a later
+/// checkpoint (one cut short by a crash), then the one before if it is old
+/// enough; `None` when the entity did not exist then. At most one checkpoint
+/// is ever incomplete (the next starts only after its marker), so two
+/// versions are enough.
+fn as_of<T>(latest: (u64, T), before: Option<(u64, T)>, checkpoint: u64) -> Option<(u64, T)> {
+    if latest.0 <= checkpoint {
+        Some(latest)
+    } else {
+        before.filter(|b| b.0 <= checkpoint)
+    }
+}
+
 /// The positions a marker covers, by feed and partition.
 pub(super) fn positions_of(marker: &Marker) -> Positions {
     marker
@@ -451,4 +464,35 @@ pub(super) fn positions_of(marker: &Marker) -> Positions {
         .map(|(topic, p, o)| (if topic == "transfers" { Feed::Transfers } else { Feed::Context }, *p, *o))
         .map(|(f, p, o)| ((f, p), o))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_entity_is_taken_as_of_the_last_complete_checkpoint() {
+        // Written in checkpoint 7, then in 9, which never completed: 7 holds.
+        assert_eq!(as_of((9, "new"), Some((7, "old")), 8), Some((7, "old")));
+        assert_eq!(as_of((9, "new"), Some((7, "old")), 9), Some((9, "new")));
+        // First written in the incomplete checkpoint: it did not exist yet.
+        assert_eq!(as_of((9, "new"), None, 8), None);
+        assert_eq!(as_of((9, "new"), Some((9, "same")), 8), None);
+        assert_eq!(as_of((3, "only"), None, 8), Some((3, "only")));
+    }
+
+    #[test]
+    fn a_marker_reads_back_its_positions() {
+        let m = Marker {
+            id: 5,
+            expiry_clock: 1,
+            last_expiry: 0,
+            positions: vec![("context".into(), 0, 12), ("transfers".into(), 3, 40)],
+        };
+        let back: Marker = serde_json::from_slice(&serde_json::to_vec(&m).unwrap()).unwrap();
+        let p = positions_of(&back);
+        assert_eq!(p.get(&(Feed::Transfers, 3)), Some(&40));
+        assert_eq!(p.get(&(Feed::Context, 0)), Some(&12));
+        assert_eq!(p.len(), 2);
+    }
 }
