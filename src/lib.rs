@@ -17,7 +17,8 @@
 //!   [`event::build`] makes valid events for tests, benches, examples and
 //!   clients, so a wire-format change is made in one place.
 //! - [`state`]: per-account, per-payee and per-device memory in concurrent maps,
-//!   windowed by *event time*, bounded by caps and TTLs.
+//!   windowed by *event time*, bounded by caps and TTLs; durable as checked
+//!   records, whole (snapshots) or the entities changed (changelogs).
 //! - [`features`]: the one pure function from a transfer and the state before it
 //!   to a fixed, named feature vector. Rules, models, training and replay all
 //!   call it, so there is no train/serve skew. Each feature is declared once,
@@ -34,10 +35,15 @@
 //!   decision; a consumed offset is stored only after its decision is
 //!   acknowledged by the broker, and a re-delivered transfer gets the decision
 //!   already given. Bad messages go to a dead-letter topic with the reason.
+//!   Inputs are merged by event time ([`input::order`]), so live decides as
+//!   replay does; the state is checkpointed to a compacted changelog topic and
+//!   restored from it, so a restart, even `kill -9`, decides as if it had
+//!   never stopped.
 //! - [`input`]: recorded streams from files (JSON lines, plain or gzip, and
 //!   the handbook's card data set, [`input::handbook`]), with every bad line
 //!   named by file, line and reason; replay, load, training and evaluation
-//!   all read through it.
+//!   all read through it. [`input::order`] is the one order events are
+//!   handled in, live and in replay.
 //! - [`replay`]: runs recorded streams through the engine and reports throughput,
 //!   latency percentiles and, for labelled data, detection quality per typology.
 //! - [`generate`]: a deterministic generator of labelled Korean transfer traffic
