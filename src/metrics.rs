@@ -96,6 +96,10 @@ pub struct Metrics {
     /// stop, `result` = `written`, `skipped` (not every partition held) or
     /// `failed`.
     pub state_checkpoints: IntCounterVec,
+    /// `fds_state_checkpoint_pause_seconds`: the longest the scoring thread
+    /// spent at once on the last changelog checkpoint (it is written a few
+    /// entities per turn, so this stays well under a millisecond).
+    pub state_checkpoint_pause_seconds: Gauge,
     /// `fds_state_restores_total{result}`: start-ups, `result` = `restored`,
     /// `empty` (no checkpoint), `stale` (the input moved past it) or `refused`
     /// (unreadable or corrupt).
@@ -265,6 +269,13 @@ impl Metrics {
                     &["result"],
                 ),
             ),
+            state_checkpoint_pause_seconds: register(
+                r,
+                Gauge::new(
+                    "fds_state_checkpoint_pause_seconds",
+                    "The longest the scoring thread spent at once on the last state checkpoint.",
+                ),
+            ),
             state_restores: register(
                 r,
                 IntCounterVec::new(
@@ -378,7 +389,7 @@ mod tests {
     use super::*;
     use crate::state::StateConfig;
 
-    const ALL_NAMES: [&str; 25] = [
+    const ALL_NAMES: [&str; 26] = [
         "fds_events_consumed_total",
         "fds_decisions_total",
         "fds_decisions_late_total",
@@ -395,6 +406,7 @@ mod tests {
         "fds_state_bytes",
         "fds_merge_gave_up_total",
         "fds_state_checkpoints_total",
+        "fds_state_checkpoint_pause_seconds",
         "fds_state_restores_total",
         "fds_state_restore_seconds",
         "fds_state_restore_bytes",

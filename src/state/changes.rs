@@ -24,22 +24,48 @@ use super::{EntityKind, SnapshotError, State};
 /// An entity that changed: its kind and key.
 pub type Changed = (EntityKind, CompactString);
 
+/// One entity's record for a changelog: `None` when the entity is gone.
+pub type EntityRecord = (Changed, Option<Vec<u8>>);
+
 #[derive(Default)]
 pub(super) struct Tracker {
     on: AtomicBool,
-    set: Mutex<HashSet<Changed>>,
+    /// A checkpoint is being written: `pending` is not empty.
+    open: AtomicBool,
+    sets: Mutex<Sets>,
+}
+
+#[derive(Default)]
+struct Sets {
+    /// Changed since the last checkpoint began.
+    dirty: HashSet<Changed>,
+    /// The open checkpoint's entities not yet encoded.
+    pending: HashSet<Changed>,
+    /// The open checkpoint's entities encoded on first touch, before the
+    /// change that touched them.
+    written: Vec<EntityRecord>,
 }
 
 impl Tracker {
-    #[inline]
-    pub(super) fn touch(&self, kind: EntityKind, key: &str) {
+    /// Only record the change (the expiry sweep, which runs with no
+    /// checkpoint open; see [`State::expire`]).
+    pub(super) fn touch_dirty(&self, kind: EntityKind, key: &str) {
         if self.on.load(Ordering::Relaxed) {
-            self.lock().insert((kind, CompactString::from(key)));
+            self.lock().dirty.insert((kind, CompactString::from(key)));
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<Changed>> {
-        self.set.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    pub(super) fn is_open(&self) -> bool {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// Put encoded records back to be handed over by the next step.
+    pub(super) fn park(&self, records: Vec<EntityRecord>) {
+        self.lock().written.extend(records);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Sets> {
+        self.sets.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -49,9 +75,70 @@ impl State {
         self.changes.on.store(true, Ordering::Relaxed);
     }
 
-    /// The entities changed since the last call, each once, into `out`.
-    pub fn take_changes(&self, out: &mut Vec<Changed>) {
-        out.extend(self.changes.lock().drain());
+    /// An entity is about to change. While a checkpoint is being written and
+    /// the entity is still to be written, it is encoded first, as it was at
+    /// the checkpoint: so the checkpoint is written a little at a time while
+    /// scoring goes on (no pause), yet holds every entity as of one moment.
+    #[inline]
+    pub(super) fn touch(&self, kind: EntityKind, key: &str) {
+        if !self.changes.on.load(Ordering::Relaxed) {
+            return;
+        }
+        let changed = (kind, CompactString::from(key));
+        let first = {
+            let mut sets = self.changes.lock();
+            let first = self.changes.is_open() && sets.pending.remove(&changed);
+            sets.dirty.insert(changed.clone());
+            first
+        };
+        if first {
+            let record = self.encode(&changed);
+            self.changes.lock().written.push((changed, record));
+        }
+    }
+
+    /// Begin a checkpoint of the entities changed since the last one began
+    /// (of every entity when `whole`). Returns how many it holds. Call it
+    /// between events; the checkpoint is the state at that moment.
+    pub fn begin_checkpoint(&self, whole: bool) -> usize {
+        let mut all = Vec::new();
+        if whole {
+            self.all_entities(&mut all);
+        }
+        let mut sets = self.changes.lock();
+        let dirty = std::mem::take(&mut sets.dirty);
+        sets.pending.extend(dirty);
+        sets.pending.extend(all);
+        let n = sets.pending.len() + sets.written.len();
+        self.changes.open.store(n > 0, Ordering::Relaxed);
+        n
+    }
+
+    /// Hand over the open checkpoint's records: those encoded on first
+    /// touch, then up to `max` more. Returns whether it is all handed over.
+    pub fn checkpoint_step(&self, max: usize, out: &mut Vec<EntityRecord>) -> bool {
+        let (next, done) = {
+            let mut sets = self.changes.lock();
+            out.append(&mut sets.written);
+            let next: Vec<Changed> = sets.pending.iter().take(max).cloned().collect();
+            for c in &next {
+                sets.pending.remove(c);
+            }
+            (next, sets.pending.is_empty())
+        };
+        for changed in next {
+            let record = self.encode(&changed);
+            out.push((changed, record));
+        }
+        if done {
+            self.changes.open.store(false, Ordering::Relaxed);
+        }
+        done && self.changes.lock().written.is_empty()
+    }
+
+    fn encode(&self, (kind, key): &Changed) -> Option<Vec<u8>> {
+        let mut record = Vec::new();
+        self.entity_record(*kind, key, &mut record).then_some(record)
     }
 
     /// Every entity's kind and key, into `out` (a changelog writing the
@@ -190,9 +277,47 @@ mod tests {
 
     impl State {
         fn take_changes_vec(&self) -> Vec<Changed> {
+            self.begin_checkpoint(false);
             let mut v = Vec::new();
-            self.take_changes(&mut v);
-            v
+            assert!(self.checkpoint_step(usize::MAX, &mut v));
+            v.into_iter().map(|(c, _)| c).collect()
         }
+    }
+
+    /// A checkpoint is written a little at a time while events go on, yet
+    /// holds every entity as it was when it began.
+    #[test]
+    fn a_checkpoint_written_in_steps_holds_the_state_of_its_start() {
+        let a = State::new(StateConfig::default());
+        a.track_changes();
+        let transfer = |id: &str, account: &str, at: &str| {
+            build::transfer(id).account(account).payee("088", "1234").device("D1").at(at).amount(50_000).transfer()
+        };
+        for (i, account) in ["A1", "A2", "A3"].iter().enumerate() {
+            let t = transfer(&format!("T{i}"), account, "20261102101010");
+            let seen = a.observe_transfer(&t, &t.payee_key());
+            a.settle_transfer(&t, &seen, false);
+        }
+        let mut everything = Vec::new();
+        a.all_entities(&mut everything);
+        let at_start: std::collections::HashMap<Changed, Option<Vec<u8>>> =
+            everything.iter().map(|c| (c.clone(), a.encode(c))).collect();
+        assert_eq!(a.begin_checkpoint(false), 5);
+
+        let mut records = Vec::new();
+        assert!(!a.checkpoint_step(1, &mut records), "one at a time: more to come");
+        // Events go on between steps: the entities they touch are taken first.
+        let t = transfer("T9", "A2", "20261102101500");
+        let seen = a.observe_transfer(&t, &t.payee_key());
+        a.settle_transfer(&t, &seen, false);
+        while !a.checkpoint_step(1, &mut records) {}
+        assert_eq!(records.len(), 5);
+
+        let written: std::collections::HashMap<Changed, Option<Vec<u8>>> = records.into_iter().collect();
+        assert_eq!(written, at_start, "the checkpoint is the state when it began");
+        let (a2, _) = (Changed::from((EntityKind::Account, "A2".into())), ());
+        assert_ne!(a.encode(&a2), at_start[&a2], "A2 did change meanwhile");
+        // And what changed meanwhile is the next checkpoint's.
+        assert_eq!(a.begin_checkpoint(false), 3, "A2, its payee and its device");
     }
 }

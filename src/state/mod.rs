@@ -46,7 +46,7 @@
 mod changes;
 mod snapshot;
 
-pub use changes::Changed;
+pub use changes::{Changed, EntityRecord};
 pub use snapshot::{ExpiryClocks, SnapshotError, SnapshotStats, FORMAT_VERSION, MAGIC};
 
 use std::mem::size_of;
@@ -919,14 +919,14 @@ impl State {
         let device_h = t.device_id.as_deref().map(key_hash);
 
         let account = {
-            self.changes.touch(EntityKind::Account, &t.fintech_use_num);
+            self.touch(EntityKind::Account, &t.fintech_use_num);
             let mut a = entry(&self.accounts, &t.fintech_use_num, || AccountState::new(now));
             let view = a.view(now, payee_h, device_h);
             a.count_attempt(now, amount);
             view
         };
         let payee = {
-            self.changes.touch(EntityKind::Payee, payee_key);
+            self.touch(EntityKind::Payee, payee_key);
             let mut p = entry(&self.payees, payee_key, || PayeeState::new(now));
             let view = p.view(now);
             p.last_seen = p.last_seen.max(now.millis());
@@ -936,7 +936,7 @@ impl State {
             view
         };
         let device = t.device_id.as_deref().map(|d| {
-            self.changes.touch(EntityKind::Device, d);
+            self.touch(EntityKind::Device, d);
             let mut dev = entry(&self.devices, d, || DeviceState::new(now));
             let view = dev.view(now);
             dev.last_seen = dev.last_seen.max(now.millis());
@@ -981,7 +981,7 @@ impl State {
     /// with what that returned.
     pub fn settle_transfer(&self, t: &Transfer, seen: &Observed, held: bool) {
         let now = t.tran_dtime;
-        self.changes.touch(EntityKind::Account, &t.fintech_use_num);
+        self.touch(EntityKind::Account, &t.fintech_use_num);
         let mut a = entry(&self.accounts, &t.fintech_use_num, || AccountState::new(now));
         a.settle(now, t.tran_amt.get(), seen.payee_hash, seen.device_hash, held, &self.cfg);
     }
@@ -1047,7 +1047,7 @@ impl State {
     }
 
     fn with_account(&self, account: &str, now: EventTime, f: impl FnOnce(&mut AccountState, &StateConfig)) {
-        self.changes.touch(EntityKind::Account, account);
+        self.touch(EntityKind::Account, account);
         let mut a = entry(&self.accounts, account, || AccountState::new(now));
         a.last_seen = a.last_seen.max(now.millis());
         f(&mut a, &self.cfg);
@@ -1058,7 +1058,7 @@ impl State {
     fn apply_label(&self, l: &Label) {
         let now = l.report_dtime;
         let key = l.payee_key();
-        self.changes.touch(EntityKind::Payee, &key);
+        self.touch(EntityKind::Payee, &key);
         let mut p = entry(&self.payees, &key, || PayeeState::new(now));
         p.last_seen = p.last_seen.max(now.millis());
         p.apply_report(key_hash(&l.bank_tran_id), now, l.status == LabelStatus::Fraud);
@@ -1077,10 +1077,17 @@ impl State {
             k
         };
         let n = now.millis();
+        // A checkpoint being written gets its entities first, as they were
+        // (a sweep is rare, and already a pause of its own).
+        if self.changes.is_open() {
+            let mut done = Vec::new();
+            self.checkpoint_step(usize::MAX, &mut done);
+            self.changes.park(done);
+        }
         let changes = &self.changes;
         let gone = |kind: EntityKind, key: &CompactString, kept: bool| {
             if !kept {
-                changes.touch(kind, key);
+                changes.touch_dirty(kind, key);
             }
             keep(kept)
         };

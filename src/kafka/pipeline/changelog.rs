@@ -10,11 +10,15 @@
 //! so between two messages the state is exact as of known input positions,
 //! and a checkpoint is taken there, every `checkpoint_interval` (5 s):
 //!
-//! 1. the entities changed since the last checkpoint ([`State::take_changes`]:
-//!    each once, however often it changed, as the Kafka Streams record cache
-//!    does) go to the topic as checked records ([`State::entity_record`]), or
-//!    as tombstones for entities swept by expiry, each tagged with the
-//!    checkpoint's number (header `fds-checkpoint`);
+//! 1. the entities changed since the last checkpoint began
+//!    ([`State::begin_checkpoint`]: each once, however often it changed, as
+//!    the Kafka Streams record cache does) go to the topic as checked records,
+//!    or as tombstones for entities swept by expiry, each tagged with the
+//!    checkpoint's number (header `fds-checkpoint`). They are encoded a few
+//!    hundred per turn of the scoring loop ([`State::checkpoint_step`]), so
+//!    scoring never pauses for a whole checkpoint; an entity about to change
+//!    before its turn is encoded first, as it was, so the checkpoint still
+//!    holds the state of one moment;
 //! 2. once all of them are acknowledged, *and* every input message before the
 //!    checkpoint's positions has its outcome acknowledged (its decision is in
 //!    `decisions`), a marker record (key `@checkpoint`) says the checkpoint is
@@ -62,7 +66,7 @@ use std::sync::atomic::AtomicI64;
 use serde::{Deserialize, Serialize};
 
 use super::*;
-use crate::state::{Changed, EntityKind, ExpiryClocks};
+use crate::state::{EntityKind, EntityRecord, ExpiryClocks};
 
 /// The header on every changelog record: the checkpoint it belongs to.
 pub(super) const HEADER_CHECKPOINT: &str = "fds-checkpoint";
@@ -132,13 +136,19 @@ pub(super) struct Changelog {
     last: Instant,
     next_id: u64,
     open: Option<Open>,
-    changed: Vec<Changed>,
-    record: Vec<u8>,
+    records: Vec<EntityRecord>,
     key: Vec<u8>,
 }
 
+/// Entities encoded per turn of the scoring loop: about 0.1 ms of work.
+const STEP: usize = 128;
+
 struct Open {
     marker: Marker,
+    /// Every record handed to the producer.
+    handed: bool,
+    /// The longest the scoring thread spent on this checkpoint at once.
+    longest_turn: Duration,
     /// Positions the decisions must have reached before the marker goes.
     waits_for: Vec<(u8, i32, i64)>,
     started: Instant,
@@ -188,8 +198,7 @@ impl Changelog {
             last: Instant::now(),
             next_id,
             open: None,
-            changed: Vec::new(),
-            record: Vec::new(),
+            records: Vec::new(),
             key: Vec::new(),
         })
     }
@@ -198,7 +207,39 @@ impl Changelog {
     /// decisions it covers are acknowledged, or start the next when it is
     /// due. Called by the scoring thread between messages.
     pub(super) fn tick(&mut self, engine: &Engine, positions: &Positions, tracker: &OffsetTracker, metrics: &Metrics) {
+        let started = Instant::now();
+        self.turn(engine, positions, tracker, metrics);
         if let Some(open) = &mut self.open {
+            open.longest_turn = open.longest_turn.max(started.elapsed());
+        }
+    }
+
+    fn turn(&mut self, engine: &Engine, positions: &Positions, tracker: &OffsetTracker, metrics: &Metrics) {
+        if let Some(open) = &mut self.open {
+            if !open.handed {
+                open.handed = engine.state().checkpoint_step(STEP, &mut self.records);
+                let header = open.marker.id.to_string();
+                for ((kind, key), value) in self.records.drain(..) {
+                    open.bytes += value.as_ref().map_or(0, Vec::len);
+                    open.entities += 1;
+                    let partition = crate::input::order::partition_for(key.as_bytes(), self.partitions);
+                    self.key.clear();
+                    self.key.push(kind_tag(kind));
+                    self.key.extend_from_slice(key.as_bytes());
+                    if !send(
+                        &self.producer,
+                        &self.pending,
+                        &self.topic,
+                        &self.key,
+                        value.as_deref(),
+                        partition,
+                        &header,
+                    ) {
+                        self.failed.store(true, Ordering::Relaxed);
+                    }
+                }
+                return;
+            }
             if self.pending.load(Ordering::Relaxed) > 0 {
                 return;
             }
@@ -222,6 +263,7 @@ impl Changelog {
                 return;
             }
             metrics.state_checkpoints.with_label_values(&["written"]).inc();
+            metrics.state_checkpoint_pause_seconds.set(open.longest_turn.as_secs_f64());
             tracing::debug!(
                 checkpoint = open.marker.id,
                 entities = open.entities,
@@ -243,29 +285,9 @@ impl Changelog {
     fn begin(&mut self, engine: &Engine, positions: &Positions) {
         let id = self.next_id;
         self.next_id += 1;
-        let header = id.to_string();
-        let mut changed = std::mem::take(&mut self.changed);
-        engine.state().take_changes(&mut changed);
-        if std::mem::take(&mut self.whole) {
-            // After a refused record: every entity, so none is left at an
-            // older version than the state holds.
-            changed.clear();
-            engine.state().all_entities(&mut changed);
-        }
-        let (mut entities, mut bytes) = (0, 0);
-        for (kind, key) in changed.drain(..) {
-            let value = engine.state().entity_record(kind, &key, &mut self.record).then(|| self.record.clone());
-            bytes += value.as_ref().map_or(0, Vec::len);
-            entities += 1;
-            let partition = crate::input::order::partition_for(key.as_bytes(), self.partitions);
-            self.key.clear();
-            self.key.push(kind_tag(kind));
-            self.key.extend_from_slice(key.as_bytes());
-            if !send(&self.producer, &self.pending, &self.topic, &self.key, value.as_deref(), partition, &header) {
-                self.failed.store(true, Ordering::Relaxed);
-            }
-        }
-        self.changed = changed;
+        // After a refused record: every entity, so none is left at an older
+        // version than the state holds.
+        engine.state().begin_checkpoint(std::mem::take(&mut self.whole));
         let clocks = engine.expiry_clocks();
         let mut covered: Vec<(String, i32, i64)> = Vec::new();
         let mut waits_for = Vec::new();
@@ -281,7 +303,16 @@ impl Changelog {
         covered.sort();
         let marker =
             Marker { id, expiry_clock: clocks.expiry_clock, last_expiry: clocks.last_expiry, positions: covered };
-        self.open = Some(Open { marker, waits_for, started: Instant::now(), marker_sent: false, entities, bytes });
+        self.open = Some(Open {
+            marker,
+            handed: false,
+            longest_turn: Duration::ZERO,
+            waits_for,
+            started: Instant::now(),
+            marker_sent: false,
+            entities: 0,
+            bytes: 0,
+        });
     }
 
     /// Wait (up to `timeout`) for the open checkpoint to complete, as at a
@@ -295,15 +326,26 @@ impl Changelog {
         timeout: Duration,
     ) {
         let deadline = Instant::now() + timeout;
-        if self.open.is_none() {
-            self.begin(engine, positions);
-        }
-        while self.open.is_some() && Instant::now() < deadline {
-            let _ = self.producer.flush(Duration::from_millis(100));
+        // The open checkpoint, then one of everything since it began.
+        let mut last_begun = false;
+        loop {
+            if self.open.is_none() {
+                if last_begun {
+                    return;
+                }
+                self.begin(engine, positions);
+                last_begun = true;
+            }
+            if Instant::now() > deadline {
+                tracing::warn!(
+                    "the last state checkpoint did not complete; the next start replays from the one before"
+                );
+                return;
+            }
+            if self.open.as_ref().is_some_and(|o| o.handed) {
+                let _ = self.producer.flush(Duration::from_millis(50));
+            }
             self.tick(engine, positions, tracker, metrics);
-        }
-        if self.open.is_some() {
-            tracing::warn!("the last state checkpoint did not complete; the next start replays from the one before");
         }
     }
 }
