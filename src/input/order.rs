@@ -273,6 +273,11 @@ impl<T> Merge<T> {
         n
     }
 
+    /// Whether messages of `feed` are waiting (not only others).
+    pub fn holds(&self, feed: Feed) -> bool {
+        self.streams.iter().any(|s| s.feed == feed && !s.queue.is_empty())
+    }
+
     /// Messages buffered.
     pub fn len(&self) -> usize {
         self.buffered
@@ -409,6 +414,7 @@ mod tests {
         dropped.sort();
         assert_eq!(dropped, ["c", "t"]);
         assert_eq!(m.len(), 1);
+        assert!(m.holds(L) && !m.holds(T) && !m.holds(C));
         assert_eq!(drain(&mut m), ["l"]);
     }
 

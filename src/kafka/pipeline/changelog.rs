@@ -111,8 +111,10 @@ impl ProducerContext for ChangelogAcks {
             // Its checkpoint is abandoned (no marker: a restart uses the one
             // before) and the next one writes every entity.
             Err((e, _)) => {
-                self.failed.store(true, Ordering::Relaxed);
-                tracing::warn!(error = %e, "a changelog record was refused; the next checkpoint writes the whole state");
+                // Once per checkpoint, not once per record.
+                if !self.failed.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(error = %e, "a changelog record was refused; the next checkpoint writes the whole state");
+                }
             }
         }
         self.pending.fetch_sub(1, Ordering::Relaxed);
@@ -167,8 +169,15 @@ impl Changelog {
         let failed = Arc::new(AtomicBool::new(false));
         let producer: ThreadedProducer<ChangelogAcks> = opts
             .connection
+            // Not the idempotent producer: an entity record written twice
+            // changes nothing (the latest wins), and one request in flight
+            // per broker keeps a retry from landing after a newer record.
+            // tansu 0.6 also panics on an idempotent producer's first write
+            // to a partition after the broker restarted, which took the broker
+            // down for every client.
             .client_config(&[
-                ("enable.idempotence", "true"),
+                ("enable.idempotence", "false"),
+                ("max.in.flight.requests.per.connection", "1"),
                 ("acks", "all"),
                 ("message.timeout.ms", "0"),
                 ("linger.ms", "5"),
@@ -216,17 +225,18 @@ impl Changelog {
 
     fn turn(&mut self, engine: &Engine, positions: &Positions, tracker: &OffsetTracker, metrics: &Metrics) {
         if let Some(open) = &mut self.open {
-            if !open.handed {
-                open.handed = engine.state().checkpoint_step(STEP, &mut self.records);
+            if !open.handed || !self.records.is_empty() {
+                if self.records.is_empty() {
+                    open.handed = engine.state().checkpoint_step(STEP, &mut self.records);
+                }
                 let header = open.marker.id.to_string();
-                for ((kind, key), value) in self.records.drain(..) {
-                    open.bytes += value.as_ref().map_or(0, Vec::len);
-                    open.entities += 1;
+                let mut done = 0;
+                for ((kind, key), value) in &self.records {
                     let partition = crate::input::order::partition_for(key.as_bytes(), self.partitions);
                     self.key.clear();
-                    self.key.push(kind_tag(kind));
+                    self.key.push(kind_tag(*kind));
                     self.key.extend_from_slice(key.as_bytes());
-                    if !send(
+                    match send(
                         &self.producer,
                         &self.pending,
                         &self.topic,
@@ -235,9 +245,15 @@ impl Changelog {
                         partition,
                         &header,
                     ) {
-                        self.failed.store(true, Ordering::Relaxed);
+                        Sent::Full => break,
+                        Sent::Refused => self.failed.store(true, Ordering::Relaxed),
+                        Sent::Yes => {}
                     }
+                    open.bytes += value.as_ref().map_or(0, Vec::len);
+                    open.entities += 1;
+                    done += 1;
                 }
+                self.records.drain(..done);
                 return;
             }
             if self.pending.load(Ordering::Relaxed) > 0 {
@@ -256,8 +272,10 @@ impl Changelog {
                 }
                 let value = serde_json::to_vec(&open.marker).expect("a marker serializes");
                 let id = open.marker.id.to_string();
-                if !send(&self.producer, &self.pending, &self.topic, MARKER_KEY, Some(&value), 0, &id) {
-                    self.failed.store(true, Ordering::Relaxed);
+                match send(&self.producer, &self.pending, &self.topic, MARKER_KEY, Some(&value), 0, &id) {
+                    Sent::Full => return,
+                    Sent::Refused => self.failed.store(true, Ordering::Relaxed),
+                    Sent::Yes => {}
                 }
                 open.marker_sent = true;
                 return;
@@ -350,9 +368,19 @@ impl Changelog {
     }
 }
 
-/// Hand one changelog record to the producer (counted in `pending` until
-/// acknowledged), waiting while its queue is full. `false`: the producer
-/// refused it.
+/// What became of a record handed to [`send`].
+#[derive(PartialEq)]
+enum Sent {
+    /// Queued (counted in `pending` until acknowledged).
+    Yes,
+    /// The producer's queue is full (the broker slow or away): try again
+    /// next turn, never wait here.
+    Full,
+    /// Refused for good.
+    Refused,
+}
+
+/// Hand one changelog record to the producer, without waiting.
 fn send(
     producer: &ThreadedProducer<ChangelogAcks>,
     pending: &AtomicI64,
@@ -361,28 +389,23 @@ fn send(
     value: Option<&[u8]>,
     partition: i32,
     checkpoint: &str,
-) -> bool {
-    pending.fetch_add(1, Ordering::Relaxed);
+) -> Sent {
     let headers = OwnedHeaders::new().insert(Header { key: HEADER_CHECKPOINT, value: Some(checkpoint) });
     let mut record: BaseRecord<'_, [u8], [u8], ()> =
         BaseRecord::to(topic).key(key).partition(partition).headers(headers);
     if let Some(v) = value {
         record = record.payload(v);
     }
-    loop {
-        match producer.send(record) {
-            Ok(()) => return true,
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                record = back;
-                std::thread::sleep(Duration::from_millis(1));
+    pending.fetch_add(1, Ordering::Relaxed);
+    match producer.send(record) {
+        Ok(()) => Sent::Yes,
+        Err((e, _)) => {
+            pending.fetch_sub(1, Ordering::Relaxed);
+            if let KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) = e {
+                return Sent::Full;
             }
-            Err((e, _)) => {
-                // Not written: the checkpoint never completes, the next
-                // start uses the previous one.
-                pending.fetch_sub(1, Ordering::Relaxed);
-                tracing::error!(error = %e, %topic, "cannot write to the state changelog");
-                return false;
-            }
+            tracing::error!(error = %e, %topic, "cannot write to the state changelog");
+            Sent::Refused
         }
     }
 }

@@ -83,7 +83,11 @@ impl<'c> InputMerge<'c> {
                 self.blocked_since = None;
                 return;
             }
-            if !broker_up {
+            // Going on is for when a partition holds back transfers or
+            // context events that others delivered; fraud reports alone are
+            // no reason to let them pass the inputs.
+            let inputs_held = self.merge.holds(Feed::Transfers) || self.merge.holds(Feed::Context);
+            if !broker_up || !inputs_held {
                 self.blocked_since = None;
                 return;
             }
