@@ -38,9 +38,9 @@ pub(super) struct Tracker {
 #[derive(Default)]
 struct Sets {
     /// Changed since the last checkpoint began.
-    dirty: HashSet<Changed>,
+    dirty: HashSet<Changed, ahash::RandomState>,
     /// The open checkpoint's entities not yet encoded.
-    pending: HashSet<Changed>,
+    pending: HashSet<Changed, ahash::RandomState>,
     /// The open checkpoint's entities encoded on first touch, before the
     /// change that touched them.
     written: Vec<EntityRecord>,
@@ -85,15 +85,14 @@ impl State {
             return;
         }
         let changed = (kind, CompactString::from(key));
-        let first = {
-            let mut sets = self.changes.lock();
-            let first = self.changes.is_open() && sets.pending.remove(&changed);
+        let mut sets = self.changes.lock();
+        if self.changes.is_open() && sets.pending.remove(&changed) {
             sets.dirty.insert(changed.clone());
-            first
-        };
-        if first {
+            drop(sets);
             let record = self.encode(&changed);
             self.changes.lock().written.push((changed, record));
+        } else {
+            sets.dirty.insert(changed);
         }
     }
 
