@@ -55,6 +55,18 @@ pub enum Feed {
 }
 
 impl Feed {
+    /// Every feed, in tie-break order.
+    pub const ALL: [Feed; 3] = [Feed::Labels, Feed::Context, Feed::Transfers];
+
+    /// A short name, for logs and checkpoint markers.
+    pub fn name(self) -> &'static str {
+        match self {
+            Feed::Labels => "labels",
+            Feed::Context => "context",
+            Feed::Transfers => "transfers",
+        }
+    }
+
     /// The feed an event belongs on.
     pub fn of(event: &Event) -> Feed {
         match event {

@@ -152,7 +152,7 @@ struct Open {
     /// The longest the scoring thread spent on this checkpoint at once.
     longest_turn: Duration,
     /// Positions the decisions must have reached before the marker goes.
-    waits_for: Vec<(u8, i32, i64)>,
+    waits_for: Vec<(Feed, i32, i64)>,
     started: Instant,
     marker_sent: bool,
     entities: usize,
@@ -310,13 +310,11 @@ impl Changelog {
         let mut covered: Vec<(String, i32, i64)> = Vec::new();
         let mut waits_for = Vec::new();
         for (&(feed, partition), &next) in positions {
-            let (topic, t) = match feed {
-                Feed::Transfers => ("transfers", TOPIC_TRANSFERS),
-                Feed::Context => ("context", TOPIC_CONTEXT),
-                Feed::Labels => continue,
-            };
-            covered.push((topic.to_owned(), partition, next));
-            waits_for.push((t, partition, next));
+            if feed == Feed::Labels {
+                continue;
+            }
+            covered.push((feed.name().to_owned(), partition, next));
+            waits_for.push((feed, partition, next));
         }
         covered.sort();
         let marker =
@@ -431,14 +429,7 @@ pub(super) struct Restored {
 /// latest record of the latest complete checkpoint. All or nothing: a record
 /// that does not read leaves the state empty, with the reason logged.
 pub(super) fn restore(opts: &PipelineOptions, engine: &Engine, stop: &StopFlag) -> Result<Restored, String> {
-    let consumer: BaseConsumer<Quiet> = opts
-        .connection
-        .client_config(&[
-            ("group.id", &format!("{}-state-restore", opts.group_id)),
-            ("enable.auto.commit", "false"),
-            ("auto.offset.reset", "earliest"),
-        ])
-        .create_with_context(Quiet("state restore"))
+    let consumer = reader(opts, "state-restore", "state restore", &[])
         .map_err(|e| format!("cannot create the restore consumer: {e}"))?;
     // Per entity, its latest record and the one before (if the latest
     // belongs to a checkpoint that never completed, the one before holds).
@@ -526,8 +517,7 @@ pub(super) fn positions_of(marker: &Marker) -> Positions {
     marker
         .positions
         .iter()
-        .map(|(topic, p, o)| (if topic == "transfers" { Feed::Transfers } else { Feed::Context }, *p, *o))
-        .map(|(f, p, o)| ((f, p), o))
+        .filter_map(|(name, p, o)| Feed::ALL.into_iter().find(|f| f.name() == name).map(|f| ((f, *p), *o)))
         .collect()
 }
 
@@ -552,7 +542,7 @@ mod tests {
             id: 5,
             expiry_clock: 1,
             last_expiry: 0,
-            positions: vec![("context".into(), 0, 12), ("transfers".into(), 3, 40)],
+            positions: vec![(Feed::Context.name().into(), 0, 12), (Feed::Transfers.name().into(), 3, 40)],
         };
         let back: Marker = serde_json::from_slice(&serde_json::to_vec(&m).unwrap()).unwrap();
         let p = positions_of(&back);

@@ -4,10 +4,6 @@
 
 use super::*;
 
-/// Which input a message came from, as a small number for the offset tracker.
-pub(super) const TOPIC_TRANSFERS: u8 = 0;
-pub(super) const TOPIC_CONTEXT: u8 = 1;
-
 /// An acknowledgement (or failure) of one produced record, sent from the
 /// producer's thread to the scoring thread.
 pub(super) struct Ack {
@@ -21,7 +17,7 @@ pub(super) struct Ack {
 /// outcome is safe.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Origin {
-    pub(super) topic: u8,
+    pub(super) topic: Feed,
     pub(super) partition: i32,
     pub(super) offset: i64,
 }

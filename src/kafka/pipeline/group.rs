@@ -80,7 +80,7 @@ impl GroupContext {
         }
         let mut tpl = TopicPartitionList::new();
         for (t, partition, next) in ready {
-            let topic = if t == TOPIC_TRANSFERS { &self.topics.transfers } else { &self.topics.context_events };
+            let topic = if t == Feed::Transfers { &self.topics.transfers } else { &self.topics.context_events };
             let _ = tpl.add_partition_offset(topic, partition, Offset::Offset(next));
         }
         if let Err(e) = consumer.store_offsets(&tpl) {
@@ -133,7 +133,7 @@ impl ConsumerContext for GroupContext {
                 }
                 let left = self.book().tracker.pending();
                 for e in tpl.elements() {
-                    let t = if e.topic() == self.topics.transfers { TOPIC_TRANSFERS } else { TOPIC_CONTEXT };
+                    let t = feed_of(&self.topics, e.topic());
                     self.book().tracker.forget(t, e.partition());
                 }
                 tracing::info!(partitions = tpl.count(), unfinished = left, "partitions revoked");
@@ -183,7 +183,7 @@ fn start_offsets<C: ConsumerContext>(
         .elements()
         .iter()
         .map(|e| {
-            let feed = if e.topic() == topics.transfers { Feed::Transfers } else { Feed::Context };
+            let feed = feed_of(topics, e.topic());
             let offset =
                 committed.as_ref().and_then(|c| c.find_partition(e.topic(), e.partition())).map(|c| c.offset());
             let start = match offset {

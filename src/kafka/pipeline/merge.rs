@@ -95,7 +95,7 @@ impl<'c> InputMerge<'c> {
             if since.elapsed() < MERGE_WAIT && self.merge.len() < MERGE_MAX_BUFFERED {
                 return;
             }
-            let waiting: Vec<String> = self.merge.waiting_on().map(|(f, p)| format!("{f:?} {p}")).collect();
+            let waiting: Vec<String> = self.merge.waiting_on().map(|(f, p)| format!("{} {p}", f.name())).collect();
             tracing::warn!(
                 partitions = %waiting.join(", "),
                 waited_ms = since.elapsed().as_millis() as u64,

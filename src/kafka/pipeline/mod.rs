@@ -208,7 +208,7 @@ impl PipelineOptions {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Summary {
     /// Messages taken from the transfers and context-events topics (fraud
-    /// reports are read by a thread of their own and not counted).
+    /// reports, read by every instance, are not counted).
     pub consumed: u64,
     /// Decisions produced (first answers).
     pub decisions: u64,
@@ -422,13 +422,7 @@ pub fn run(
         // allows minutes; a burst takes well under a millisecond).
         scorer.burst_wall_ms = chrono::Utc::now().timestamp_millis();
         for (msg, event) in burst.drain(..).zip(events.drain(..)) {
-            let feed = if msg.topic() == opts.topics.transfers {
-                Feed::Transfers
-            } else if msg.topic() == opts.topics.context_events {
-                Feed::Context
-            } else {
-                Feed::Labels
-            };
+            let feed = feed_of(&opts.topics, msg.topic());
             let time = match &event {
                 Ok(e) if !engine.is_ahead_of_clock(e.time().millis(), scorer.burst_wall_ms) => e.time().millis(),
                 _ => Key::AT_ONCE,
@@ -493,6 +487,17 @@ pub fn run(
     match failure {
         Some(e) => Err(e),
         None => Ok(summary),
+    }
+}
+
+/// The feed a message of `topic` (one of the three inputs) arrives on.
+fn feed_of(topics: &Topics, topic: &str) -> Feed {
+    if topic == topics.transfers {
+        Feed::Transfers
+    } else if topic == topics.context_events {
+        Feed::Context
+    } else {
+        Feed::Labels
     }
 }
 

@@ -13,7 +13,7 @@ use super::*;
 /// unfinished one.
 #[derive(Debug, Default)]
 pub struct OffsetTracker {
-    parts: HashMap<(u8, i32), PartitionTrack>,
+    parts: HashMap<(Feed, i32), PartitionTrack>,
 }
 
 #[derive(Debug, Default)]
@@ -28,7 +28,7 @@ pub(super) struct PartitionTrack {
 
 impl OffsetTracker {
     /// A message was consumed and its outcome is pending.
-    pub fn begin(&mut self, topic: u8, partition: i32, offset: i64) {
+    pub fn begin(&mut self, topic: Feed, partition: i32, offset: i64) {
         let p = self.parts.entry((topic, partition)).or_default();
         debug_assert!(p.inflight.back().map_or(true, |&(o, _)| o < offset), "offsets go forward");
         p.inflight.push_back((offset, false));
@@ -36,7 +36,7 @@ impl OffsetTracker {
 
     /// A message's outcome is safe. Unknown offsets (a partition revoked in
     /// the meantime) are ignored.
-    pub fn finish(&mut self, topic: u8, partition: i32, offset: i64) {
+    pub fn finish(&mut self, topic: Feed, partition: i32, offset: i64) {
         let Some(p) = self.parts.get_mut(&(topic, partition)) else { return };
         if let Ok(i) = p.inflight.binary_search_by_key(&offset, |&(o, _)| o) {
             p.inflight[i].1 = true;
@@ -50,7 +50,7 @@ impl OffsetTracker {
 
     /// Whether every message of the partition before `position` that was
     /// consumed here is finished.
-    pub fn finished_below(&self, topic: u8, partition: i32, position: i64) -> bool {
+    pub fn finished_below(&self, topic: Feed, partition: i32, position: i64) -> bool {
         self.parts.get(&(topic, partition)).map_or(true, |p| p.inflight.front().map_or(true, |&(o, _)| o >= position))
     }
 
@@ -60,7 +60,7 @@ impl OffsetTracker {
     }
 
     /// The positions that moved since the last call: (topic, partition, next offset).
-    pub fn take_committable(&mut self) -> Vec<(u8, i32, i64)> {
+    pub fn take_committable(&mut self) -> Vec<(Feed, i32, i64)> {
         let mut out = Vec::new();
         for (&(t, part), p) in &mut self.parts {
             if p.dirty {
@@ -75,7 +75,7 @@ impl OffsetTracker {
 
     /// Forget a partition (revoked): its unfinished messages will be delivered
     /// to whichever instance gets it next.
-    pub fn forget(&mut self, topic: u8, partition: i32) {
+    pub fn forget(&mut self, topic: Feed, partition: i32) {
         self.parts.remove(&(topic, partition));
     }
 }
@@ -88,35 +88,35 @@ mod tests {
     fn offsets_move_only_past_finished_messages() {
         let mut t = OffsetTracker::default();
         for o in 10..15 {
-            t.begin(TOPIC_TRANSFERS, 0, o);
+            t.begin(Feed::Transfers, 0, o);
         }
-        t.finish(TOPIC_TRANSFERS, 0, 12);
-        t.finish(TOPIC_TRANSFERS, 0, 11);
+        t.finish(Feed::Transfers, 0, 12);
+        t.finish(Feed::Transfers, 0, 11);
         assert!(t.take_committable().is_empty(), "10 is not finished, nothing may be stored");
         assert_eq!(t.pending(), 3);
-        t.finish(TOPIC_TRANSFERS, 0, 10);
-        assert_eq!(t.take_committable(), vec![(TOPIC_TRANSFERS, 0, 13)]);
+        t.finish(Feed::Transfers, 0, 10);
+        assert_eq!(t.take_committable(), vec![(Feed::Transfers, 0, 13)]);
         assert!(t.take_committable().is_empty(), "reported once");
-        t.finish(TOPIC_TRANSFERS, 0, 14);
+        t.finish(Feed::Transfers, 0, 14);
         assert!(t.take_committable().is_empty(), "13 still open");
-        t.finish(TOPIC_TRANSFERS, 0, 13);
-        assert_eq!(t.take_committable(), vec![(TOPIC_TRANSFERS, 0, 15)]);
+        t.finish(Feed::Transfers, 0, 13);
+        assert_eq!(t.take_committable(), vec![(Feed::Transfers, 0, 15)]);
         assert_eq!(t.pending(), 0);
     }
 
     #[test]
     fn partitions_are_tracked_apart_and_forgotten_on_revoke() {
         let mut t = OffsetTracker::default();
-        t.begin(TOPIC_TRANSFERS, 0, 5);
-        t.begin(TOPIC_TRANSFERS, 1, 5);
-        t.begin(TOPIC_CONTEXT, 0, 7);
-        t.finish(TOPIC_TRANSFERS, 1, 5);
-        t.finish(TOPIC_CONTEXT, 0, 7);
+        t.begin(Feed::Transfers, 0, 5);
+        t.begin(Feed::Transfers, 1, 5);
+        t.begin(Feed::Context, 0, 7);
+        t.finish(Feed::Transfers, 1, 5);
+        t.finish(Feed::Context, 0, 7);
         let mut c = t.take_committable();
         c.sort();
-        assert_eq!(c, vec![(TOPIC_TRANSFERS, 1, 6), (TOPIC_CONTEXT, 0, 8)]);
-        t.forget(TOPIC_TRANSFERS, 0);
-        t.finish(TOPIC_TRANSFERS, 0, 5); // a late ack for a revoked partition
+        assert_eq!(c, vec![(Feed::Context, 0, 8), (Feed::Transfers, 1, 6)]);
+        t.forget(Feed::Transfers, 0);
+        t.finish(Feed::Transfers, 0, 5); // a late ack for a revoked partition
         assert!(t.take_committable().is_empty());
         assert_eq!(t.pending(), 0);
     }

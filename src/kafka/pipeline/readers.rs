@@ -129,21 +129,33 @@ pub(super) fn read_to_end<C: ConsumerContext>(
     true
 }
 
+/// A consumer of this process's own for reading a topic by assignment, never
+/// committing: its own group id (`{group}-{suffix}`), from the earliest
+/// offset, then `extra` settings. `role` names it in logs and errors.
+pub(super) fn reader(
+    opts: &PipelineOptions,
+    suffix: &str,
+    role: &'static str,
+    extra: &[(&str, &str)],
+) -> Result<BaseConsumer<Quiet>, KafkaError> {
+    let group = format!("{}-{suffix}", opts.group_id);
+    let mut settings =
+        vec![("group.id", group.as_str()), ("enable.auto.commit", "false"), ("auto.offset.reset", "earliest")];
+    settings.extend_from_slice(extra);
+    opts.connection.client_config(&settings).create_with_context(Quiet(role))
+}
+
 /// Read the tail of the decisions topic into the decision memory, so that
 /// transfers delivered again (after a restart or a rebalance) get the decision
 /// already given.
 pub(super) fn read_back_decisions(opts: &PipelineOptions, memory: &mut DecisionMemory, stop: &StopFlag) {
     let topic = &opts.topics.decisions;
-    let consumer: BaseConsumer<Quiet> = match opts
-        .connection
-        .client_config(&[
-            ("group.id", &format!("{}-decisions-readback", opts.group_id)),
-            ("enable.auto.commit", "false"),
-            ("enable.auto.offset.store", "false"),
-            ("auto.offset.reset", "earliest"),
-        ])
-        .create_with_context(Quiet("decisions read-back"))
-    {
+    let consumer = match reader(
+        opts,
+        "decisions-readback",
+        "decisions read-back",
+        &[("enable.auto.offset.store", "false")],
+    ) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "cannot read back recent decisions; re-delivered transfers will be scored again");
@@ -200,21 +212,12 @@ pub(super) type LabelsReader = (BaseConsumer<Quiet>, Vec<(i32, i64)>);
 /// consumer and, per partition, where it starts; no partitions when the
 /// topic could not be found in time (logged; reports then go unread).
 pub(super) fn labels_reader(opts: &PipelineOptions, stop: &StopFlag) -> Result<LabelsReader, PipelineError> {
-    let consumer: BaseConsumer<Quiet> = opts
-        .connection
-        .client_config(&[
-            ("group.id", &format!("{}-labels", opts.group_id)),
-            ("enable.auto.commit", "false"),
-            ("auto.offset.reset", "earliest"),
-            ("fetch.wait.max.ms", "1"),
-            ("fetch.queue.backoff.ms", "1"),
-        ])
-        .create_with_context(Quiet("labels consumer"))
-        .map_err(|source| PipelineError::Client {
-            role: "labels consumer",
-            brokers: opts.connection.brokers.clone(),
-            source,
-        })?;
+    let latency = [("fetch.wait.max.ms", "1"), ("fetch.queue.backoff.ms", "1")];
+    let consumer = reader(opts, "labels", "labels consumer", &latency).map_err(|source| PipelineError::Client {
+        role: "labels consumer",
+        brokers: opts.connection.brokers.clone(),
+        source,
+    })?;
     let topic = &opts.topics.labels;
     let starts = match assign_all(&consumer, topic, |low, _| low, stop, READ_BACK_LIMIT) {
         Some(assigned) => assigned.into_iter().map(|(p, from, _)| (p, from)).collect(),

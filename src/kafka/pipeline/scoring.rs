@@ -94,11 +94,11 @@ impl RuleCounters {
 
 impl ScoringThread<'_> {
     pub(super) fn handle(&mut self, msg: &BorrowedMessage<'_>, event: Result<Event, EventError>) {
-        let topic = if msg.topic() == self.topics.transfers { TOPIC_TRANSFERS } else { TOPIC_CONTEXT };
+        let topic = feed_of(self.topics, msg.topic());
         let source = Origin { topic, partition: msg.partition(), offset: msg.offset() };
         self.consumer.context().book().tracker.begin(topic, source.partition, source.offset);
         self.summary.consumed += 1;
-        if topic == TOPIC_TRANSFERS {
+        if topic == Feed::Transfers {
             self.consumed_transfers.inc();
         } else {
             self.consumed_context.inc();
@@ -106,8 +106,7 @@ impl ScoringThread<'_> {
         // Whether the state already holds this message: it was handled here
         // before (a partition given back and taken again), or the restored
         // state covers it.
-        let feed = if topic == TOPIC_TRANSFERS { Feed::Transfers } else { Feed::Context };
-        let next = self.positions.entry((feed, source.partition)).or_insert(0);
+        let next = self.positions.entry((topic, source.partition)).or_insert(0);
         let known = source.offset < *next;
         *next = (*next).max(source.offset + 1);
         let event = match event {
@@ -121,9 +120,9 @@ impl ScoringThread<'_> {
             }
         };
         let belongs = match &event {
-            Event::Transfer(_) => topic == TOPIC_TRANSFERS,
+            Event::Transfer(_) => topic == Feed::Transfers,
             Event::Label(_) => false,
-            _ => topic == TOPIC_CONTEXT,
+            _ => topic == Feed::Context,
         };
         if !belongs {
             let reason = format!("a {} event does not belong on topic {}", event.kind(), msg.topic());
