@@ -37,7 +37,7 @@ use crate::event::{Event, EventTime, Transfer, MINUTE_MS};
 use crate::features::{self, FeatureVector, SCHEMA};
 use crate::model::{Model, ModelHandle};
 use crate::rules::{Action as RuleAction, Keys, RuleSet, RulesHandle, Verification};
-use crate::state::{ExpiryClocks, SnapshotError, SnapshotStats, State, StateConfig};
+use crate::state::{ExpiryClocks, SharedCount, SnapshotError, SnapshotStats, State, StateConfig};
 
 /// A hold the model alone asks for: an automated call the customer answers,
 /// the least costly check that still stops a fraudster on a phished device.
@@ -424,9 +424,16 @@ impl Engine {
     /// Either can hold; a rule's verification wins over the model's default,
     /// since analysts chose it for the pattern they saw.
     pub fn score(&self, t: &Transfer) -> Scored {
+        self.score_as(t, SharedCount::Count)
+    }
+
+    /// [`Engine::score`] for a transfer whose payee and device may already
+    /// have counted it (learnt from the instance that scored it before this
+    /// one took its partition over; see [`crate::state`]'s shared tables).
+    pub fn score_as(&self, t: &Transfer, shared: SharedCount) -> Scored {
         let started = Instant::now();
         let payee = t.payee_key();
-        let seen = self.state.observe_transfer(t, &payee);
+        let seen = self.state.observe_transfer_as(t, &payee, shared);
         let features = features::compute(t, &seen);
         let rules = self.rules.load_full();
         let keys =

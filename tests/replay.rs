@@ -163,3 +163,36 @@ fn every_demo_event_parses_the_same_on_both_paths() {
     }
     assert!(transfers > 60_000);
 }
+
+/// `fds replay --instances`: the demo split over 4 instances by sender. With
+/// the shared tables up to date they decide exactly as one engine; with them
+/// a day behind (what no sharing at all looks like) the mules that fan in
+/// from senders on other instances slip through. Both directions, so the
+/// comparison itself is shown to see a difference.
+#[test]
+fn four_instances_with_shared_tables_decide_as_one_engine() {
+    let demo = PathBuf::from("replay-data/demo.jsonl.gz");
+    let opts = || ReplayOptions {
+        partitions: 4,
+        keep_outcomes: true,
+        warmup: std::time::Duration::from_secs(2 * 86_400),
+        ..ReplayOptions::default()
+    };
+    let open = || vec![input::open(&demo, Format::Auto).unwrap()];
+    let one = replay::run(&starter_engine(), open(), opts()).unwrap();
+    let group = |lag_ms: i64| {
+        let engines: Vec<Engine> = (0..4).map(|_| starter_engine()).collect();
+        let mut instances = replay::Instances::new(&engines, 4, lag_ms);
+        let report = replay::run_instances(&mut instances, open(), opts()).unwrap();
+        (report.decisions_digest.clone(), replay::compare(&one, &report, 4, 4, lag_ms))
+    };
+    let (digest, now) = group(0);
+    assert_eq!(digest, one.decisions_digest);
+    assert_eq!(now.differ, 0);
+    assert!(now.transfers > 10_000 && now.recall_one > 0.5, "{now:?}");
+
+    let (_, day_late) = group(86_400_000);
+    let mules = day_late.by_typology.iter().find(|t| t.typology == "mule_fan_in").expect("the demo has mules");
+    assert!(mules.held_group + 10 < mules.held_one, "{mules:?}");
+    assert!(day_late.differ_share > 0.01, "{day_late:?}");
+}

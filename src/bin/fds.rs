@@ -105,9 +105,20 @@ enum Command {
         warmup_days: f64,
         /// Handle the events in the order `fds run` would on this many
         /// partitions of transfers and context-events (ties in event time are
-        /// broken by partition), to compare with a live run.
-        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
-        partitions: u32,
+        /// broken by partition), to compare with a live run [default: 1, or
+        /// the number of --instances].
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        partitions: Option<u32>,
+        /// Split the stream over this many instances of one consumer group,
+        /// each with its own state and the shared payee and device tables,
+        /// and compare their decisions with one engine's.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1_000))]
+        instances: u32,
+        /// With --instances: event time before one instance's transfer reaches
+        /// the others' shared tables (live, the observations topic's
+        /// propagation lag).
+        #[arg(long, default_value_t = 0, value_name = "MS", value_parser = clap::value_parser!(i64).range(0..=86_400_000))]
+        lag_ms: i64,
         #[command(flatten)]
         model: ModelArgs,
     },
@@ -382,9 +393,29 @@ fn run() -> Result<()> {
         None => Config::default(),
     };
     match cli.command {
-        Command::Replay { files, rules, format, pace, limit, json, decisions_out, warmup_days, partitions, model } => {
+        Command::Replay {
+            files,
+            rules,
+            format,
+            pace,
+            limit,
+            json,
+            decisions_out,
+            warmup_days,
+            partitions,
+            instances,
+            lag_ms,
+            model,
+        } => {
             let model = model.resolve(&config);
+            let partitions = partitions.unwrap_or(instances);
+            if instances > partitions {
+                bail!("--instances {instances} needs at least as many --partitions (got {partitions})");
+            }
             let args = ReplayArgs { rules, format, pace, limit, json, decisions_out, warmup_days, partitions, model };
+            if instances > 1 {
+                return scale_out_cmd(&files, args, instances as usize, lag_ms, &config);
+            }
             replay_cmd(&files, args, &config)
         }
         Command::Demo { json, model } => {
@@ -835,12 +866,53 @@ fn replay_cmd(files: &[PathBuf], args: ReplayArgs, config: &Config) -> Result<()
         decisions_out,
         warmup: Duration::from_secs_f64(warmup_days * 86_400.0),
         partitions,
+        keep_outcomes: false,
     };
     let report = replay::run(&engine, sources, opts)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{}", report.render());
+    }
+    Ok(())
+}
+
+/// `fds replay --instances N`: the stream through one engine, then through
+/// N instances sharing payees and devices; the group's report and how its
+/// decisions differ from one engine's.
+fn scale_out_cmd(files: &[PathBuf], args: ReplayArgs, instances: usize, lag_ms: i64, config: &Config) -> Result<()> {
+    if args.pace.is_some() || args.decisions_out.is_some() {
+        bail!("--instances compares two unpaced replays; leave out --pace and --decisions-out");
+    }
+    let rules_dir = args.rules.clone().unwrap_or_else(|| config.rules_dir.clone());
+    let engines = (0..=instances)
+        .map(|_| with_model(replay_engine(config, &rules_dir)?, &args.model).map(|(e, _)| e))
+        .collect::<Result<Vec<_>>>()?;
+    let opts = || ReplayOptions {
+        limit: args.limit,
+        progress: !args.json && std::io::stderr().is_terminal(),
+        warmup: Duration::from_secs_f64(args.warmup_days * 86_400.0),
+        partitions: args.partitions,
+        keep_outcomes: true,
+        ..ReplayOptions::default()
+    };
+    let open = || {
+        files
+            .iter()
+            .map(|f| input::open(f, args.format).with_context(|| format!("cannot replay {}", f.display())))
+            .collect::<Result<Vec<_>>>()
+    };
+    let one = replay::run(&engines[0], open()?, opts())?;
+    let mut group = replay::Instances::new(&engines[1..], args.partitions, lag_ms);
+    let many = replay::run_instances(&mut group, open()?, opts())?;
+    let comparison = replay::compare(&one, &many, instances, args.partitions, lag_ms);
+    if args.json {
+        let out = serde_json::json!({ "one": one, "group": many, "comparison": comparison });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        print!("{}", many.render());
+        println!();
+        print!("{}", comparison.render());
     }
     Ok(())
 }

@@ -44,9 +44,11 @@
 //! the reported transfers can date from, plus the far edge's partial bucket.
 
 mod changes;
+mod shared;
 mod snapshot;
 
 pub use changes::{Changed, EntityRecord};
+pub use shared::{Observation, ObservationError, SharedCount, OBSERVATION_FORMAT};
 pub use snapshot::{ExpiryClocks, SnapshotError, SnapshotStats, FORMAT_VERSION, MAGIC};
 
 use std::mem::size_of;
@@ -651,6 +653,13 @@ impl PayeeState {
     fn open_reports(&self) -> i64 {
         self.reports.iter().filter(|r| r.2).count() as i64
     }
+    /// One transfer in, from the account hashed `account_h`.
+    fn count_in(&mut self, now: EventTime, amount: i64, account_h: u64, cfg: &StateConfig) {
+        self.last_seen = self.last_seen.max(now.millis());
+        self.in_1h.add(now, amount);
+        self.in_1d.add(now);
+        self.senders.touch(account_h, now, cfg.max_payee_senders);
+    }
     fn apply_report(&mut self, tran: u64, at: EventTime, fraud: bool) {
         match self.reports.iter_mut().find(|r| r.0 == tran) {
             // The latest word on a transfer wins, whatever order the labels
@@ -758,6 +767,12 @@ pub struct DeviceState {
 impl DeviceState {
     fn new(t: EventTime) -> Self {
         DeviceState { last_seen: t.millis(), transfers_5m: Ring::default(), accounts: LastSeen::default() }
+    }
+    /// One transfer made from the device by the account hashed `account_h`.
+    fn count_use(&mut self, now: EventTime, amount: i64, account_h: u64, cfg: &StateConfig) {
+        self.last_seen = self.last_seen.max(now.millis());
+        self.transfers_5m.add(now, amount);
+        self.accounts.touch(account_h, now, cfg.max_device_accounts);
     }
     fn view(&self, now: EventTime) -> DeviceView {
         DeviceView {
@@ -912,11 +927,19 @@ impl State {
     /// Read the sender, payee and device as they were before `t`, then record `t`.
     /// `payee_key` is `t.payee_key()`, passed in so it is built once per transfer.
     pub fn observe_transfer(&self, t: &Transfer, payee_key: &str) -> Observed {
+        self.observe_transfer_as(t, payee_key, SharedCount::Count)
+    }
+
+    /// [`State::observe_transfer`], saying whether the transfer still has to
+    /// be counted in the shared tables (its payee and device): not when this
+    /// instance already learnt it from the instance that scored it first.
+    pub fn observe_transfer_as(&self, t: &Transfer, payee_key: &str, shared: SharedCount) -> Observed {
         let now = t.tran_dtime;
         let amount = t.tran_amt.get();
         let payee_h = key_hash(payee_key);
         let account_h = key_hash(&t.fintech_use_num);
         let device_h = t.device_id.as_deref().map(key_hash);
+        let count = shared == SharedCount::Count;
 
         let account = {
             self.touch(EntityKind::Account, &t.fintech_use_num);
@@ -925,26 +948,43 @@ impl State {
             a.count_attempt(now, amount);
             view
         };
-        let payee = {
+        let payee = if count {
             self.touch(EntityKind::Payee, payee_key);
             let mut p = entry(&self.payees, payee_key, || PayeeState::new(now));
             let view = p.view(now);
-            p.last_seen = p.last_seen.max(now.millis());
-            p.in_1h.add(now, amount);
-            p.in_1d.add(now);
-            p.senders.touch(account_h, now, self.cfg.max_payee_senders);
+            p.count_in(now, amount, account_h, &self.cfg);
             view
+        } else {
+            self.payee_view(payee_key, now)
         };
         let device = t.device_id.as_deref().map(|d| {
+            if !count {
+                return self.device_view(d, now);
+            }
             self.touch(EntityKind::Device, d);
             let mut dev = entry(&self.devices, d, || DeviceState::new(now));
             let view = dev.view(now);
-            dev.last_seen = dev.last_seen.max(now.millis());
-            dev.transfers_5m.add(now, amount);
-            dev.accounts.touch(account_h, now, self.cfg.max_device_accounts);
+            dev.count_use(now, amount, account_h, &self.cfg);
             view
         });
         Observed { account, payee, device, payee_hash: payee_h, device_hash: device_h }
+    }
+
+    /// A payee as it is, for a transfer already counted in it: as it was
+    /// just before that transfer is not known any more, so the view is the
+    /// current one (see [`SharedCount::AlreadyCounted`]).
+    fn payee_view(&self, key: &str, now: EventTime) -> PayeeView {
+        match self.payees.get(key) {
+            Some(p) => p.view(now),
+            None => PayeeState::new(now).view(now),
+        }
+    }
+
+    fn device_view(&self, key: &str, now: EventTime) -> DeviceView {
+        match self.devices.get(key) {
+            Some(d) => d.view(now),
+            None => DeviceState::new(now).view(now),
+        }
     }
 
     /// Start loading into the CPU cache what a burst of events will touch:

@@ -30,6 +30,10 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use smallvec::SmallVec;
 
+mod instances;
+
+pub use instances::{compare, owner, Instances, ScaleOut, TypologyRecall};
+
 use crate::engine::{Decision, Engine};
 use crate::event::{Event, LabelStatus};
 use crate::input::{BadLine, Input, InputError, BAD_LINES_LISTED};
@@ -67,6 +71,9 @@ pub struct ReplayOptions {
     /// Order the events as a live run on this many partitions of
     /// `transfers` and `context-events` would (0 is taken as 1).
     pub partitions: u32,
+    /// Keep each transfer's decision in [`ReplayReport::outcomes`], to
+    /// compare two replays transfer by transfer.
+    pub keep_outcomes: bool,
 }
 
 /// Engine latency per transfer, in microseconds.
@@ -196,6 +203,13 @@ pub struct ReplayReport {
     pub ruleset_versions: Vec<String>,
     /// SHA-256 (first 16 hex digits) over every decision without its latency.
     pub decisions_digest: String,
+    /// Per transfer (by [`tx_key`]), whether it was held and a hash of its
+    /// decision without latency, when [`ReplayOptions::keep_outcomes`] asked.
+    #[serde(skip)]
+    pub outcomes: HashMap<u64, (bool, u64)>,
+    /// Per transfer (by [`tx_key`]), its final label's typology when fraud.
+    #[serde(skip)]
+    pub frauds: HashMap<u64, String>,
 }
 
 /// What is kept per transfer until the labels are in.
@@ -211,13 +225,25 @@ struct TxRecord {
 /// A 64-bit key for a transfer id: 10M transfers fit in a few hundred MB this
 /// way; a collision (odds about 1 in 10^5 at 10M ids) can only misattribute
 /// one label in the quality report, never a decision.
-fn tx_key(id: &str) -> u64 {
+pub fn tx_key(id: &str) -> u64 {
     let d = Sha256::digest(id.as_bytes());
     u64::from_le_bytes(d[..8].try_into().expect("8 bytes"))
 }
 
 /// Replay `sources` through `engine`, in order, and report.
-pub fn run(engine: &Engine, sources: Vec<Input>, mut opts: ReplayOptions) -> Result<ReplayReport, ReplayError> {
+pub fn run(engine: &Engine, sources: Vec<Input>, opts: ReplayOptions) -> Result<ReplayReport, ReplayError> {
+    let mut one = Instances::new(std::slice::from_ref(engine), opts.partitions, 0);
+    run_instances(&mut one, sources, opts)
+}
+
+/// Replay `sources` through a group of instances ([`Instances`]), in order,
+/// and report on them together.
+pub fn run_instances(
+    instances: &mut Instances<'_>,
+    sources: Vec<Input>,
+    mut opts: ReplayOptions,
+) -> Result<ReplayReport, ReplayError> {
+    let (rules, model) = (instances.first().rules().clone(), instances.first().model().clone());
     let inputs: Vec<String> = sources.iter().map(|s| s.name.clone()).collect();
     let total_bytes: u64 = sources.iter().map(|s| s.size).sum();
     let bar = progress_bar(opts.progress, total_bytes);
@@ -225,7 +251,7 @@ pub fn run(engine: &Engine, sources: Vec<Input>, mut opts: ReplayOptions) -> Res
     let mut digest = Sha256::new();
     let mut records: HashMap<u64, TxRecord> = HashMap::new();
     let mut labels: HashMap<u64, (LabelStatus, String)> = HashMap::new();
-    let mut tally = RuleTally::new(&engine.rules().load_full());
+    let mut tally = RuleTally::new(&rules.load_full());
     let mut report = ReplayReport {
         inputs,
         events: 0,
@@ -245,10 +271,12 @@ pub fn run(engine: &Engine, sources: Vec<Input>, mut opts: ReplayOptions) -> Res
         rules: Vec::new(),
         quality: None,
         state: MemoryReport::default(),
-        ruleset_version: engine.rules().load().version().to_owned(),
-        model_version: engine.model().load().as_deref().map(|m| m.version().to_owned()),
+        ruleset_version: rules.load().version().to_owned(),
+        model_version: model.load().as_deref().map(|m| m.version().to_owned()),
         ruleset_versions: Vec::new(),
         decisions_digest: String::new(),
+        outcomes: HashMap::new(),
+        frauds: HashMap::new(),
     };
     let started = Instant::now();
     let mut first_event_ms: Option<i64> = None;
@@ -274,7 +302,7 @@ pub fn run(engine: &Engine, sources: Vec<Input>, mut opts: ReplayOptions) -> Res
             }
             let warm_until =
                 *warm_until_ms.get_or_insert(event.time().millis().saturating_add(opts.warmup.as_millis() as i64));
-            let outcome = match engine.process(&event) {
+            let outcome = match instances.process(&event) {
                 Ok(outcome) => outcome,
                 Err(e) => {
                     report.bad_line(&src.name, line, e.to_string());
@@ -290,7 +318,8 @@ pub fn run(engine: &Engine, sources: Vec<Input>, mut opts: ReplayOptions) -> Res
                 Some(scored) => {
                     let d = scored.decision;
                     let _ = hist.record(d.latency_ns.max(1));
-                    digest.update(d.fingerprint().as_bytes());
+                    let fingerprint = d.fingerprint();
+                    digest.update(fingerprint.as_bytes());
                     digest.update(b"\n");
                     if let Some(out) = opts.decisions_out.as_mut() {
                         writeln!(out, "{}", d.to_json()).map_err(ReplayError::Output)?;
@@ -305,6 +334,9 @@ pub fn run(engine: &Engine, sources: Vec<Input>, mut opts: ReplayOptions) -> Res
                         report.warmup_transfers += 1;
                         SmallVec::new()
                     };
+                    if opts.keep_outcomes && counted {
+                        report.outcomes.insert(tx_key(&t.bank_tran_id), (d.is_hold(), tx_key(&fingerprint)));
+                    }
                     let r = TxRecord { amount: t.tran_amt.get(), hold: d.is_hold(), fired, counted };
                     records.insert(tx_key(&t.bank_tran_id), r);
                 }
@@ -337,7 +369,14 @@ pub fn run(engine: &Engine, sources: Vec<Input>, mut opts: ReplayOptions) -> Res
         };
     }
     report.decisions_digest = hex16(&digest.finalize());
-    report.state = engine.state().memory();
+    report.state = instances.memory();
+    if opts.keep_outcomes {
+        report.frauds = labels
+            .iter()
+            .filter(|(k, (status, _))| *status == LabelStatus::Fraud && report.outcomes.contains_key(k))
+            .map(|(k, (_, typology))| (*k, typology.clone()))
+            .collect();
+    }
     let quality = (!labels.is_empty()).then(|| quality(&records, &labels, report.transfers));
     for (k, r) in &records {
         if r.counted && is_fraud(&labels, *k).is_some() {

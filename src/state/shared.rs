@@ -1,0 +1,273 @@
+//! The shared tables: what one instance's transfers teach every other
+//! instance about payees and devices.
+//!
+//! Input is partitioned by the sender, so an account lives on exactly one
+//! instance; but a payee receives from senders on every partition, and a
+//! device can be used by accounts on several. Each instance therefore keeps
+//! the payees and devices of *all* transfers (a global table, as Kafka
+//! Streams' GlobalKTable): the ones it scores itself at once, the others'
+//! from the [`Observation`]s they publish. Applying an observation is the
+//! same code as the scoring instance's own update ([`PayeeState::count_in`],
+//! [`DeviceState::count_use`]), so the tables differ between instances only
+//! by what is still in flight.
+//!
+//! Guarantees:
+//! - **Counted once.** The caller keeps, per transfers partition, the next
+//!   offset not yet in its shared tables; an observation or a transfer below
+//!   it is not counted again ([`SharedCount::AlreadyCounted`]), whichever of
+//!   the two arrived first.
+//! - **Order-insensitive.** Windows are rings of buckets and sender sets keep
+//!   the latest time per sender, so observations applied a little late or out
+//!   of order give the same counts (a late one beyond its ring is dropped, as
+//!   a late transfer is).
+//! - **Refused, not misread.** A batch in another format version, or cut
+//!   short, is refused whole with what was wrong and where.
+//!
+//! [`PayeeState::count_in`]: super::PayeeState
+//! [`DeviceState::count_use`]: super::DeviceState
+
+use compact_str::CompactString;
+
+use super::{entry, key_hash, DeviceState, EntityKind, PayeeState, State};
+use crate::event::{EventTime, Transfer};
+
+/// Whether a transfer being scored still has to be counted in the shared
+/// tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SharedCount {
+    /// First sight: count it in its payee and device.
+    Count,
+    /// Already counted (from another instance's observation, before this one
+    /// took the partition over): the payee and device are read as they are
+    /// and left unchanged.
+    AlreadyCounted,
+}
+
+/// What one scored transfer does to its payee and device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observation {
+    /// The transfer's offset in its partition of `transfers`: the receiver's
+    /// key for counting it once.
+    pub offset: i64,
+    /// The transfer's event time.
+    pub time: EventTime,
+    /// Won.
+    pub amount: i64,
+    /// The sender, hashed as the state hashes it (the account number itself
+    /// never leaves its owner).
+    pub account: u64,
+    /// The payee key (bank code and account number).
+    pub payee: CompactString,
+    /// The device, when the transfer names one.
+    pub device: Option<CompactString>,
+}
+
+/// The format version written first in every batch.
+pub const OBSERVATION_FORMAT: u8 = 1;
+
+/// Why a batch of observations was refused.
+#[allow(missing_docs)] // each variant's #[error] text is its documentation and names its fields
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum ObservationError {
+    #[error("an empty observation batch")]
+    Empty,
+    #[error("observation format version {found}, this build reads version {OBSERVATION_FORMAT}")]
+    Version { found: u8 },
+    #[error("observation {index} is cut short at byte {at}")]
+    Truncated { index: usize, at: usize },
+    #[error("{bytes} bytes after the last observation")]
+    Trailing { bytes: usize },
+    #[error("observation {index}: a key that is not UTF-8")]
+    NotUtf8 { index: usize },
+}
+
+/// A device field of this length byte means "no device".
+const NO_DEVICE: u8 = u8::MAX;
+
+impl Observation {
+    /// What `t` (at `offset`) teaches the shared tables.
+    pub fn of(t: &Transfer, payee_key: &str, offset: i64) -> Self {
+        Observation {
+            offset,
+            time: t.tran_dtime,
+            amount: t.tran_amt.get(),
+            account: key_hash(&t.fintech_use_num),
+            payee: CompactString::from(payee_key),
+            device: t.device_id.as_deref().map(CompactString::from),
+        }
+    }
+
+    /// Start a batch in `out` (cleared first): the format version, then how
+    /// many observations follow (so a batch cut at an observation's end is
+    /// still seen to be cut).
+    pub fn begin_batch(out: &mut Vec<u8>) {
+        out.clear();
+        out.push(OBSERVATION_FORMAT);
+        out.extend_from_slice(&0u32.to_le_bytes());
+    }
+
+    /// Append this observation to a batch begun with [`Observation::begin_batch`].
+    /// Keys longer than 254 bytes are cut there (the event parser bounds them
+    /// far below that).
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        if let Some(count) = out.get_mut(1..5) {
+            let n = u32::from_le_bytes(count.try_into().expect("4 bytes")) + 1;
+            count.copy_from_slice(&n.to_le_bytes());
+        }
+        out.extend_from_slice(&self.offset.to_le_bytes());
+        out.extend_from_slice(&self.time.millis().to_le_bytes());
+        out.extend_from_slice(&self.amount.to_le_bytes());
+        out.extend_from_slice(&self.account.to_le_bytes());
+        put_key(out, Some(&self.payee));
+        put_key(out, self.device.as_deref());
+    }
+
+    /// Read a whole batch: every observation, or why none can be trusted.
+    pub fn decode_batch(bytes: &[u8]) -> Result<Vec<Observation>, ObservationError> {
+        let (&version, rest) = bytes.split_first().ok_or(ObservationError::Empty)?;
+        if version != OBSERVATION_FORMAT {
+            return Err(ObservationError::Version { found: version });
+        }
+        let (count, mut rest) =
+            rest.split_first_chunk::<4>().ok_or(ObservationError::Truncated { index: 0, at: bytes.len() })?;
+        let count = u32::from_le_bytes(*count) as usize;
+        // The count is not trusted for the allocation: each observation
+        // takes at least 34 bytes.
+        let mut out = Vec::with_capacity(count.min(rest.len() / 34));
+        while out.len() < count {
+            let index = out.len();
+            let at = bytes.len() - rest.len();
+            let cut = ObservationError::Truncated { index, at };
+            let fixed = |r: &mut &[u8]| -> Option<[u8; 8]> {
+                let (head, tail) = r.split_first_chunk::<8>()?;
+                *r = tail;
+                Some(*head)
+            };
+            let (Some(offset), Some(time), Some(amount), Some(account)) =
+                (fixed(&mut rest), fixed(&mut rest), fixed(&mut rest), fixed(&mut rest))
+            else {
+                return Err(cut);
+            };
+            let payee = take_key(&mut rest, index, bytes.len())?.ok_or(ObservationError::Truncated { index, at })?;
+            let device = take_key(&mut rest, index, bytes.len())?;
+            out.push(Observation {
+                offset: i64::from_le_bytes(offset),
+                time: EventTime(i64::from_le_bytes(time)),
+                amount: i64::from_le_bytes(amount),
+                account: u64::from_le_bytes(account),
+                payee,
+                device,
+            });
+        }
+        if !rest.is_empty() {
+            return Err(ObservationError::Trailing { bytes: rest.len() });
+        }
+        Ok(out)
+    }
+}
+
+fn put_key(out: &mut Vec<u8>, key: Option<&str>) {
+    match key {
+        Some(k) => {
+            let k = &k.as_bytes()[..k.len().min(usize::from(NO_DEVICE) - 1)];
+            out.push(k.len() as u8);
+            out.extend_from_slice(k);
+        }
+        None => out.push(NO_DEVICE),
+    }
+}
+
+/// A length-prefixed key from `rest` (of a batch `total` bytes long).
+fn take_key(rest: &mut &[u8], index: usize, total: usize) -> Result<Option<CompactString>, ObservationError> {
+    let truncated = ObservationError::Truncated { index, at: total - rest.len() };
+    let (&len, tail) = rest.split_first().ok_or(truncated.clone())?;
+    if len == NO_DEVICE {
+        *rest = tail;
+        return Ok(None);
+    }
+    let len = usize::from(len);
+    if tail.len() < len {
+        return Err(truncated);
+    }
+    let key = std::str::from_utf8(&tail[..len]).map_err(|_| ObservationError::NotUtf8 { index })?;
+    *rest = &tail[len..];
+    Ok(Some(CompactString::from(key)))
+}
+
+impl State {
+    /// Count another instance's transfer in its payee and device, as that
+    /// instance did when it scored it.
+    pub fn observe_shared(&self, o: &Observation) {
+        self.touch(EntityKind::Payee, &o.payee);
+        entry(&self.payees, &o.payee, || PayeeState::new(o.time)).count_in(o.time, o.amount, o.account, &self.cfg);
+        if let Some(d) = &o.device {
+            self.touch(EntityKind::Device, d);
+            entry(&self.devices, d, || DeviceState::new(o.time)).count_use(o.time, o.amount, o.account, &self.cfg);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::build;
+    use crate::state::StateConfig;
+
+    #[test]
+    fn a_batch_reads_back_exactly_and_a_bad_one_is_refused() {
+        let a = Observation {
+            offset: 7,
+            time: EventTime(1_700_000_000_000),
+            amount: 5_000_000,
+            account: 42,
+            payee: "088:110123456789".into(),
+            device: Some("dev-1".into()),
+        };
+        let b = Observation { offset: 8, device: None, ..a.clone() };
+        let mut buf = Vec::new();
+        Observation::begin_batch(&mut buf);
+        a.encode(&mut buf);
+        b.encode(&mut buf);
+        assert_eq!(Observation::decode_batch(&buf).unwrap(), vec![a, b]);
+        assert_eq!(Observation::decode_batch(&[]), Err(ObservationError::Empty));
+        let mut other = buf.clone();
+        other[0] = 9;
+        assert_eq!(Observation::decode_batch(&other), Err(ObservationError::Version { found: 9 }));
+        for cut in 1..buf.len() - 1 {
+            assert!(
+                matches!(Observation::decode_batch(&buf[..cut]), Err(ObservationError::Truncated { .. })),
+                "cut at {cut}"
+            );
+        }
+    }
+
+    /// An instance that learns another's transfers through observations ends
+    /// with the payee and device the scoring instance has.
+    #[test]
+    fn an_observation_counts_as_the_transfer_itself_does() {
+        let (scorer, other) = (State::new(StateConfig::default()), State::new(StateConfig::default()));
+        let mut later = None;
+        for (i, sender) in ["A1", "A2", "A3", "A2"].into_iter().enumerate() {
+            let t = build::transfer(&format!("T{i}"))
+                .account(sender)
+                .payee("088", "110999")
+                .device("shared-phone")
+                .at_time(EventTime(1_700_000_000_000 + 60_000 * i as i64))
+                .transfer();
+            scorer.observe_transfer(&t, &t.payee_key());
+            other.observe_shared(&Observation::of(&t, &t.payee_key(), i as i64));
+            later = Some(t);
+        }
+        let t = later.unwrap();
+        let (a, b) = (scorer.observe_transfer(&t, &t.payee_key()), other.observe_transfer(&t, &t.payee_key()));
+        assert_eq!(a.payee.distinct_senders_1h, 3);
+        assert_eq!(b.payee.distinct_senders_1h, a.payee.distinct_senders_1h);
+        assert_eq!(b.payee.in_sum_24h, a.payee.in_sum_24h);
+        assert_eq!(b.device.unwrap().distinct_accounts_24h, 3);
+        assert_eq!(b.device.unwrap().count_1h, a.device.unwrap().count_1h);
+        // Already counted: read, not counted again.
+        let c = other.observe_transfer_as(&t, &t.payee_key(), SharedCount::AlreadyCounted);
+        let d = other.observe_transfer_as(&t, &t.payee_key(), SharedCount::AlreadyCounted);
+        assert_eq!(c.payee.in_count_24h, d.payee.in_count_24h);
+    }
+}
