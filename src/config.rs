@@ -92,6 +92,7 @@ struct RawTopics {
     decisions: Option<String>,
     dead_letter: Option<String>,
     state: Option<String>,
+    observations: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -435,6 +436,7 @@ fn kafka_config(raw: RawKafka, problems: &mut Vec<String>) -> KafkaConfig {
         decisions: name("topics.decisions", t.decisions, &d.topics.decisions),
         dead_letter: name("topics.dead_letter", t.dead_letter, &d.topics.dead_letter),
         state: name("topics.state", t.state, &d.topics.state),
+        observations: name("topics.observations", t.observations, &d.topics.observations),
     };
     let group_id = name("group_id", raw.group_id, &d.group_id);
     let all = topics.all();

@@ -391,6 +391,17 @@ impl Engine {
     /// the pipeline reads it once per burst of messages, not per message.
     /// `None` skips the wall-clock guard.
     pub fn process_at(&self, event: &Event, wall_ms: Option<i64>) -> Result<Option<Scored>, EngineError> {
+        self.process_shared(event, wall_ms, SharedCount::Count)
+    }
+
+    /// [`Engine::process_at`], saying whether a transfer still has to be
+    /// counted in the shared payee and device tables (see [`Engine::score_as`]).
+    pub fn process_shared(
+        &self,
+        event: &Event,
+        wall_ms: Option<i64>,
+        shared: SharedCount,
+    ) -> Result<Option<Scored>, EngineError> {
         let time = event.time().millis();
         if let (Some(skew), Some(wall)) = (self.wall_clock_skew_ms, wall_ms) {
             if self.is_ahead_of_clock(time, wall) {
@@ -412,7 +423,7 @@ impl Engine {
             self.maybe_expire(self.advance_expiry_clock(time));
         }
         Ok(match event {
-            Event::Transfer(t) => Some(self.score(t)),
+            Event::Transfer(t) => Some(self.score_as(t, shared)),
             other => {
                 self.state.apply(other);
                 None

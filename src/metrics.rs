@@ -50,6 +50,9 @@ const ENGINE_BUCKETS: [f64; 13] =
 const END_TO_END_BUCKETS: [f64; 18] =
     [100e-6, 200e-6, 500e-6, 1e-3, 2e-3, 5e-3, 10e-3, 20e-3, 50e-3, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0];
 
+/// The outcomes of `fds_shared_observations_total`.
+pub const SHARED_OUTCOMES: [&str; 4] = ["sent", "applied", "skipped", "refused"];
+
 /// The product's metrics and the registry they are exported from.
 ///
 /// Every field is cheap to update from any thread (atomics inside). The
@@ -108,6 +111,15 @@ pub struct Metrics {
     pub state_restore_seconds: Gauge,
     /// `fds_state_restore_bytes`: bytes of the snapshot last restored.
     pub state_restore_bytes: IntGauge,
+    /// `fds_shared_observations_total{outcome}`: the shared payee and device
+    /// tables' traffic: `sent` (this instance's transfers, to the others),
+    /// `applied` (the others', counted here), `skipped` (already counted:
+    /// this instance's own, or seen before) and `refused` (an unreadable
+    /// batch, each observation in it counted once the batch says how many).
+    pub shared_observations: IntCounterVec,
+    /// `fds_shared_lag_seconds`: from another instance producing an
+    /// observation to it being counted here (the shared tables' freshness).
+    pub shared_lag: Histogram,
     /// `fds_rules_reloads_total{result}`, `result` = `applied` or `rejected`.
     pub rules_reloads: IntCounterVec,
     /// `fds_rules_loaded`: rules in force (live and shadow).
@@ -291,6 +303,32 @@ impl Metrics {
                 r,
                 IntGauge::new("fds_state_restore_bytes", "Bytes of the state snapshot last restored."),
             ),
+            shared_observations: {
+                let v = register(
+                    r,
+                    IntCounterVec::new(
+                        Opts::new(
+                            "fds_shared_observations_total",
+                            "Observations of the shared payee and device tables, by outcome.",
+                        ),
+                        &["outcome"],
+                    ),
+                );
+                for outcome in SHARED_OUTCOMES {
+                    v.with_label_values(&[outcome]);
+                }
+                v
+            },
+            shared_lag: register(
+                r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "fds_shared_lag_seconds",
+                        "From another instance producing an observation to it being counted here.",
+                    )
+                    .buckets(END_TO_END_BUCKETS.to_vec()),
+                ),
+            ),
             rules_reloads,
             rules_loaded: register(r, IntGauge::new("fds_rules_loaded", "Rules in force, live and shadow.")),
             model_reloads,
@@ -389,7 +427,7 @@ mod tests {
     use super::*;
     use crate::state::StateConfig;
 
-    const ALL_NAMES: [&str; 26] = [
+    const ALL_NAMES: [&str; 28] = [
         "fds_events_consumed_total",
         "fds_decisions_total",
         "fds_decisions_late_total",
@@ -410,6 +448,8 @@ mod tests {
         "fds_state_restores_total",
         "fds_state_restore_seconds",
         "fds_state_restore_bytes",
+        "fds_shared_observations_total",
+        "fds_shared_lag_seconds",
         "fds_rules_reloads_total",
         "fds_rules_loaded",
         "fds_model_reloads_total",

@@ -117,6 +117,10 @@ pub struct Topics {
     pub dead_letter: String,
     /// The state's changelog (compacted): fds writes and reads it itself.
     pub state: String,
+    /// The shared payee and device tables' observations: every instance
+    /// writes its own transfers' and reads everyone's; as many partitions
+    /// as `transfers`.
+    pub observations: String,
 }
 
 impl Default for Topics {
@@ -128,14 +132,23 @@ impl Default for Topics {
             decisions: "decisions".into(),
             dead_letter: "dead-letter".into(),
             state: "state".into(),
+            observations: "observations".into(),
         }
     }
 }
 
 impl Topics {
     /// Every topic, inputs first.
-    pub fn all(&self) -> [&str; 6] {
-        [&self.transfers, &self.context_events, &self.labels, &self.decisions, &self.dead_letter, &self.state]
+    pub fn all(&self) -> [&str; 7] {
+        [
+            &self.transfers,
+            &self.context_events,
+            &self.labels,
+            &self.decisions,
+            &self.dead_letter,
+            &self.state,
+            &self.observations,
+        ]
     }
 }
 
@@ -257,9 +270,9 @@ impl EmbeddedBroker {
 }
 
 /// Each topic with its partition count: the keyed topics get `partitions`
-/// (transfers and context events must match, the state changelog follows
-/// them), labels and dead letters one.
-fn topic_layout(topics: &Topics, partitions: i32) -> [(&str, i32); 6] {
+/// (transfers and context events must match, the state changelog and the
+/// observations follow them), labels and dead letters one.
+fn topic_layout(topics: &Topics, partitions: i32) -> [(&str, i32); 7] {
     [
         (&topics.transfers, partitions),
         (&topics.context_events, partitions),
@@ -267,10 +280,11 @@ fn topic_layout(topics: &Topics, partitions: i32) -> [(&str, i32); 6] {
         (&topics.decisions, partitions),
         (&topics.dead_letter, 1),
         (&topics.state, partitions),
+        (&topics.observations, partitions),
     ]
 }
 
-/// Create the five topics on a real cluster (`fds topics create`); topics that
+/// Create the topics on a real cluster (`fds topics create`); topics that
 /// already exist are left as they are.
 pub fn create_topics(
     connection: &Connection,

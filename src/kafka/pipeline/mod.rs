@@ -112,11 +112,12 @@ use super::{
     HEADER_SOURCE_TOPIC, HEADER_TRUNCATED_FROM,
 };
 use crate::api::Health;
-use crate::engine::{Engine, EngineError, Outcome};
+use crate::engine::{Engine, EngineError, Outcome, Scored};
 use crate::event::{mask_account, Event, EventError};
 use crate::input::order::{Feed, Key, Merge};
 use crate::metrics::Metrics;
 use crate::rules::RuleSet;
+use crate::state::{Observation, SharedCount};
 
 mod changelog;
 mod checkpoint;
@@ -128,6 +129,7 @@ mod merge;
 mod offsets;
 mod readers;
 mod scoring;
+mod shared;
 
 use changelog::*;
 use clients::*;
@@ -136,6 +138,7 @@ use health::*;
 use merge::*;
 use readers::*;
 use scoring::*;
+use shared::*;
 
 pub use memory::{DecisionMemory, Remembered};
 pub use offsets::OffsetTracker;
@@ -270,9 +273,12 @@ pub fn run(
         engine.state().track_changes();
         changelog = Some(Changelog::new(&opts, interval)?);
     } else if let Some(dir) = &opts.state_dir {
-        restore_checkpoint(dir, &engine, &opts, &metrics);
+        // Only to say what the shared tables already hold: the group's
+        // committed offsets are where this state ends anyway.
+        positions = restore_checkpoint(dir, &engine, &opts, &metrics);
     }
     let (labels, label_starts) = labels_reader(&opts, &stop)?;
+    let shared = SharedTables::new(&opts, &metrics, &stop, &positions)?;
     let watcher = spawn_health_watch(&opts, health.clone(), stop.clone())?;
 
     let commit_ms = opts.commit_interval.as_millis().max(1).to_string();
@@ -337,6 +343,7 @@ pub fn run(
         same_partitions,
         burst_wall_ms: 0,
         positions,
+        shared,
     };
 
     // Every input in the canonical order (see `input::order`): the fraud
@@ -382,6 +389,7 @@ pub fn run(
                 // after the new assignment and stays.
                 revocations = now;
                 burst.clear();
+                scorer.shared.disown_all();
                 ordered.merge.forget(&[Feed::Transfers, Feed::Context]);
             }
             match polled {
@@ -398,6 +406,9 @@ pub fn run(
         }
         for (feed, partition, from) in consumer.context().take_starts() {
             ordered.merge.follow(feed, partition, from);
+            if feed == Feed::Transfers {
+                scorer.shared.own(partition, from);
+            }
             // The state has learnt nothing of this partition before where it
             // starts here (unless restored past it): a checkpoint says so.
             if let Some(from) = from {
@@ -438,6 +449,12 @@ pub fn run(
         if (assigned != NOT_ASSIGNED && assigned > 0) || ordered.merge.len() >= MERGE_MAX_BUFFERED {
             ordered.drain(&mut scorer, health.is_broker_up());
         }
+        scorer.shared.flush();
+        // The other instances' transfers, once this one knows which
+        // partitions it counts itself.
+        if assigned != NOT_ASSIGNED {
+            scorer.shared.read(&engine);
+        }
         if let Some(c) = &mut changelog {
             c.tick(&engine, &scorer.positions, &consumer.context().book().tracker, &metrics);
         }
@@ -464,6 +481,7 @@ pub fn run(
     }
     scorer.settle_acks();
     scorer.store_offsets();
+    scorer.shared.finish(Duration::from_secs(5));
     scorer.summary.unfinished = pending() as u64;
     if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
         // Nothing stored since the last commit is also a "failure" here.
@@ -551,8 +569,9 @@ fn restore_from_changelog(
 }
 
 /// Restore the state from the checkpoint in `dir` when it covers exactly the
-/// group's committed offsets; otherwise say why and start empty.
-fn restore_checkpoint(dir: &std::path::Path, engine: &Engine, opts: &PipelineOptions, metrics: &Metrics) {
+/// group's committed offsets; otherwise say why and start empty. Returns the
+/// input positions the restored state covers.
+fn restore_checkpoint(dir: &std::path::Path, engine: &Engine, opts: &PipelineOptions, metrics: &Metrics) -> Positions {
     let started = Instant::now();
     let consumer: Result<BaseConsumer<Quiet>, _> = opts
         .connection
@@ -566,7 +585,7 @@ fn restore_checkpoint(dir: &std::path::Path, engine: &Engine, opts: &PipelineOpt
         Err(e) => {
             tracing::warn!(dir = %dir.display(), error = %e, "cannot read the committed offsets; starting with empty state");
             metrics.state_restores.with_label_values(&["refused"]).inc();
-            return;
+            return Positions::new();
         }
     };
     let result = checkpoint::restore(dir, engine, &committed.offsets);
@@ -582,10 +601,18 @@ fn restore_checkpoint(dir: &std::path::Path, engine: &Engine, opts: &PipelineOpt
         metrics.state_restore_bytes.set(i64::try_from(stats.bytes).unwrap_or(i64::MAX));
     }
     match result {
-        Ok(stats) => log_snapshot("state restored from the checkpoint", dir, &stats, started),
+        Ok(stats) => {
+            log_snapshot("state restored from the checkpoint", dir, &stats, started);
+            return committed
+                .offsets
+                .iter()
+                .map(|((topic, partition), &next)| ((feed_of(&opts.topics, topic), *partition), next))
+                .collect();
+        }
         Err(why @ checkpoint::Skip::Missing(_)) => tracing::info!("starting with empty state: {why}"),
         Err(why) => tracing::warn!("starting with empty state: {why}"),
     }
+    Positions::new()
 }
 
 /// After the final commit: checkpoint the state with the offsets it covers,

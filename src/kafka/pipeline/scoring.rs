@@ -30,6 +30,8 @@ pub(super) struct ScoringThread<'a> {
     pub(super) burst_wall_ms: i64,
     /// Per input partition, the next offset the state has not learnt.
     pub(super) positions: Positions,
+    /// The shared payee and device tables' traffic.
+    pub(super) shared: SharedTables,
 }
 
 /// Dead-letter payloads are cut to this size (Kafka's default record limit is
@@ -139,7 +141,7 @@ impl ScoringThread<'_> {
                     // Decided before a crash, after the restored state's
                     // position: the state learns it again, in the same order
                     // as the first time; the answer stays the one given.
-                    let _ = self.engine.process_at(&event, Some(self.burst_wall_ms));
+                    let _ = self.learn(&event, source);
                 }
                 self.metrics.decisions_redelivered.inc();
                 self.summary.redelivered += 1;
@@ -163,7 +165,7 @@ impl ScoringThread<'_> {
             return;
         }
 
-        match self.engine.process_at(&event, Some(self.burst_wall_ms)) {
+        match self.learn(&event, source) {
             Err(e @ EngineError::AheadOfClock { .. }) => {
                 self.dead_letter(msg, source, DeadLetterKind::AheadOfClock, &e.to_string())
             }
@@ -211,6 +213,18 @@ impl ScoringThread<'_> {
                 self.json = json;
             }
         }
+    }
+
+    /// An input event into the engine; a transfer is counted in the shared
+    /// tables unless it already is, and then goes out to the other instances.
+    fn learn(&mut self, event: &Event, source: Origin) -> Result<Option<Scored>, EngineError> {
+        let Event::Transfer(t) = event else { return self.engine.process_at(event, Some(self.burst_wall_ms)) };
+        let shared = self.shared.count(source.partition, source.offset);
+        let scored = self.engine.process_shared(event, Some(self.burst_wall_ms), shared)?;
+        if shared == SharedCount::Count {
+            self.shared.publish(source.partition, &Observation::of(t, &t.payee_key(), source.offset));
+        }
+        Ok(scored)
     }
 
     /// A fraud report from the labels topic: into the state. Labels are read
