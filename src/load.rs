@@ -85,6 +85,8 @@ pub enum LoadError {
     Input(#[from] InputError),
     #[error("the rate must be a positive number of transfers per second, got {0}")]
     InvalidRate(f64),
+    #[error("the speed must be a positive factor, and not given with a rate, got {0}")]
+    InvalidSpeed(f64),
     /// The metadata request at the start got no answer: nothing was sent.
     #[error("no broker answered at {brokers} within {} s", timeout.as_secs_f64())]
     Unreachable {
@@ -130,6 +132,11 @@ pub struct LoadOptions {
     /// Transfers per second; `None` sends as fast as the producer takes them.
     /// Context events and labels go out as they come and do not count.
     pub rate: Option<f64>,
+    /// Instead of a rate: every event at its recorded time, sped up by this
+    /// factor (10,000 plays a week in about a minute), so the traffic keeps
+    /// its shape: quiet nights, busy paydays, a context event minutes before
+    /// its transfer stays minutes / factor before it.
+    pub speed: Option<f64>,
     /// Stop after this many transfers.
     pub limit: Option<u64>,
     /// Written into each transfer's `deadline-ms` header (wall clock at send
@@ -159,6 +166,7 @@ impl LoadOptions {
             connection,
             topics,
             rate: None,
+            speed: None,
             limit: None,
             budget: Duration::from_millis(DEFAULT_BUDGET_MS),
             drain: Duration::from_secs_f64(DEFAULT_DRAIN_SECS),
@@ -178,6 +186,8 @@ pub struct LoadReport {
     pub brokers: String,
     /// The rate asked for, in transfers per second; `None` for flat out.
     pub target_rate: Option<f64>,
+    /// The speed-up of the recorded times asked for, instead of a rate.
+    pub speed: Option<f64>,
     /// The answer budget written into `deadline-ms`, in ms.
     pub budget_ms: u64,
     /// How long the load waited for answers after the last send, in seconds.
@@ -281,6 +291,11 @@ pub fn run(opts: LoadOptions, progress: Option<ProgressBar>) -> Result<LoadRepor
             return Err(LoadError::InvalidRate(r));
         }
     }
+    if let Some(f) = opts.speed {
+        if !(f > 0.0 && f.is_finite()) || opts.rate.is_some() {
+            return Err(LoadError::InvalidSpeed(f));
+        }
+    }
     let sources = opts.files.iter().map(|f| input::open(f, opts.format)).collect::<Result<Vec<_>, _>>()?;
     let inputs: Vec<String> = sources.iter().map(|s| s.name.clone()).collect();
     let bar = progress.unwrap_or_else(ProgressBar::hidden);
@@ -379,6 +394,7 @@ fn report(
         inputs,
         brokers: opts.connection.brokers.clone(),
         target_rate: opts.rate,
+        speed: opts.speed,
         budget_ms: opts.budget.as_millis() as u64,
         drain_s: opts.drain.as_secs_f64(),
         transfers_sent: p.transfers,
@@ -599,6 +615,8 @@ enum Route {
 /// One event read, checked and serialized before the clock starts.
 struct Outgoing {
     route: Route,
+    /// The event's time, Unix ms (for `--speed`).
+    time_ms: i64,
     key: Box<str>,
     /// The payload's bytes in [`Prepared::bytes`].
     payload: std::ops::Range<usize>,
@@ -650,7 +668,8 @@ fn prepare(sources: Vec<Input>, limit: u64, bar: &ProgressBar) -> Prepared {
             };
             let start = p.bytes.len();
             event.write_json(&mut p.bytes);
-            p.records.push(Outgoing { route, key, payload: start..p.bytes.len() });
+            let time_ms = event.time().millis();
+            p.records.push(Outgoing { route, time_ms, key, payload: start..p.bytes.len() });
             if p.records.len() % 4096 == 0 {
                 bar.set_position(done_bytes + src.position.load(Ordering::Relaxed));
             }
@@ -672,8 +691,21 @@ fn produce(
     let mut p = Produced::default();
     let pacer = opts.rate.map(|per_second| Pacer { per_second });
     let topics = &opts.topics;
+    // With a speed: the first event's time and when it went. What follows
+    // the last transfer (fraud reports, dated weeks later) goes at once:
+    // nothing waits on it.
+    let mut clock: Option<(i64, Instant)> = None;
+    let last_transfer = prepared.records.iter().rposition(|r| matches!(r.route, Route::Transfer { .. }));
     for (n, record) in prepared.records.iter().enumerate() {
         let payload = &prepared.bytes[record.payload.clone()];
+        if let (Some(factor), true) = (opts.speed, last_transfer.is_some_and(|last| n <= last)) {
+            let (first_ms, started) = *clock.get_or_insert((record.time_ms, Instant::now()));
+            let due = Duration::try_from_secs_f64((record.time_ms - first_ms).max(0) as f64 / 1e3 / factor)
+                .unwrap_or(Duration::MAX);
+            if let Some(wait) = due.checked_sub(started.elapsed()).filter(|d| !d.is_zero()) {
+                std::thread::sleep(wait);
+            }
+        }
         match &record.route {
             Route::Transfer { id } => {
                 if let (Some(pacer), Some(first)) = (pacer, p.first_send) {
@@ -1060,9 +1092,10 @@ impl LoadReport {
         use std::fmt::Write as _;
         let mut s = String::new();
         let w = &mut s;
-        let pace = match self.target_rate {
-            Some(r) => format!("{r} transfers/s"),
-            None => "as fast as possible".to_owned(),
+        let pace = match (self.target_rate, self.speed) {
+            (Some(r), _) => format!("{r} transfers/s"),
+            (None, Some(f)) => format!("recorded times sped up {f}x"),
+            (None, None) => "as fast as possible".to_owned(),
         };
         let _ = writeln!(w, "fds load: {} -> {}", self.inputs.join(", "), self.brokers);
         let _ = writeln!(w, "  pace {pace}, budget {} ms, drain {} s", self.budget_ms, self.drain_s);

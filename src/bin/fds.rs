@@ -171,8 +171,12 @@ enum Command {
         format: Format,
         /// Transfers per second [default: as fast as possible]. Context events
         /// and labels go out as they come and do not count.
-        #[arg(long, value_name = "PER_SECOND")]
+        #[arg(long, value_name = "PER_SECOND", conflicts_with = "speed")]
         rate: Option<f64>,
+        /// Send every event at its recorded time, sped up by this factor
+        /// (10000: a week in about a minute), keeping the traffic's shape.
+        #[arg(long, value_name = "FACTOR")]
+        speed: Option<f64>,
         /// Stop after this many transfers.
         #[arg(long)]
         limit: Option<u64>,
@@ -458,6 +462,7 @@ fn run() -> Result<()> {
             brokers,
             format,
             rate,
+            speed,
             limit,
             budget_ms,
             drain_secs,
@@ -475,6 +480,7 @@ fn run() -> Result<()> {
             let mut opts = fds::load::LoadOptions::new(files, connection, config.kafka.topics.clone());
             opts.format = format;
             opts.rate = rate;
+            opts.speed = speed;
             opts.limit = limit;
             opts.budget = Duration::from_millis(budget_ms);
             opts.drain = drain;

@@ -267,11 +267,16 @@ pub struct FdsRun(std::process::Child);
 
 impl FdsRun {
     pub fn start(brokers: &str, config: Option<&std::path::Path>) -> FdsRun {
+        FdsRun::start_listening(brokers, config, "127.0.0.1:0".parse().unwrap())
+    }
+
+    /// With its HTTP endpoints (/readyz, /metrics) on `listen`.
+    pub fn start_listening(brokers: &str, config: Option<&std::path::Path>, listen: std::net::SocketAddr) -> FdsRun {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_fds"));
         if let Some(c) = config {
             cmd.arg("--config").arg(c);
         }
-        cmd.args(["run", "--brokers", brokers, "--listen", "127.0.0.1:0"])
+        cmd.args(["run", "--brokers", brokers, "--listen", &listen.to_string()])
             .env("RUST_LOG", std::env::var("FDS_TEST_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(std::process::Stdio::null());
         FdsRun(cmd.spawn().unwrap())
@@ -294,6 +299,24 @@ impl Drop for FdsRun {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// A loopback address with a port nobody listens on (free when asked).
+pub fn free_port() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+/// GET `path` from `addr`: the status and the body, `None` when nothing answers.
+pub fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    let mut response = String::new();
+    s.read_to_string(&mut response).ok()?;
+    let status = response.split(' ').nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Some((status, body))
 }
 
 /// Poll `cond` every 50 ms until it holds or `timeout` passes.

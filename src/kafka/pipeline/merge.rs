@@ -22,8 +22,10 @@ pub(super) const MERGE_WAIT: Duration = Duration::from_secs(5);
 /// on without it: bounds memory when one partition lags far behind the rest.
 pub(super) const MERGE_MAX_BUFFERED: usize = 200_000;
 
-/// How long a poll waits when nothing is buffered.
-pub(super) const IDLE_WAIT: Duration = Duration::from_millis(50);
+/// How long a poll waits when nothing is buffered: also the longest another
+/// instance's observations wait to be counted while this one is idle (they
+/// arrive on a consumer of their own, which that poll does not watch).
+pub(super) const IDLE_WAIT: Duration = Duration::from_millis(5);
 
 /// How long a poll waits when the merge is held back by an empty partition.
 pub(super) const BLOCKED_WAIT: Duration = Duration::from_millis(1);

@@ -446,15 +446,16 @@ pub fn run(
         // dated before them (tansu can hand out an empty assignment first).
         // An instance left without partitions keeps at most a bounded pile.
         let assigned = consumer.context().assigned.load(Ordering::Relaxed);
+        // The other instances' transfers that have arrived, before this
+        // burst is scored (once this instance knows which partitions it
+        // counts itself).
+        if assigned != NOT_ASSIGNED {
+            scorer.shared.read(&engine);
+        }
         if (assigned != NOT_ASSIGNED && assigned > 0) || ordered.merge.len() >= MERGE_MAX_BUFFERED {
             ordered.drain(&mut scorer, health.is_broker_up());
         }
         scorer.shared.flush();
-        // The other instances' transfers, once this one knows which
-        // partitions it counts itself.
-        if assigned != NOT_ASSIGNED {
-            scorer.shared.read(&engine);
-        }
         if let Some(c) = &mut changelog {
             c.tick(&engine, &scorer.positions, &consumer.context().book().tracker, &metrics);
         }
