@@ -391,7 +391,7 @@ impl Engine {
     /// the pipeline reads it once per burst of messages, not per message.
     /// `None` skips the wall-clock guard.
     pub fn process_at(&self, event: &Event, wall_ms: Option<i64>) -> Result<Option<Scored>, EngineError> {
-        self.process_shared(event, wall_ms, SharedCount::Count)
+        self.process_shared(event, wall_ms, SharedCount::COUNT)
     }
 
     /// [`Engine::process_at`], saying whether a transfer still has to be
@@ -435,7 +435,7 @@ impl Engine {
     /// Either can hold; a rule's verification wins over the model's default,
     /// since analysts chose it for the pattern they saw.
     pub fn score(&self, t: &Transfer) -> Scored {
-        self.score_as(t, SharedCount::Count)
+        self.score_as(t, SharedCount::COUNT)
     }
 
     /// [`Engine::score`] for a transfer whose payee and device may already

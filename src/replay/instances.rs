@@ -23,7 +23,7 @@ use serde::Serialize;
 use crate::engine::{Engine, EngineError, Scored};
 use crate::event::Event;
 use crate::input::order::{partition_for, partition_key};
-use crate::state::{MemoryReport, Observation};
+use crate::state::{MemoryReport, Observation, SharedCount};
 
 use super::ReplayReport;
 
@@ -119,7 +119,7 @@ impl<'e> Instances<'e> {
             let f = self.in_flight.pop().expect("peeked");
             for (i, e) in self.engines.iter().enumerate() {
                 if i != f.from {
-                    e.state().observe_shared(&f.observation);
+                    e.state().observe_shared(&f.observation, SharedCount::COUNT);
                 }
             }
         }

@@ -100,13 +100,21 @@ impl State {
     /// (of every entity when `whole`). Returns how many it holds. Call it
     /// between events; the checkpoint is the state at that moment.
     pub fn begin_checkpoint(&self, whole: bool) -> usize {
+        self.begin_checkpoint_of(whole, |_, _| true)
+    }
+
+    /// [`State::begin_checkpoint`] of the entities `ours` says this writer
+    /// writes (with several instances, each writes its partitions'); the
+    /// other changes are dropped: their writers keep their own.
+    pub fn begin_checkpoint_of(&self, whole: bool, ours: impl Fn(EntityKind, &str) -> bool) -> usize {
         let mut all = Vec::new();
         if whole {
             self.all_entities(&mut all);
+            all.retain(|(kind, key)| ours(*kind, key));
         }
         let mut sets = self.changes.lock();
         let dirty = std::mem::take(&mut sets.dirty);
-        sets.pending.extend(dirty);
+        sets.pending.extend(dirty.into_iter().filter(|(kind, key)| ours(*kind, key)));
         sets.pending.extend(all);
         let n = sets.pending.len() + sets.written.len();
         self.changes.open.store(n > 0, Ordering::Relaxed);
@@ -212,6 +220,14 @@ impl State {
             return Err(malformed("bytes left over after the entity".into()));
         }
         Ok((kind, key))
+    }
+
+    /// Forget the accounts `which` names (a partition's, before its
+    /// checkpoint is restored in their place). Returns how many went.
+    pub fn forget_accounts(&self, which: impl Fn(&str) -> bool) -> usize {
+        let before = self.accounts.len();
+        self.accounts.retain(|key, _| !which(key));
+        before - self.accounts.len()
     }
 
     /// Forget an entity (a changelog said it is gone).

@@ -927,7 +927,7 @@ impl State {
     /// Read the sender, payee and device as they were before `t`, then record `t`.
     /// `payee_key` is `t.payee_key()`, passed in so it is built once per transfer.
     pub fn observe_transfer(&self, t: &Transfer, payee_key: &str) -> Observed {
-        self.observe_transfer_as(t, payee_key, SharedCount::Count)
+        self.observe_transfer_as(t, payee_key, SharedCount::COUNT)
     }
 
     /// [`State::observe_transfer`], saying whether the transfer still has to
@@ -939,7 +939,6 @@ impl State {
         let payee_h = key_hash(payee_key);
         let account_h = key_hash(&t.fintech_use_num);
         let device_h = t.device_id.as_deref().map(key_hash);
-        let count = shared == SharedCount::Count;
 
         let account = {
             self.touch(EntityKind::Account, &t.fintech_use_num);
@@ -948,7 +947,7 @@ impl State {
             a.count_attempt(now, amount);
             view
         };
-        let payee = if count {
+        let payee = if shared.payee {
             self.touch(EntityKind::Payee, payee_key);
             let mut p = entry(&self.payees, payee_key, || PayeeState::new(now));
             let view = p.view(now);
@@ -958,7 +957,7 @@ impl State {
             self.payee_view(payee_key, now)
         };
         let device = t.device_id.as_deref().map(|d| {
-            if !count {
+            if !shared.device {
                 return self.device_view(d, now);
             }
             self.touch(EntityKind::Device, d);
@@ -972,7 +971,7 @@ impl State {
 
     /// A payee as it is, for a transfer already counted in it: as it was
     /// just before that transfer is not known any more, so the view is the
-    /// current one (see [`SharedCount::AlreadyCounted`]).
+    /// current one (see [`SharedCount::ALREADY_COUNTED`]).
     fn payee_view(&self, key: &str, now: EventTime) -> PayeeView {
         match self.payees.get(key) {
             Some(p) => p.view(now),

@@ -14,7 +14,7 @@
 //! Guarantees:
 //! - **Counted once.** The caller keeps, per transfers partition, the next
 //!   offset not yet in its shared tables; an observation or a transfer below
-//!   it is not counted again ([`SharedCount::AlreadyCounted`]), whichever of
+//!   it is not counted again ([`SharedCount::ALREADY_COUNTED`]), whichever of
 //!   the two arrived first.
 //! - **Order-insensitive.** Windows are rings of buckets and sender sets keep
 //!   the latest time per sender, so observations applied a little late or out
@@ -31,16 +31,28 @@ use compact_str::CompactString;
 use super::{entry, key_hash, DeviceState, EntityKind, PayeeState, State};
 use crate::event::{EventTime, Transfer};
 
-/// Whether a transfer being scored still has to be counted in the shared
-/// tables.
+/// Whether a transfer still has to be counted in its payee and in its
+/// device: not where this instance already learnt it from the instance that
+/// scored it first, or where a restored checkpoint already holds it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SharedCount {
-    /// First sight: count it in its payee and device.
-    Count,
-    /// Already counted (from another instance's observation, before this one
-    /// took the partition over): the payee and device are read as they are
-    /// and left unchanged.
-    AlreadyCounted,
+pub struct SharedCount {
+    /// Count it in the payee.
+    pub payee: bool,
+    /// Count it in the device.
+    pub device: bool,
+}
+
+impl SharedCount {
+    /// First sight: count it in both.
+    pub const COUNT: SharedCount = SharedCount { payee: true, device: true };
+    /// Counted already: the payee and device are read as they are and left
+    /// unchanged.
+    pub const ALREADY_COUNTED: SharedCount = SharedCount { payee: false, device: false };
+
+    /// Counted anywhere.
+    pub fn any(self) -> bool {
+        self.payee || self.device
+    }
 }
 
 /// What one scored transfer does to its payee and device.
@@ -196,11 +208,13 @@ fn take_key(rest: &mut &[u8], index: usize, total: usize) -> Result<Option<Compa
 
 impl State {
     /// Count another instance's transfer in its payee and device, as that
-    /// instance did when it scored it.
-    pub fn observe_shared(&self, o: &Observation) {
-        self.touch(EntityKind::Payee, &o.payee);
-        entry(&self.payees, &o.payee, || PayeeState::new(o.time)).count_in(o.time, o.amount, o.account, &self.cfg);
-        if let Some(d) = &o.device {
+    /// instance did when it scored it (in those `which` says).
+    pub fn observe_shared(&self, o: &Observation, which: SharedCount) {
+        if which.payee {
+            self.touch(EntityKind::Payee, &o.payee);
+            entry(&self.payees, &o.payee, || PayeeState::new(o.time)).count_in(o.time, o.amount, o.account, &self.cfg);
+        }
+        if let Some(d) = o.device.as_ref().filter(|_| which.device) {
             self.touch(EntityKind::Device, d);
             entry(&self.devices, d, || DeviceState::new(o.time)).count_use(o.time, o.amount, o.account, &self.cfg);
         }
@@ -255,7 +269,7 @@ mod tests {
                 .at_time(EventTime(1_700_000_000_000 + 60_000 * i as i64))
                 .transfer();
             scorer.observe_transfer(&t, &t.payee_key());
-            other.observe_shared(&Observation::of(&t, &t.payee_key(), i as i64));
+            other.observe_shared(&Observation::of(&t, &t.payee_key(), i as i64), SharedCount::COUNT);
             later = Some(t);
         }
         let t = later.unwrap();
@@ -266,8 +280,8 @@ mod tests {
         assert_eq!(b.device.unwrap().distinct_accounts_24h, 3);
         assert_eq!(b.device.unwrap().count_1h, a.device.unwrap().count_1h);
         // Already counted: read, not counted again.
-        let c = other.observe_transfer_as(&t, &t.payee_key(), SharedCount::AlreadyCounted);
-        let d = other.observe_transfer_as(&t, &t.payee_key(), SharedCount::AlreadyCounted);
+        let c = other.observe_transfer_as(&t, &t.payee_key(), SharedCount::ALREADY_COUNTED);
+        let d = other.observe_transfer_as(&t, &t.payee_key(), SharedCount::ALREADY_COUNTED);
         assert_eq!(c.payee.in_count_24h, d.payee.in_count_24h);
     }
 }

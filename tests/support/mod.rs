@@ -342,6 +342,17 @@ pub fn verdict(j: &serde_json::Value) -> serde_json::Value {
 /// otherwise than by the replay, of how many, and how many answers were
 /// given again (the input the restored state had not seen, handled again).
 pub fn kill_and_restart(brokers: &str, topics: &Topics, checkpoint_ms: u64, partitions: i32) -> (usize, usize, usize) {
+    kill_and_restart_with(brokers, topics, checkpoint_ms, partitions, "")
+}
+
+/// [`kill_and_restart`], the restarted instance's settings file ending with `after`.
+pub fn kill_and_restart_with(
+    brokers: &str,
+    topics: &Topics,
+    checkpoint_ms: u64,
+    partitions: i32,
+    after: &str,
+) -> (usize, usize, usize) {
     const WAIT: Duration = Duration::from_secs(120);
     let brokers = brokers.to_owned();
     // About 3 MB of transfers: the embedded broker keeps a few MB per
@@ -373,6 +384,9 @@ pub fn kill_and_restart(brokers: &str, topics: &Topics, checkpoint_ms: u64, part
     drop(child);
     send_events(&p, topics, rest, 600_000);
     rdkafka::producer::Producer::flush(&p, Duration::from_secs(30)).unwrap();
+    let mut settings = std::fs::read_to_string(config.path()).unwrap();
+    settings.push_str(after);
+    std::fs::write(config.path(), settings).unwrap();
     let child = FdsRun::start(&brokers, Some(config.path()));
     assert!(
         decisions.read_until(WAIT, |r| all_decided(r, ids.len())),

@@ -66,22 +66,32 @@ use std::sync::atomic::AtomicI64;
 use serde::{Deserialize, Serialize};
 
 use super::*;
-use crate::state::{EntityKind, EntityRecord, ExpiryClocks};
+use crate::state::{EntityKind, EntityRecord};
 
 /// The header on every changelog record: the checkpoint it belongs to.
 pub(super) const HEADER_CHECKPOINT: &str = "fds-checkpoint";
 
-/// The key of the record that completes a checkpoint.
-const MARKER_KEY: &[u8] = b"@checkpoint";
+/// The key of the record that completes a partition's checkpoint.
+pub(super) const MARKER_KEY: &[u8] = b"@checkpoint";
 
-/// A complete checkpoint: what it covers.
+/// A complete checkpoint of one partition (the one it is written to): what
+/// it covers.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(super) struct Marker {
     pub(super) id: u64,
     pub(super) expiry_clock: i64,
     pub(super) last_expiry: i64,
-    /// (topic, partition, next offset not in the state).
+    /// (topic, partition, next offset not in the state): the partition's
+    /// transfers and context events.
     pub(super) positions: Vec<(String, i32, i64)>,
+    /// Per transfers partition, the next offset the shared tables had
+    /// counted: how far the payees and devices of this partition's group go.
+    #[serde(default)]
+    pub(super) counted: Vec<(i32, i64)>,
+    /// Per `observations` partition, the next offset the writer had read:
+    /// where a restore of this group resumes reading.
+    #[serde(default)]
+    pub(super) observed: Vec<(i32, i64)>,
 }
 
 /// The changelog producer's acknowledgements: how many records are still
@@ -132,6 +142,10 @@ pub(super) struct Changelog {
     failed: Arc<AtomicBool>,
     /// The next checkpoint writes every entity, not only the changed ones.
     whole: bool,
+    /// The partitions the last checkpoint was of: when they change, the
+    /// next writes every entity of the new set (a partition taken over
+    /// holds records of its previous owner's checkpoints).
+    last_owned: Vec<i32>,
     topic: String,
     partitions: u32,
     interval: Duration,
@@ -146,7 +160,9 @@ pub(super) struct Changelog {
 const STEP: usize = 128;
 
 struct Open {
-    marker: Marker,
+    id: u64,
+    /// One marker per partition owned, to that partition.
+    markers: Vec<(i32, Marker)>,
     /// Every record handed to the producer.
     handed: bool,
     /// The longest the scoring thread spent on this checkpoint at once.
@@ -201,6 +217,7 @@ impl Changelog {
             pending,
             failed,
             whole: false,
+            last_owned: Vec::new(),
             topic: opts.topics.state.clone(),
             partitions,
             interval,
@@ -215,21 +232,35 @@ impl Changelog {
     /// Move the checkpoint on: finish the open one when its records and the
     /// decisions it covers are acknowledged, or start the next when it is
     /// due. Called by the scoring thread between messages.
-    pub(super) fn tick(&mut self, engine: &Engine, positions: &Positions, tracker: &OffsetTracker, metrics: &Metrics) {
+    pub(super) fn tick(
+        &mut self,
+        engine: &Engine,
+        positions: &Positions,
+        shared: &SharedTables,
+        tracker: &OffsetTracker,
+        metrics: &Metrics,
+    ) {
         let started = Instant::now();
-        self.turn(engine, positions, tracker, metrics);
+        self.turn(engine, positions, shared, tracker, metrics);
         if let Some(open) = &mut self.open {
             open.longest_turn = open.longest_turn.max(started.elapsed());
         }
     }
 
-    fn turn(&mut self, engine: &Engine, positions: &Positions, tracker: &OffsetTracker, metrics: &Metrics) {
+    fn turn(
+        &mut self,
+        engine: &Engine,
+        positions: &Positions,
+        shared: &SharedTables,
+        tracker: &OffsetTracker,
+        metrics: &Metrics,
+    ) {
         if let Some(open) = &mut self.open {
             if !open.handed || !self.records.is_empty() {
                 if self.records.is_empty() {
                     open.handed = engine.state().checkpoint_step(STEP, &mut self.records);
                 }
-                let header = open.marker.id.to_string();
+                let header = open.id.to_string();
                 let mut done = 0;
                 for ((kind, key), value) in &self.records {
                     let partition = crate::input::order::partition_for(key.as_bytes(), self.partitions);
@@ -270,12 +301,15 @@ impl Changelog {
                 if !open.waits_for.iter().all(|&(t, p, pos)| tracker.finished_below(t, p, pos)) {
                     return;
                 }
-                let value = serde_json::to_vec(&open.marker).expect("a marker serializes");
-                let id = open.marker.id.to_string();
-                match send(&self.producer, &self.pending, &self.topic, MARKER_KEY, Some(&value), 0, &id) {
-                    Sent::Full => return,
-                    Sent::Refused => self.failed.store(true, Ordering::Relaxed),
-                    Sent::Yes => {}
+                let id = open.id.to_string();
+                while let Some((partition, marker)) = open.markers.last() {
+                    let value = serde_json::to_vec(marker).expect("a marker serializes");
+                    match send(&self.producer, &self.pending, &self.topic, MARKER_KEY, Some(&value), *partition, &id) {
+                        Sent::Full => return,
+                        Sent::Refused => self.failed.store(true, Ordering::Relaxed),
+                        Sent::Yes => {}
+                    }
+                    open.markers.pop();
                 }
                 open.marker_sent = true;
                 return;
@@ -283,7 +317,7 @@ impl Changelog {
             metrics.state_checkpoints.with_label_values(&["written"]).inc();
             metrics.state_checkpoint_pause_seconds.set(open.longest_turn.as_secs_f64());
             tracing::debug!(
-                checkpoint = open.marker.id,
+                checkpoint = open.id,
                 entities = open.entities,
                 bytes = open.bytes,
                 ms = open.started.elapsed().as_millis() as u64,
@@ -293,34 +327,52 @@ impl Changelog {
             self.last = Instant::now();
             return;
         }
-        // Before any partition is assigned there is no position to cover.
-        if self.last.elapsed() < self.interval || positions.is_empty() {
+        // Before any partition is assigned there is nothing to cover.
+        if self.last.elapsed() < self.interval || shared.owned().next().is_none() {
             return;
         }
-        self.begin(engine, positions);
+        self.begin(engine, positions, shared);
     }
 
-    fn begin(&mut self, engine: &Engine, positions: &Positions) {
+    fn begin(&mut self, engine: &Engine, positions: &Positions, shared: &SharedTables) {
         let id = self.next_id;
         self.next_id += 1;
-        // After a refused record: every entity, so none is left at an older
-        // version than the state holds.
-        engine.state().begin_checkpoint(std::mem::take(&mut self.whole));
+        let mut owned: Vec<i32> = shared.owned().collect();
+        owned.sort_unstable();
+        // After a refused record, or when the partitions owned changed:
+        // every entity, so none is left at an older version than the state
+        // holds.
+        let whole = std::mem::take(&mut self.whole) || owned != self.last_owned;
+        let partitions = self.partitions;
+        let ours =
+            |key: &str| owned.binary_search(&crate::input::order::partition_for(key.as_bytes(), partitions)).is_ok();
+        engine.state().begin_checkpoint_of(whole, |_, key| ours(key));
         let clocks = engine.expiry_clocks();
-        let mut covered: Vec<(String, i32, i64)> = Vec::new();
+        let (counted, observed) = (shared.counted(), shared.read_positions());
+        let mut markers = Vec::new();
         let mut waits_for = Vec::new();
-        for (&(feed, partition), &next) in positions {
-            if feed == Feed::Labels {
-                continue;
+        for &partition in &owned {
+            let mut covered: Vec<(String, i32, i64)> = Vec::new();
+            for feed in [Feed::Transfers, Feed::Context] {
+                if let Some(&next) = positions.get(&(feed, partition)) {
+                    covered.push((feed.name().to_owned(), partition, next));
+                    waits_for.push((feed, partition, next));
+                }
             }
-            covered.push((feed.name().to_owned(), partition, next));
-            waits_for.push((feed, partition, next));
+            let marker = Marker {
+                id,
+                expiry_clock: clocks.expiry_clock,
+                last_expiry: clocks.last_expiry,
+                positions: covered,
+                counted: counted.clone(),
+                observed: observed.clone(),
+            };
+            markers.push((partition, marker));
         }
-        covered.sort();
-        let marker =
-            Marker { id, expiry_clock: clocks.expiry_clock, last_expiry: clocks.last_expiry, positions: covered };
+        self.last_owned = owned;
         self.open = Some(Open {
-            marker,
+            id,
+            markers,
             handed: false,
             longest_turn: Duration::ZERO,
             waits_for,
@@ -331,12 +383,19 @@ impl Changelog {
         });
     }
 
+    /// Number the next checkpoint past `id` (one restored from the changelog:
+    /// a partition's checkpoints must keep growing across owners).
+    pub(super) fn continue_after(&mut self, id: u64) {
+        self.next_id = self.next_id.max(id + 1);
+    }
+
     /// Wait (up to `timeout`) for the open checkpoint to complete, as at a
     /// graceful stop after the last decisions are acknowledged.
     pub(super) fn finish(
         &mut self,
         engine: &Engine,
         positions: &Positions,
+        shared: &SharedTables,
         tracker: &OffsetTracker,
         metrics: &Metrics,
         timeout: Duration,
@@ -349,7 +408,10 @@ impl Changelog {
                 if last_begun {
                     return;
                 }
-                self.begin(engine, positions);
+                if shared.owned().next().is_none() {
+                    return;
+                }
+                self.begin(engine, positions, shared);
                 last_begun = true;
             }
             if Instant::now() > deadline {
@@ -361,7 +423,7 @@ impl Changelog {
             if self.open.as_ref().is_some_and(|o| o.handed) {
                 let _ = self.producer.flush(Duration::from_millis(50));
             }
-            self.tick(engine, positions, tracker, metrics);
+            self.tick(engine, positions, shared, tracker, metrics);
         }
     }
 }
@@ -408,146 +470,10 @@ fn send(
     }
 }
 
-fn kind_tag(kind: EntityKind) -> u8 {
+pub(super) fn kind_tag(kind: EntityKind) -> u8 {
     match kind {
         EntityKind::Account => b'a',
         EntityKind::Payee => b'p',
         EntityKind::Device => b'd',
-    }
-}
-
-/// What a restore found.
-#[derive(Debug, Default)]
-pub(super) struct Restored {
-    /// The checkpoint restored; `None`: no complete checkpoint (empty state).
-    pub(super) marker: Option<Marker>,
-    pub(super) entities: u64,
-    pub(super) bytes: u64,
-}
-
-/// Read the changelog to its end into the engine's state: per entity, the
-/// latest record of the latest complete checkpoint. All or nothing: a record
-/// that does not read leaves the state empty, with the reason logged.
-pub(super) fn restore(opts: &PipelineOptions, engine: &Engine, stop: &StopFlag) -> Result<Restored, String> {
-    let consumer = reader(opts, "state-restore", "state restore", &[])
-        .map_err(|e| format!("cannot create the restore consumer: {e}"))?;
-    // Per entity, its latest record and the one before (if the latest
-    // belongs to a checkpoint that never completed, the one before holds).
-    type Version = (u64, Option<Vec<u8>>);
-    let mut versions: HashMap<Vec<u8>, (Version, Option<Version>)> = HashMap::new();
-    let mut marker: Option<Marker> = None;
-    let mut bytes = 0u64;
-    let mut bad: Option<String> = None;
-    let complete = read_to_end(
-        &consumer,
-        &opts.topics.state,
-        |low, _| low,
-        stop,
-        READ_BACK_LIMIT,
-        |m| {
-            bytes += m.payload().map_or(0, |p| p.len() as u64);
-            let key = m.key().unwrap_or_default();
-            if key == MARKER_KEY {
-                match m.payload().map(serde_json::from_slice::<Marker>) {
-                    Some(Ok(found)) => {
-                        if marker.as_ref().map_or(true, |old| found.id > old.id) {
-                            marker = Some(found);
-                        }
-                    }
-                    _ => {
-                        bad.get_or_insert_with(|| {
-                            format!("partition {} offset {}: a bad marker", m.partition(), m.offset())
-                        });
-                    }
-                }
-                return;
-            }
-            let Some(id) = header(m, HEADER_CHECKPOINT).and_then(|h| h.parse::<u64>().ok()) else {
-                bad.get_or_insert_with(|| {
-                    format!("partition {} offset {}: no checkpoint header", m.partition(), m.offset())
-                });
-                return;
-            };
-            let version = (id, m.payload().map(<[u8]>::to_vec));
-            match versions.get_mut(key) {
-                Some((latest, before)) => *before = Some(std::mem::replace(latest, version)),
-                None => {
-                    versions.insert(key.to_vec(), (version, None));
-                }
-            }
-        },
-    );
-    if !complete {
-        return Err(format!("could not read topic {} to its end", opts.topics.state));
-    }
-    if let Some(why) = bad {
-        return Err(why);
-    }
-    let Some(marker) = marker else { return Ok(Restored::default()) };
-    let state = engine.state();
-    let mut entities = 0;
-    for (key, (latest, before)) in versions {
-        let Some((_, Some(record))) = as_of(latest, before, marker.id) else { continue };
-        let (kind, found) = state.apply_record(&record).map_err(|e| format!("an entity record: {e}"))?;
-        if key.first() != Some(&kind_tag(kind)) || key[1..] != *found.as_bytes() {
-            return Err("an entity record under another entity's key".into());
-        }
-        entities += 1;
-    }
-    engine.set_expiry_clocks(ExpiryClocks { expiry_clock: marker.expiry_clock, last_expiry: marker.last_expiry });
-    Ok(Restored { marker: Some(marker), entities, bytes })
-}
-
-/// An entity's record as of complete checkpoint `checkpoint`, from its
-/// latest record and the one before: the latest unless it belongs to a later
-/// checkpoint (one cut short by a crash), then the one before if it is old
-/// enough; `None` when the entity did not exist then. At most one checkpoint
-/// is ever incomplete (the next starts only after its marker), so two
-/// versions are enough.
-fn as_of<T>(latest: (u64, T), before: Option<(u64, T)>, checkpoint: u64) -> Option<(u64, T)> {
-    if latest.0 <= checkpoint {
-        Some(latest)
-    } else {
-        before.filter(|b| b.0 <= checkpoint)
-    }
-}
-
-/// The positions a marker covers, by feed and partition.
-pub(super) fn positions_of(marker: &Marker) -> Positions {
-    marker
-        .positions
-        .iter()
-        .filter_map(|(name, p, o)| Feed::ALL.into_iter().find(|f| f.name() == name).map(|f| ((f, *p), *o)))
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_entity_is_taken_as_of_the_last_complete_checkpoint() {
-        // Written in checkpoint 7, then in 9, which never completed: 7 holds.
-        assert_eq!(as_of((9, "new"), Some((7, "old")), 8), Some((7, "old")));
-        assert_eq!(as_of((9, "new"), Some((7, "old")), 9), Some((9, "new")));
-        // First written in the incomplete checkpoint: it did not exist yet.
-        assert_eq!(as_of((9, "new"), None, 8), None);
-        assert_eq!(as_of((9, "new"), Some((9, "same")), 8), None);
-        assert_eq!(as_of((3, "only"), None, 8), Some((3, "only")));
-    }
-
-    #[test]
-    fn a_marker_reads_back_its_positions() {
-        let m = Marker {
-            id: 5,
-            expiry_clock: 1,
-            last_expiry: 0,
-            positions: vec![(Feed::Context.name().into(), 0, 12), (Feed::Transfers.name().into(), 3, 40)],
-        };
-        let back: Marker = serde_json::from_slice(&serde_json::to_vec(&m).unwrap()).unwrap();
-        let p = positions_of(&back);
-        assert_eq!(p.get(&(Feed::Transfers, 3)), Some(&40));
-        assert_eq!(p.get(&(Feed::Context, 0)), Some(&12));
-        assert_eq!(p.len(), 2);
     }
 }

@@ -53,9 +53,14 @@ pub(super) struct GroupContext {
     /// Partitions just assigned, with the offset each starts from, for the
     /// scoring thread's merge to follow (see [`Merge::follow`]).
     pub(super) starts: Mutex<Vec<(Feed, i32, Option<i64>)>>,
-    /// Where the restored state stands per input partition: input from there
-    /// on is handled again (see the `changelog` module).
-    pub(super) rewind: Positions,
+    /// The engine, whose accounts are restored when partitions arrive.
+    pub(super) engine: Arc<Engine>,
+    /// The transfers partitions held before the last revocation: one
+    /// assigned again still has its accounts here, current.
+    pub(super) held: Mutex<Vec<i32>>,
+    /// Restores done in the rebalance callback, for the scoring thread to
+    /// take up (positions, checkpoint numbers).
+    pub(super) restored: Mutex<Vec<Restored>>,
 }
 
 impl GroupContext {
@@ -65,6 +70,11 @@ impl GroupContext {
 
     pub(super) fn memory(&self) -> std::sync::MutexGuard<'_, DecisionMemory> {
         self.memory.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The restores done since the last call.
+    pub(super) fn take_restored(&self) -> Vec<Restored> {
+        std::mem::take(&mut *self.restored.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
     }
 
     /// The partitions assigned since the last call, with their starts.
@@ -151,7 +161,23 @@ impl ConsumerContext for GroupContext {
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
             tracing::info!(partitions = tpl.count(), "partitions assigned");
-            let starts = start_offsets(consumer, tpl, &self.topics, &self.rewind);
+            // Partitions new to this instance bring their accounts, from the
+            // changelog, before any of their messages is handled; then they
+            // are read again from the checkpoint's positions.
+            let assigned: Vec<i32> =
+                tpl.elements_for_topic(&self.topics.transfers).iter().map(|e| e.partition()).collect();
+            let mut held = self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let new: Vec<i32> = assigned.iter().copied().filter(|p| !held.contains(p)).collect();
+            *held = assigned;
+            drop(held);
+            let restored = if self.options.checkpoint_interval.is_some() && !new.is_empty() {
+                restore_accounts(&new, &self.engine, &self.options, &self.metrics, &self.health, &self.stop)
+            } else {
+                Restored { partitions: new, ..Restored::default() }
+            };
+            let rewind = restored.positions();
+            self.restored.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(restored);
+            let starts = start_offsets(consumer, tpl, &self.topics, &rewind);
             *self.starts.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = starts;
             if tpl.count() > 0 {
                 self.health.set_caught_up(false);

@@ -128,6 +128,7 @@ mod memory;
 mod merge;
 mod offsets;
 mod readers;
+mod restore;
 mod scoring;
 mod shared;
 
@@ -137,6 +138,7 @@ use group::*;
 use health::*;
 use merge::*;
 use readers::*;
+use restore::*;
 use scoring::*;
 use shared::*;
 
@@ -264,21 +266,28 @@ pub fn run(
         }
     }
 
-    // The state first: restored from the changelog (or, without one, from a
-    // local checkpoint) before anything is consumed.
+    // The state first: the shared payee and device tables restored from the
+    // changelog before anything is consumed (each partition's accounts follow
+    // when it is assigned); without a changelog, everything from a local
+    // checkpoint.
     let mut positions = Positions::new();
     let mut changelog = None;
+    let mut start = SharedStart::default();
     if let Some(interval) = opts.checkpoint_interval {
-        positions = restore_from_changelog(&engine, &opts, &metrics, &health, &stop);
+        let restored = restore_shared(&engine, &opts, &metrics, &health, &stop);
+        start = restored.shared_start();
         engine.state().track_changes();
-        changelog = Some(Changelog::new(&opts, interval)?);
+        let mut c = Changelog::new(&opts, interval)?;
+        c.continue_after(restored.last_id());
+        changelog = Some(c);
     } else if let Some(dir) = &opts.state_dir {
-        // Only to say what the shared tables already hold: the group's
-        // committed offsets are where this state ends anyway.
         positions = restore_checkpoint(dir, &engine, &opts, &metrics);
+        start.counted =
+            positions.iter().filter(|((feed, _), _)| *feed == Feed::Transfers).map(|(&(_, p), &o)| (p, o)).collect();
     }
     let (labels, label_starts) = labels_reader(&opts, &stop)?;
-    let shared = SharedTables::new(&opts, &metrics, &stop, &positions)?;
+    let groups = partition_count_of(&opts).unwrap_or(1);
+    let shared = SharedTables::new(&opts, &metrics, &stop, start, groups)?;
     let watcher = spawn_health_watch(&opts, health.clone(), stop.clone())?;
 
     let commit_ms = opts.commit_interval.as_millis().max(1).to_string();
@@ -294,7 +303,9 @@ pub fn run(
         assigned: AtomicUsize::new(NOT_ASSIGNED),
         revocations: std::sync::atomic::AtomicU64::new(0),
         starts: Mutex::new(Vec::new()),
-        rewind: positions.clone(),
+        engine: engine.clone(),
+        held: Mutex::new(Vec::new()),
+        restored: Mutex::new(Vec::new()),
     };
     let consumer: BaseConsumer<GroupContext> = opts
         .connection
@@ -404,6 +415,19 @@ pub fn run(
             }
             wait = Duration::ZERO;
         }
+        for restored in consumer.context().take_restored() {
+            // The accounts of partitions just taken, as of their checkpoint:
+            // the state holds their input up to its positions (and nothing
+            // of a partition without one, whatever it once held).
+            for &p in &restored.partitions {
+                scorer.positions.remove(&(Feed::Transfers, p));
+                scorer.positions.remove(&(Feed::Context, p));
+            }
+            scorer.positions.extend(restored.positions());
+            if let Some(c) = &mut changelog {
+                c.continue_after(restored.last_id());
+            }
+        }
         for (feed, partition, from) in consumer.context().take_starts() {
             ordered.merge.follow(feed, partition, from);
             if feed == Feed::Transfers {
@@ -457,8 +481,9 @@ pub fn run(
         }
         scorer.shared.flush();
         if let Some(c) = &mut changelog {
-            c.tick(&engine, &scorer.positions, &consumer.context().book().tracker, &metrics);
+            c.tick(&engine, &scorer.positions, &scorer.shared, &consumer.context().book().tracker, &metrics);
         }
+        scorer.shared.retire_floors();
         match consumer.context().assigned.load(Ordering::Relaxed) {
             0 => {
                 if let Err(e) = orphans.check(&consumer, &opts, &inputs) {
@@ -492,7 +517,7 @@ pub fn run(
     }
     if let (Some(c), None, 0) = (&mut changelog, &failure, scorer.summary.unfinished) {
         let tracker = &consumer.context().book().tracker;
-        c.finish(&engine, &scorer.positions, tracker, &metrics, opts.shutdown_timeout);
+        c.finish(&engine, &scorer.positions, &scorer.shared, tracker, &metrics, opts.shutdown_timeout);
     } else if let (Some(dir), None, 0) = (&opts.state_dir, &failure, scorer.summary.unfinished) {
         write_checkpoint(dir, &engine, &consumer, &inputs, &metrics);
     }
@@ -517,55 +542,6 @@ fn feed_of(topics: &Topics, topic: &str) -> Feed {
         Feed::Context
     } else {
         Feed::Labels
-    }
-}
-
-/// Restore the state from the changelog; returns the input positions it
-/// covers (empty when there was nothing to restore, or it was refused: the
-/// state is then empty, and the log says why).
-fn restore_from_changelog(
-    engine: &Engine,
-    opts: &PipelineOptions,
-    metrics: &Metrics,
-    health: &Health,
-    stop: &StopFlag,
-) -> Positions {
-    health.set_restoring(true);
-    let started = Instant::now();
-    tracing::info!(topic = %opts.topics.state, "restoring the state from its changelog");
-    let result = changelog::restore(opts, engine, stop);
-    health.set_restoring(false);
-    let seconds = started.elapsed().as_secs_f64();
-    match result {
-        Ok(Restored { marker: Some(marker), entities, bytes }) => {
-            metrics.state_restores.with_label_values(&["restored"]).inc();
-            metrics.state_restore_seconds.set(seconds);
-            metrics.state_restore_bytes.set(i64::try_from(bytes).unwrap_or(i64::MAX));
-            let (accounts, payees, devices) = engine.state().entities();
-            tracing::info!(
-                checkpoint = marker.id,
-                entities,
-                accounts,
-                payees,
-                devices,
-                bytes,
-                ms = (seconds * 1e3) as u64,
-                "state restored; input after the checkpoint is handled again"
-            );
-            positions_of(&marker)
-        }
-        Ok(Restored { marker: None, .. }) => {
-            metrics.state_restores.with_label_values(&["empty"]).inc();
-            tracing::info!("no state checkpoint yet; starting with empty state");
-            Positions::new()
-        }
-        Err(why) => {
-            engine.state().replace_with(crate::state::State::new(engine.state().config().clone()));
-            engine.set_expiry_clocks(crate::state::ExpiryClocks::default());
-            metrics.state_restores.with_label_values(&["refused"]).inc();
-            tracing::error!(topic = %opts.topics.state, "state not restored, starting empty: {why}");
-            Positions::new()
-        }
     }
 }
 

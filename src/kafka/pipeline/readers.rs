@@ -44,6 +44,18 @@ pub(super) fn assign_all<C: ConsumerContext>(
     stop: &StopFlag,
     limit: Duration,
 ) -> Option<Vec<(i32, i64, i64)>> {
+    assign_some(consumer, topic, |_| true, start, stop, limit)
+}
+
+/// [`assign_all`] of the partitions `which` picks.
+pub(super) fn assign_some<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    which: impl Fn(i32) -> bool,
+    start: impl Fn(i64, i64) -> i64,
+    stop: &StopFlag,
+    limit: Duration,
+) -> Option<Vec<(i32, i64, i64)>> {
     let began = Instant::now();
     let mut warned = false;
     let mut wait = |what: &str| -> bool {
@@ -57,7 +69,7 @@ pub(super) fn assign_all<C: ConsumerContext>(
     let partitions: Vec<i32> = loop {
         match consumer.fetch_metadata(Some(topic), Duration::from_secs(5)) {
             Ok(md) if md.topics().first().is_some_and(|t| t.error().is_none() && !t.partitions().is_empty()) => {
-                break md.topics()[0].partitions().iter().map(|p| p.id()).collect();
+                break md.topics()[0].partitions().iter().map(|p| p.id()).filter(|&p| which(p)).collect();
             }
             Ok(_) if wait("topic not found yet") => {}
             Err(_) if wait("brokers unreachable") => {}
@@ -82,20 +94,21 @@ pub(super) fn assign_all<C: ConsumerContext>(
     Some(assigned)
 }
 
-/// Assign every partition of `topic`, each from `start(low, high)`, and read
-/// until each reaches the end it had when the call began, handing every message
-/// to `f`. It waits for the brokers (retrying) rather than failing, and gives
+/// Assign the partitions of `topic` that `which` picks, each from
+/// `start(low, high)`, and read until each reaches the end it had when the
+/// call began, handing every message to `f`. It waits for the brokers (retrying) rather than failing, and gives
 /// up after `limit`; returns whether it reached the end everywhere.
 pub(super) fn read_to_end<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
     topic: &str,
+    which: impl Fn(i32) -> bool,
     start: impl Fn(i64, i64) -> i64,
     stop: &StopFlag,
     limit: Duration,
     mut f: impl FnMut(&BorrowedMessage<'_>),
 ) -> bool {
     let began = Instant::now();
-    let Some(assigned) = assign_all(consumer, topic, start, stop, limit) else { return false };
+    let Some(assigned) = assign_some(consumer, topic, which, start, stop, limit) else { return false };
     let mut ends: HashMap<i32, i64> =
         assigned.into_iter().filter(|&(_, from, high)| high > from).map(|(p, _, high)| (p, high)).collect();
     while !ends.is_empty() {
@@ -166,6 +179,7 @@ pub(super) fn read_back_decisions(opts: &PipelineOptions, memory: &mut DecisionM
     let complete = read_to_end(
         &consumer,
         topic,
+        |_| true,
         |_, high| high - per_partition,
         stop,
         READ_BACK_LIMIT,

@@ -219,9 +219,10 @@ impl ScoringThread<'_> {
     /// tables unless it already is, and then goes out to the other instances.
     fn learn(&mut self, event: &Event, source: Origin) -> Result<Option<Scored>, EngineError> {
         let Event::Transfer(t) = event else { return self.engine.process_at(event, Some(self.burst_wall_ms)) };
-        let shared = self.shared.count(source.partition, source.offset);
+        let first = self.shared.count(source.partition, source.offset, t);
+        let shared = first.unwrap_or(SharedCount::ALREADY_COUNTED);
         let scored = self.engine.process_shared(event, Some(self.burst_wall_ms), shared)?;
-        if shared == SharedCount::Count {
+        if first.is_some() {
             self.shared.publish(source.partition, &Observation::of(t, &t.payee_key(), source.offset));
         }
         Ok(scored)

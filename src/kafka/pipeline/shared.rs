@@ -33,7 +33,25 @@
 //! has the figures.
 
 use super::*;
+use crate::event::Transfer;
+use crate::input::order::partition_for;
 use crate::state::{Observation, SharedCount};
+
+/// What a restore says about the shared tables: per group of payees and
+/// devices (the `state` partition their key hashes to), how far into each
+/// transfers partition its checkpoint had counted, and where to start
+/// reading each `observations` partition so nothing after any of those is
+/// missed.
+#[derive(Debug, Default, Clone)]
+pub(super) struct SharedStart {
+    /// Transfers partition -> next offset every group holds (a local
+    /// snapshot holds every group as of one moment).
+    pub(super) counted: HashMap<i32, i64>,
+    /// Group -> transfers partition -> next offset the checkpoint holds.
+    pub(super) floors: HashMap<i32, HashMap<i32, i64>>,
+    /// `observations` partition -> offset to read from.
+    pub(super) read_from: HashMap<i32, i64>,
+}
 
 /// This instance's side of the shared tables.
 pub(super) struct SharedTables {
@@ -44,6 +62,12 @@ pub(super) struct SharedTables {
     counted: HashMap<i32, i64>,
     /// Per partition owned, the offset this instance started reading it at.
     owned_from: HashMap<i32, i64>,
+    /// After a restore, until everything is counted past them: per group of
+    /// payees and devices, the offsets its checkpoint already holds (see
+    /// [`SharedStart`]). Empty otherwise.
+    floors: HashMap<i32, HashMap<i32, i64>>,
+    /// Partitions of `state` (the groups payees and devices fall in).
+    groups: u32,
     /// Observations waiting to go, per partition.
     batches: HashMap<i32, Vec<u8>>,
     sent: prometheus::IntCounter,
@@ -57,14 +81,14 @@ pub(super) struct SharedTables {
 const READ_PER_TURN: usize = 64;
 
 impl SharedTables {
-    /// Connect, and start reading every partition of `observations` from
-    /// its beginning. `restored`: where the restored state stands per input
-    /// partition (it holds every transfer before that, counted).
+    /// Connect, and start reading every partition of `observations` where
+    /// `start` says (from its beginning when it does not).
     pub(super) fn new(
         opts: &PipelineOptions,
         metrics: &Metrics,
         stop: &StopFlag,
-        restored: &Positions,
+        start: SharedStart,
+        groups: u32,
     ) -> Result<Self, PipelineError> {
         let client = |role: &'static str| {
             move |source| PipelineError::Client { role, brokers: opts.connection.brokers.clone(), source }
@@ -85,11 +109,29 @@ impl SharedTables {
         let reader =
             reader(opts, "observations", "observations reader", &latency).map_err(client("observations reader"))?;
         let topic = opts.topics.observations.clone();
-        if assign_all(&reader, &topic, |low, _| low, stop, READ_BACK_LIMIT).is_none() {
-            tracing::error!(%topic, "cannot read the other instances' observations; payees and devices will only know this instance's transfers");
+        let assigned = assign_all(&reader, &topic, |low, _| low, stop, READ_BACK_LIMIT);
+        match assigned {
+            None => {
+                tracing::error!(%topic, "cannot read the other instances' observations; payees and devices will only know this instance's transfers")
+            }
+            Some(partitions) => {
+                for (p, low, _) in partitions {
+                    if let Some(&from) = start.read_from.get(&p).filter(|&&from| from > low) {
+                        if let Err(e) = reader.seek(&topic, p, Offset::Offset(from), Duration::from_secs(10)) {
+                            tracing::warn!(%topic, partition = p, error = %e, "cannot start at the checkpoint's position; reading from the beginning");
+                        }
+                    }
+                }
+            }
         }
-        let counted =
-            restored.iter().filter(|((feed, _), _)| *feed == Feed::Transfers).map(|(&(_, p), &o)| (p, o)).collect();
+        // Nothing below the lowest floor of a partition is counted again.
+        let mut counted: HashMap<i32, i64> = start.counted;
+        for floors in start.floors.values() {
+            for (&p, &o) in floors {
+                let c = counted.entry(p).or_insert(o);
+                *c = (*c).min(o);
+            }
+        }
         let outcome = |o: &str| metrics.shared_observations.with_label_values(&[o]);
         Ok(SharedTables {
             producer,
@@ -97,6 +139,8 @@ impl SharedTables {
             topic,
             counted,
             owned_from: HashMap::new(),
+            floors: start.floors,
+            groups: groups.max(1),
             batches: HashMap::new(),
             sent: outcome("sent"),
             applied: outcome("applied"),
@@ -106,15 +150,57 @@ impl SharedTables {
         })
     }
 
-    /// Whether the transfer at `offset` of `partition` still has to be
-    /// counted in the shared tables; from now on it is.
-    pub(super) fn count(&mut self, partition: i32, offset: i64) -> SharedCount {
+    /// Whether the transfer `t` at `offset` of `partition` is new to the
+    /// shared tables here (`None`: counted already) and, if so, where it
+    /// still has to be counted; from now on it is.
+    pub(super) fn count(&mut self, partition: i32, offset: i64, t: &Transfer) -> Option<SharedCount> {
         let next = self.counted.entry(partition).or_insert(0);
         if offset < *next {
-            return SharedCount::AlreadyCounted;
+            return None;
         }
         *next = offset + 1;
-        SharedCount::Count
+        if self.floors.is_empty() {
+            return Some(SharedCount::COUNT);
+        }
+        Some(SharedCount {
+            payee: self.above_floor(&t.payee_key(), partition, offset),
+            device: t.device_id.as_deref().is_some_and(|d| self.above_floor(d, partition, offset)),
+        })
+    }
+
+    /// Whether the restored checkpoint of `key`'s group lacks the transfer
+    /// at `offset` of `partition`.
+    fn above_floor(&self, key: &str, partition: i32, offset: i64) -> bool {
+        above_floor(&self.floors, self.groups, key, partition, offset)
+    }
+
+    /// The partitions this instance owns now.
+    pub(super) fn owned(&self) -> impl Iterator<Item = i32> + '_ {
+        self.owned_from.keys().copied()
+    }
+
+    /// Per transfers partition, the next offset counted here.
+    pub(super) fn counted(&self) -> Vec<(i32, i64)> {
+        let mut v: Vec<(i32, i64)> = self.counted.iter().map(|(&p, &o)| (p, o)).collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Per `observations` partition, the next offset this reader takes.
+    pub(super) fn read_positions(&self) -> Vec<(i32, i64)> {
+        let mut v: Vec<(i32, i64)> = match self.reader.position() {
+            Ok(tpl) => tpl
+                .elements_for_topic(&self.topic)
+                .iter()
+                .filter_map(|e| match e.offset() {
+                    Offset::Offset(o) => Some((e.partition(), o)),
+                    _ => None,
+                })
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        v.sort_unstable();
+        v
     }
 
     /// Queue what a transfer this instance just counted teaches the others.
@@ -182,9 +268,20 @@ impl SharedTables {
                 if owned_from.is_some_and(|from| o.offset >= from) || o.offset < *next {
                     continue;
                 }
-                engine.state().observe_shared(o);
                 *next = o.offset + 1;
-                applied += 1;
+                let which = if self.floors.is_empty() {
+                    SharedCount::COUNT
+                } else {
+                    SharedCount {
+                        payee: above_floor(&self.floors, self.groups, &o.payee, partition, o.offset),
+                        device: o
+                            .device
+                            .as_deref()
+                            .is_some_and(|d| above_floor(&self.floors, self.groups, d, partition, o.offset)),
+                    }
+                };
+                engine.state().observe_shared(o, which);
+                applied += u64::from(which.any());
             }
             self.applied.inc_by(applied);
             self.skipped.inc_by(observations.len() as u64 - applied);
@@ -197,11 +294,25 @@ impl SharedTables {
         }
     }
 
+    /// Drop the restore's floors once every partition is counted past them.
+    pub(super) fn retire_floors(&mut self) {
+        let passed = self.floors.values().all(|f| f.iter().all(|(p, &o)| self.counted.get(p).is_some_and(|&c| c >= o)));
+        if passed {
+            self.floors.clear();
+        }
+    }
+
     /// Wait (up to `timeout`) for the queued observations to be acknowledged.
     pub(super) fn finish(&mut self, timeout: Duration) {
         self.flush();
         let _ = self.producer.flush(timeout);
     }
+}
+
+/// [`SharedTables::above_floor`] for a borrow of the floors alone.
+fn above_floor(floors: &HashMap<i32, HashMap<i32, i64>>, groups: u32, key: &str, partition: i32, offset: i64) -> bool {
+    let group = partition_for(key.as_bytes(), groups);
+    floors.get(&group).and_then(|f| f.get(&partition)).map_or(true, |&floor| offset >= floor)
 }
 
 /// The observations producer's context: a refused batch is said once.
