@@ -3,6 +3,8 @@
 //! A population of 200,000 accounts, 600,000 payees and 220,000 devices is built
 //! by scoring 2,000,000 synthetic transfers first; the benches then measure:
 //! - `state/observe_transfer`: windows, known payees and devices read and updated;
+//! - `state/observe_shared`: another instance's transfer counted in its payee and
+//!   device, with its batch decoded (what each instance pays per remote transfer);
 //! - `features/compute`: the pure feature function alone;
 //! - `features_rules/per_event`: features + the shipped `rules/` (the issue's
 //!   1,000,000 events/s target is on this path);
@@ -21,6 +23,7 @@ use fds::engine::Engine;
 use fds::event::{build, EventTime, Transfer};
 use fds::features;
 use fds::rules::{Keys, RuleSet};
+use fds::state::{Observation, SharedCount};
 
 const ACCOUNTS: u64 = 200_000;
 const WARM_TRANSFERS: usize = 2_000_000;
@@ -77,6 +80,29 @@ fn bench(c: &mut Criterion) {
             let t = &batch[i % batch.len()];
             i += 1;
             black_box(engine.state().observe_transfer(t, &t.payee_key()))
+        })
+    });
+    // Batches of 64, as the scoring loop publishes them.
+    let batches: Vec<Vec<u8>> = batch
+        .chunks(64)
+        .map(|chunk| {
+            let mut buf = Vec::new();
+            Observation::begin_batch(&mut buf);
+            for (n, t) in chunk.iter().enumerate() {
+                Observation::of(t, &t.payee_key(), n as i64).encode(&mut buf);
+            }
+            buf
+        })
+        .collect();
+    g.throughput(Throughput::Elements(64));
+    let mut j = 0;
+    g.bench_function("observe_shared", |b| {
+        b.iter(|| {
+            let bytes = &batches[j % batches.len()];
+            j += 1;
+            for o in Observation::decode_batch(bytes).expect("a batch written above") {
+                engine.state().observe_shared(&o, SharedCount::COUNT);
+            }
         })
     });
     g.finish();

@@ -58,6 +58,7 @@ struct RawKafka {
     dedup_capacity: Option<i64>,
     commit_interval_ms: Option<i64>,
     checkpoint_interval_ms: Option<i64>,
+    session_timeout_ms: Option<i64>,
     linger_ms: Option<i64>,
     #[serde(default)]
     topics: RawTopics,
@@ -76,6 +77,7 @@ impl std::fmt::Debug for RawKafka {
             .field("dedup_capacity", &self.dedup_capacity)
             .field("commit_interval_ms", &self.commit_interval_ms)
             .field("checkpoint_interval_ms", &self.checkpoint_interval_ms)
+            .field("session_timeout_ms", &self.session_timeout_ms)
             .field("linger_ms", &self.linger_ms)
             .field("topics", &self.topics)
             .field("client", &RedactedSettings(&self.client))
@@ -163,6 +165,9 @@ pub struct KafkaConfig {
     /// How often the state's changes are checkpointed to the changelog
     /// topic; `None`: no changelog (the state is lost with the process).
     pub checkpoint_interval: Option<Duration>,
+    /// How long a silent instance keeps its partitions: a crashed instance's
+    /// transfers wait this long for another to take them over.
+    pub session_timeout: Duration,
     /// The decision producer's batching delay (`linger.ms`).
     pub linger: Duration,
     /// Topic names.
@@ -181,6 +186,7 @@ impl std::fmt::Debug for KafkaConfig {
             .field("dedup_capacity", &self.dedup_capacity)
             .field("commit_interval", &self.commit_interval)
             .field("checkpoint_interval", &self.checkpoint_interval)
+            .field("session_timeout", &self.session_timeout)
             .field("linger", &self.linger)
             .field("topics", &self.topics)
             .field("client", &RedactedSettings(&self.client))
@@ -237,6 +243,7 @@ impl Default for KafkaConfig {
             dedup_capacity: p.dedup_capacity,
             commit_interval: p.commit_interval,
             checkpoint_interval: p.checkpoint_interval,
+            session_timeout: p.session_timeout,
             linger: p.linger,
             topics: p.topics,
             client: BTreeMap::new(),
@@ -416,6 +423,8 @@ fn kafka_config(raw: RawKafka, problems: &mut Vec<String>) -> KafkaConfig {
     let default_checkpoint = d.checkpoint_interval.map_or(0, |i| i.as_millis() as i64);
     let checkpoint_ms =
         int("checkpoint_interval_ms", raw.checkpoint_interval_ms, 0..=3_600_000, default_checkpoint) as u64;
+    let session_ms =
+        int("session_timeout_ms", raw.session_timeout_ms, 3_000..=300_000, d.session_timeout.as_millis() as i64) as u64;
     let mut name = |key: &str, value: Option<String>, default: &str| match value {
         None => default.to_owned(),
         Some(v)
@@ -478,6 +487,7 @@ fn kafka_config(raw: RawKafka, problems: &mut Vec<String>) -> KafkaConfig {
         dedup_capacity,
         commit_interval: Duration::from_millis(commit_ms),
         checkpoint_interval: (checkpoint_ms > 0).then(|| Duration::from_millis(checkpoint_ms)),
+        session_timeout: Duration::from_millis(session_ms),
         linger: Duration::from_millis(linger_ms),
         topics,
         client,

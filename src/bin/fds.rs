@@ -629,6 +629,7 @@ fn run_cmd(
     opts.dedup_capacity = kafka.dedup_capacity;
     opts.commit_interval = kafka.commit_interval;
     opts.checkpoint_interval = kafka.checkpoint_interval;
+    opts.session_timeout = kafka.session_timeout;
     opts.linger = kafka.linger;
     opts.state_dir = state_dir;
     let summary = pipeline::run(engine, opts, metrics, health, stop)?;

@@ -244,11 +244,6 @@ fn start_offsets<C: ConsumerContext>(
 /// How long a rebalance waits for in-flight decisions before it lets go.
 pub(super) const REVOKE_GRACE: Duration = Duration::from_secs(10);
 
-/// The group consumer's `session.timeout.ms`: a crashed instance's partitions
-/// move to the others after this long without its heartbeat (librdkafka's
-/// default is 45 s).
-pub(super) const SESSION_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// [`GroupContext::assigned`] before the first assignment and while joining again.
 pub(super) const NOT_ASSIGNED: usize = usize::MAX;
 
@@ -301,7 +296,7 @@ impl OrphanWatch {
         if self.next.is_some_and(|next| Instant::now() < next) {
             return Ok(());
         }
-        let every = SESSION_TIMEOUT.max(opts.commit_interval * 3) * 2u32.pow(self.rejoins.min(5));
+        let every = opts.session_timeout.max(opts.commit_interval * 3) * 2u32.pow(self.rejoins.min(5));
         let now = waiting_input(consumer, &opts.topics);
         self.next = Some(Instant::now() + every);
         let stalled = match (&self.before, &now) {

@@ -182,6 +182,11 @@ pub struct PipelineOptions {
     /// How often the state's changes are checkpointed to the changelog
     /// (see the `changelog` module); `None`: no changelog.
     pub checkpoint_interval: Option<Duration>,
+    /// The group consumer's `session.timeout.ms`: a crashed instance's
+    /// partitions move to the others after this long without its heartbeat
+    /// (librdkafka's default is 45 s). Shorter moves them sooner, and takes
+    /// a long pause (GC-free as fds is, a stalled host) for a crash.
+    pub session_timeout: Duration,
     /// Producer batching delay: the latency/throughput trade-off of the
     /// decisions topic.
     pub linger: Duration,
@@ -202,6 +207,7 @@ impl PipelineOptions {
             dedup_capacity: 500_000,
             commit_interval: Duration::from_secs(1),
             checkpoint_interval: Some(Duration::from_secs(5)),
+            session_timeout: Duration::from_secs(10),
             linger: Duration::from_millis(1),
             shutdown_timeout: Duration::from_secs(30),
             state_dir: None,
@@ -325,7 +331,7 @@ pub fn run(
             ("fetch.wait.max.ms", "1"),
             ("fetch.queue.backoff.ms", "1"),
             ("fetch.error.backoff.ms", "20"),
-            ("session.timeout.ms", &SESSION_TIMEOUT.as_millis().to_string()),
+            ("session.timeout.ms", &opts.session_timeout.as_millis().to_string()),
             ("heartbeat.interval.ms", "1000"),
         ])
         .create_with_context(context)
