@@ -564,10 +564,11 @@ mod tests {
     #[test]
     fn kafka_section_is_checked_whole() {
         let p = invalid(
-            "[kafka]\nbrokers = \" \"\npartitions = 0\n[kafka.topics]\ndecisions = \"transfers\"\nlabels = \"a b\"\n\
-             [kafka.client]\n\"sasl.password\" = \"env:FDS_TEST_SURELY_UNSET\"\n[server]\nlisten = \"nine\"\n",
+            "[kafka]\nbrokers = \" \"\npartitions = 0\nsession_timeout_ms = 500\n[kafka.topics]\ndecisions = \"transfers\"\n\
+             labels = \"a b\"\n[kafka.client]\n\"sasl.password\" = \"env:FDS_TEST_SURELY_UNSET\"\n[server]\nlisten = \"nine\"\n",
         );
-        assert_eq!(p.len(), 6, "{p:?}");
+        assert_eq!(p.len(), 7, "{p:?}");
+        assert!(p.iter().any(|m| m.contains("kafka.session_timeout_ms = 500: must be between 3000 and 300000")));
         assert!(p.iter().any(|m| m.contains("kafka.partitions = 0")));
         assert!(p.iter().any(|m| m.contains("\"transfers\" is named for two topics")));
         assert!(p.iter().any(|m| m.contains("kafka.topics.labels")));
@@ -587,6 +588,8 @@ mod tests {
         assert_eq!(c.kafka.brokers.as_deref(), Some("10.0.0.1:9092"));
         assert_eq!(c.kafka.topics.transfers, "ob.transfers");
         assert_eq!(c.kafka.topics.decisions, "decisions");
+        assert_eq!(c.kafka.topics.observations, "observations");
+        assert_eq!(c.kafka.session_timeout, Duration::from_secs(10));
         assert_eq!(c.kafka.client.get("security.protocol").map(String::as_str), Some("SASL_SSL"));
     }
 

@@ -18,7 +18,9 @@
 //!   clients, so a wire-format change is made in one place.
 //! - [`state`]: per-account, per-payee and per-device memory in concurrent maps,
 //!   windowed by *event time*, bounded by caps and TTLs; durable as checked
-//!   records, whole (snapshots) or the entities changed (changelogs).
+//!   records, whole (snapshots) or the entities changed (changelogs). Payees
+//!   and devices are shared tables: another instance's transfers reach them as
+//!   [`state::Observation`]s, counted by the same code as this one's.
 //! - [`features`]: the one pure function from a transfer and the state before it
 //!   to a fixed, named feature vector. Rules, models, training and replay all
 //!   call it, so there is no train/serve skew. Each feature is declared once,
@@ -36,16 +38,21 @@
 //!   acknowledged by the broker, and a re-delivered transfer gets the decision
 //!   already given. Bad messages go to a dead-letter topic with the reason.
 //!   Inputs are merged by event time ([`input::order`]), so live decides as
-//!   replay does; the state is checkpointed to a compacted changelog topic and
-//!   restored from it, so a restart, even `kill -9`, decides as if it had
-//!   never stopped.
+//!   replay does; the state is checkpointed to a compacted changelog topic,
+//!   partitioned as the inputs, and restored from it, so a restart, even
+//!   `kill -9`, decides as if it had never stopped, and a partition that moves
+//!   to another instance brings its accounts. Instances share payees and
+//!   devices through an `observations` topic every one of them reads (a
+//!   global table), so N instances decide as one.
 //! - [`input`]: recorded streams from files (JSON lines, plain or gzip, and
 //!   the handbook's card data set, [`input::handbook`]), with every bad line
 //!   named by file, line and reason; replay, load, training and evaluation
 //!   all read through it. [`input::order`] is the one order events are
 //!   handled in, live and in replay.
 //! - [`replay`]: runs recorded streams through the engine and reports throughput,
-//!   latency percentiles and, for labelled data, detection quality per typology.
+//!   latency percentiles and, for labelled data, detection quality per typology;
+//!   [`replay::Instances`] splits a stream over N engines as a consumer group
+//!   would, to see what scaling out does to the decisions.
 //! - [`generate`]: a deterministic generator of labelled Korean transfer traffic
 //!   with fraud typologies (voice phishing, account takeover, mule accounts, loan
 //!   fraud), in rooms by concern: population, genuine behaviour, typologies,

@@ -101,10 +101,37 @@ fn one_of_four_killed_its_partitions_move_with_their_state() {
     assert!(forgot.differ >= 10 && forgot.differ > 3 * c.differ, "{forgot:?} against {c:?}");
 }
 
-/// Four instances (checkpointing every `checkpoint_ms`, 0: no changelog)
-/// play a stream; the first is killed when a third is decided. Returns the
-/// comparison with one engine and the restores the survivors did.
+/// An instance joining a group of three a third of the way through a
+/// stream: a rebalance hands it partitions, which it restores from the
+/// changelog and reads on from their checkpoints, while the others finish
+/// what they had in flight. No transfer goes undecided or is decided twice
+/// two ways, and the comparison with one engine holds.
+#[test]
+fn an_instance_joining_mid_stream_takes_partitions_without_a_gap() {
+    let (c, restores) = disrupt(200, 3, Disruption::Join);
+    assert_eq!(c.unanswered, 0, "{c:?}");
+    assert_eq!(c.answered_twice_differently, 0, "{c:?}");
+    assert!(c.differ as f64 <= 0.002 * c.transfers as f64, "{c:?}");
+    assert!(restores > 0.0, "the newcomer restored the partitions it took");
+}
+
+/// What happens to the group when a third is decided.
+enum Disruption {
+    /// The first instance is killed (SIGKILL).
+    Kill,
+    /// One more instance joins.
+    Join,
+}
+
 fn kill_one_of_four(checkpoint_ms: u64) -> (Comparison, f64) {
+    disrupt(checkpoint_ms, 4, Disruption::Kill)
+}
+
+/// `n` instances (checkpointing every `checkpoint_ms`, 0: no changelog) on
+/// four partitions play a stream, disrupted when a third is decided.
+/// Returns the comparison with one engine and the restores the instances
+/// still running did.
+fn disrupt(checkpoint_ms: u64, n: usize, disruption: Disruption) -> (Comparison, f64) {
     let topics = Topics::default();
     let events = stream_of(3000, 4);
     let file = tempfile::Builder::new().suffix(".jsonl").tempfile().unwrap();
@@ -114,13 +141,17 @@ fn kill_one_of_four(checkpoint_ms: u64) -> (Comparison, f64) {
     let brokers = broker.bootstrap_servers();
     // Takeover after 3 s: at this speed each second of waiting is 3 hours of
     // the stream nobody decides and the other instances' payees miss.
-    let mut run = Group::start_with(&brokers, 4, checkpoint_ms, |_| "session_timeout_ms = 3000\n".to_owned());
-    let n = transfer_ids(&events).len();
+    let settings = |_| "session_timeout_ms = 3000\n".to_owned();
+    let mut run = Group::start_with(&brokers, n, checkpoint_ms, settings);
+    let transfers = transfer_ids(&events).len();
     let read = Arc::new(AtomicUsize::new(0));
-    let reader = read_decisions_counting(&brokers, &topics, n, read.clone());
+    let reader = read_decisions_counting(&brokers, &topics, transfers, read.clone());
     let load = fds_load(&brokers, file.path(), SPEED);
-    assert!(wait_for(Duration::from_secs(120), || read.load(Ordering::Relaxed) >= n / 3), "a third decided");
-    drop(run.instances.remove(0));
+    assert!(wait_for(Duration::from_secs(120), || read.load(Ordering::Relaxed) >= transfers / 3), "a third decided");
+    match disruption {
+        Disruption::Kill => drop(run.instances.remove(0)),
+        Disruption::Join => run.add(&brokers, checkpoint_ms, &settings(0)),
+    }
     let out = load.wait_with_output().unwrap();
     assert!(out.status.success(), "fds load: {}", String::from_utf8_lossy(&out.stderr));
     let c = compare_with_one_engine(&events, &reader.join().unwrap(), 4);
@@ -191,33 +222,44 @@ impl Group {
     /// Checkpointing every `checkpoint_ms` (0: no changelog), with
     /// `extra(i)` appended to instance `i`'s settings file.
     fn start_with(brokers: &str, n: usize, checkpoint_ms: u64, extra: impl Fn(usize) -> String) -> Group {
-        let mut configs = Vec::new();
-        let instances: Vec<Instance> = (0..n)
-            .map(|i| {
-                let config = tempfile::NamedTempFile::new().unwrap();
-                std::fs::write(
-                    config.path(),
-                    format!(
-                        "[engine]\nuse_model = false\n[kafka]\ncommit_interval_ms = 100\ncheckpoint_interval_ms = {checkpoint_ms}\n{}",
-                        extra(i)
-                    ),
-                )
-                .unwrap();
-                let listen = free_port();
-                let run = FdsRun::start_listening(brokers, Some(config.path()), listen);
-                configs.push(config);
-                Instance { _run: run, listen }
-            })
-            .collect();
-        let group = Group { instances, _configs: configs };
+        let mut group = Group { instances: Vec::new(), _configs: Vec::new() };
+        for i in 0..n {
+            group.spawn(brokers, checkpoint_ms, &extra(i));
+        }
+        group.wait_ready();
+        group
+    }
+
+    /// One more instance, once it is ready.
+    fn add(&mut self, brokers: &str, checkpoint_ms: u64, extra: &str) {
+        self.spawn(brokers, checkpoint_ms, extra);
+        self.wait_ready();
+    }
+
+    fn spawn(&mut self, brokers: &str, checkpoint_ms: u64, extra: &str) {
+        let config = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(
+            config.path(),
+            format!(
+                "[engine]\nuse_model = false\n[kafka]\ncommit_interval_ms = 100\ncheckpoint_interval_ms = {checkpoint_ms}\n{extra}"
+            ),
+        )
+        .unwrap();
+        let listen = free_port();
+        let run = FdsRun::start_listening(brokers, Some(config.path()), listen);
+        self._configs.push(config);
+        self.instances.push(Instance { _run: run, listen });
+    }
+
+    /// Until every instance holds partitions and is ready.
+    fn wait_ready(&self) {
         assert!(
-            wait_for(Duration::from_secs(90), || group
+            wait_for(Duration::from_secs(90), || self
                 .instances
                 .iter()
                 .all(|i| i.get("/readyz").is_some_and(|r| r.0 == 200))),
             "every instance ready, with partitions"
         );
-        group
     }
 
     /// Play `file` with `fds load --speed` and read every decision; returns

@@ -14,12 +14,15 @@
 //! | `decisions`          | sender account   | the decision (JSON, `schema_version`)  | `correlation-id`, `fds-decision`, `fds-late`, `fds-redelivered` |
 //! | `dead-letter`        | the original key | the original bytes, unchanged          | `fds-error`, `fds-error-kind`, `fds-source-topic`, `fds-source-partition`, `fds-source-offset` |
 //! | `state` (compacted)  | entity kind and key | the entity as a checked record (fds's own; see [`pipeline`]'s changelog) | `fds-checkpoint` |
+//! | `observations`       | —                | a batch of transfers seen by one instance, for the others' payees and devices (fds's own) | — |
 //!
 //! Transfers and context events are keyed by the sender's account, and both
 //! topics must have the same partition count, so one account's events land on
 //! one partition number of each and therefore on one `fds` instance, in order.
 //! Labels are read by every instance (each keeps its own reading position), so
-//! every instance learns every reported payee.
+//! every instance learns every reported payee; so are `observations`, so every
+//! instance counts every transfer in its payee and device. `state`,
+//! `decisions` and `observations` have as many partitions as `transfers`.
 //!
 //! ## Delivery semantics
 //!

@@ -6,14 +6,20 @@
 //! The only storage every instance shares is Kafka, so the state lives there
 //! too, the way Kafka Streams keeps a store: a compacted topic (`state`,
 //! partitioned like the inputs) holding the latest record of every entity,
-//! keyed by its kind and key. The scoring thread is the state's only writer,
-//! so between two messages the state is exact as of known input positions,
-//! and a checkpoint is taken there, every `checkpoint_interval` (5 s):
+//! keyed by its kind and key. Partition `j` holds the accounts of input
+//! partition `j`, the payees and devices whose keys hash to `j`, and `j`'s
+//! markers, all written by `j`'s owner (a Kafka Streams task owns its store
+//! and changelog partition the same way). The scoring thread is the state's
+//! only writer, so between two messages the state is exact as of known input
+//! positions, and a checkpoint is taken there, every `checkpoint_interval`
+//! (5 s):
 //!
-//! 1. the entities changed since the last checkpoint began
-//!    ([`State::begin_checkpoint`]: each once, however often it changed, as
-//!    the Kafka Streams record cache does) go to the topic as checked records,
-//!    or as tombstones for entities swept by expiry, each tagged with the
+//! 1. the entities of the partitions owned that changed since the last
+//!    checkpoint began ([`State::begin_checkpoint_of`]: each once, however
+//!    often it changed, as the Kafka Streams record cache does; all of them
+//!    when the partitions owned changed, since a partition taken over holds
+//!    its previous owner's records) go to the topic as checked records, or as
+//!    tombstones for entities swept by expiry, each tagged with the
 //!    checkpoint's number (header `fds-checkpoint`). They are encoded a few
 //!    hundred per turn of the scoring loop ([`State::checkpoint_step`]), so
 //!    scoring never pauses for a whole checkpoint; an entity about to change
@@ -21,22 +27,22 @@
 //!    holds the state of one moment;
 //! 2. once all of them are acknowledged, *and* every input message before the
 //!    checkpoint's positions has its outcome acknowledged (its decision is in
-//!    `decisions`), a marker record (key `@checkpoint`) says the checkpoint is
-//!    complete: its number, the input positions it covers and the engine's
+//!    `decisions`), a marker record (key `@checkpoint`) per partition owned
+//!    says the checkpoint is complete: its number, the partition's input
+//!    positions, how far the shared tables had counted each transfers
+//!    partition, where the observations reader stood, and the engine's
 //!    expiry clocks. The next checkpoint starts after that.
 //!
-//! Restoring ([`restore`], at start, before anything is consumed; `/readyz`
-//! answers 503 `restoring state` meanwhile) reads the topic to its end and
-//! keeps, per entity, the latest record of a complete checkpoint, so a
-//! checkpoint cut short by a crash is ignored whole. The consumer then starts
-//! each input partition at the covered position (or its committed offset, if
-//! that is earlier) and handles everything after it again, through the same
-//! merge by event time: the state learns exactly what it had learnt, in the
-//! same order, and every transfer already decided is answered from the
-//! decision memory (read back from `decisions`) with the bytes first sent,
-//! marked redelivered. A transfer message the state already holds (below the
-//! covered position) is not fed to it again; the same message beyond it is
-//! (see `handle`).
+//! Reading it back is `restore`'s: the shared tables at start, a partition's
+//! accounts when it is assigned, each as of its partition's latest complete
+//! checkpoint. The consumer then starts each input partition at the covered
+//! position (or its committed offset, if that is earlier) and handles
+//! everything after it again, through the same merge by event time: the
+//! state learns exactly what it had learnt, in the same order, and every
+//! transfer already decided is answered from the decision memory (read back
+//! from `decisions`) with the bytes first sent, marked redelivered. A
+//! transfer message the state already holds (below the covered position) is
+//! not fed to it again; the same message beyond it is (see `handle`).
 //!
 //! Consistency without transactions (neither supported broker has them):
 //! entity records are idempotent (the latest wins), the marker is written
@@ -54,11 +60,11 @@
 //! Rewinding the inputs (Flink's way) alone would need the whole 30-day
 //! history replayed.
 //!
-//! What it leaves to the scale-out work: one instance owns every partition.
-//! Payee and device entities are written whole, as the single owner sees
-//! them; with several instances each would write its own partial view under
-//! the same key. The shared tables (every instance's contribution, read by
-//! all) replace that.
+//! Not guarded against: a zombie, an instance the group has given up on (a
+//! stall longer than the session timeout) that still writes checkpoints of
+//! partitions now owned by another. Kafka Streams fences it with
+//! transactions, which neither supported broker has; here its records could
+//! mix with the new owner's until it notices it lost the partitions.
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicI64;

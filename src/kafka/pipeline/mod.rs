@@ -15,6 +15,10 @@
 //!   own threads and the producer batches and sends on its own, so consuming,
 //!   scoring and producing overlap. One thread keeps one account's events in
 //!   order without any locking; the engine itself is lock-free for readers.
+//!   The same thread polls the observations reader (every partition of
+//!   `observations`, assigned) and counts the other instances' transfers in
+//!   the shared payee and device tables before each burst is scored, and
+//!   publishes its own (see `shared`).
 //! - **The producer's thread** (librdkafka's, driven by `ThreadedProducer`)
 //!   receives the broker's acknowledgements and passes them back to the
 //!   scoring thread over a channel.
@@ -34,6 +38,11 @@
 //! - `readers`: the co-partitioning check, reading a topic to its end (the
 //!   `decisions` tail into the memory), the labels consumer.
 //! - `merge`: the messages polled, waiting for their turn in event-time order.
+//! - `shared`: the shared payee and device tables on Kafka (observations out
+//!   and in).
+//! - `changelog`: checkpoints of the state to the `state` topic; `restore`:
+//!   reading them back (shared tables at start, a partition's accounts when
+//!   it is assigned); `checkpoint`: the local snapshot of a graceful stop.
 //! - `health`: the broker health thread.
 //!
 //! ## Delivery semantics
