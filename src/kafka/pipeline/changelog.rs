@@ -242,7 +242,7 @@ impl Changelog {
         &mut self,
         engine: &Engine,
         positions: &Positions,
-        shared: &SharedTables,
+        shared: &mut SharedTables,
         tracker: &OffsetTracker,
         metrics: &Metrics,
     ) {
@@ -257,7 +257,7 @@ impl Changelog {
         &mut self,
         engine: &Engine,
         positions: &Positions,
-        shared: &SharedTables,
+        shared: &mut SharedTables,
         tracker: &OffsetTracker,
         metrics: &Metrics,
     ) {
@@ -298,6 +298,7 @@ impl Changelog {
             }
             if self.failed.swap(false, Ordering::Relaxed) {
                 metrics.state_checkpoints.with_label_values(&["failed"]).inc();
+                shared.checkpoint_failed();
                 self.open = None;
                 self.whole = true;
                 self.last = Instant::now();
@@ -321,6 +322,7 @@ impl Changelog {
                 return;
             }
             metrics.state_checkpoints.with_label_values(&["written"]).inc();
+            shared.checkpoint_done();
             metrics.state_checkpoint_pause_seconds.set(open.longest_turn.as_secs_f64());
             tracing::debug!(
                 checkpoint = open.id,
@@ -340,7 +342,7 @@ impl Changelog {
         self.begin(engine, positions, shared);
     }
 
-    fn begin(&mut self, engine: &Engine, positions: &Positions, shared: &SharedTables) {
+    fn begin(&mut self, engine: &Engine, positions: &Positions, shared: &mut SharedTables) {
         let id = self.next_id;
         self.next_id += 1;
         let mut owned: Vec<i32> = shared.owned().collect();
@@ -355,6 +357,7 @@ impl Changelog {
         engine.state().begin_checkpoint_of(whole, |_, key| ours(key));
         let clocks = engine.expiry_clocks();
         let (counted, observed) = (shared.counted(), shared.read_positions());
+        shared.checkpoint_begun();
         let mut markers = Vec::new();
         let mut waits_for = Vec::new();
         for &partition in &owned {
@@ -401,7 +404,7 @@ impl Changelog {
         &mut self,
         engine: &Engine,
         positions: &Positions,
-        shared: &SharedTables,
+        shared: &mut SharedTables,
         tracker: &OffsetTracker,
         metrics: &Metrics,
         timeout: Duration,

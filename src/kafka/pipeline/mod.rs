@@ -496,7 +496,7 @@ pub fn run(
         }
         scorer.shared.flush();
         if let Some(c) = &mut changelog {
-            c.tick(&engine, &scorer.positions, &scorer.shared, &consumer.context().book().tracker, &metrics);
+            c.tick(&engine, &scorer.positions, &mut scorer.shared, &consumer.context().book().tracker, &metrics);
         }
         scorer.shared.retire_floors();
         match consumer.context().assigned.load(Ordering::Relaxed) {
@@ -532,7 +532,7 @@ pub fn run(
     }
     if let (Some(c), None, 0) = (&mut changelog, &failure, scorer.summary.unfinished) {
         let tracker = &consumer.context().book().tracker;
-        c.finish(&engine, &scorer.positions, &scorer.shared, tracker, &metrics, opts.shutdown_timeout);
+        c.finish(&engine, &scorer.positions, &mut scorer.shared, tracker, &metrics, opts.shutdown_timeout);
     } else if let (Some(dir), None, 0) = (&opts.state_dir, &failure, scorer.summary.unfinished) {
         write_checkpoint(dir, &engine, &consumer, &inputs, &metrics);
     }
