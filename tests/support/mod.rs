@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod group;
+
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -299,6 +301,14 @@ impl Drop for FdsRun {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// `events` as a JSON-lines file, for `fds load`.
+pub fn stream_file(events: &[Event]) -> tempfile::NamedTempFile {
+    let file = tempfile::Builder::new().suffix(".jsonl").tempfile().unwrap();
+    let lines: Vec<String> = events.iter().map(Event::to_json).collect();
+    std::fs::write(file.path(), lines.join("\n") + "\n").unwrap();
+    file
 }
 
 /// A loopback address with a port nobody listens on (free when asked).
