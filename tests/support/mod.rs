@@ -352,15 +352,17 @@ pub fn verdict(j: &serde_json::Value) -> serde_json::Value {
 /// otherwise than by the replay, of how many, and how many answers were
 /// given again (the input the restored state had not seen, handled again).
 pub fn kill_and_restart(brokers: &str, topics: &Topics, checkpoint_ms: u64, partitions: i32) -> (usize, usize, usize) {
-    kill_and_restart_with(brokers, topics, checkpoint_ms, partitions, "")
+    kill_and_restart_with(brokers, topics, checkpoint_ms, partitions, 10, "")
 }
 
-/// [`kill_and_restart`], the restarted instance's settings file ending with `after`.
+/// [`kill_and_restart`], killed once `kill_at_percent` of the transfers are
+/// seen decided, the restarted instance's settings file ending with `after`.
 pub fn kill_and_restart_with(
     brokers: &str,
     topics: &Topics,
     checkpoint_ms: u64,
     partitions: i32,
+    kill_at_percent: usize,
     after: &str,
 ) -> (usize, usize, usize) {
     const WAIT: Duration = Duration::from_secs(120);
@@ -382,7 +384,7 @@ pub fn kill_and_restart_with(
     // reads it (see tests/order.rs), so it comes in two backlogs. The first
     // 60 % is there at the start; fds works through it, checkpointing every
     // 50 ms, and is killed (SIGKILL, decisions in flight included) as soon as
-    // a tenth of the transfers are seen decided. The rest arrives while no
+    // `kill_at_percent` of the transfers are seen decided. The rest arrives while no
     // instance runs; the next one restores and carries on.
     let (first, rest) = events.split_at(events.len() * 6 / 10);
     let p = producer(&brokers);
@@ -390,7 +392,7 @@ pub fn kill_and_restart_with(
     rdkafka::producer::Producer::flush(&p, Duration::from_secs(30)).unwrap();
     let mut decisions = Reader::new(&brokers, &topics.decisions);
     let child = FdsRun::start(&brokers, Some(config.path()));
-    assert!(decisions.read_until(WAIT, |r| r.len() >= ids.len() / 10));
+    assert!(decisions.read_until(WAIT, |r| r.len() >= ids.len() * kill_at_percent / 100));
     drop(child);
     send_events(&p, topics, rest, 600_000);
     rdkafka::producer::Producer::flush(&p, Duration::from_secs(30)).unwrap();
