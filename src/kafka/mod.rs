@@ -287,6 +287,9 @@ fn topic_layout(topics: &Topics, partitions: i32) -> [(&str, i32); 7] {
     ]
 }
 
+/// How long `fds topics create` has the brokers keep observations: 6 hours.
+pub const OBSERVATIONS_RETENTION_MS: &str = "21600000";
+
 /// Create the topics on a real cluster (`fds topics create`); topics that
 /// already exist are left as they are.
 pub fn create_topics(
@@ -301,13 +304,18 @@ pub fn create_topics(
         .create()
         .map_err(|source| KafkaSetupError::Unreachable { brokers: brokers.clone(), source })?;
     let layout = topic_layout(topics, partitions);
-    // The changelog keeps the latest record per entity: compacted.
+    // The changelog keeps the latest record per entity: compacted. The
+    // observations are read live, and after a restart only from the last
+    // checkpoints on (seconds back): hours of them are plenty, and at 10,000
+    // transfers/s a week would be 400 GB.
     let new: Vec<NewTopic<'_>> = layout
         .iter()
         .map(|&(name, n)| {
             let topic = NewTopic::new(name, n, TopicReplication::Fixed(replication));
             if name == topics.state {
                 topic.set("cleanup.policy", "compact")
+            } else if name == topics.observations {
+                topic.set("retention.ms", OBSERVATIONS_RETENTION_MS)
             } else {
                 topic
             }
