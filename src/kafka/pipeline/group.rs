@@ -55,6 +55,9 @@ pub(super) struct GroupContext {
     pub(super) starts: Mutex<Vec<(Feed, i32, Option<i64>)>>,
     /// The engine, whose accounts are restored when partitions arrive.
     pub(super) engine: Arc<Engine>,
+    /// Partitions of `state`, read once at start: which accounts belong to
+    /// a partition being restored.
+    pub(super) groups: u32,
     /// The transfers partitions held before the last revocation: one
     /// assigned again still has its accounts here, current.
     pub(super) held: Mutex<Vec<i32>>,
@@ -171,7 +174,15 @@ impl ConsumerContext for GroupContext {
             *held = assigned;
             drop(held);
             let restored = if self.options.checkpoint_interval.is_some() && !new.is_empty() {
-                restore_accounts(&new, &self.engine, &self.options, &self.metrics, &self.health, &self.stop)
+                restore_accounts(
+                    &new,
+                    self.groups,
+                    &self.engine,
+                    &self.options,
+                    &self.metrics,
+                    &self.health,
+                    &self.stop,
+                )
             } else {
                 Restored { partitions: new, ..Restored::default() }
             };

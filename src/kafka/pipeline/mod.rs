@@ -319,6 +319,7 @@ pub fn run(
         revocations: std::sync::atomic::AtomicU64::new(0),
         starts: Mutex::new(Vec::new()),
         engine: engine.clone(),
+        groups,
         held: Mutex::new(Vec::new()),
         restored: Mutex::new(Vec::new()),
     };

@@ -186,6 +186,7 @@ pub(super) fn restore_shared(
 /// instance still held of them, before any of their messages is handled.
 pub(super) fn restore_accounts(
     partitions: &[i32],
+    groups: u32,
     engine: &Engine,
     opts: &PipelineOptions,
     metrics: &Metrics,
@@ -194,7 +195,6 @@ pub(super) fn restore_accounts(
 ) -> Restored {
     health.set_restoring(true);
     let started = Instant::now();
-    let groups = partition_count_of(opts).unwrap_or(1);
     let ours = |key: &str| partitions.contains(&crate::input::order::partition_for(key.as_bytes(), groups));
     let forgotten = engine.state().forget_accounts(ours);
     tracing::info!(?partitions, forgotten, "restoring the accounts of the partitions assigned");
