@@ -159,3 +159,28 @@ fn demo_events() -> Vec<Event> {
     let input = fds::input::open(Path::new(DEMO), fds::input::Format::Auto).unwrap();
     input.events.map(|r| r.unwrap().1).collect()
 }
+
+/// A `state` or `observations` topic partitioned otherwise than the inputs
+/// would put a partition's accounts, payees or observations where no owner
+/// writes or reads them: `fds run` refuses to start and names both topics.
+#[test]
+fn topics_partitioned_unlike_the_inputs_are_refused_at_start() {
+    let topics = Topics::default();
+    let broker = EmbeddedBroker::start(&topics, 4).unwrap();
+    broker.cluster().create_topic("observations-3", 3, 1).unwrap();
+    broker.cluster().create_topic("state-2", 2, 1).unwrap();
+    for (setting, topic, n) in [("observations", "observations-3", 3), ("state", "state-2", 2)] {
+        let config = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(config.path(), format!("[kafka.topics]\n{setting} = \"{topic}\"\n")).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_fds"))
+            .arg("--config")
+            .arg(config.path())
+            .args(["run", "--brokers", &broker.bootstrap_servers(), "--listen", "127.0.0.1:0"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{topic}: started anyway");
+        let expected = format!("topics transfers (4 partitions) and {topic} ({n} partitions)");
+        assert!(stderr.contains(&expected), "{topic}: {stderr}");
+    }
+}

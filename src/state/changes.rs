@@ -143,6 +143,16 @@ impl State {
         done && self.changes.lock().written.is_empty()
     }
 
+    /// Drop the open checkpoint unfinished (its writer no longer owns what
+    /// it covers). What it had still to write is forgotten: the writer's
+    /// next checkpoint is a whole one.
+    pub fn abandon_checkpoint(&self) {
+        let mut sets = self.changes.lock();
+        sets.pending.clear();
+        sets.written.clear();
+        self.changes.open.store(false, Ordering::Relaxed);
+    }
+
     fn encode(&self, (kind, key): &Changed) -> Option<Vec<u8>> {
         let mut record = Vec::new();
         self.entity_record(*kind, key, &mut record).then_some(record)

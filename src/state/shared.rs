@@ -12,10 +12,10 @@
 //! by what is still in flight.
 //!
 //! Guarantees:
-//! - **Counted once.** The caller keeps, per transfers partition, the next
-//!   offset not yet in its shared tables; an observation or a transfer below
-//!   it is not counted again ([`SharedCount::ALREADY_COUNTED`]), whichever of
-//!   the two arrived first.
+//! - **Counted once.** The caller keeps, per transfers partition, the offsets
+//!   already in its shared tables; an observation or a transfer among them is
+//!   not counted again ([`SharedCount::ALREADY_COUNTED`]), whichever of the
+//!   two arrived first.
 //! - **Order-insensitive.** Windows are rings of buckets and sender sets keep
 //!   the latest time per sender, so observations applied a little late or out
 //!   of order give the same counts (a late one beyond its ring is dropped, as
@@ -75,7 +75,7 @@ pub struct Observation {
 }
 
 /// The format version written first in every batch.
-pub const OBSERVATION_FORMAT: u8 = 1;
+pub const OBSERVATION_FORMAT: u8 = 2;
 
 /// Why a batch of observations was refused.
 #[allow(missing_docs)] // each variant's #[error] text is its documentation and names its fields
@@ -91,10 +91,16 @@ pub enum ObservationError {
     Trailing { bytes: usize },
     #[error("observation {index}: a key that is not UTF-8")]
     NotUtf8 { index: usize },
+    #[error("observation {index}: offset {offset} cannot be a Kafka offset")]
+    Offset { index: usize, offset: i64 },
 }
 
-/// A device field of this length byte means "no device".
-const NO_DEVICE: u8 = u8::MAX;
+/// A key's length field of this value means "no key" (no device).
+const NO_KEY: u16 = u16::MAX;
+
+/// The longest key an observation carries, in bytes; a longer one is cut at
+/// a character boundary below it (the event decoder bounds ids far below).
+const KEY_MAX: usize = NO_KEY as usize - 1;
 
 impl Observation {
     /// What `t` (at `offset`) teaches the shared tables.
@@ -119,8 +125,6 @@ impl Observation {
     }
 
     /// Append this observation to a batch begun with [`Observation::begin_batch`].
-    /// Keys longer than 254 bytes are cut there (the event parser bounds them
-    /// far below that).
     pub fn encode(&self, out: &mut Vec<u8>) {
         if let Some(count) = out.get_mut(1..5) {
             let n = u32::from_le_bytes(count.try_into().expect("4 bytes")) + 1;
@@ -144,8 +148,8 @@ impl Observation {
             rest.split_first_chunk::<4>().ok_or(ObservationError::Truncated { index: 0, at: bytes.len() })?;
         let count = u32::from_le_bytes(*count) as usize;
         // The count is not trusted for the allocation: each observation
-        // takes at least 34 bytes.
-        let mut out = Vec::with_capacity(count.min(rest.len() / 34));
+        // takes at least 36 bytes.
+        let mut out = Vec::with_capacity(count.min(rest.len() / 36));
         while out.len() < count {
             let index = out.len();
             let at = bytes.len() - rest.len();
@@ -162,8 +166,12 @@ impl Observation {
             };
             let payee = take_key(&mut rest, index, bytes.len())?.ok_or(ObservationError::Truncated { index, at })?;
             let device = take_key(&mut rest, index, bytes.len())?;
+            let offset = i64::from_le_bytes(offset);
+            if !(0..i64::MAX).contains(&offset) {
+                return Err(ObservationError::Offset { index, offset });
+            }
             out.push(Observation {
-                offset: i64::from_le_bytes(offset),
+                offset,
                 time: EventTime(i64::from_le_bytes(time)),
                 amount: i64::from_le_bytes(amount),
                 account: u64::from_le_bytes(account),
@@ -181,19 +189,23 @@ impl Observation {
 fn put_key(out: &mut Vec<u8>, key: Option<&str>) {
     match key {
         Some(k) => {
-            let k = &k.as_bytes()[..k.len().min(usize::from(NO_DEVICE) - 1)];
-            out.push(k.len() as u8);
-            out.extend_from_slice(k);
+            let mut end = k.len().min(KEY_MAX);
+            while !k.is_char_boundary(end) {
+                end -= 1;
+            }
+            out.extend_from_slice(&(end as u16).to_le_bytes());
+            out.extend_from_slice(&k.as_bytes()[..end]);
         }
-        None => out.push(NO_DEVICE),
+        None => out.extend_from_slice(&NO_KEY.to_le_bytes()),
     }
 }
 
 /// A length-prefixed key from `rest` (of a batch `total` bytes long).
 fn take_key(rest: &mut &[u8], index: usize, total: usize) -> Result<Option<CompactString>, ObservationError> {
     let truncated = ObservationError::Truncated { index, at: total - rest.len() };
-    let (&len, tail) = rest.split_first().ok_or(truncated.clone())?;
-    if len == NO_DEVICE {
+    let (len, tail) = rest.split_first_chunk::<2>().ok_or(truncated.clone())?;
+    let len = u16::from_le_bytes(*len);
+    if len == NO_KEY {
         *rest = tail;
         return Ok(None);
     }
@@ -242,11 +254,24 @@ mod tests {
         Observation::begin_batch(&mut buf);
         a.encode(&mut buf);
         b.encode(&mut buf);
-        assert_eq!(Observation::decode_batch(&buf).unwrap(), vec![a, b]);
+        assert_eq!(Observation::decode_batch(&buf).unwrap(), vec![a.clone(), b]);
         assert_eq!(Observation::decode_batch(&[]), Err(ObservationError::Empty));
         let mut other = buf.clone();
         other[0] = 9;
         assert_eq!(Observation::decode_batch(&other), Err(ObservationError::Version { found: 9 }));
+        // A key past the bound is cut at a character boundary, never inside
+        // one (which would make the whole batch unreadable).
+        let long = Observation { device: Some("가".repeat(30_000).into()), ..a.clone() };
+        let mut one = Vec::new();
+        Observation::begin_batch(&mut one);
+        long.encode(&mut one);
+        let back = Observation::decode_batch(&one).unwrap();
+        let device = back[0].device.as_deref().unwrap();
+        assert!(device.len() <= KEY_MAX && device.len() > KEY_MAX - 3 && "가".repeat(30_000).starts_with(device));
+        let mut bad = Vec::new();
+        Observation::begin_batch(&mut bad);
+        Observation { offset: -1, ..a.clone() }.encode(&mut bad);
+        assert_eq!(Observation::decode_batch(&bad), Err(ObservationError::Offset { index: 0, offset: -1 }));
         for cut in 1..buf.len() - 1 {
             assert!(
                 matches!(Observation::decode_batch(&buf[..cut]), Err(ObservationError::Truncated { .. })),

@@ -27,11 +27,15 @@
 //!    holds the state of one moment;
 //! 2. once all of them are acknowledged, *and* every input message before the
 //!    checkpoint's positions has its outcome acknowledged (its decision is in
-//!    `decisions`), a marker record (key `@checkpoint`) per partition owned
+//!    `decisions`, its observation in `observations`: whoever restores from
+//!    this checkpoint scores only what comes after, so what came before must
+//!    be out for good), a marker record (key `@checkpoint`) per partition owned
 //!    says the checkpoint is complete: its number, the partition's input
-//!    positions, how far the shared tables had counted each transfers
-//!    partition, where the observations reader stood, and the engine's
-//!    expiry clocks. The next checkpoint starts after that.
+//!    positions, which transfers of each partition the shared tables had
+//!    counted, where the observations reader stood, and the engine's
+//!    expiry clocks. The next checkpoint starts after that. A revocation
+//!    drops the open checkpoint unfinished ([`Changelog::abandon`]): its
+//!    marker would claim partitions another instance now writes.
 //!
 //! Reading it back is `restore`'s: the shared tables at start, a partition's
 //! accounts when it is assigned, each as of its partition's latest complete
@@ -90,10 +94,11 @@ pub(super) struct Marker {
     /// (topic, partition, next offset not in the state): the partition's
     /// transfers and context events.
     pub(super) positions: Vec<(String, i32, i64)>,
-    /// Per transfers partition, the next offset the shared tables had
-    /// counted: how far the payees and devices of this partition's group go.
+    /// Per transfers partition, the offset ranges `[from, to)` the shared
+    /// tables had counted: the transfers the payees and devices of this
+    /// partition's group hold.
     #[serde(default)]
-    pub(super) counted: Vec<(i32, i64)>,
+    pub(super) counted: Vec<(i32, Vec<(i64, i64)>)>,
     /// Per `observations` partition, the next offset the writer had read:
     /// where a restore of this group resumes reading.
     #[serde(default)]
@@ -175,6 +180,9 @@ struct Open {
     longest_turn: Duration,
     /// Positions the decisions must have reached before the marker goes.
     waits_for: Vec<(Feed, i32, i64)>,
+    /// The last observations batch the marker waits for (see
+    /// [`SharedTables::delivered`]).
+    observations: Option<u64>,
     started: Instant,
     marker_sent: bool,
     entities: usize,
@@ -185,7 +193,7 @@ impl Changelog {
     /// A writer. Checkpoints are numbered by the wall clock at start (ms),
     /// then one up each: numbers keep growing across restarts without being
     /// read back (a refused restore cannot know the last one).
-    pub(super) fn new(opts: &PipelineOptions, interval: Duration) -> Result<Self, PipelineError> {
+    pub(super) fn new(opts: &PipelineOptions, interval: Duration, partitions: u32) -> Result<Self, PipelineError> {
         let next_id = u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(1);
         let pending = Arc::new(AtomicI64::new(0));
         let failed = Arc::new(AtomicBool::new(false));
@@ -211,13 +219,6 @@ impl Changelog {
                 brokers: opts.connection.brokers.clone(),
                 source,
             })?;
-        let partitions = producer
-            .client()
-            .fetch_metadata(Some(&opts.topics.state), Duration::from_secs(10))
-            .ok()
-            .and_then(|md| md.topics().first().map(|t| t.partitions().len() as u32))
-            .filter(|&n| n > 0)
-            .unwrap_or(1);
         Ok(Changelog {
             producer,
             pending,
@@ -242,7 +243,7 @@ impl Changelog {
         &mut self,
         engine: &Engine,
         positions: &Positions,
-        shared: &mut SharedTables,
+        shared: &SharedTables,
         tracker: &OffsetTracker,
         metrics: &Metrics,
     ) {
@@ -257,7 +258,7 @@ impl Changelog {
         &mut self,
         engine: &Engine,
         positions: &Positions,
-        shared: &mut SharedTables,
+        shared: &SharedTables,
         tracker: &OffsetTracker,
         metrics: &Metrics,
     ) {
@@ -298,14 +299,15 @@ impl Changelog {
             }
             if self.failed.swap(false, Ordering::Relaxed) {
                 metrics.state_checkpoints.with_label_values(&["failed"]).inc();
-                shared.checkpoint_failed();
                 self.open = None;
                 self.whole = true;
                 self.last = Instant::now();
                 return;
             }
             if !open.marker_sent {
-                if !open.waits_for.iter().all(|&(t, p, pos)| tracker.finished_below(t, p, pos)) {
+                if !open.waits_for.iter().all(|&(t, p, pos)| tracker.finished_below(t, p, pos))
+                    || !shared.delivered(open.observations)
+                {
                     return;
                 }
                 let id = open.id.to_string();
@@ -322,7 +324,6 @@ impl Changelog {
                 return;
             }
             metrics.state_checkpoints.with_label_values(&["written"]).inc();
-            shared.checkpoint_done();
             metrics.state_checkpoint_pause_seconds.set(open.longest_turn.as_secs_f64());
             tracing::debug!(
                 checkpoint = open.id,
@@ -342,7 +343,7 @@ impl Changelog {
         self.begin(engine, positions, shared);
     }
 
-    fn begin(&mut self, engine: &Engine, positions: &Positions, shared: &mut SharedTables) {
+    fn begin(&mut self, engine: &Engine, positions: &Positions, shared: &SharedTables) {
         let id = self.next_id;
         self.next_id += 1;
         let mut owned: Vec<i32> = shared.owned().collect();
@@ -357,7 +358,6 @@ impl Changelog {
         engine.state().begin_checkpoint_of(whole, |_, key| ours(key));
         let clocks = engine.expiry_clocks();
         let (counted, observed) = (shared.counted(), shared.read_positions());
-        shared.checkpoint_begun();
         let mut markers = Vec::new();
         let mut waits_for = Vec::new();
         for &partition in &owned {
@@ -385,11 +385,25 @@ impl Changelog {
             handed: false,
             longest_turn: Duration::ZERO,
             waits_for,
+            observations: shared.cut(),
             started: Instant::now(),
             marker_sent: false,
             entities: 0,
             bytes: 0,
         });
+    }
+
+    /// The partitions owned changed (a revocation): the open checkpoint, of
+    /// the partitions owned before, is dropped unfinished (its marker would
+    /// now claim partitions another instance writes), and the next one
+    /// writes every entity of the partitions owned then.
+    pub(super) fn abandon(&mut self, engine: &Engine) {
+        if self.open.take().is_some() {
+            engine.state().abandon_checkpoint();
+            self.records.clear();
+            tracing::debug!("the open state checkpoint is dropped: partitions were revoked");
+        }
+        self.whole = true;
     }
 
     /// Number the next checkpoint past `id` (one restored from the changelog:
@@ -404,7 +418,7 @@ impl Changelog {
         &mut self,
         engine: &Engine,
         positions: &Positions,
-        shared: &mut SharedTables,
+        shared: &SharedTables,
         tracker: &OffsetTracker,
         metrics: &Metrics,
         timeout: Duration,

@@ -121,6 +121,15 @@ impl ConsumerContext for GroupContext {
             Rebalance::Revoke(tpl) => {
                 self.revocations.fetch_add(1, Ordering::Relaxed);
                 self.assigned.store(NOT_ASSIGNED, Ordering::Relaxed);
+                if consumer.assignment_lost() {
+                    // Thrown out of the group (no heartbeat for a session
+                    // timeout): others may have moved these partitions on
+                    // meanwhile, so what is held of them is stale.
+                    self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
+                    tracing::warn!(
+                        "the assignment was lost; partitions assigned again are restored from the changelog"
+                    );
+                }
                 self.take_starts();
                 self.health.set_assigned(false);
                 let pending = self.book().tracker.pending();

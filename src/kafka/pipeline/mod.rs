@@ -133,6 +133,7 @@ mod checkpoint;
 mod clients;
 mod group;
 mod health;
+mod ledger;
 mod memory;
 mod merge;
 mod offsets;
@@ -168,8 +169,10 @@ pub enum PipelineError {
     ProducerFatal { code: RDKafkaErrorCode, reason: String },
     #[error("the {0} thread stopped unexpectedly (see the log above); the pipeline stopped after committing what was decided")]
     ThreadDied(&'static str),
-    #[error("topics {a} ({a_n} partitions) and {b} ({b_n} partitions) must have the same partition count, so one account's transfers and context events reach the same instance")]
-    NotCopartitioned { a: String, a_n: usize, b: String, b_n: usize },
+    #[error("topics {a} ({a_n} partitions) and {b} ({b_n} partitions) must have the same partition count: {why}")]
+    NotCopartitioned { a: String, a_n: usize, b: String, b_n: usize, why: &'static str },
+    #[error("the brokers at {brokers} did not say within {waited} s how many partitions topic {topic} has: are they up, and the topics created (`fds topics create`)?")]
+    NoPartitions { topic: String, brokers: String, waited: u64 },
 }
 
 /// Set from a signal handler (or a test) to stop the pipeline gracefully.
@@ -285,23 +288,26 @@ pub fn run(
     // changelog before anything is consumed (each partition's accounts follow
     // when it is assigned); without a changelog, everything from a local
     // checkpoint.
+    let groups = partition_count_shared(&opts, &stop)?;
     let mut positions = Positions::new();
     let mut changelog = None;
     let mut start = SharedStart::default();
     if let Some(interval) = opts.checkpoint_interval {
         let restored = restore_shared(&engine, &opts, &metrics, &health, &stop);
-        start = restored.shared_start();
+        start = restored.shared_start(groups);
         engine.state().track_changes();
-        let mut c = Changelog::new(&opts, interval)?;
+        let mut c = Changelog::new(&opts, interval, groups)?;
         c.continue_after(restored.last_id());
         changelog = Some(c);
     } else if let Some(dir) = &opts.state_dir {
         positions = restore_checkpoint(dir, &engine, &opts, &metrics);
-        start.counted =
-            positions.iter().filter(|((feed, _), _)| *feed == Feed::Transfers).map(|(&(_, p), &o)| (p, o)).collect();
+        start.counted = positions
+            .iter()
+            .filter(|((feed, _), _)| *feed == Feed::Transfers)
+            .map(|(&(_, p), &o)| (p, ledger::Counted::below(o)))
+            .collect();
     }
     let (labels, label_starts) = labels_reader(&opts, &stop)?;
-    let groups = partition_count_of(&opts).unwrap_or(1);
     let shared = SharedTables::new(&opts, &metrics, &stop, start, groups)?;
     let watcher = spawn_health_watch(&opts, health.clone(), stop.clone())?;
 
@@ -346,9 +352,7 @@ pub fn run(
         ])
         .create_with_context(context)
         .map_err(|source| PipelineError::Client { role: "consumer", brokers: brokers.clone(), source })?;
-    let transfer_partitions = check_copartitioned(&consumer, &opts.topics)?;
-    let same_partitions =
-        transfer_partitions.is_some() && partition_count(&consumer, &opts.topics.decisions) == transfer_partitions;
+    let same_partitions = partition_count(&consumer, &opts.topics.decisions) == Some(groups as usize);
     let inputs = [opts.topics.transfers.as_str(), opts.topics.context_events.as_str()];
     consumer.subscribe(&inputs).map_err(|source| PipelineError::Subscribe { topics: inputs.join(", "), source })?;
     tracing::info!(brokers = %brokers, group = %opts.group_id, "consuming {}", inputs.join(", "));
@@ -417,6 +421,9 @@ pub fn run(
                 revocations = now;
                 burst.clear();
                 scorer.shared.disown_all();
+                if let Some(c) = &mut changelog {
+                    c.abandon(&engine);
+                }
                 ordered.merge.forget(&[Feed::Transfers, Feed::Context]);
             }
             match polled {
@@ -497,7 +504,7 @@ pub fn run(
         }
         scorer.shared.flush();
         if let Some(c) = &mut changelog {
-            c.tick(&engine, &scorer.positions, &mut scorer.shared, &consumer.context().book().tracker, &metrics);
+            c.tick(&engine, &scorer.positions, &scorer.shared, &consumer.context().book().tracker, &metrics);
         }
         scorer.shared.retire_floors();
         match consumer.context().assigned.load(Ordering::Relaxed) {
@@ -533,7 +540,7 @@ pub fn run(
     }
     if let (Some(c), None, 0) = (&mut changelog, &failure, scorer.summary.unfinished) {
         let tracker = &consumer.context().book().tracker;
-        c.finish(&engine, &scorer.positions, &mut scorer.shared, tracker, &metrics, opts.shutdown_timeout);
+        c.finish(&engine, &scorer.positions, &scorer.shared, tracker, &metrics, opts.shutdown_timeout);
     } else if let (Some(dir), None, 0) = (&opts.state_dir, &failure, scorer.summary.unfinished) {
         write_checkpoint(dir, &engine, &consumer, &inputs, &metrics);
     }

@@ -1,29 +1,67 @@
-//! Topic readers: the co-partitioning check at start, reading a topic to its
+//! Topic readers: the partition-count check at start, reading a topic to its
 //! end (the decisions tail), and the labels consumer that keeps
 //! every instance's fraud reports current.
 
 use super::*;
 
-/// Transfers and context events of one account must meet on one instance.
-/// Returns the transfers topic's partition count, when the brokers say.
-pub(super) fn check_copartitioned<C: ConsumerContext>(
-    consumer: &BaseConsumer<C>,
-    topics: &Topics,
-) -> Result<Option<usize>, PipelineError> {
-    // Unknown counts (broker away, topic not yet created) are not an error
-    // here: the consumer waits for the topics like any other client.
-    let transfers = partition_count(consumer, &topics.transfers);
-    if let (Some(a_n), Some(b_n)) = (transfers, partition_count(consumer, &topics.context_events)) {
-        if a_n != b_n {
-            return Err(PipelineError::NotCopartitioned {
-                a: topics.transfers.clone(),
-                a_n,
-                b: topics.context_events.clone(),
-                b_n,
-            });
-        }
+/// The partition count every keyed topic must share, checked at start:
+/// `context-events` (an account's transfers and context events meet on one
+/// instance), `observations` (one partition per transfers partition) and,
+/// with a changelog, `state` (its partition `j` holds input partition `j`'s
+/// accounts and the payees and devices its owner writes). Waits for the
+/// brokers up to [`READ_BACK_LIMIT`].
+pub(super) fn partition_count_shared(opts: &PipelineOptions, stop: &StopFlag) -> Result<u32, PipelineError> {
+    let consumer = reader(opts, "metadata", "metadata reader", &[]).map_err(|source| PipelineError::Client {
+        role: "metadata reader",
+        brokers: opts.connection.brokers.clone(),
+        source,
+    })?;
+    let topics = &opts.topics;
+    let mut keyed = vec![
+        (&topics.context_events, "one account's transfers and context events must reach the same instance"),
+        (&topics.observations, "each transfers partition publishes its observations to the partition of its number"),
+    ];
+    if opts.checkpoint_interval.is_some() {
+        keyed.push((&topics.state, "each transfers partition checkpoints its state to the partition of its number"));
     }
-    Ok(transfers)
+    let deadline = Instant::now() + READ_BACK_LIMIT;
+    let mut said = false;
+    loop {
+        let counts: Vec<Option<usize>> = std::iter::once(&topics.transfers)
+            .chain(keyed.iter().map(|(t, _)| *t))
+            .map(|t| partition_count(&consumer, t))
+            .collect();
+        if let Some(unknown) = counts.iter().position(Option::is_none) {
+            let topic = if unknown == 0 { &topics.transfers } else { keyed[unknown - 1].0 };
+            if Instant::now() >= deadline || stop.load(Ordering::Relaxed) {
+                return Err(PipelineError::NoPartitions {
+                    topic: topic.clone(),
+                    brokers: opts.connection.brokers.clone(),
+                    waited: READ_BACK_LIMIT.as_secs(),
+                });
+            }
+            if !said {
+                tracing::warn!(%topic, "waiting for the brokers to say how many partitions the topics have");
+                said = true;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+            continue;
+        }
+        let transfers = counts[0].expect("known");
+        for ((topic, why), n) in keyed.iter().zip(&counts[1..]) {
+            let n = n.expect("known");
+            if n != transfers {
+                return Err(PipelineError::NotCopartitioned {
+                    a: topics.transfers.clone(),
+                    a_n: transfers,
+                    b: (*topic).clone(),
+                    b_n: n,
+                    why,
+                });
+            }
+        }
+        return Ok(transfers as u32);
+    }
 }
 
 /// How many partitions `topic` has; `None` when the brokers do not say.

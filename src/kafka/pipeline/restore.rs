@@ -6,7 +6,8 @@
 //! payees and devices whose keys hash to `j` (their group), and the markers
 //! of `j`'s checkpoints, all written by `j`'s owner. Per partition, the
 //! latest marker is its latest complete checkpoint, and each entity is taken
-//! as of it ([`as_of`]): a checkpoint cut short by a crash is ignored whole.
+//! as of it ([`Versions`]): a checkpoint cut short by a crash, or dropped by
+//! an instance that lost the partition, is ignored whole.
 //!
 //! - **At start** every partition is read for its payees and devices: each
 //!   instance holds the whole shared tables. Each group comes from its own
@@ -22,6 +23,7 @@
 use std::collections::HashMap;
 
 use super::changelog::{kind_tag, Marker, HEADER_CHECKPOINT, MARKER_KEY};
+use super::ledger::Counted;
 use super::*;
 use crate::state::{EntityKind, ExpiryClocks};
 
@@ -40,15 +42,26 @@ pub(super) struct Restored {
 }
 
 impl Restored {
-    /// What the shared tables start from (see [`SharedStart`]).
-    pub(super) fn shared_start(&self) -> SharedStart {
+    /// What the shared tables start from (see [`SharedStart`]), with
+    /// `groups` partitions of `state`. A group without a checkpoint holds
+    /// nothing, so then every observation still kept is read.
+    pub(super) fn shared_start(&self, groups: u32) -> SharedStart {
         let mut start = SharedStart::default();
         for (&group, m) in &self.markers {
-            start.floors.insert(group, m.counted.iter().copied().collect());
+            let floors = m.counted.iter().map(|(p, ranges)| (*p, Counted::from_ranges(ranges.iter().copied())));
+            start.floors.insert(group, floors.collect());
             for &(p, from) in &m.observed {
                 let r = start.read_from.entry(p).or_insert(from);
                 *r = (*r).min(from);
             }
+        }
+        let missing = (0..groups as i32).filter(|g| !self.markers.contains_key(g)).count();
+        if missing > 0 && !self.markers.is_empty() {
+            tracing::info!(
+                missing,
+                "some payee and device groups have no checkpoint yet; reading every observation kept"
+            );
+            start.read_from.clear();
         }
         start
     }
@@ -77,11 +90,9 @@ pub(super) fn read_state(
 ) -> Result<Restored, String> {
     let consumer = reader(opts, "state-restore", "state restore", &[])
         .map_err(|e| format!("cannot create the restore consumer: {e}"))?;
-    // Per (partition, entity), its latest record and the one before (if the
-    // latest belongs to a checkpoint that never completed, the one before
-    // holds).
-    type Version = (u64, Option<Vec<u8>>);
-    let mut versions: HashMap<(i32, Vec<u8>), (Version, Option<Version>)> = HashMap::new();
+    // Per (partition, entity), its latest records by checkpoint number (see
+    // `Versions`).
+    let mut versions: HashMap<(i32, Vec<u8>), Versions> = HashMap::new();
     let mut restored = Restored::default();
     let mut bad: Option<String> = None;
     let topic = &opts.topics.state;
@@ -128,9 +139,9 @@ pub(super) fn read_state(
             };
             let version = (id, m.payload().map(<[u8]>::to_vec));
             match versions.get_mut(&(m.partition(), key.to_vec())) {
-                Some((latest, before)) => *before = Some(std::mem::replace(latest, version)),
+                Some(v) => v.add(version),
                 None => {
-                    versions.insert((m.partition(), key.to_vec()), (version, None));
+                    versions.insert((m.partition(), key.to_vec()), Versions::new(version));
                 }
             }
         },
@@ -142,9 +153,19 @@ pub(super) fn read_state(
         return Err(why);
     }
     let state = engine.state();
-    for ((partition, key), (latest, before)) in versions {
+    for ((partition, key), versions) in versions {
         let Some(marker) = restored.markers.get(&partition) else { continue };
-        let Some((_, Some(record))) = as_of(latest, before, marker.id) else { continue };
+        let record = match versions.at(marker.id) {
+            AsOf::Record(record) => record,
+            AsOf::Absent => continue,
+            AsOf::Lost => {
+                return Err(format!(
+                    "topic {topic} partition {partition}: an entity written by more unfinished checkpoints after \
+                     checkpoint {} than a restore keeps apart; its state as of that checkpoint is unknown",
+                    marker.id
+                ))
+            }
+        };
         let (kind, found) = state
             .apply_record(&record)
             .map_err(|e| format!("topic {topic} partition {partition}: an entity record: {e}"))?;
@@ -213,12 +234,6 @@ pub(super) fn restore_accounts(
     restored
 }
 
-/// The partition count of `state`, which payee and device groups hash over.
-pub(super) fn partition_count_of(opts: &PipelineOptions) -> Option<u32> {
-    let consumer = reader(opts, "state-restore", "state restore", &[]).ok()?;
-    partition_count(&consumer, &opts.topics.state).map(|n| n as u32)
-}
-
 /// Log and count how a restore went; `None` when it was refused.
 fn finish(
     what: &str,
@@ -260,17 +275,60 @@ fn finish(
     }
 }
 
-/// An entity's record as of complete checkpoint `checkpoint`, from its
-/// latest record and the one before: the latest unless it belongs to a later
-/// checkpoint (one cut short by a crash), then the one before if it is old
-/// enough; `None` when the entity did not exist then. At most one checkpoint
-/// is ever incomplete (the next starts only after its marker), so two
-/// versions are enough.
-fn as_of<T>(latest: (u64, T), before: Option<(u64, T)>, checkpoint: u64) -> Option<(u64, T)> {
-    if latest.0 <= checkpoint {
-        Some(latest)
-    } else {
-        before.filter(|b| b.0 <= checkpoint)
+/// One entity's records in one partition, the highest checkpoint numbers
+/// kept: a restore takes the latest of them that is not past the partition's
+/// latest complete checkpoint. Records of a checkpoint that never completed
+/// (its writer crashed, or lost the partition, before its marker) are past
+/// it; records arrive out of number order when an instance that lost a
+/// partition still wrote a few. Each unfinished checkpoint after the last
+/// complete one takes a place, so a few are enough; when more than that
+/// pushed out the one needed, the restore says so rather than guess.
+struct Versions {
+    /// Highest numbers first, at most [`Versions::KEPT`].
+    kept: Vec<(u64, Option<Vec<u8>>)>,
+    /// A lower-numbered record was pushed out.
+    dropped: bool,
+}
+
+/// What an entity was as of a complete checkpoint.
+#[derive(Debug, PartialEq)]
+enum AsOf {
+    /// Its record then.
+    Record(Vec<u8>),
+    /// It did not exist then (or was swept).
+    Absent,
+    /// Not known: the records that would say were pushed out.
+    Lost,
+}
+
+impl Versions {
+    const KEPT: usize = 4;
+
+    fn new(first: (u64, Option<Vec<u8>>)) -> Self {
+        Versions { kept: vec![first], dropped: false }
+    }
+
+    fn add(&mut self, version: (u64, Option<Vec<u8>>)) {
+        // The same checkpoint twice (a retried send): the later one.
+        let at = self.kept.partition_point(|k| k.0 > version.0);
+        if self.kept.get(at).is_some_and(|k| k.0 == version.0) {
+            self.kept[at] = version;
+            return;
+        }
+        self.kept.insert(at, version);
+        if self.kept.len() > Self::KEPT {
+            self.kept.pop();
+            self.dropped = true;
+        }
+    }
+
+    fn at(self, checkpoint: u64) -> AsOf {
+        match self.kept.into_iter().find(|k| k.0 <= checkpoint) {
+            Some((_, Some(record))) => AsOf::Record(record),
+            Some((_, None)) => AsOf::Absent,
+            None if self.dropped => AsOf::Lost,
+            None => AsOf::Absent,
+        }
     }
 }
 
@@ -289,13 +347,31 @@ mod tests {
 
     #[test]
     fn an_entity_is_taken_as_of_the_last_complete_checkpoint() {
+        let record = |s: &str| Some(s.as_bytes().to_vec());
+        let of = |written: &[(u64, Option<Vec<u8>>)], checkpoint| {
+            let mut v = Versions::new(written[0].clone());
+            for w in &written[1..] {
+                v.add(w.clone());
+            }
+            v.at(checkpoint)
+        };
+        let got = |s: &str| AsOf::Record(s.as_bytes().to_vec());
         // Written in checkpoint 7, then in 9, which never completed: 7 holds.
-        assert_eq!(as_of((9, "new"), Some((7, "old")), 8), Some((7, "old")));
-        assert_eq!(as_of((9, "new"), Some((7, "old")), 9), Some((9, "new")));
+        assert_eq!(of(&[(7, record("old")), (9, record("new"))], 8), got("old"));
+        assert_eq!(of(&[(7, record("old")), (9, record("new"))], 9), got("new"));
         // First written in the incomplete checkpoint: it did not exist yet.
-        assert_eq!(as_of((9, "new"), None, 8), None);
-        assert_eq!(as_of((9, "new"), Some((9, "same")), 8), None);
-        assert_eq!(as_of((3, "only"), None, 8), Some((3, "only")));
+        assert_eq!(of(&[(9, record("new"))], 8), AsOf::Absent);
+        assert_eq!(of(&[(3, record("only"))], 8), got("only"));
+        // Swept in 5.
+        assert_eq!(of(&[(3, record("was")), (5, None)], 6), AsOf::Absent);
+        // Two unfinished checkpoints in a row, one written late by an
+        // instance that had lost the partition (out of number order).
+        assert_eq!(of(&[(7, record("old")), (11, record("b")), (9, record("a"))], 8), got("old"));
+        assert_eq!(of(&[(11, record("b")), (7, record("old")), (9, record("a"))], 10), got("a"));
+        // More unfinished ones than are kept apart: said, not guessed.
+        let many: Vec<_> = (0..6).map(|i| (7 + i, record("x"))).collect();
+        assert_eq!(of(&many, 7), AsOf::Lost);
+        assert_eq!(of(&many, 12), got("x"));
     }
 
     #[test]
@@ -305,7 +381,7 @@ mod tests {
             expiry_clock: 1,
             last_expiry: 0,
             positions: vec![(Feed::Context.name().into(), 0, 12), (Feed::Transfers.name().into(), 0, 40)],
-            counted,
+            counted: counted.into_iter().map(|(p, next)| (p, vec![(0, next)])).collect(),
             observed,
         };
         let back: Marker =
@@ -318,9 +394,11 @@ mod tests {
             ]),
             ..Restored::default()
         };
-        let start = r.shared_start();
-        assert_eq!(start.floors[&1][&0], 35);
+        let start = r.shared_start(2);
+        assert_eq!(start.floors[&1][&0], Counted::below(35));
         assert_eq!(start.read_from, HashMap::from([(0, 25), (1, 9)]), "the earliest any group needs");
         assert_eq!(r.last_id(), 6);
+        // A third group without a checkpoint holds nothing: read everything.
+        assert!(r.shared_start(3).read_from.is_empty());
     }
 }

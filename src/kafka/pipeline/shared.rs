@@ -14,12 +14,18 @@
 //! partition of `observations` (assigned, never committed, like `labels`)
 //! and counts the others' transfers with the same code.
 //!
-//! Counted once, whoever comes first: per transfers partition the next
-//! offset not yet counted here. A transfer or an observation below it is not
-//! counted again. An observation of a partition this instance owns, at or
-//! past where it started reading it, is skipped: the instance counts those
-//! transfers itself as it scores them (its own observations coming back, or
-//! the previous owner's of transfers it handles again after a rebalance).
+//! Counted once, whoever comes first: per transfers partition the offsets
+//! counted here (see `ledger`). An observation of a partition this instance
+//! owns, at or past where it started reading it, is skipped: the instance
+//! counts those transfers itself as it scores them (its own observations
+//! coming back, or the previous owner's of transfers it handles again after
+//! a rebalance).
+//!
+//! Nothing lost when an owner dies: a checkpoint's marker is written only
+//! once the observations of the transfers it covers are acknowledged
+//! ([`SharedTables::delivered`]), so the instance that takes a partition
+//! over from that checkpoint scores exactly what the others have not heard
+//! of.
 //!
 //! Why this over a repartition by payee (a second hop through a topic keyed
 //! by payee, Kafka Streams' other way to join): a decision needs the
@@ -32,24 +38,25 @@
 //! --lag-ms L` measures what a lag costs in decisions; README "Scaling out"
 //! has the figures.
 
+use std::collections::BTreeSet;
+
+use super::ledger::{CountedBy, Ledger};
 use super::*;
 use crate::event::Transfer;
-use crate::input::order::partition_for;
-use crate::state::{Observation, SharedCount};
 
 /// What a restore says about the shared tables: per group of payees and
-/// devices (the `state` partition their key hashes to), how far into each
-/// transfers partition its checkpoint had counted, and where to start
-/// reading each `observations` partition so nothing after any of those is
-/// missed.
+/// devices (the `state` partition their key hashes to), which transfers its
+/// checkpoint had counted, and where to start reading each `observations`
+/// partition so nothing after any of those is missed.
 #[derive(Debug, Default, Clone)]
 pub(super) struct SharedStart {
-    /// Transfers partition -> next offset every group holds (a local
-    /// snapshot holds every group as of one moment).
-    pub(super) counted: HashMap<i32, i64>,
-    /// Group -> transfers partition -> next offset the checkpoint holds.
-    pub(super) floors: HashMap<i32, HashMap<i32, i64>>,
-    /// `observations` partition -> offset to read from.
+    /// Per transfers partition, what every group holds (a local snapshot
+    /// holds every group as of one moment).
+    pub(super) counted: CountedBy,
+    /// Group -> per transfers partition, what its checkpoint holds.
+    pub(super) floors: HashMap<i32, CountedBy>,
+    /// `observations` partition -> offset to read from (from the beginning
+    /// where none is given).
     pub(super) read_from: HashMap<i32, i64>,
 }
 
@@ -58,22 +65,16 @@ pub(super) struct SharedTables {
     producer: ThreadedProducer<SharedAcks>,
     reader: BaseConsumer<Quiet>,
     topic: String,
-    /// Per transfers partition, the next offset not yet counted here.
-    counted: HashMap<i32, i64>,
-    /// Per partition owned, the offset this instance started reading it at.
-    owned_from: HashMap<i32, i64>,
-    /// After a restore, until everything is counted past them: per group of
-    /// payees and devices, the offsets its checkpoint already holds (see
-    /// [`SharedStart`]). Empty otherwise.
-    floors: HashMap<i32, HashMap<i32, i64>>,
-    /// Partitions of `state` (the groups payees and devices fall in).
-    groups: u32,
+    /// What is counted here (see `ledger`).
+    ledger: Ledger,
     /// Observations not yet handed to the producer, per partition, in
     /// batches of at most [`BATCH_MAX`].
     batches: HashMap<i32, VecDeque<Batch>>,
-    /// Held back while this instance owns every partition (see
-    /// [`SharedTables::holds_back`]).
-    held: Holding,
+    /// The number the next batch gets: batches are numbered in the order
+    /// they are begun.
+    next_batch: u64,
+    /// Batches handed to the producer and not yet acknowledged.
+    in_flight: Arc<Mutex<BTreeSet<u64>>>,
     sent: prometheus::IntCounter,
     applied: prometheus::IntCounter,
     skipped: prometheus::IntCounter,
@@ -81,33 +82,20 @@ pub(super) struct SharedTables {
     lag: prometheus::Histogram,
 }
 
-/// A batch being filled or waiting to go, and how many observations it holds.
+/// A batch being filled or waiting to go.
 struct Batch {
+    number: u64,
     bytes: Vec<u8>,
     count: usize,
-    /// Closed at a checkpoint's start: later observations go to a new one.
-    sealed: bool,
 }
 
 /// Observations per message at most (about 70 KB).
 const BATCH_MAX: usize = 1024;
 
-/// Observations held back by a sole owner at most (about 35 MB): past this
-/// they go out whatever the checkpoints do.
-const HOLD_MAX: usize = 500_000;
-
-/// What a sole owner holds back, and since when it may let go of it.
-#[derive(Default)]
-struct Holding {
-    /// A changelog is written, so a newcomer can restore the shared tables
-    /// from it (without one, every observation goes out).
-    checkpointed: bool,
-    /// Observations held back now.
-    count: usize,
-    /// At the start of the open checkpoint: how many batches each partition
-    /// held (the checkpoint has everything in them).
-    cut: Option<HashMap<i32, usize>>,
-}
+/// The observations producer's `linger.ms`. Measured on the embedded broker,
+/// unpaced demo: 1 ms (the decisions' setting) cost a lone instance 7 % of
+/// its throughput against not publishing at all.
+const LINGER_MS: &str = "10";
 
 /// Observation messages read per turn of the scoring loop, at most.
 const READ_PER_TURN: usize = 64;
@@ -122,21 +110,24 @@ impl SharedTables {
         start: SharedStart,
         groups: u32,
     ) -> Result<Self, PipelineError> {
-        let checkpointed = opts.checkpoint_interval.is_some();
         let client = |role: &'static str| {
             move |source| PipelineError::Client { role, brokers: opts.connection.brokers.clone(), source }
         };
-        let linger = opts.linger.as_millis().to_string();
+        let in_flight = Arc::new(Mutex::new(BTreeSet::new()));
         let producer: ThreadedProducer<SharedAcks> = opts
             .connection
             .client_config(&[
                 ("acks", "all"),
                 ("message.timeout.ms", "0"),
-                ("linger.ms", &linger),
+                // Fewer, larger requests: a few ms more lag is nothing
+                // against the seconds that change a decision (README
+                // "Scaling out"), and each request costs every broker and
+                // every reader.
+                ("linger.ms", LINGER_MS),
                 ("retry.backoff.ms", "100"),
                 ("retry.backoff.max.ms", "2000"),
             ])
-            .create_with_context(SharedAcks { warned: AtomicBool::new(false) })
+            .create_with_context(SharedAcks { warned: AtomicBool::new(false), in_flight: in_flight.clone() })
             .map_err(client("observations producer"))?;
         let latency = [("fetch.wait.max.ms", "1"), ("fetch.queue.backoff.ms", "1")];
         let reader =
@@ -157,25 +148,15 @@ impl SharedTables {
                 }
             }
         }
-        // Nothing below the lowest floor of a partition is counted again.
-        let mut counted: HashMap<i32, i64> = start.counted;
-        for floors in start.floors.values() {
-            for (&p, &o) in floors {
-                let c = counted.entry(p).or_insert(o);
-                *c = (*c).min(o);
-            }
-        }
         let outcome = |o: &str| metrics.shared_observations.with_label_values(&[o]);
         Ok(SharedTables {
             producer,
             reader,
             topic,
-            counted,
-            owned_from: HashMap::new(),
-            floors: start.floors,
-            groups: groups.max(1),
+            ledger: Ledger::new(start.counted, start.floors, groups),
             batches: HashMap::new(),
-            held: Holding { checkpointed, ..Holding::default() },
+            next_batch: 0,
+            in_flight,
             sent: outcome("sent"),
             applied: outcome("applied"),
             skipped: outcome("skipped"),
@@ -188,36 +169,17 @@ impl SharedTables {
     /// shared tables here (`None`: counted already) and, if so, where it
     /// still has to be counted; from now on it is.
     pub(super) fn count(&mut self, partition: i32, offset: i64, t: &Transfer) -> Option<SharedCount> {
-        let next = self.counted.entry(partition).or_insert(0);
-        if offset < *next {
-            return None;
-        }
-        *next = offset + 1;
-        if self.floors.is_empty() {
-            return Some(SharedCount::COUNT);
-        }
-        Some(SharedCount {
-            payee: self.above_floor(&t.payee_key(), partition, offset),
-            device: t.device_id.as_deref().is_some_and(|d| self.above_floor(d, partition, offset)),
-        })
-    }
-
-    /// Whether the restored checkpoint of `key`'s group lacks the transfer
-    /// at `offset` of `partition`.
-    fn above_floor(&self, key: &str, partition: i32, offset: i64) -> bool {
-        above_floor(&self.floors, self.groups, key, partition, offset)
+        self.ledger.scored(partition, offset, &t.payee_key(), t.device_id.as_deref())
     }
 
     /// The partitions this instance owns now.
     pub(super) fn owned(&self) -> impl Iterator<Item = i32> + '_ {
-        self.owned_from.keys().copied()
+        self.ledger.owned()
     }
 
-    /// Per transfers partition, the next offset counted here.
-    pub(super) fn counted(&self) -> Vec<(i32, i64)> {
-        let mut v: Vec<(i32, i64)> = self.counted.iter().map(|(&p, &o)| (p, o)).collect();
-        v.sort_unstable();
-        v
+    /// Per transfers partition, the offsets counted here.
+    pub(super) fn counted(&self) -> Vec<(i32, Vec<(i64, i64)>)> {
+        self.ledger.counted()
     }
 
     /// Per `observations` partition, the next offset this reader takes.
@@ -240,97 +202,70 @@ impl SharedTables {
     /// Queue what a transfer this instance just counted teaches the others.
     pub(super) fn publish(&mut self, partition: i32, observation: &Observation) {
         let batches = self.batches.entry(partition).or_default();
-        if batches.back().map_or(true, |b| b.sealed || b.count >= BATCH_MAX) {
+        if batches.back().map_or(true, |b| b.count >= BATCH_MAX) {
             let mut bytes = Vec::new();
             Observation::begin_batch(&mut bytes);
-            batches.push_back(Batch { bytes, count: 0, sealed: false });
+            batches.push_back(Batch { number: self.next_batch, bytes, count: 0 });
+            self.next_batch += 1;
         }
         let batch = batches.back_mut().expect("pushed above");
         observation.encode(&mut batch.bytes);
         batch.count += 1;
-        self.held.count += 1;
         self.sent.inc();
     }
 
-    /// Whether the observations stay here for now: while this instance owns
-    /// every partition nobody reads them, and a checkpoint soon makes them
-    /// unneeded (an instance that joins restores the shared tables from the
-    /// changelog). They go out when the group changes (an instance joined:
-    /// this one lost partitions), or past [`HOLD_MAX`]. Publishing them was
-    /// measured to cost a lone instance 9 % of its unpaced throughput.
-    fn holds_back(&self) -> bool {
-        self.held.checkpointed && self.held.count < HOLD_MAX && self.owned_from.len() >= self.groups as usize
-    }
-
-    /// Hand the queued batches to the producer (unless held back); a batch
-    /// the producer's full queue does not take waits for the next turn.
+    /// Hand the queued batches to the producer; a batch the producer's full
+    /// queue does not take waits for the next turn.
     pub(super) fn flush(&mut self) {
-        if self.holds_back() {
-            return;
-        }
         for (&partition, batches) in self.batches.iter_mut() {
             while let Some(batch) = batches.front() {
-                let record: BaseRecord<'_, [u8], [u8]> =
-                    BaseRecord::to(&self.topic).partition(partition).payload(&batch.bytes);
+                let number = batch.number;
+                let record: BaseRecord<'_, [u8], [u8], usize> =
+                    BaseRecord::with_opaque_to(&self.topic, number as usize).partition(partition).payload(&batch.bytes);
+                lock(&self.in_flight).insert(number);
                 match self.producer.send(record) {
                     Ok(()) => {
-                        self.held.count -= batch.count;
                         batches.pop_front();
                     }
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => break,
                     Err((e, _)) => {
-                        tracing::error!(error = %e, topic = %self.topic, partition, "cannot produce observations; retrying next turn");
+                        lock(&self.in_flight).remove(&number);
+                        if !matches!(e, KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) {
+                            tracing::error!(error = %e, topic = %self.topic, partition, "cannot produce observations; retrying next turn");
+                        }
                         break;
                     }
                 }
             }
         }
-        // What went out is no longer the checkpoint's to drop.
-        self.held.cut = None;
     }
 
-    /// A checkpoint of the state begins: what is held back now is in it.
-    pub(super) fn checkpoint_begun(&mut self) {
-        if !self.holds_back() {
-            return;
-        }
-        let cut = self.batches.iter().map(|(&p, b)| (p, b.len())).collect();
-        // New observations go to batches of their own, after the cut.
-        for b in self.batches.values_mut() {
-            if let Some(last) = b.back_mut() {
-                last.sealed = true;
-            }
-        }
-        self.held.cut = Some(cut);
+    /// The last batch begun so far: a checkpoint beginning now covers the
+    /// transfers in it and before it.
+    pub(super) fn cut(&self) -> Option<u64> {
+        self.next_batch.checked_sub(1)
     }
 
-    /// The checkpoint begun last is complete: what it holds need not go out.
-    pub(super) fn checkpoint_done(&mut self) {
-        let Some(cut) = self.held.cut.take() else { return };
-        for (p, n) in cut {
-            if let Some(b) = self.batches.get_mut(&p) {
-                for gone in b.drain(..n.min(b.len())) {
-                    self.held.count -= gone.count;
-                }
-            }
-        }
-    }
-
-    /// The checkpoint begun last failed: keep everything.
-    pub(super) fn checkpoint_failed(&mut self) {
-        self.held.cut = None;
+    /// Whether every batch up to `cut` is acknowledged (or refused for
+    /// good). A checkpoint's marker waits for it: an instance that takes a
+    /// partition over scores it from the checkpoint's positions, so the
+    /// observations of the transfers before them must be out, or the other
+    /// instances would never learn those.
+    pub(super) fn delivered(&self, cut: Option<u64>) -> bool {
+        let Some(cut) = cut else { return true };
+        let queued = self.batches.values().filter_map(|b| b.front()).any(|b| b.number <= cut);
+        !queued && lock(&self.in_flight).first().map_or(true, |&first| first > cut)
     }
 
     /// This instance now reads `partition` of the inputs from `from`
     /// (`None`: not known; every observation of it is then skipped while
     /// it is owned).
     pub(super) fn own(&mut self, partition: i32, from: Option<i64>) {
-        self.owned_from.insert(partition, from.unwrap_or(i64::MIN));
+        self.ledger.own(partition, from);
     }
 
     /// The partitions went to the group's next assignment.
     pub(super) fn disown_all(&mut self) {
-        self.owned_from.clear();
+        self.ledger.disown_all();
     }
 
     /// Count the other instances' transfers that have arrived, a bounded
@@ -354,24 +289,10 @@ impl SharedTables {
                     continue;
                 }
             };
-            let owned_from = self.owned_from.get(&partition).copied();
-            let next = self.counted.entry(partition).or_insert(0);
             let mut applied = 0;
             for o in &observations {
-                if owned_from.is_some_and(|from| o.offset >= from) || o.offset < *next {
+                let Some(which) = self.ledger.observed(partition, o.offset, &o.payee, o.device.as_deref()) else {
                     continue;
-                }
-                *next = o.offset + 1;
-                let which = if self.floors.is_empty() {
-                    SharedCount::COUNT
-                } else {
-                    SharedCount {
-                        payee: above_floor(&self.floors, self.groups, &o.payee, partition, o.offset),
-                        device: o
-                            .device
-                            .as_deref()
-                            .is_some_and(|d| above_floor(&self.floors, self.groups, d, partition, o.offset)),
-                    }
                 };
                 engine.state().observe_shared(o, which);
                 applied += u64::from(which.any());
@@ -387,12 +308,9 @@ impl SharedTables {
         }
     }
 
-    /// Drop the restore's floors once every partition is counted past them.
+    /// Drop the restore's floors once everything they hold is counted.
     pub(super) fn retire_floors(&mut self) {
-        let passed = self.floors.values().all(|f| f.iter().all(|(p, &o)| self.counted.get(p).is_some_and(|&c| c >= o)));
-        if passed {
-            self.floors.clear();
-        }
+        self.ledger.retire_floors();
     }
 
     /// Wait (up to `timeout`) for the queued observations to be acknowledged.
@@ -402,15 +320,14 @@ impl SharedTables {
     }
 }
 
-/// [`SharedTables::above_floor`] for a borrow of the floors alone.
-fn above_floor(floors: &HashMap<i32, HashMap<i32, i64>>, groups: u32, key: &str, partition: i32, offset: i64) -> bool {
-    let group = partition_for(key.as_bytes(), groups);
-    floors.get(&group).and_then(|f| f.get(&partition)).map_or(true, |&floor| offset >= floor)
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The observations producer's context: a refused batch is said once.
 pub(super) struct SharedAcks {
     warned: AtomicBool,
+    in_flight: Arc<Mutex<BTreeSet<u64>>>,
 }
 
 impl ClientContext for SharedAcks {
@@ -423,9 +340,10 @@ impl ClientContext for SharedAcks {
 }
 
 impl ProducerContext for SharedAcks {
-    type DeliveryOpaque = ();
+    type DeliveryOpaque = usize;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+    fn delivery(&self, result: &DeliveryResult<'_>, batch: usize) {
+        lock(&self.in_flight).remove(&(batch as u64));
         // Retried for ever what can be; what comes back failed was refused
         // by the broker, and the other instances miss those transfers.
         if let Err((e, _)) = result {
