@@ -107,6 +107,14 @@ pub struct Metrics {
     /// `empty` (no checkpoint), `stale` (the input moved past it) or `refused`
     /// (unreadable or corrupt).
     pub state_restores: IntCounterVec,
+    /// `fds_state_restore_records_refused_total{reason}`: changelog records a
+    /// restore could not use, `reason` = `checksum` (corrupt or cut short),
+    /// `format` (written by another state format version) or `malformed`
+    /// (no checkpoint header, a key that names no entity, a record under
+    /// another entity's key, an unreadable marker). Each is logged with its
+    /// topic, partition and offset; the entity falls back to its previous
+    /// record.
+    pub state_records_refused: IntCounterVec,
     /// `fds_state_restore_seconds`: how long the last restore took.
     pub state_restore_seconds: Gauge,
     /// `fds_state_restore_bytes`: bytes of the snapshot last restored.
@@ -295,6 +303,22 @@ impl Metrics {
                     &["result"],
                 ),
             ),
+            state_records_refused: {
+                let v = register(
+                    r,
+                    IntCounterVec::new(
+                        Opts::new(
+                            "fds_state_restore_records_refused_total",
+                            "Changelog records a state restore could not use, by reason.",
+                        ),
+                        &["reason"],
+                    ),
+                );
+                for reason in ["checksum", "format", "malformed"] {
+                    v.with_label_values(&[reason]);
+                }
+                v
+            },
             state_restore_seconds: register(
                 r,
                 Gauge::new("fds_state_restore_seconds", "How long the last state restore took."),
@@ -427,7 +451,7 @@ mod tests {
     use super::*;
     use crate::state::StateConfig;
 
-    const ALL_NAMES: [&str; 28] = [
+    const ALL_NAMES: [&str; 29] = [
         "fds_events_consumed_total",
         "fds_decisions_total",
         "fds_decisions_late_total",
@@ -446,6 +470,7 @@ mod tests {
         "fds_state_checkpoints_total",
         "fds_state_checkpoint_pause_seconds",
         "fds_state_restores_total",
+        "fds_state_restore_records_refused_total",
         "fds_state_restore_seconds",
         "fds_state_restore_bytes",
         "fds_shared_observations_total",

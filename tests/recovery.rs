@@ -5,7 +5,11 @@
 
 mod support;
 
+use std::collections::HashMap;
+use std::time::Duration;
+
 use fds::kafka::{EmbeddedBroker, Topics};
+use rdkafka::message::{Header, OwnedHeaders};
 use support::*;
 
 fn on_embedded(checkpoint_ms: u64, partitions: i32) -> (usize, usize, usize) {
@@ -42,6 +46,65 @@ fn without_the_changelog_a_restart_forgets() {
     let broker = EmbeddedBroker::start(&topics, 1).unwrap();
     broker.cluster().create_topic("observations-after", 1, 1).unwrap();
     let after = "[kafka.topics]\nobservations = \"observations-after\"\n";
-    let (differ, of, _) = kill_and_restart_with(&broker.bootstrap_servers(), &topics, 0, 1, 55, after);
-    assert!(differ > 0, "none of {of} transfers changed: the test could not tell");
+    let (differ, of, again) = kill_and_restart_with(&broker.bootstrap_servers(), &topics, 0, 1, 55, after);
+    assert!(differ > 0, "none of {of} transfers changed ({again} answered again): the test could not tell");
+}
+
+/// Records of the changelog that cannot be used: a corrupt copy of an
+/// account's latest record, a copy written by another state format version,
+/// a key that names no entity and a marker that does not read. Each is
+/// refused on its own and counted; each account falls back to the record
+/// before it (here the good copy of the same checkpoint), so the restarted
+/// instance still decides every transfer as one that never stopped.
+#[test]
+fn bad_changelog_records_are_refused_one_by_one_and_the_rest_restored() {
+    let topics = Topics::default();
+    let broker = EmbeddedBroker::start(&topics, 1).unwrap();
+    let brokers = broker.bootstrap_servers();
+    let tamper = || {
+        let mut state = Reader::new(&brokers, &topics.state);
+        state.drain(Duration::from_secs(2));
+        let checkpoint = |r: &Record| r.header("fds-checkpoint").and_then(|h| h.parse::<u64>().ok());
+        let marker = state.records.iter().rev().find(|r| r.key == b"@checkpoint").expect("a checkpoint was written");
+        let marker = marker.json();
+        let (id, since) = (marker["id"].as_u64().unwrap(), marker["since"].as_u64().unwrap());
+        // Per account, the record a restore takes: the latest of the
+        // complete checkpoint's.
+        let mut taken: HashMap<Vec<u8>, &Record> = HashMap::new();
+        for r in state.records.iter().filter(|r| r.key.first() == Some(&b'a')) {
+            if checkpoint(r).is_some_and(|c| (since..=id).contains(&c)) {
+                taken.insert(r.key.clone(), r);
+            }
+        }
+        let mut accounts: Vec<&Record> = taken.into_values().filter(|r| !r.payload.is_empty()).collect();
+        accounts.sort_by_key(|r| r.key.clone());
+        assert!(accounts.len() >= 2, "accounts in the changelog");
+        let p = producer(&brokers);
+        let headers = |checkpoint: &str, format: &str| {
+            OwnedHeaders::new()
+                .insert(Header { key: "fds-checkpoint", value: Some(checkpoint) })
+                .insert(Header { key: "fds-state-format", value: Some(format) })
+        };
+        let format = fds::state::FORMAT_VERSION.to_string();
+        let (a, b) = (accounts[0], accounts[1]);
+        let mut corrupt = a.payload.clone();
+        let last = corrupt.len() - 1;
+        corrupt[last] ^= 0x5a;
+        send_raw(&p, &topics.state, &a.key, &corrupt, headers(a.header("fds-checkpoint").unwrap(), &format));
+        send_raw(&p, &topics.state, &b.key, &b.payload, headers(b.header("fds-checkpoint").unwrap(), "99"));
+        send_raw(&p, &topics.state, b"xnot-an-entity", b"?", headers(&id.to_string(), &format));
+        send_raw(&p, &topics.state, b"@checkpoint", b"{not json", headers(&(id + 1).to_string(), &format));
+        rdkafka::producer::Producer::flush(&p, Duration::from_secs(30)).unwrap();
+    };
+    let r = kill_tamper_restart(&brokers, &topics, 50, 1, 50, "", tamper);
+    assert_eq!(
+        r.differ, 0,
+        "{} of {} transfers decided otherwise than by an engine that never stopped",
+        r.differ, r.of
+    );
+    let refused = |reason: &str| {
+        let series = format!("fds_state_restore_records_refused_total{{reason=\"{reason}\"}} ");
+        r.metrics.lines().find_map(|l| l.strip_prefix(series.as_str())?.parse::<u64>().ok()).unwrap_or(0)
+    };
+    assert_eq!((refused("checksum"), refused("format"), refused("malformed")), (1, 1, 2), "{}", r.metrics);
 }

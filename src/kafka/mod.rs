@@ -287,6 +287,14 @@ fn topic_layout(topics: &Topics, partitions: i32) -> [(&str, i32); 7] {
     ]
 }
 
+/// How long `fds topics create` has the brokers keep a changelog record
+/// before compaction may drop it for a newer one of the same entity: an
+/// hour. A record of a checkpoint that never completed can be the newest of
+/// its entity until the next owner's first checkpoint writes the entity
+/// again (seconds later); compacted before that, the entity's record as of
+/// the last complete checkpoint would be gone.
+pub const STATE_MIN_COMPACTION_LAG_MS: &str = "3600000";
+
 /// How long `fds topics create` has the brokers keep observations: 6 hours.
 pub const OBSERVATIONS_RETENTION_MS: &str = "21600000";
 
@@ -313,7 +321,7 @@ pub fn create_topics(
         .map(|&(name, n)| {
             let topic = NewTopic::new(name, n, TopicReplication::Fixed(replication));
             if name == topics.state {
-                topic.set("cleanup.policy", "compact")
+                topic.set("cleanup.policy", "compact").set("min.compaction.lag.ms", STATE_MIN_COMPACTION_LAG_MS)
             } else if name == topics.observations {
                 topic.set("retention.ms", OBSERVATIONS_RETENTION_MS)
             } else {

@@ -144,12 +144,15 @@ impl State {
     }
 
     /// Drop the open checkpoint unfinished (its writer no longer owns what
-    /// it covers). What it had still to write is forgotten: the writer's
-    /// next checkpoint is a whole one.
+    /// it covers): what it had still to write counts as changed again.
     pub fn abandon_checkpoint(&self) {
         let mut sets = self.changes.lock();
-        sets.pending.clear();
-        sets.written.clear();
+        // Changed all the same: back to the next checkpoint's (a swept
+        // entity's tombstone among them).
+        let pending = std::mem::take(&mut sets.pending);
+        let written = std::mem::take(&mut sets.written);
+        sets.dirty.extend(pending);
+        sets.dirty.extend(written.into_iter().map(|(changed, _)| changed));
         self.changes.open.store(false, Ordering::Relaxed);
     }
 
@@ -201,35 +204,44 @@ impl State {
     }
 
     /// Put the entity of a record written by [`State::entity_record`] in
-    /// place of the one with its key. Returns its kind and key.
-    pub fn apply_record(&self, record: &[u8]) -> Result<Changed, SnapshotError> {
+    /// place of the one with its key, when the record reads whole and is of
+    /// the entity `expected` (the changelog key it was found under); the
+    /// state is left as it was otherwise.
+    pub fn apply_record(&self, record: &[u8], expected: (EntityKind, &str)) -> Result<(), SnapshotError> {
         let mut payload = Vec::new();
         let kind = snapshot::read_record(&mut snapshot::Offset::new(record), &mut payload)?;
         let malformed = |reason: String| SnapshotError::Malformed { offset: 0, reason };
         let mut r = Cursor::new(&payload);
         let key = r.key().map_err(malformed)?;
-        let kind = match kind {
-            KIND_ACCOUNT => {
-                let a = snapshot::read_account(&mut r).map_err(malformed)?;
-                self.accounts.insert(key.clone(), Box::new(a));
-                EntityKind::Account
-            }
-            KIND_PAYEE => {
-                let p = snapshot::read_payee(&mut r).map_err(malformed)?;
-                self.payees.insert(key.clone(), Box::new(p));
-                EntityKind::Payee
-            }
-            KIND_DEVICE => {
-                let d = snapshot::read_device(&mut r).map_err(malformed)?;
-                self.devices.insert(key.clone(), Box::new(d));
-                EntityKind::Device
-            }
+        let found = match kind {
+            KIND_ACCOUNT => EntityKind::Account,
+            KIND_PAYEE => EntityKind::Payee,
+            KIND_DEVICE => EntityKind::Device,
             other => return Err(malformed(format!("record kind {other} is not an entity"))),
         };
-        if !r.is_done() {
-            return Err(malformed("bytes left over after the entity".into()));
+        if (found, key.as_str()) != expected {
+            // The keys themselves stay out of the message: they are account numbers.
+            return Err(malformed("a record of another entity than its key names".into()));
         }
-        Ok((kind, key))
+        let left_over = || malformed("bytes left over after the entity".into());
+        match found {
+            EntityKind::Account => {
+                let a = snapshot::read_account(&mut r).map_err(malformed)?;
+                r.is_done().then_some(()).ok_or_else(left_over)?;
+                self.accounts.insert(key, Box::new(a));
+            }
+            EntityKind::Payee => {
+                let p = snapshot::read_payee(&mut r).map_err(malformed)?;
+                r.is_done().then_some(()).ok_or_else(left_over)?;
+                self.payees.insert(key, Box::new(p));
+            }
+            EntityKind::Device => {
+                let d = snapshot::read_device(&mut r).map_err(malformed)?;
+                r.is_done().then_some(()).ok_or_else(left_over)?;
+                self.devices.insert(key, Box::new(d));
+            }
+        }
+        Ok(())
     }
 
     /// Forget the accounts `which` names (a partition's, before its
@@ -283,7 +295,7 @@ mod tests {
         let mut rec = Vec::new();
         for (kind, key) in &changed {
             assert!(a.entity_record(*kind, key, &mut rec));
-            assert_eq!(b.apply_record(&rec).unwrap(), (*kind, key.clone()));
+            b.apply_record(&rec, (*kind, key)).unwrap();
         }
         let (mut x, mut y) = (Vec::new(), Vec::new());
         a.write_snapshot(ExpiryClocks::default(), &mut x).unwrap();
@@ -297,7 +309,13 @@ mod tests {
         a.entity_record(EntityKind::Account, "A1", &mut bad);
         let last = bad.len() - 1;
         bad[last] ^= 1;
-        assert!(matches!(b.apply_record(&bad), Err(SnapshotError::Checksum { .. })));
+        assert!(matches!(b.apply_record(&bad, (EntityKind::Account, "A1")), Err(SnapshotError::Checksum { .. })));
+        // Under another entity's key: refused, and nothing put in the state.
+        a.entity_record(EntityKind::Account, "A1", &mut rec);
+        let before = b.entities();
+        assert!(matches!(b.apply_record(&rec, (EntityKind::Account, "A9")), Err(SnapshotError::Malformed { .. })));
+        assert!(b.apply_record(&rec, (EntityKind::Payee, "A1")).is_err());
+        assert_eq!(b.entities(), before);
     }
 
     impl State {

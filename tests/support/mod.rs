@@ -303,6 +303,21 @@ impl Drop for FdsRun {
     }
 }
 
+/// The offsets `group` has committed on `topic`, summed over its partitions.
+pub fn committed_total(brokers: &str, group: &str, topic: &str) -> i64 {
+    let consumer: BaseConsumer = Connection::new(brokers)
+        .client_config(&[("group.id", group), ("enable.auto.commit", "false")])
+        .create()
+        .unwrap();
+    let Ok(md) = consumer.fetch_metadata(Some(topic), Duration::from_secs(5)) else { return 0 };
+    let mut tpl = TopicPartitionList::new();
+    for p in md.topics()[0].partitions() {
+        tpl.add_partition(topic, p.id());
+    }
+    let Ok(committed) = consumer.committed_offsets(tpl, Duration::from_secs(5)) else { return 0 };
+    committed.elements().iter().filter_map(|e| if let Offset::Offset(o) = e.offset() { Some(o) } else { None }).sum()
+}
+
 /// `events` as a JSON-lines file, for `fds load`.
 pub fn stream_file(events: &[Event]) -> tempfile::NamedTempFile {
     let file = tempfile::Builder::new().suffix(".jsonl").tempfile().unwrap();
@@ -365,6 +380,33 @@ pub fn kill_and_restart_with(
     kill_at_percent: usize,
     after: &str,
 ) -> (usize, usize, usize) {
+    let r = kill_tamper_restart(brokers, topics, checkpoint_ms, partitions, kill_at_percent, after, || {});
+    (r.differ, r.of, r.again)
+}
+
+/// What [`kill_tamper_restart`] saw.
+pub struct Restarted {
+    /// Transfers decided otherwise than by an engine that never stopped.
+    pub differ: usize,
+    /// Transfers.
+    pub of: usize,
+    /// Decisions marked redelivered.
+    pub again: usize,
+    /// The restarted instance's /metrics once everything was decided.
+    pub metrics: String,
+}
+
+/// [`kill_and_restart_with`], with `tamper` run while no instance runs
+/// (before the rest of the input arrives).
+pub fn kill_tamper_restart(
+    brokers: &str,
+    topics: &Topics,
+    checkpoint_ms: u64,
+    partitions: i32,
+    kill_at_percent: usize,
+    after: &str,
+    tamper: impl FnOnce(),
+) -> Restarted {
     const WAIT: Duration = Duration::from_secs(120);
     let brokers = brokers.to_owned();
     // About 3 MB of transfers: the embedded broker keeps a few MB per
@@ -392,20 +434,28 @@ pub fn kill_and_restart_with(
     rdkafka::producer::Producer::flush(&p, Duration::from_secs(30)).unwrap();
     let mut decisions = Reader::new(&brokers, &topics.decisions);
     let child = FdsRun::start(&brokers, Some(config.path()));
-    assert!(decisions.read_until(WAIT, |r| r.len() >= ids.len() * kill_at_percent / 100));
+    let at = ids.len() * kill_at_percent / 100;
+    assert!(decisions.read_until(WAIT, |r| r.len() >= at));
+    // And once the group has committed as far: killed before its first
+    // commit, the next instance would start from the beginning and rebuild
+    // everything, whatever the changelog does.
+    assert!(wait_for(WAIT, || committed_total(&brokers, "fds", &topics.transfers) >= at as i64 / 2));
     drop(child);
+    tamper();
     send_events(&p, topics, rest, 600_000);
     rdkafka::producer::Producer::flush(&p, Duration::from_secs(30)).unwrap();
     let mut settings = std::fs::read_to_string(config.path()).unwrap();
     settings.push_str(after);
     std::fs::write(config.path(), settings).unwrap();
-    let child = FdsRun::start(&brokers, Some(config.path()));
+    let listen = free_port();
+    let child = FdsRun::start_listening(&brokers, Some(config.path()), listen);
     assert!(
         decisions.read_until(WAIT, |r| all_decided(r, ids.len())),
         "{} of {} decided after the restart",
         decisions_by_id(&decisions.records).len(),
         ids.len()
     );
+    let metrics = http_get(listen, "/metrics").map(|(_, body)| body).unwrap_or_default();
     assert!(child.terminate().success());
 
     let engine = Engine::with_rules(RuleSet::load_dir(std::path::Path::new("rules")).unwrap());
@@ -432,5 +482,5 @@ pub fn kill_and_restart_with(
         }
     }
     let again = decisions.records.iter().filter(|r| r.header("fds-redelivered") == Some("true")).count();
-    (differ, ids.len(), again)
+    Restarted { differ, of: ids.len(), again, metrics }
 }

@@ -81,6 +81,11 @@ use crate::state::{EntityKind, EntityRecord};
 /// The header on every changelog record: the checkpoint it belongs to.
 pub(super) const HEADER_CHECKPOINT: &str = "fds-checkpoint";
 
+/// The header on every changelog record: the state format version it is
+/// written in ([`crate::state::FORMAT_VERSION`]); a restore refuses records
+/// of another.
+pub(super) const HEADER_FORMAT: &str = "fds-state-format";
+
 /// The key of the record that completes a partition's checkpoint.
 pub(super) const MARKER_KEY: &[u8] = b"@checkpoint";
 
@@ -103,6 +108,12 @@ pub(super) struct Marker {
     /// where a restore of this group resumes reading.
     #[serde(default)]
     pub(super) observed: Vec<(i32, i64)>,
+    /// The writer's last whole checkpoint (every entity of the partition it
+    /// held written again): records numbered below it are of entities it
+    /// did not hold (swept, or written by a checkpoint that never completed)
+    /// and are not restored.
+    #[serde(default)]
+    pub(super) since: u64,
 }
 
 /// The changelog producer's acknowledgements: how many records are still
@@ -157,6 +168,8 @@ pub(super) struct Changelog {
     /// next writes every entity of the new set (a partition taken over
     /// holds records of its previous owner's checkpoints).
     last_owned: Vec<i32>,
+    /// The number of the last whole checkpoint begun (see [`Marker::since`]).
+    since: u64,
     topic: String,
     partitions: u32,
     interval: Duration,
@@ -225,6 +238,7 @@ impl Changelog {
             failed,
             whole: false,
             last_owned: Vec::new(),
+            since: 0,
             topic: opts.topics.state.clone(),
             partitions,
             interval,
@@ -352,12 +366,15 @@ impl Changelog {
         // every entity, so none is left at an older version than the state
         // holds.
         let whole = std::mem::take(&mut self.whole) || owned != self.last_owned;
+        if whole {
+            self.since = id;
+        }
         let partitions = self.partitions;
         let ours =
             |key: &str| owned.binary_search(&crate::input::order::partition_for(key.as_bytes(), partitions)).is_ok();
         engine.state().begin_checkpoint_of(whole, |_, key| ours(key));
         let clocks = engine.expiry_clocks();
-        let (counted, observed) = (shared.counted(), shared.read_positions());
+        let observed = shared.read_positions();
         let mut markers = Vec::new();
         let mut waits_for = Vec::new();
         for &partition in &owned {
@@ -373,8 +390,9 @@ impl Changelog {
                 expiry_clock: clocks.expiry_clock,
                 last_expiry: clocks.last_expiry,
                 positions: covered,
-                counted: counted.clone(),
+                counted: shared.counted_in(partition),
                 observed: observed.clone(),
+                since: self.since,
             };
             markers.push((partition, marker));
         }
@@ -473,7 +491,9 @@ fn send(
     partition: i32,
     checkpoint: &str,
 ) -> Sent {
-    let headers = OwnedHeaders::new().insert(Header { key: HEADER_CHECKPOINT, value: Some(checkpoint) });
+    let headers = OwnedHeaders::new()
+        .insert(Header { key: HEADER_CHECKPOINT, value: Some(checkpoint) })
+        .insert(Header { key: HEADER_FORMAT, value: Some(FORMAT.as_str()) });
     let mut record: BaseRecord<'_, [u8], [u8], ()> =
         BaseRecord::to(topic).key(key).partition(partition).headers(headers);
     if let Some(v) = value {
@@ -492,6 +512,9 @@ fn send(
         }
     }
 }
+
+/// [`HEADER_FORMAT`]'s value.
+static FORMAT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| crate::state::FORMAT_VERSION.to_string());
 
 pub(super) fn kind_tag(kind: EntityKind) -> u8 {
     match kind {

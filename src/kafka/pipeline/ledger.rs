@@ -115,6 +115,29 @@ impl Counted {
         true
     }
 
+    /// The offsets in both.
+    pub(super) fn intersect(&self, other: &Counted) -> Counted {
+        let (mut i, mut j, mut out) = (0, 0, Vec::new());
+        while i < self.ranges.len() && j < other.ranges.len() {
+            let (a, b) = (self.ranges[i], other.ranges[j]);
+            let (s, e) = (a.0.max(b.0), a.1.min(b.1));
+            if s < e {
+                out.push((s, e));
+            }
+            if a.1 < b.1 {
+                i += 1;
+            } else {
+                j += 1;
+            }
+        }
+        Counted { ranges: out }
+    }
+
+    /// The offsets in either.
+    pub(super) fn union(&self, other: &Counted) -> Counted {
+        Counted::from_ranges(self.ranges.iter().chain(&other.ranges).copied())
+    }
+
     /// Whether every offset of `other` is here.
     pub(super) fn covers(&self, other: &Counted) -> bool {
         other.ranges.iter().all(|&(s, e)| {
@@ -146,13 +169,33 @@ pub(super) struct Ledger {
     floors: HashMap<i32, CountedBy>,
     /// Partitions of `state`: the groups payee and device keys hash to.
     groups: u32,
-    /// Per partition owned, the offset this instance started scoring it at.
-    owned_from: HashMap<i32, i64>,
+    /// Per partition owned, the first offset this instance counts itself
+    /// (`None`: not known until the first transfer is scored).
+    owned_from: HashMap<i32, Option<i64>>,
 }
 
 impl Ledger {
+    /// With `counted` (a local snapshot's, all groups alike) or, after a
+    /// changelog restore, each group's `floors`: what every group holds is
+    /// counted from the start, so the floors retire once the groups ahead
+    /// of the others have been caught up with.
     pub(super) fn new(counted: CountedBy, floors: HashMap<i32, CountedBy>, groups: u32) -> Self {
-        Ledger { counted, floors, groups: groups.max(1), owned_from: HashMap::new() }
+        let groups = groups.max(1);
+        let mut counted = counted;
+        if counted.is_empty() && !floors.is_empty() && (0..groups as i32).all(|g| floors.contains_key(&g)) {
+            let mut each = floors.values();
+            counted = each.next().cloned().unwrap_or_default();
+            for f in each {
+                counted.retain(|p, c| match f.get(p) {
+                    Some(other) => {
+                        *c = c.intersect(other);
+                        true
+                    }
+                    None => false,
+                });
+            }
+        }
+        Ledger { counted, floors, groups, owned_from: HashMap::new() }
     }
 
     /// A transfer this instance scores: where it still has to be counted
@@ -165,6 +208,9 @@ impl Ledger {
         payee: &str,
         device: Option<&str>,
     ) -> Option<SharedCount> {
+        if let Some(from @ None) = self.owned_from.get_mut(&partition) {
+            *from = Some(offset);
+        }
         self.first_sight(partition, offset, payee, device)
     }
 
@@ -177,7 +223,7 @@ impl Ledger {
         payee: &str,
         device: Option<&str>,
     ) -> Option<SharedCount> {
-        if self.owned_from.get(&partition).is_some_and(|&from| offset >= from) {
+        if self.owned_from.get(&partition).is_some_and(|&from| from.is_some_and(|from| offset >= from)) {
             return None;
         }
         self.first_sight(partition, offset, payee, device)
@@ -202,10 +248,11 @@ impl Ledger {
         self.floors.get(&group).and_then(|f| f.get(&partition)).is_some_and(|c| c.contains(offset))
     }
 
-    /// This instance now scores `partition` from `from` (`None`: not known;
-    /// every observation of it is then skipped while it is owned).
+    /// This instance now counts `partition` itself from offset `from` on
+    /// (`None`: not known; then from the first transfer it scores, and
+    /// observations are counted until then).
     pub(super) fn own(&mut self, partition: i32, from: Option<i64>) {
-        self.owned_from.insert(partition, from.unwrap_or(i64::MIN));
+        self.owned_from.insert(partition, from);
     }
 
     /// The partitions went to the group's next assignment.
@@ -217,11 +264,27 @@ impl Ledger {
         self.owned_from.keys().copied()
     }
 
-    /// What a checkpoint records: per transfers partition, its counted ranges.
-    pub(super) fn counted(&self) -> Vec<(i32, Vec<(i64, i64)>)> {
-        let mut v: Vec<(i32, Vec<(i64, i64)>)> = self.counted.iter().map(|(&p, c)| (p, c.ranges().to_vec())).collect();
-        v.sort_unstable();
-        v
+    /// What a checkpoint of `group`'s payees and devices records: per
+    /// transfers partition, the ranges they hold (counted here, and what the
+    /// group's restored checkpoint held already).
+    pub(super) fn counted_in(&self, group: i32) -> Vec<(i32, Vec<(i64, i64)>)> {
+        let floors = self.floors.get(&group);
+        let mut partitions: Vec<i32> =
+            self.counted.keys().chain(floors.into_iter().flat_map(|f| f.keys())).copied().collect();
+        partitions.sort_unstable();
+        partitions.dedup();
+        let none = Counted::default();
+        partitions
+            .into_iter()
+            .map(|p| {
+                let c = self.counted.get(&p).unwrap_or(&none);
+                let held = match floors.and_then(|f| f.get(&p)) {
+                    Some(floor) => c.union(floor),
+                    None => c.clone(),
+                };
+                (p, held.ranges().to_vec())
+            })
+            .collect()
     }
 
     /// Drop the restore's floors once everything they hold is counted here
@@ -262,6 +325,10 @@ mod tests {
         assert!(Counted::below(11).covers(&c) && c.covers(&Counted::below(11)));
         assert!(!c.covers(&Counted::below(12)));
         assert!(Counted::below(3).covers(&Counted::default()));
+        let gappy = Counted::from_ranges([(0, 5), (8, 12), (20, 30)]);
+        let other = Counted::from_ranges([(3, 9), (11, 25)]);
+        assert_eq!(gappy.intersect(&other).ranges(), &[(3, 5), (8, 9), (11, 12), (20, 25)]);
+        assert_eq!(gappy.union(&other).ranges(), &[(0, 30)]);
     }
 
     #[test]
@@ -297,7 +364,7 @@ mod tests {
         }
         assert_eq!(l.scored(0, 120, "p", None), Some(SharedCount::COUNT));
         assert_eq!(l.scored(0, 110, "p", None), None, "handled again: not counted twice");
-        assert_eq!(l.counted(), vec![(0, vec![(0, 121)])]);
+        assert_eq!(l.counted_in(2), vec![(0, vec![(0, 121)])]);
         // Given up: the next owner's observations of what was scored here are
         // skipped, the rest counted.
         l.disown_all();
@@ -324,6 +391,8 @@ mod tests {
         assert_eq!(seen(&mut l, 35), SharedCount { payee: false, device: true });
         assert_eq!(seen(&mut l, 42), SharedCount { payee: false, device: false });
         assert_eq!(seen(&mut l, 60), SharedCount::COUNT);
+        // A checkpoint of b's group records what it holds: its floor too.
+        assert_eq!(l.counted_in(group(&b)), vec![(0, vec![(0, 30), (35, 36), (40, 45), (60, 61)])]);
         l.retire_floors();
         assert!(!l.floors.is_empty(), "0..50 not all counted here yet");
         for o in (0..50).filter(|o| ![20, 35, 42].contains(o)) {
@@ -334,12 +403,37 @@ mod tests {
         assert_eq!(l.scored(0, 61, a, Some(&b)), Some(SharedCount::COUNT));
     }
 
+    /// Every group restored: what all of them hold counts as counted from
+    /// the start, and the floors go once the groups ahead are caught up with
+    /// (observations of 0..50 are long gone from the topic by then).
     #[test]
-    fn a_partition_owned_from_an_unknown_offset_skips_every_observation() {
+    fn what_every_restored_group_holds_is_counted_from_the_start() {
+        let floors = HashMap::from([
+            (0, CountedBy::from([(0, Counted::below(50)), (1, Counted::below(9))])),
+            (1, CountedBy::from([(0, Counted::below(40)), (1, Counted::below(12))])),
+        ]);
+        let mut l = Ledger::new(CountedBy::new(), floors, 2);
+        assert_eq!(l.counted_in(0), vec![(0, vec![(0, 50)]), (1, vec![(0, 9)])]);
+        assert_eq!(l.counted_in(1), vec![(0, vec![(0, 40)]), (1, vec![(0, 12)])]);
+        assert_eq!(l.observed(0, 39, "p", None), None, "in both groups");
+        for o in 40..50 {
+            assert!(l.observed(0, o, "p", None).is_some());
+        }
+        for o in 9..12 {
+            assert!(l.observed(1, o, "p", None).is_some());
+        }
+        l.retire_floors();
+        assert!(l.floors.is_empty());
+    }
+
+    #[test]
+    fn a_partition_owned_from_an_unknown_offset_is_counted_here_from_its_first_transfer() {
         let mut l = Ledger::new(CountedBy::new(), HashMap::new(), 1);
         l.own(3, None);
-        assert_eq!(l.observed(3, 0, "p", None), None);
-        assert_eq!(l.observed(2, 0, "p", None), Some(SharedCount::COUNT));
+        assert_eq!(l.observed(3, 0, "p", None), Some(SharedCount::COUNT), "the previous owner's");
+        assert_eq!(l.scored(3, 5, "p", None), Some(SharedCount::COUNT));
+        assert_eq!(l.observed(3, 6, "p", None), None, "scored here");
+        assert_eq!(l.observed(3, 4, "p", None), Some(SharedCount::COUNT), "before the first scored");
         assert_eq!(l.owned().collect::<Vec<_>>(), vec![3]);
     }
 }

@@ -453,13 +453,18 @@ pub fn run(
         }
         for (feed, partition, from) in consumer.context().take_starts() {
             ordered.merge.follow(feed, partition, from);
-            if feed == Feed::Transfers {
-                scorer.shared.own(partition, from);
-            }
             // The state has learnt nothing of this partition before where it
             // starts here (unless restored past it): a checkpoint says so.
             if let Some(from) = from {
                 scorer.positions.entry((feed, partition)).or_insert(from);
+            }
+            if feed == Feed::Transfers {
+                // Counted here from the first transfer the state learns
+                // (messages below the restored position are answered, not
+                // learnt again); what comes before it comes from the
+                // previous owner's observations.
+                let learns_from = scorer.positions.get(&(feed, partition)).copied().or(from);
+                scorer.shared.own(partition, learns_from);
             }
         }
         while burst.len() < 2 * BURST {

@@ -22,10 +22,12 @@
 
 use std::collections::HashMap;
 
-use super::changelog::{kind_tag, Marker, HEADER_CHECKPOINT, MARKER_KEY};
+use compact_str::CompactString;
+
+use super::changelog::{kind_tag, Marker, HEADER_CHECKPOINT, HEADER_FORMAT, MARKER_KEY};
 use super::ledger::Counted;
 use super::*;
-use crate::state::{EntityKind, ExpiryClocks};
+use crate::state::{EntityKind, ExpiryClocks, SnapshotError, FORMAT_VERSION};
 
 /// What a read of the changelog found.
 #[derive(Debug, Default)]
@@ -39,6 +41,8 @@ pub(super) struct Restored {
     pub(super) entities: u64,
     /// Bytes read.
     pub(super) bytes: u64,
+    /// Records refused (see [`read_state`]).
+    pub(super) refused: u64,
 }
 
 impl Restored {
@@ -79,11 +83,22 @@ impl Restored {
 
 /// Read the partitions of `state` that `which` picks to their end and put
 /// the entities of the kinds `wanted` picks in the state, as of each
-/// partition's latest complete checkpoint. All or nothing per call: a record
-/// that does not read is reported and nothing more is applied.
+/// partition's latest complete checkpoint.
+///
+/// A record that cannot be used (corrupt or cut short, written by another
+/// state format version, malformed) is refused on its own: logged with its
+/// topic, partition and offset, counted in
+/// `fds_state_restore_records_refused_total`, and its entity falls back to
+/// the record before it (an older checkpoint of that entity), or to nothing
+/// when there is none. A marker that cannot be used leaves its partition at
+/// the latest marker that can (none: nothing restored there, its input
+/// handled from the committed offset). The rest of the state is restored
+/// either way: one bad record costs one entity's recent history, not every
+/// account's. `Err` only when the topic cannot be read to its end.
 pub(super) fn read_state(
     opts: &PipelineOptions,
     engine: &Engine,
+    metrics: &Metrics,
     stop: &StopFlag,
     which: impl Fn(i32) -> bool,
     wanted: impl Fn(EntityKind) -> bool,
@@ -92,10 +107,11 @@ pub(super) fn read_state(
         .map_err(|e| format!("cannot create the restore consumer: {e}"))?;
     // Per (partition, entity), its latest records by checkpoint number (see
     // `Versions`).
-    let mut versions: HashMap<(i32, Vec<u8>), Versions> = HashMap::new();
+    let mut versions: HashMap<(i32, EntityKind, CompactString), Versions> = HashMap::new();
     let mut restored = Restored::default();
-    let mut bad: Option<String> = None;
+    let mut refusals = Refusals::new(metrics, &opts.topics.state);
     let topic = &opts.topics.state;
+    let format = FORMAT_VERSION.to_string();
     let complete = read_to_end(
         &consumer,
         topic,
@@ -105,43 +121,61 @@ pub(super) fn read_state(
         READ_BACK_LIMIT,
         |m| {
             restored.bytes += m.payload().map_or(0, |p| p.len() as u64);
+            let (partition, offset) = (m.partition(), m.offset());
+            // Markers and keys that name no entity are reported by the pass
+            // that restores the shared tables, which reads every partition
+            // at start; the accounts' passes read the same records again.
+            let reports_all = wanted(EntityKind::Payee);
             let key = m.key().unwrap_or_default();
-            let at = || format!("topic {topic} partition {} offset {}", m.partition(), m.offset());
-            if key == MARKER_KEY {
+            let kind = match key.first() {
+                _ if key == MARKER_KEY => None,
+                Some(&t) if t == kind_tag(EntityKind::Account) => Some(EntityKind::Account),
+                Some(&t) if t == kind_tag(EntityKind::Payee) => Some(EntityKind::Payee),
+                Some(&t) if t == kind_tag(EntityKind::Device) => Some(EntityKind::Device),
+                _ if reports_all => {
+                    return refusals.refuse(Refused::Malformed, partition, offset, "a key that names no entity")
+                }
+                _ => return,
+            };
+            if kind.is_some_and(|k| !wanted(k)) {
+                return;
+            }
+            match header(m, HEADER_FORMAT) {
+                Some(f) if f == format => {}
+                _ if kind.is_none() && !reports_all => return,
+                found => {
+                    let why = format!("state format {}, this build reads {format}", found.unwrap_or("not given"));
+                    return refusals.refuse(Refused::Format, partition, offset, &why);
+                }
+            }
+            let Some(kind) = kind else {
                 match m.payload().map(serde_json::from_slice::<Marker>) {
                     Some(Ok(found)) => {
-                        let latest = restored.markers.entry(m.partition()).or_insert_with(|| found.clone());
+                        let latest = restored.markers.entry(partition).or_insert_with(|| found.clone());
                         if found.id > latest.id {
                             *latest = found;
                         }
                     }
-                    _ => {
-                        bad.get_or_insert_with(|| format!("{}: a bad checkpoint marker", at()));
+                    _ if !reports_all => {}
+                    Some(Err(e)) => {
+                        refusals.refuse(Refused::Malformed, partition, offset, &format!("a checkpoint marker: {e}"))
                     }
+                    None => refusals.refuse(Refused::Malformed, partition, offset, "an empty checkpoint marker"),
                 }
                 return;
-            }
-            let kind = match key.first() {
-                Some(&t) if t == kind_tag(EntityKind::Account) => EntityKind::Account,
-                Some(&t) if t == kind_tag(EntityKind::Payee) => EntityKind::Payee,
-                Some(&t) if t == kind_tag(EntityKind::Device) => EntityKind::Device,
-                _ => {
-                    bad.get_or_insert_with(|| format!("{}: a key that names no entity", at()));
-                    return;
-                }
             };
-            if !wanted(kind) {
-                return;
-            }
+            let Ok(name) = std::str::from_utf8(&key[1..]) else {
+                return refusals.refuse(Refused::Malformed, partition, offset, "a key that is not UTF-8");
+            };
             let Some(id) = header(m, HEADER_CHECKPOINT).and_then(|h| h.parse::<u64>().ok()) else {
-                bad.get_or_insert_with(|| format!("{}: no checkpoint header", at()));
-                return;
+                return refusals.refuse(Refused::Malformed, partition, offset, "no checkpoint header");
             };
-            let version = (id, m.payload().map(<[u8]>::to_vec));
-            match versions.get_mut(&(m.partition(), key.to_vec())) {
-                Some(v) => v.add(version),
+            let version = Version { checkpoint: id, offset, record: m.payload().map(<[u8]>::to_vec) };
+            let settled = restored.markers.get(&partition).map_or(0, |m| m.id);
+            match versions.get_mut(&(partition, kind, CompactString::from(name))) {
+                Some(v) => v.add(version, settled),
                 None => {
-                    versions.insert((m.partition(), key.to_vec()), Versions::new(version));
+                    versions.insert((partition, kind, CompactString::from(name)), Versions::new(version));
                 }
             }
         },
@@ -149,31 +183,29 @@ pub(super) fn read_state(
     if !complete {
         return Err(format!("could not read topic {topic} to its end"));
     }
-    if let Some(why) = bad {
-        return Err(why);
-    }
     let state = engine.state();
-    for ((partition, key), versions) in versions {
+    for ((partition, kind, key), versions) in versions {
         let Some(marker) = restored.markers.get(&partition) else { continue };
-        let record = match versions.at(marker.id) {
-            AsOf::Record(record) => record,
-            AsOf::Absent => continue,
-            AsOf::Lost => {
-                return Err(format!(
-                    "topic {topic} partition {partition}: an entity written by more unfinished checkpoints after \
-                     checkpoint {} than a restore keeps apart; its state as of that checkpoint is unknown",
-                    marker.id
-                ))
+        for version in versions.as_of(marker) {
+            let Some(record) = version.record else { break };
+            match state.apply_record(&record, (kind, &key)) {
+                Ok(()) => {
+                    restored.entities += 1;
+                    break;
+                }
+                Err(e) => {
+                    let reason = match e {
+                        SnapshotError::Checksum { .. } | SnapshotError::Truncated { .. } => Refused::Checksum,
+                        SnapshotError::Version { .. } => Refused::Format,
+                        _ => Refused::Malformed,
+                    };
+                    refusals.refuse(reason, partition, version.offset, &format!("a {kind:?} record: {e}"));
+                }
             }
-        };
-        let (kind, found) = state
-            .apply_record(&record)
-            .map_err(|e| format!("topic {topic} partition {partition}: an entity record: {e}"))?;
-        if key.first() != Some(&kind_tag(kind)) || key[1..] != *found.as_bytes() {
-            return Err(format!("topic {topic} partition {partition}: an entity record under another entity's key"));
         }
-        restored.entities += 1;
     }
+    refusals.finish();
+    restored.refused = refusals.count;
     // The expiry clocks of the newest checkpoint: sweeps go on from there.
     if let Some(m) = restored.markers.values().max_by_key(|m| m.id) {
         let clocks = ExpiryClocks { expiry_clock: m.expiry_clock, last_expiry: m.last_expiry };
@@ -182,6 +214,64 @@ pub(super) fn read_state(
         }
     }
     Ok(restored)
+}
+
+/// Why a changelog record was refused: the metric's `reason`.
+#[derive(Debug, Clone, Copy)]
+enum Refused {
+    Checksum,
+    Format,
+    Malformed,
+}
+
+impl Refused {
+    fn label(self) -> &'static str {
+        match self {
+            Refused::Checksum => "checksum",
+            Refused::Format => "format",
+            Refused::Malformed => "malformed",
+        }
+    }
+}
+
+/// The records a restore refused: each counted, the first few logged one by
+/// one (a changelog written by another version would otherwise log every
+/// record), the rest summed up at the end.
+struct Refusals<'a> {
+    metrics: &'a Metrics,
+    topic: &'a str,
+    count: u64,
+}
+
+/// Refused records logged one by one per restore, at most.
+const REFUSALS_LOGGED: u64 = 20;
+
+impl<'a> Refusals<'a> {
+    fn new(metrics: &'a Metrics, topic: &'a str) -> Self {
+        Refusals { metrics, topic, count: 0 }
+    }
+
+    fn refuse(&mut self, reason: Refused, partition: i32, offset: i64, why: &str) {
+        self.metrics.state_records_refused.with_label_values(&[reason.label()]).inc();
+        self.count += 1;
+        if self.count <= REFUSALS_LOGGED {
+            tracing::warn!(
+                topic = %self.topic, partition, offset, reason = reason.label(),
+                "a state record refused: {why}; its entity falls back to its record before"
+            );
+        }
+    }
+
+    fn finish(&self) {
+        if self.count > REFUSALS_LOGGED {
+            tracing::warn!(
+                topic = %self.topic,
+                refused = self.count,
+                "{} more state records refused (see fds_state_restore_records_refused_total)",
+                self.count - REFUSALS_LOGGED
+            );
+        }
+    }
 }
 
 /// At start: the payees and devices of every group, before anything is
@@ -198,7 +288,7 @@ pub(super) fn restore_shared(
     health.set_restoring(true);
     let started = Instant::now();
     tracing::info!(topic = %opts.topics.state, "restoring the shared payee and device tables from the changelog");
-    let result = read_state(opts, engine, stop, |_| true, |k| k != EntityKind::Account);
+    let result = read_state(opts, engine, metrics, stop, |_| true, |k| k != EntityKind::Account);
     health.set_restoring(false);
     finish("shared tables", result, started, engine, opts, metrics).unwrap_or_default()
 }
@@ -219,7 +309,7 @@ pub(super) fn restore_accounts(
     let ours = |key: &str| partitions.contains(&crate::input::order::partition_for(key.as_bytes(), groups));
     let forgotten = engine.state().forget_accounts(ours);
     tracing::info!(?partitions, forgotten, "restoring the accounts of the partitions assigned");
-    let result = read_state(opts, engine, stop, |p| partitions.contains(&p), |k| k == EntityKind::Account);
+    let result = read_state(opts, engine, metrics, stop, |p| partitions.contains(&p), |k| k == EntityKind::Account);
     health.set_restoring(false);
     let mut restored = match finish("accounts", result, started, engine, opts, metrics) {
         Some(r) => r,
@@ -275,60 +365,58 @@ fn finish(
     }
 }
 
-/// One entity's records in one partition, the highest checkpoint numbers
-/// kept: a restore takes the latest of them that is not past the partition's
-/// latest complete checkpoint. Records of a checkpoint that never completed
-/// (its writer crashed, or lost the partition, before its marker) are past
-/// it; records arrive out of number order when an instance that lost a
-/// partition still wrote a few. Each unfinished checkpoint after the last
-/// complete one takes a place, so a few are enough; when more than that
-/// pushed out the one needed, the restore says so rather than guess.
+/// One entity's records in one partition. A restore takes the latest that
+/// belongs to the partition's latest complete checkpoint: numbered at most
+/// the marker's, and at least the writer's last whole checkpoint
+/// ([`Marker::since`]); the one before it when that one is refused.
+///
+/// Records past the marker are of a checkpoint that never completed (its
+/// writer crashed, or lost the partition, before its marker); records below
+/// `since` are of entities the writer did not hold when it wrote every
+/// entity again (swept, or written by a previous owner's checkpoint that
+/// never completed). Read in log order, a record at or below a marker
+/// already read is settled: only the two latest of those can still matter
+/// (markers only grow), while every record past it is kept until its
+/// marker comes, or not.
 struct Versions {
-    /// Highest numbers first, at most [`Versions::KEPT`].
-    kept: Vec<(u64, Option<Vec<u8>>)>,
-    /// A lower-numbered record was pushed out.
-    dropped: bool,
+    /// Highest checkpoint numbers first.
+    kept: Vec<Version>,
 }
 
-/// What an entity was as of a complete checkpoint.
-#[derive(Debug, PartialEq)]
-enum AsOf {
-    /// Its record then.
-    Record(Vec<u8>),
-    /// It did not exist then (or was swept).
-    Absent,
-    /// Not known: the records that would say were pushed out.
-    Lost,
+/// One changelog record of an entity.
+#[derive(Debug, Clone, PartialEq)]
+struct Version {
+    checkpoint: u64,
+    offset: i64,
+    /// `None`: a tombstone (the entity was swept).
+    record: Option<Vec<u8>>,
 }
 
 impl Versions {
-    const KEPT: usize = 4;
+    /// Settled records kept: the one to use and the one before it.
+    const SETTLED: usize = 2;
 
-    fn new(first: (u64, Option<Vec<u8>>)) -> Self {
-        Versions { kept: vec![first], dropped: false }
+    fn new(first: Version) -> Self {
+        Versions { kept: vec![first] }
     }
 
-    fn add(&mut self, version: (u64, Option<Vec<u8>>)) {
-        // The same checkpoint twice (a retried send): the later one.
-        let at = self.kept.partition_point(|k| k.0 > version.0);
-        if self.kept.get(at).is_some_and(|k| k.0 == version.0) {
-            self.kept[at] = version;
-            return;
-        }
+    /// Add a record read after the partition's markers up to `settled`.
+    fn add(&mut self, version: Version, settled: u64) {
+        // The same checkpoint twice (a retried send): the later one first,
+        // the other should it be refused.
+        let at = self.kept.partition_point(|k| k.checkpoint > version.checkpoint);
         self.kept.insert(at, version);
-        if self.kept.len() > Self::KEPT {
-            self.kept.pop();
-            self.dropped = true;
-        }
+        let mut below = 0;
+        self.kept.retain(|k| {
+            below += usize::from(k.checkpoint <= settled);
+            k.checkpoint > settled || below <= Self::SETTLED
+        });
     }
 
-    fn at(self, checkpoint: u64) -> AsOf {
-        match self.kept.into_iter().find(|k| k.0 <= checkpoint) {
-            Some((_, Some(record))) => AsOf::Record(record),
-            Some((_, None)) => AsOf::Absent,
-            None if self.dropped => AsOf::Lost,
-            None => AsOf::Absent,
-        }
+    /// The records that may stand for the entity as of `marker`'s
+    /// checkpoint, the one to use first; empty when it did not exist then.
+    fn as_of(&self, marker: &Marker) -> Vec<Version> {
+        self.kept.iter().filter(|k| (marker.since..=marker.id).contains(&k.checkpoint)).cloned().collect()
     }
 }
 
@@ -345,39 +433,61 @@ pub(super) fn positions_of(marker: &Marker) -> Positions {
 mod tests {
     use super::*;
 
+    fn marker(id: u64, since: u64) -> Marker {
+        Marker { id, since, expiry_clock: 0, last_expiry: 0, positions: vec![], counted: vec![], observed: vec![] }
+    }
+
     #[test]
     fn an_entity_is_taken_as_of_the_last_complete_checkpoint() {
-        let record = |s: &str| Some(s.as_bytes().to_vec());
-        let of = |written: &[(u64, Option<Vec<u8>>)], checkpoint| {
-            let mut v = Versions::new(written[0].clone());
-            for w in &written[1..] {
-                v.add(w.clone());
+        let v =
+            |checkpoint, s: Option<&str>| Version { checkpoint, offset: 0, record: s.map(|s| s.as_bytes().to_vec()) };
+        // (record, markers read before it)
+        let first = |written: &[(Version, u64)], m: Marker| {
+            let mut versions = Versions::new(written[0].0.clone());
+            for (w, settled) in &written[1..] {
+                versions.add(w.clone(), *settled);
             }
-            v.at(checkpoint)
+            versions.as_of(&m).first().map(|c| c.record.clone())
         };
-        let got = |s: &str| AsOf::Record(s.as_bytes().to_vec());
+        let got = |s: &str| Some(Some(s.as_bytes().to_vec()));
         // Written in checkpoint 7, then in 9, which never completed: 7 holds.
-        assert_eq!(of(&[(7, record("old")), (9, record("new"))], 8), got("old"));
-        assert_eq!(of(&[(7, record("old")), (9, record("new"))], 9), got("new"));
+        let old_new = [(v(7, Some("old")), 0), (v(9, Some("new")), 7)];
+        assert_eq!(first(&old_new, marker(8, 0)), got("old"));
+        assert_eq!(first(&old_new, marker(9, 0)), got("new"));
         // First written in the incomplete checkpoint: it did not exist yet.
-        assert_eq!(of(&[(9, record("new"))], 8), AsOf::Absent);
-        assert_eq!(of(&[(3, record("only"))], 8), got("only"));
+        assert_eq!(first(&[(v(9, Some("new")), 0)], marker(8, 0)), None);
+        assert_eq!(first(&[(v(3, Some("only")), 0)], marker(8, 0)), got("only"));
         // Swept in 5.
-        assert_eq!(of(&[(3, record("was")), (5, None)], 6), AsOf::Absent);
-        // Two unfinished checkpoints in a row, one written late by an
-        // instance that had lost the partition (out of number order).
-        assert_eq!(of(&[(7, record("old")), (11, record("b")), (9, record("a"))], 8), got("old"));
-        assert_eq!(of(&[(11, record("b")), (7, record("old")), (9, record("a"))], 10), got("a"));
-        // More unfinished ones than are kept apart: said, not guessed.
-        let many: Vec<_> = (0..6).map(|i| (7 + i, record("x"))).collect();
-        assert_eq!(of(&many, 7), AsOf::Lost);
-        assert_eq!(of(&many, 12), got("x"));
+        assert_eq!(first(&[(v(3, Some("was")), 0), (v(5, None), 3)], marker(6, 0)), Some(None));
+        // Unfinished checkpoints in a row, one written late by an instance
+        // that had lost the partition (out of number order): as many as
+        // there were.
+        let mut many = vec![(v(7, Some("old")), 7)];
+        many.extend((0..6).map(|i| (v(20 - i, Some("x")), 7)));
+        assert_eq!(first(&many, marker(8, 0)), got("old"));
+        assert_eq!(first(&many, marker(16, 0)), got("x"));
+        // Written by a previous owner's checkpoint 9 that never completed;
+        // the next owner went on from 8 and wrote all it held in 12, which
+        // did not include this entity: it is not restored.
+        assert_eq!(first(&[(v(9, Some("orphan")), 8)], marker(14, 12)), None);
+        assert_eq!(first(&[(v(9, Some("orphan")), 8), (v(13, Some("again")), 12)], marker(14, 12)), got("again"));
+        // The one before comes next, should the latest be refused.
+        let mut versions = Versions::new(v(3, Some("older")));
+        versions.add(v(6, Some("latest")), 3);
+        let order: Vec<_> = versions.as_of(&marker(8, 0)).into_iter().map(|c| c.checkpoint).collect();
+        assert_eq!(order, vec![6, 3]);
+        // Settled records beyond the two latest are let go while reading.
+        for id in [7, 8, 9] {
+            versions.add(v(id, Some("x")), 10);
+        }
+        assert_eq!(versions.kept.len(), 2);
     }
 
     #[test]
     fn markers_say_where_each_group_stands_and_where_to_read_from() {
         let marker = |id, counted: Vec<(i32, i64)>, observed: Vec<(i32, i64)>| Marker {
             id,
+            since: 0,
             expiry_clock: 1,
             last_expiry: 0,
             positions: vec![(Feed::Context.name().into(), 0, 12), (Feed::Transfers.name().into(), 0, 40)],

@@ -219,12 +219,13 @@ impl ScoringThread<'_> {
     /// tables unless it already is, and then goes out to the other instances.
     fn learn(&mut self, event: &Event, source: Origin) -> Result<Option<Scored>, EngineError> {
         let Event::Transfer(t) = event else { return self.engine.process_at(event, Some(self.burst_wall_ms)) };
-        let first = self.shared.count(source.partition, source.offset, t);
-        let shared = first.unwrap_or(SharedCount::ALREADY_COUNTED);
+        let shared = self.shared.count(source.partition, source.offset, t).unwrap_or(SharedCount::ALREADY_COUNTED);
         let scored = self.engine.process_shared(event, Some(self.burst_wall_ms), shared)?;
-        if first.is_some() {
-            self.shared.publish(source.partition, &Observation::of(t, &t.payee_key(), source.offset));
-        }
+        // Published even when counted here already (from the previous
+        // owner's observation): an instance that owned this partition for a
+        // while skipped that observation, and learns the transfer from this
+        // one. The others count it once all the same.
+        self.shared.publish(source.partition, &Observation::of(t, &t.payee_key(), source.offset));
         Ok(scored)
     }
 

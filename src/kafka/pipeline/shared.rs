@@ -177,9 +177,10 @@ impl SharedTables {
         self.ledger.owned()
     }
 
-    /// Per transfers partition, the offsets counted here.
-    pub(super) fn counted(&self) -> Vec<(i32, Vec<(i64, i64)>)> {
-        self.ledger.counted()
+    /// Per transfers partition, the transfers the payees and devices of
+    /// `group` hold here.
+    pub(super) fn counted_in(&self, group: i32) -> Vec<(i32, Vec<(i64, i64)>)> {
+        self.ledger.counted_in(group)
     }
 
     /// Per `observations` partition, the next offset this reader takes.
@@ -256,9 +257,8 @@ impl SharedTables {
         !queued && lock(&self.in_flight).first().map_or(true, |&first| first > cut)
     }
 
-    /// This instance now reads `partition` of the inputs from `from`
-    /// (`None`: not known; every observation of it is then skipped while
-    /// it is owned).
+    /// This instance now counts `partition` itself from offset `from` on,
+    /// the first its state learns (`None`: not known yet).
     pub(super) fn own(&mut self, partition: i32, from: Option<i64>) {
         self.ledger.own(partition, from);
     }
