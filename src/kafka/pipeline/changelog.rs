@@ -86,6 +86,10 @@ pub(super) const HEADER_CHECKPOINT: &str = "fds-checkpoint";
 /// of another.
 pub(super) const HEADER_FORMAT: &str = "fds-state-format";
 
+/// The header on every changelog record: the writer (one number per
+/// process, see [`Marker::writer`]).
+pub(super) const HEADER_WRITER: &str = "fds-writer";
+
 /// The key of the record that completes a partition's checkpoint.
 pub(super) const MARKER_KEY: &[u8] = b"@checkpoint";
 
@@ -114,6 +118,13 @@ pub(super) struct Marker {
     /// and are not restored.
     #[serde(default)]
     pub(super) since: u64,
+    /// The process that wrote the checkpoint (random, drawn at its start;
+    /// 0: not said). Checkpoint numbers of two owners can meet (each counts
+    /// on from the last marker it saw), so between `since` and `id` only
+    /// this writer's records count: a previous owner's unfinished
+    /// checkpoint may carry the same numbers.
+    #[serde(default)]
+    pub(super) writer: u64,
 }
 
 /// The changelog producer's acknowledgements: how many records are still
@@ -170,6 +181,9 @@ pub(super) struct Changelog {
     last_owned: Vec<i32>,
     /// The number of the last whole checkpoint begun (see [`Marker::since`]).
     since: u64,
+    /// This process (see [`Marker::writer`]), and as a header value.
+    writer: u64,
+    writer_header: String,
     topic: String,
     partitions: u32,
     interval: Duration,
@@ -208,6 +222,11 @@ impl Changelog {
     /// read back (a refused restore cannot know the last one).
     pub(super) fn new(opts: &PipelineOptions, interval: Duration, partitions: u32) -> Result<Self, PipelineError> {
         let next_id = u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(1);
+        // Random per process (std's hasher keys are drawn from the OS), never 0.
+        let writer = {
+            use std::hash::{BuildHasher, Hasher};
+            std::collections::hash_map::RandomState::new().build_hasher().finish().max(1)
+        };
         let pending = Arc::new(AtomicI64::new(0));
         let failed = Arc::new(AtomicBool::new(false));
         let producer: ThreadedProducer<ChangelogAcks> = opts
@@ -239,6 +258,8 @@ impl Changelog {
             whole: false,
             last_owned: Vec::new(),
             since: 0,
+            writer,
+            writer_header: writer.to_string(),
             topic: opts.topics.state.clone(),
             partitions,
             interval,
@@ -281,7 +302,8 @@ impl Changelog {
                 if self.records.is_empty() {
                     open.handed = engine.state().checkpoint_step(STEP, &mut self.records);
                 }
-                let header = open.id.to_string();
+                let checkpoint = open.id.to_string();
+                let stamp = Stamp { checkpoint: &checkpoint, writer: &self.writer_header };
                 let mut done = 0;
                 for ((kind, key), value) in &self.records {
                     let partition = crate::input::order::partition_for(key.as_bytes(), self.partitions);
@@ -295,7 +317,7 @@ impl Changelog {
                         &self.key,
                         value.as_deref(),
                         partition,
-                        &header,
+                        &stamp,
                     ) {
                         Sent::Full => break,
                         Sent::Refused => self.failed.store(true, Ordering::Relaxed),
@@ -325,9 +347,11 @@ impl Changelog {
                     return;
                 }
                 let id = open.id.to_string();
+                let stamp = Stamp { checkpoint: &id, writer: &self.writer_header };
                 while let Some((partition, marker)) = open.markers.last() {
                     let value = serde_json::to_vec(marker).expect("a marker serializes");
-                    match send(&self.producer, &self.pending, &self.topic, MARKER_KEY, Some(&value), *partition, &id) {
+                    match send(&self.producer, &self.pending, &self.topic, MARKER_KEY, Some(&value), *partition, &stamp)
+                    {
                         Sent::Full => return,
                         Sent::Refused => self.failed.store(true, Ordering::Relaxed),
                         Sent::Yes => {}
@@ -393,6 +417,7 @@ impl Changelog {
                 counted: shared.counted_in(partition),
                 observed: observed.clone(),
                 since: self.since,
+                writer: self.writer,
             };
             markers.push((partition, marker));
         }
@@ -481,6 +506,12 @@ enum Sent {
     Refused,
 }
 
+/// The headers every record of a checkpoint carries.
+struct Stamp<'a> {
+    checkpoint: &'a str,
+    writer: &'a str,
+}
+
 /// Hand one changelog record to the producer, without waiting.
 fn send(
     producer: &ThreadedProducer<ChangelogAcks>,
@@ -489,10 +520,11 @@ fn send(
     key: &[u8],
     value: Option<&[u8]>,
     partition: i32,
-    checkpoint: &str,
+    stamp: &Stamp<'_>,
 ) -> Sent {
     let headers = OwnedHeaders::new()
-        .insert(Header { key: HEADER_CHECKPOINT, value: Some(checkpoint) })
+        .insert(Header { key: HEADER_CHECKPOINT, value: Some(stamp.checkpoint) })
+        .insert(Header { key: HEADER_WRITER, value: Some(stamp.writer) })
         .insert(Header { key: HEADER_FORMAT, value: Some(FORMAT.as_str()) });
     let mut record: BaseRecord<'_, [u8], [u8], ()> =
         BaseRecord::to(topic).key(key).partition(partition).headers(headers);

@@ -24,7 +24,7 @@ use std::collections::HashMap;
 
 use compact_str::CompactString;
 
-use super::changelog::{kind_tag, Marker, HEADER_CHECKPOINT, HEADER_FORMAT, MARKER_KEY};
+use super::changelog::{kind_tag, Marker, HEADER_CHECKPOINT, HEADER_FORMAT, HEADER_WRITER, MARKER_KEY};
 use super::ledger::Counted;
 use super::*;
 use crate::state::{EntityKind, ExpiryClocks, SnapshotError, FORMAT_VERSION};
@@ -43,6 +43,8 @@ pub(super) struct Restored {
     pub(super) bytes: u64,
     /// Records refused (see [`read_state`]).
     pub(super) refused: u64,
+    /// The highest checkpoint number on a record read.
+    pub(super) highest: u64,
 }
 
 impl Restored {
@@ -75,9 +77,10 @@ impl Restored {
         self.markers.values().flat_map(positions_of).collect()
     }
 
-    /// The highest checkpoint number seen: the next one written must be past it.
+    /// The highest checkpoint number seen, on a marker or a record: the
+    /// next one written must be past it.
     pub(super) fn last_id(&self) -> u64 {
-        self.markers.values().map(|m| m.id).max().unwrap_or(0)
+        self.markers.values().map(|m| m.id).max().unwrap_or(0).max(self.highest)
     }
 }
 
@@ -142,6 +145,8 @@ pub(super) fn read_state(
             }
             match header(m, HEADER_FORMAT) {
                 Some(f) if f == format => {}
+                // Written before records said their format: version 1.
+                None if format == "1" => {}
                 _ if kind.is_none() && !reports_all => return,
                 found => {
                     let why = format!("state format {}, this build reads {format}", found.unwrap_or("not given"));
@@ -170,7 +175,9 @@ pub(super) fn read_state(
             let Some(id) = header(m, HEADER_CHECKPOINT).and_then(|h| h.parse::<u64>().ok()) else {
                 return refusals.refuse(Refused::Malformed, partition, offset, "no checkpoint header");
             };
-            let version = Version { checkpoint: id, offset, record: m.payload().map(<[u8]>::to_vec) };
+            restored.highest = restored.highest.max(id);
+            let writer = header(m, HEADER_WRITER).and_then(|h| h.parse::<u64>().ok()).unwrap_or(0);
+            let version = Version { checkpoint: id, writer, offset, record: m.payload().map(<[u8]>::to_vec) };
             let settled = restored.markers.get(&partition).map_or(0, |m| m.id);
             match versions.get_mut(&(partition, kind, CompactString::from(name))) {
                 Some(v) => v.add(version, settled),
@@ -387,13 +394,15 @@ struct Versions {
 #[derive(Debug, Clone, PartialEq)]
 struct Version {
     checkpoint: u64,
+    /// Its writer ([`Marker::writer`]; 0: not said).
+    writer: u64,
     offset: i64,
     /// `None`: a tombstone (the entity was swept).
     record: Option<Vec<u8>>,
 }
 
 impl Versions {
-    /// Settled records kept: the one to use and the one before it.
+    /// Settled records kept per writer: the one to use and the one before it.
     const SETTLED: usize = 2;
 
     fn new(first: Version) -> Self {
@@ -406,17 +415,39 @@ impl Versions {
         // the other should it be refused.
         let at = self.kept.partition_point(|k| k.checkpoint > version.checkpoint);
         self.kept.insert(at, version);
-        let mut below = 0;
+        // Per writer: a marker only takes its own writer's records.
+        let mut below: Vec<(u64, usize)> = Vec::new();
         self.kept.retain(|k| {
-            below += usize::from(k.checkpoint <= settled);
-            k.checkpoint > settled || below <= Self::SETTLED
+            if k.checkpoint > settled {
+                return true;
+            }
+            let n = match below.iter_mut().find(|(w, _)| *w == k.writer) {
+                Some((_, n)) => n,
+                None => {
+                    below.push((k.writer, 0));
+                    &mut below.last_mut().expect("pushed").1
+                }
+            };
+            *n += 1;
+            *n <= Self::SETTLED
         });
     }
 
     /// The records that may stand for the entity as of `marker`'s
     /// checkpoint, the one to use first; empty when it did not exist then.
+    /// Between `since` and the marker only the marker's writer's records
+    /// count (see [`Marker::writer`]); should all of those be refused, the
+    /// latest record from before `since` is the last resort (the entity did
+    /// exist then).
     fn as_of(&self, marker: &Marker) -> Vec<Version> {
-        self.kept.iter().filter(|k| (marker.since..=marker.id).contains(&k.checkpoint)).cloned().collect()
+        let ours = |k: &&Version| marker.writer == 0 || k.writer == 0 || k.writer == marker.writer;
+        let window = marker.since..=marker.id;
+        let mut candidates: Vec<Version> =
+            self.kept.iter().filter(|k| window.contains(&k.checkpoint)).filter(ours).cloned().collect();
+        if !candidates.is_empty() {
+            candidates.extend(self.kept.iter().find(|k| k.checkpoint < marker.since).cloned());
+        }
+        candidates
     }
 }
 
@@ -434,13 +465,26 @@ mod tests {
     use super::*;
 
     fn marker(id: u64, since: u64) -> Marker {
-        Marker { id, since, expiry_clock: 0, last_expiry: 0, positions: vec![], counted: vec![], observed: vec![] }
+        Marker {
+            id,
+            since,
+            writer: 0,
+            expiry_clock: 0,
+            last_expiry: 0,
+            positions: vec![],
+            counted: vec![],
+            observed: vec![],
+        }
     }
 
     #[test]
     fn an_entity_is_taken_as_of_the_last_complete_checkpoint() {
-        let v =
-            |checkpoint, s: Option<&str>| Version { checkpoint, offset: 0, record: s.map(|s| s.as_bytes().to_vec()) };
+        let v = |checkpoint, s: Option<&str>| Version {
+            checkpoint,
+            writer: 0,
+            offset: 0,
+            record: s.map(|s| s.as_bytes().to_vec()),
+        };
         // (record, markers read before it)
         let first = |written: &[(Version, u64)], m: Marker| {
             let mut versions = Versions::new(written[0].0.clone());
@@ -483,11 +527,40 @@ mod tests {
         assert_eq!(versions.kept.len(), 2);
     }
 
+    /// Two owners' checkpoint numbers meet: A's unfinished 1002 after B took
+    /// over at 1000 and numbered on from there. B's marker takes B's records.
+    #[test]
+    fn a_marker_takes_only_its_own_writers_records_since_its_whole_checkpoint() {
+        let v = |checkpoint, writer, s: &str| Version {
+            checkpoint,
+            writer,
+            offset: 0,
+            record: Some(s.as_bytes().to_vec()),
+        };
+        let (a, b) = (7, 9);
+        let mut x = Versions::new(v(1000, a, "a-1000"));
+        x.add(v(1002, a, "a-unfinished"), 1000);
+        x.add(v(1001, b, "b-whole"), 1000);
+        let m = Marker { writer: b, ..marker(1002, 1001) };
+        let taken = |x: &Versions| -> Vec<Vec<u8>> { x.as_of(&m).into_iter().map(|c| c.record.unwrap()).collect() };
+        // B's, and as the last resort, should it be refused, the record from
+        // before B's whole checkpoint.
+        assert_eq!(taken(&x), vec![b"b-whole".to_vec(), b"a-1000".to_vec()]);
+        // More of A's records settle around it: B's stays.
+        x.add(v(1002, a, "a-zombie"), 1002);
+        x.add(v(1001, a, "a-zombie"), 1002);
+        assert_eq!(taken(&x)[0], b"b-whole".to_vec());
+        // An entity only A's unfinished checkpoint wrote: not B's.
+        let orphan = Versions::new(v(1002, a, "a-unfinished"));
+        assert!(orphan.as_of(&m).is_empty());
+    }
+
     #[test]
     fn markers_say_where_each_group_stands_and_where_to_read_from() {
         let marker = |id, counted: Vec<(i32, i64)>, observed: Vec<(i32, i64)>| Marker {
             id,
             since: 0,
+            writer: 0,
             expiry_clock: 1,
             last_expiry: 0,
             positions: vec![(Feed::Context.name().into(), 0, 12), (Feed::Transfers.name().into(), 0, 40)],
