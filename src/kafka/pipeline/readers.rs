@@ -134,8 +134,10 @@ pub(super) fn assign_some<C: ConsumerContext>(
 
 /// Assign the partitions of `topic` that `which` picks, each from
 /// `start(low, high)`, and read until each reaches the end it had when the
-/// call began, handing every message to `f`. It waits for the brokers (retrying) rather than failing, and gives
-/// up after `limit`; returns whether it reached the end everywhere.
+/// call began, handing every message to `f`. It waits for the brokers
+/// (retrying) rather than failing, and gives up when `limit` passes without a
+/// message (a large topic may take longer than that as a whole, as long as it
+/// moves); returns whether it reached the end everywhere.
 pub(super) fn read_to_end<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
     topic: &str,
@@ -145,24 +147,40 @@ pub(super) fn read_to_end<C: ConsumerContext>(
     limit: Duration,
     mut f: impl FnMut(&BorrowedMessage<'_>),
 ) -> bool {
-    let began = Instant::now();
     let Some(assigned) = assign_some(consumer, topic, which, start, stop, limit) else { return false };
     let mut ends: HashMap<i32, i64> =
         assigned.into_iter().filter(|&(_, from, high)| high > from).map(|(p, _, high)| (p, high)).collect();
+    // Progress is looked at every so many messages, and whenever a poll
+    // comes back empty: a clock read per message showed in a restore's
+    // profile.
+    let (mut progress_at, mut read, mut read_then) = (Instant::now(), 0u64, 0u64);
+    let mut unchecked = 0u32;
     while !ends.is_empty() {
-        if stop.load(Ordering::Relaxed) || began.elapsed() > limit {
-            tracing::warn!(%topic, partitions = ends.len(), "stopped reading before the end");
-            return false;
+        if unchecked == 0 {
+            if read > read_then {
+                (progress_at, read_then) = (Instant::now(), read);
+            }
+            if stop.load(Ordering::Relaxed) || progress_at.elapsed() > limit {
+                tracing::warn!(%topic, partitions = ends.len(), "stopped reading before the end");
+                return false;
+            }
+            unchecked = 1024;
         }
+        unchecked -= 1;
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
+                read += 1;
                 f(&m);
                 if ends.get(&m.partition()).is_some_and(|&end| m.offset() + 1 >= end) {
                     ends.remove(&m.partition());
                 }
             }
-            Some(Err(e)) => tracing::debug!(error = %e, %topic, "reading to the end"),
+            Some(Err(e)) => {
+                unchecked = 0;
+                tracing::debug!(error = %e, %topic, "reading to the end")
+            }
             None => {
+                unchecked = 0;
                 // Offsets may be missing at the end (compaction): the position
                 // tells when a partition is through.
                 if let Ok(pos) = consumer.position() {

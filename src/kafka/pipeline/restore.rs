@@ -194,8 +194,8 @@ pub(super) fn read_state(
     for ((partition, kind, key), versions) in versions {
         let Some(marker) = restored.markers.get(&partition) else { continue };
         for version in versions.as_of(marker) {
-            let Some(record) = version.record else { break };
-            match state.apply_record(&record, (kind, &key)) {
+            let Some(record) = &version.record else { break };
+            match state.apply_record(record, (kind, &key)) {
                 Ok(()) => {
                     restored.entities += 1;
                     break;
@@ -439,13 +439,13 @@ impl Versions {
     /// count (see [`Marker::writer`]); should all of those be refused, the
     /// latest record from before `since` is the last resort (the entity did
     /// exist then).
-    fn as_of(&self, marker: &Marker) -> Vec<Version> {
+    fn as_of(&self, marker: &Marker) -> Vec<&Version> {
         let ours = |k: &&Version| marker.writer == 0 || k.writer == 0 || k.writer == marker.writer;
         let window = marker.since..=marker.id;
-        let mut candidates: Vec<Version> =
-            self.kept.iter().filter(|k| window.contains(&k.checkpoint)).filter(ours).cloned().collect();
+        let mut candidates: Vec<&Version> =
+            self.kept.iter().filter(|k| window.contains(&k.checkpoint)).filter(ours).collect();
         if !candidates.is_empty() {
-            candidates.extend(self.kept.iter().find(|k| k.checkpoint < marker.since).cloned());
+            candidates.extend(self.kept.iter().find(|k| k.checkpoint < marker.since));
         }
         candidates
     }
@@ -542,7 +542,8 @@ mod tests {
         x.add(v(1002, a, "a-unfinished"), 1000);
         x.add(v(1001, b, "b-whole"), 1000);
         let m = Marker { writer: b, ..marker(1002, 1001) };
-        let taken = |x: &Versions| -> Vec<Vec<u8>> { x.as_of(&m).into_iter().map(|c| c.record.unwrap()).collect() };
+        let taken =
+            |x: &Versions| -> Vec<Vec<u8>> { x.as_of(&m).into_iter().map(|c| c.record.clone().unwrap()).collect() };
         // B's, and as the last resort, should it be refused, the record from
         // before B's whole checkpoint.
         assert_eq!(taken(&x), vec![b"b-whole".to_vec(), b"a-1000".to_vec()]);
