@@ -103,9 +103,12 @@ impl State {
         self.begin_checkpoint_of(whole, |_, _| true)
     }
 
-    /// [`State::begin_checkpoint`] of the entities `ours` says this writer
-    /// writes (with several instances, each writes its partitions'); the
-    /// other changes are dropped: their writers keep their own.
+    /// [`State::begin_checkpoint`] where `whole` takes only the entities
+    /// `ours` says this writer writes (with several instances, each writes
+    /// its partitions'). The changed entities are taken as they are, without
+    /// `ours`: sorting them here held the scoring thread for milliseconds at
+    /// every checkpoint's start, so the caller drops the others' records as
+    /// [`State::checkpoint_step`] hands them over.
     pub fn begin_checkpoint_of(&self, whole: bool, ours: impl Fn(EntityKind, &str) -> bool) -> usize {
         let mut all = Vec::new();
         if whole {
@@ -114,7 +117,11 @@ impl State {
         }
         let mut sets = self.changes.lock();
         let dirty = std::mem::take(&mut sets.dirty);
-        sets.pending.extend(dirty.into_iter().filter(|(kind, key)| ours(*kind, key)));
+        if sets.pending.is_empty() {
+            sets.pending = dirty;
+        } else {
+            sets.pending.extend(dirty);
+        }
         sets.pending.extend(all);
         let n = sets.pending.len() + sets.written.len();
         self.changes.open.store(n > 0, Ordering::Relaxed);

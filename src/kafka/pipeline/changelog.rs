@@ -301,6 +301,12 @@ impl Changelog {
             if !open.handed || !self.records.is_empty() {
                 if self.records.is_empty() {
                     open.handed = engine.state().checkpoint_step(STEP, &mut self.records);
+                    // Other instances' partitions are theirs to write (see
+                    // `State::begin_checkpoint_of`).
+                    let (owned, partitions) = (&self.last_owned, self.partitions);
+                    self.records.retain(|((_, key), _)| {
+                        owned.binary_search(&crate::input::order::partition_for(key.as_bytes(), partitions)).is_ok()
+                    });
                 }
                 let checkpoint = open.id.to_string();
                 let stamp = Stamp { checkpoint: &checkpoint, writer: &self.writer_header };
