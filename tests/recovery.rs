@@ -80,20 +80,23 @@ fn bad_changelog_records_are_refused_one_by_one_and_the_rest_restored() {
         accounts.sort_by_key(|r| r.key.clone());
         assert!(accounts.len() >= 2, "accounts in the changelog");
         let p = producer(&brokers);
-        let headers = |checkpoint: &str, format: &str| {
+        // A copy names the writer of the record it copies: a marker takes
+        // only its own writer's records.
+        let headers = |of: &Record, checkpoint: &str, format: &str| {
             OwnedHeaders::new()
                 .insert(Header { key: "fds-checkpoint", value: Some(checkpoint) })
                 .insert(Header { key: "fds-state-format", value: Some(format) })
+                .insert(Header { key: "fds-writer", value: of.header("fds-writer") })
         };
         let format = fds::state::FORMAT_VERSION.to_string();
         let (a, b) = (accounts[0], accounts[1]);
         let mut corrupt = a.payload.clone();
         let last = corrupt.len() - 1;
         corrupt[last] ^= 0x5a;
-        send_raw(&p, &topics.state, &a.key, &corrupt, headers(a.header("fds-checkpoint").unwrap(), &format));
-        send_raw(&p, &topics.state, &b.key, &b.payload, headers(b.header("fds-checkpoint").unwrap(), "99"));
-        send_raw(&p, &topics.state, b"xnot-an-entity", b"?", headers(&id.to_string(), &format));
-        send_raw(&p, &topics.state, b"@checkpoint", b"{not json", headers(&(id + 1).to_string(), &format));
+        send_raw(&p, &topics.state, &a.key, &corrupt, headers(a, a.header("fds-checkpoint").unwrap(), &format));
+        send_raw(&p, &topics.state, &b.key, &b.payload, headers(b, b.header("fds-checkpoint").unwrap(), "99"));
+        send_raw(&p, &topics.state, b"xnot-an-entity", b"?", headers(b, &id.to_string(), &format));
+        send_raw(&p, &topics.state, b"@checkpoint", b"{not json", headers(b, &(id + 1).to_string(), &format));
         rdkafka::producer::Producer::flush(&p, Duration::from_secs(30)).unwrap();
     };
     let r = kill_tamper_restart(&brokers, &topics, 50, 1, 50, "", tamper);

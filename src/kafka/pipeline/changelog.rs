@@ -304,9 +304,7 @@ impl Changelog {
                     // Other instances' partitions are theirs to write (see
                     // `State::begin_checkpoint_of`).
                     let (owned, partitions) = (&self.last_owned, self.partitions);
-                    self.records.retain(|((_, key), _)| {
-                        owned.binary_search(&crate::input::order::partition_for(key.as_bytes(), partitions)).is_ok()
-                    });
+                    self.records.retain(|((_, key), _)| owned_key(owned, partitions, key));
                 }
                 let checkpoint = open.id.to_string();
                 let stamp = Stamp { checkpoint: &checkpoint, writer: &self.writer_header };
@@ -400,9 +398,7 @@ impl Changelog {
             self.since = id;
         }
         let partitions = self.partitions;
-        let ours =
-            |key: &str| owned.binary_search(&crate::input::order::partition_for(key.as_bytes(), partitions)).is_ok();
-        engine.state().begin_checkpoint_of(whole, |_, key| ours(key));
+        engine.state().begin_checkpoint_of(whole, |_, key| owned_key(&owned, partitions, key));
         let clocks = engine.expiry_clocks();
         let observed = shared.read_positions();
         let mut markers = Vec::new();
@@ -560,4 +556,10 @@ pub(super) fn kind_tag(kind: EntityKind) -> u8 {
         EntityKind::Payee => b'p',
         EntityKind::Device => b'd',
     }
+}
+
+/// Whether an entity's key falls in one of the partitions `owned` (sorted)
+/// of `partitions`: only those are this instance's to write.
+fn owned_key(owned: &[i32], partitions: u32, key: &str) -> bool {
+    owned.binary_search(&crate::input::order::partition_for(key.as_bytes(), partitions)).is_ok()
 }

@@ -150,13 +150,29 @@ pub(super) fn read_to_end<C: ConsumerContext>(
     let Some(assigned) = assign_some(consumer, topic, which, start, stop, limit) else { return false };
     let mut ends: HashMap<i32, i64> =
         assigned.into_iter().filter(|&(_, from, high)| high > from).map(|(p, _, high)| (p, high)).collect();
-    // Progress is looked at every so many messages, and whenever a poll
-    // comes back empty: a clock read per message showed in a restore's
-    // profile.
+    // Progress (a message of a partition still short of its end) is looked
+    // at every so many messages, and whenever a poll comes back empty: a
+    // clock read per message showed in a restore's profile. Messages of
+    // partitions already through do not count, or a stalled partition
+    // beside busy ones would never give up.
     let (mut progress_at, mut read, mut read_then) = (Instant::now(), 0u64, 0u64);
     let mut unchecked = 0u32;
     while !ends.is_empty() {
         if unchecked == 0 {
+            // Offsets may be missing at the end (compaction, transaction
+            // markers): the position tells when a partition is through.
+            if let Ok(pos) = consumer.position() {
+                for e in pos.elements_for_topic(topic) {
+                    if let Offset::Offset(o) = e.offset() {
+                        if ends.get(&e.partition()).is_some_and(|&end| o >= end) {
+                            ends.remove(&e.partition());
+                        }
+                    }
+                }
+            }
+            if ends.is_empty() {
+                break;
+            }
             if read > read_then {
                 (progress_at, read_then) = (Instant::now(), read);
             }
@@ -169,30 +185,19 @@ pub(super) fn read_to_end<C: ConsumerContext>(
         unchecked -= 1;
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
-                read += 1;
                 f(&m);
-                if ends.get(&m.partition()).is_some_and(|&end| m.offset() + 1 >= end) {
-                    ends.remove(&m.partition());
+                if let Some(&end) = ends.get(&m.partition()) {
+                    read += 1;
+                    if m.offset() + 1 >= end {
+                        ends.remove(&m.partition());
+                    }
                 }
             }
             Some(Err(e)) => {
                 unchecked = 0;
                 tracing::debug!(error = %e, %topic, "reading to the end")
             }
-            None => {
-                unchecked = 0;
-                // Offsets may be missing at the end (compaction): the position
-                // tells when a partition is through.
-                if let Ok(pos) = consumer.position() {
-                    for e in pos.elements_for_topic(topic) {
-                        if let Offset::Offset(o) = e.offset() {
-                            if ends.get(&e.partition()).is_some_and(|&end| o >= end) {
-                                ends.remove(&e.partition());
-                            }
-                        }
-                    }
-                }
-            }
+            None => unchecked = 0,
         }
     }
     true

@@ -440,7 +440,7 @@ impl Versions {
     /// latest record from before `since` is the last resort (the entity did
     /// exist then).
     fn as_of(&self, marker: &Marker) -> Vec<&Version> {
-        let ours = |k: &&Version| marker.writer == 0 || k.writer == 0 || k.writer == marker.writer;
+        let ours = |k: &&Version| marker.writer == 0 || k.writer == marker.writer;
         let window = marker.since..=marker.id;
         let mut candidates: Vec<&Version> =
             self.kept.iter().filter(|k| window.contains(&k.checkpoint)).filter(ours).collect();
@@ -554,6 +554,10 @@ mod tests {
         // An entity only A's unfinished checkpoint wrote: not B's.
         let orphan = Versions::new(v(1002, a, "a-unfinished"));
         assert!(orphan.as_of(&m).is_empty());
+        // Nor one whose record names no writer (written before records
+        // named theirs): B's marker names B.
+        let unnamed = Versions::new(v(1002, 0, "unnamed"));
+        assert!(unnamed.as_of(&m).is_empty());
     }
 
     #[test]
