@@ -95,17 +95,25 @@ pub struct Metrics {
     /// an input partition that should have had more to deliver (its leader
     /// unreachable) and went on without it, out of the canonical order.
     pub merge_gave_up: IntCounter,
-    /// `fds_state_checkpoints_total{result}`: state checkpoints at a graceful
-    /// stop, `result` = `written`, `skipped` (not every partition held) or
-    /// `failed`.
+    /// `fds_state_checkpoints_total{result}`: checkpoints of the state to
+    /// the changelog, `result` = `written` or `failed` (a record refused: the
+    /// next one writes every entity).
     pub state_checkpoints: IntCounterVec,
+    /// `fds_state_local_copies_total{result}`: local copies of the state
+    /// written at a graceful stop (`engine.state_dir`), `result` =
+    /// `written`, `skipped` (nothing it could cover: partitions not all held
+    /// without the changelog, or the last checkpoint incomplete) or `failed`
+    /// (the disk full, say: the previous copy is left as it was).
+    pub state_local_copies: IntCounterVec,
     /// `fds_state_checkpoint_pause_seconds`: the longest the scoring thread
     /// spent at once on the last changelog checkpoint (it is written a few
     /// entities per turn, so this stays well under a millisecond).
     pub state_checkpoint_pause_seconds: Gauge,
-    /// `fds_state_restores_total{result}`: start-ups, `result` = `restored`,
-    /// `empty` (no checkpoint), `stale` (the input moved past it) or `refused`
-    /// (unreadable or corrupt).
+    /// `fds_state_restores_total{result}`: restores of the state (the shared
+    /// tables at start, accounts when partitions are assigned), `result` =
+    /// `restored` (from the changelog), `local` (from the local copy),
+    /// `empty` (no checkpoint), `stale` (a local copy that no longer
+    /// matches) or `refused` (unreadable or corrupt).
     pub state_restores: IntCounterVec,
     /// `fds_state_restore_records_refused_total{reason}`: changelog records a
     /// restore could not use, `reason` = `checksum` (corrupt or cut short),
@@ -285,7 +293,17 @@ impl Metrics {
             state_checkpoints: register(
                 r,
                 IntCounterVec::new(
-                    Opts::new("fds_state_checkpoints_total", "State checkpoints at a graceful stop, by result."),
+                    Opts::new("fds_state_checkpoints_total", "State checkpoints to the changelog, by result."),
+                    &["result"],
+                ),
+            ),
+            state_local_copies: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "fds_state_local_copies_total",
+                        "Local copies of the state written at a graceful stop, by result.",
+                    ),
                     &["result"],
                 ),
             ),
@@ -299,7 +317,7 @@ impl Metrics {
             state_restores: register(
                 r,
                 IntCounterVec::new(
-                    Opts::new("fds_state_restores_total", "Start-ups by what became of the state checkpoint."),
+                    Opts::new("fds_state_restores_total", "State restores by where the state came from, or why not."),
                     &["result"],
                 ),
             ),
@@ -451,7 +469,7 @@ mod tests {
     use super::*;
     use crate::state::StateConfig;
 
-    const ALL_NAMES: [&str; 29] = [
+    const ALL_NAMES: [&str; 30] = [
         "fds_events_consumed_total",
         "fds_decisions_total",
         "fds_decisions_late_total",
@@ -468,6 +486,7 @@ mod tests {
         "fds_state_bytes",
         "fds_merge_gave_up_total",
         "fds_state_checkpoints_total",
+        "fds_state_local_copies_total",
         "fds_state_checkpoint_pause_seconds",
         "fds_state_restores_total",
         "fds_state_restore_records_refused_total",
@@ -498,6 +517,7 @@ mod tests {
                 "fds_events_consumed_total"
                     | "fds_rule_fired_total"
                     | "fds_state_checkpoints_total"
+                    | "fds_state_local_copies_total"
                     | "fds_state_restores_total"
             );
             assert_eq!(text.contains(&format!("# TYPE {name} ")), expected, "{name}:\n{text}");
@@ -505,6 +525,7 @@ mod tests {
         m.events_consumed.with_label_values(&["transfers"]).inc();
         m.rules_fired.with_label_values(&["NEW_PAYEE", "false"]).inc();
         m.state_checkpoints.with_label_values(&["written"]).inc();
+        m.state_local_copies.with_label_values(&["written"]).inc();
         m.state_restores.with_label_values(&["restored"]).inc();
         let text = m.encode();
         for name in ALL_NAMES {

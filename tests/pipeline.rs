@@ -363,11 +363,12 @@ fn a_graceful_restart_with_a_state_dir_keeps_the_state() {
     send_events(&p, &topics, first, 60_000);
     assert!(decisions.read_until(WAIT, |r| r.len() >= first.len()), "first half decided");
     assert_eq!(run.stop().unfinished, 0);
-    assert!(dir.path().join("state.snap").exists() && dir.path().join("state.offsets").exists());
+    assert!(dir.path().join("state.local").exists(), "the local copy is written at the stop");
 
     let run = Running::start_with(&brokers, "graceful", with_dir);
-    assert!(wait_for(WAIT, || run.engine.state().entities().0 > 0), "the state is restored at start");
-    assert_eq!(run.metrics.state_restores.with_label_values(&["restored"]).get(), 1);
+    let restored = || run.metrics.state_restores.with_label_values(&["local"]).get() == 1;
+    assert!(wait_for(WAIT, restored), "the state is restored at start: {}", run.metrics.encode());
+    assert!(run.engine.state().entities().0 > 0);
     assert!(run.metrics.state_restore_bytes.get() > 0);
     send_events(&p, &topics, second, 60_000);
     assert!(decisions.read_until(WAIT, |r| r.len() >= transfers.len()), "second half decided");

@@ -1,7 +1,9 @@
 //! State across `kill -9`: `fds run` checkpoints its state to the `state`
 //! changelog topic; killed mid-stream and started again, it restores the
 //! state, handles again the input after the checkpoint, and decides every
-//! transfer exactly as an engine that never stopped (the replay).
+//! transfer exactly as an engine that never stopped (the replay). Stopped
+//! gracefully with a state directory, it restarts from its local copy where
+//! the changelog has not moved since.
 
 mod support;
 
@@ -110,4 +112,118 @@ fn bad_changelog_records_are_refused_one_by_one_and_the_rest_restored() {
         r.metrics.lines().find_map(|l| l.strip_prefix(series.as_str())?.parse::<u64>().ok()).unwrap_or(0)
     };
     assert_eq!((refused("checksum"), refused("format"), refused("malformed")), (1, 1, 2), "{}", r.metrics);
+}
+
+/// The value of `series` (name and labels) in a /metrics page, 0 if absent.
+fn sample(metrics: &str, series: &str) -> u64 {
+    metrics.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok()).unwrap_or(0)
+}
+
+/// Three graceful runs over three backlogs, with a state directory. The
+/// second starts from the first's local copy (payees, devices and both
+/// partitions' accounts, none of it read from the changelog), and stops on a
+/// full disk: the copy is not replaced and the previous one stays as it was.
+/// The third finds that copy behind the changelog: it takes its payees and
+/// devices (the observations after it are read again) but restores the
+/// accounts from the changelog. Every transfer is decided as by one engine.
+#[test]
+fn a_graceful_restart_reads_the_local_copy_and_a_full_disk_leaves_the_previous_one() {
+    const WAIT: Duration = Duration::from_secs(120);
+    let topics = Topics::default();
+    let partitions = 2;
+    let broker = EmbeddedBroker::start(&topics, partitions).unwrap();
+    let brokers = broker.bootstrap_servers();
+    let events = stream_of(1000, 6);
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("state.local");
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        config.path(),
+        format!(
+            "[engine]\nuse_model = false\nstate_dir = {:?}\n[kafka]\ncommit_interval_ms = 100\n\
+             checkpoint_interval_ms = 50\n",
+            dir.path()
+        ),
+    )
+    .unwrap();
+    let p = producer(&brokers);
+    let mut decisions = Reader::new(&brokers, &topics.decisions);
+    let third = events.len() / 3;
+    // Each backlog is all there before its run starts: one order only.
+    let mut run = |backlog: std::ops::Range<usize>, before_stop: &dyn Fn()| -> String {
+        let upto = backlog.end;
+        send_events(&p, &topics, &events[backlog], 600_000);
+        rdkafka::producer::Producer::flush(&p, Duration::from_secs(30)).unwrap();
+        let listen = free_port();
+        let child = FdsRun::start_listening(&brokers, Some(config.path()), listen);
+        let n = transfer_ids(&events[..upto]).len();
+        assert!(decisions.read_until(WAIT, |r| all_decided(r, n)), "the backlog up to {upto} decided");
+        let metrics = http_get(listen, "/metrics").map(|(_, body)| body).unwrap_or_default();
+        before_stop();
+        assert!(child.terminate().success());
+        metrics
+    };
+    let restores = |m: &str, result: &str| sample(m, &format!("fds_state_restores_total{{result=\"{result}\"}}"));
+
+    run(0..third, &|| {});
+    let first_copy = std::fs::read(&copy).expect("the first run wrote a local copy");
+
+    // A full disk at the next stop: every write to the new copy fails with
+    // ENOSPC (`/dev/full`).
+    let tmp = dir.path().join("state.local.tmp");
+    let m = run(third..2 * third, &|| std::os::unix::fs::symlink("/dev/full", &tmp).unwrap());
+    assert_eq!(
+        (restores(&m, "local"), restores(&m, "restored")),
+        (2, 0),
+        "shared tables and accounts from the local copy, nothing from the changelog:\n{m}"
+    );
+    assert_eq!(std::fs::read(&copy).unwrap(), first_copy, "the previous copy is left as it was");
+    assert!(std::fs::symlink_metadata(&tmp).is_err(), "the failed copy was tried and removed");
+
+    let m = run(2 * third..events.len(), &|| {});
+    assert_eq!(
+        (restores(&m, "local"), restores(&m, "stale"), restores(&m, "restored")),
+        (1, partitions as u64, 1),
+        "payees and devices from the copy; each partition's accounts found stale, read from the changelog:\n{m}"
+    );
+    let differ = differ_from_replay(&events, partitions as u32, &decisions.records);
+    let of = transfer_ids(&events).len();
+    assert_eq!(differ, 0, "{differ} of {of} transfers decided otherwise than by an engine that never stopped");
+}
+
+/// A local copy written against one broker is not used against another
+/// that starts afresh (the embedded one does, every run): the observations
+/// it counted are not there, so nothing of it is taken, and no account
+/// comes back.
+#[test]
+fn a_local_copy_is_not_used_against_a_new_broker() {
+    const WAIT: Duration = Duration::from_secs(120);
+    let topics = Topics::default();
+    let dir = tempfile::tempdir().unwrap();
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        config.path(),
+        format!("[engine]\nuse_model = false\nstate_dir = {:?}\n[kafka]\ncheckpoint_interval_ms = 50\n", dir.path()),
+    )
+    .unwrap();
+    let events = stream_of(200, 2);
+    let first = EmbeddedBroker::start(&topics, 1).unwrap();
+    let brokers = first.bootstrap_servers();
+    send_events(&producer(&brokers), &topics, &events, 600_000);
+    let mut decisions = Reader::new(&brokers, &topics.decisions);
+    let child = FdsRun::start(&brokers, Some(config.path()));
+    assert!(decisions.read_until(WAIT, |r| all_decided(r, transfer_ids(&events).len())));
+    assert!(child.terminate().success());
+    assert!(dir.path().join("state.local").exists());
+    drop(first);
+
+    let second = EmbeddedBroker::start(&topics, 1).unwrap();
+    let listen = free_port();
+    let child = FdsRun::start_listening(&second.bootstrap_servers(), Some(config.path()), listen);
+    assert!(wait_for(WAIT, || http_get(listen, "/readyz").is_some_and(|(code, _)| code == 200)));
+    let m = http_get(listen, "/metrics").map(|(_, body)| body).unwrap_or_default();
+    assert_eq!(sample(&m, "fds_state_restores_total{result=\"stale\"}"), 1, "{m}");
+    assert_eq!(sample(&m, "fds_state_restores_total{result=\"local\"}"), 0, "{m}");
+    assert_eq!(sample(&m, "fds_state_entities{kind=\"account\"}"), 0, "{m}");
+    assert!(child.terminate().success());
 }

@@ -458,11 +458,21 @@ pub fn kill_tamper_restart(
     let metrics = http_get(listen, "/metrics").map(|(_, body)| body).unwrap_or_default();
     assert!(child.terminate().success());
 
+    let differ = differ_from_replay(&events, partitions as u32, &decisions.records);
+    let again = decisions.records.iter().filter(|r| r.header("fds-redelivered") == Some("true")).count();
+    Restarted { differ, of: ids.len(), again, metrics }
+}
+
+/// How many transfers of `events` were first answered (in `records`, the
+/// decisions topic) otherwise than by one engine fed the events in the
+/// canonical order over `partitions` partitions (`fds replay`); every
+/// answer for a transfer must be the first one, byte for byte.
+pub fn differ_from_replay(events: &[Event], partitions: u32, records: &[Record]) -> usize {
     let engine = Engine::with_rules(RuleSet::load_dir(std::path::Path::new("rules")).unwrap());
     let numbered = events.iter().cloned().enumerate().map(|(i, e)| Ok::<_, ()>((i as u64, e)));
-    let live = decisions_by_id(&decisions.records);
+    let live = decisions_by_id(records);
     let mut differ = 0;
-    for e in in_order(numbered, partitions as u32) {
+    for e in in_order(numbered, partitions) {
         let Some(scored) = engine.process(&e.unwrap().1).unwrap() else { continue };
         let expected: serde_json::Value = serde_json::from_str(&scored.decision.to_json()).unwrap();
         let given = &live[&scored.decision.bank_tran_id];
@@ -481,6 +491,5 @@ pub fn kill_tamper_restart(
             }
         }
     }
-    let again = decisions.records.iter().filter(|r| r.header("fds-redelivered") == Some("true")).count();
-    Restarted { differ, of: ids.len(), again, metrics }
+    differ
 }

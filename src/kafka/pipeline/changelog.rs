@@ -189,6 +189,8 @@ pub(super) struct Changelog {
     interval: Duration,
     last: Instant,
     next_id: u64,
+    /// The last checkpoint that completed (0: none yet).
+    completed: u64,
     open: Option<Open>,
     records: Vec<EntityRecord>,
     key: Vec<u8>,
@@ -265,6 +267,7 @@ impl Changelog {
             interval,
             last: Instant::now(),
             next_id,
+            completed: 0,
             open: None,
             records: Vec::new(),
             key: Vec::new(),
@@ -374,6 +377,7 @@ impl Changelog {
                 ms = open.started.elapsed().as_millis() as u64,
                 "state checkpoint complete"
             );
+            self.completed = open.id;
             self.open = None;
             self.last = Instant::now();
             return;
@@ -457,8 +461,10 @@ impl Changelog {
         self.next_id = self.next_id.max(id + 1);
     }
 
-    /// Wait (up to `timeout`) for the open checkpoint to complete, as at a
-    /// graceful stop after the last decisions are acknowledged.
+    /// Wait (up to `timeout`) for the open checkpoint to complete, then
+    /// write one of everything since, as at a graceful stop after the last
+    /// decisions are acknowledged. Returns whether that last one completed.
+    #[allow(clippy::too_many_arguments)] // tick's arguments and a deadline
     pub(super) fn finish(
         &mut self,
         engine: &Engine,
@@ -467,32 +473,46 @@ impl Changelog {
         tracker: &OffsetTracker,
         metrics: &Metrics,
         timeout: Duration,
-    ) {
+    ) -> bool {
         let deadline = Instant::now() + timeout;
-        // The open checkpoint, then one of everything since it began.
-        let mut last_begun = false;
+        let mut last_begun = None;
         loop {
             if self.open.is_none() {
-                if last_begun {
-                    return;
+                if let Some(id) = last_begun {
+                    return self.completed == id;
                 }
                 if shared.owned().next().is_none() {
-                    return;
+                    return false;
                 }
+                last_begun = Some(self.next_id);
                 self.begin(engine, positions, shared);
-                last_begun = true;
             }
             if Instant::now() > deadline {
                 tracing::warn!(
                     "the last state checkpoint did not complete; the next start replays from the one before"
                 );
-                return;
+                return false;
             }
             if self.open.as_ref().is_some_and(|o| o.handed) {
                 let _ = self.producer.flush(Duration::from_millis(50));
             }
             self.tick(engine, positions, shared, tracker, metrics);
         }
+    }
+
+    /// This process as a writer (see [`Marker::writer`]).
+    pub(super) fn writer(&self) -> u64 {
+        self.writer
+    }
+
+    /// The number of the last checkpoint begun.
+    pub(super) fn last_id(&self) -> u64 {
+        self.next_id.saturating_sub(1)
+    }
+
+    /// Partitions of `state`.
+    pub(super) fn partitions(&self) -> u32 {
+        self.partitions
     }
 }
 

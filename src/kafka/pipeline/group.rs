@@ -64,6 +64,10 @@ pub(super) struct GroupContext {
     /// Restores done in the rebalance callback, for the scoring thread to
     /// take up (positions, checkpoint numbers).
     pub(super) restored: Mutex<Vec<Restored>>,
+    /// What the local copy restored at start covers, until the first
+    /// assignment decides which of its partitions' accounts stand (see
+    /// `local::keep_accounts`).
+    pub(super) local: Mutex<Option<local::ChangelogCover>>,
 }
 
 impl GroupContext {
@@ -178,11 +182,24 @@ impl ConsumerContext for GroupContext {
             // are read again from the checkpoint's positions.
             let assigned: Vec<i32> =
                 tpl.elements_for_topic(&self.topics.transfers).iter().map(|e| e.partition()).collect();
+            let assigned_now = assigned.len();
             let mut held = self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let new: Vec<i32> = assigned.iter().copied().filter(|p| !held.contains(p)).collect();
             *held = assigned;
             drop(held);
-            let restored = if self.options.checkpoint_interval.is_some() && !new.is_empty() {
+            // After a start from the local copy, the first partitions assigned
+            // keep its accounts where their changelog has not moved since.
+            let local = if assigned_now > 0 {
+                self.local.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take()
+            } else {
+                None
+            };
+            let kept = match &local {
+                Some(cover) => local::keep_accounts(cover, &new, &self.engine, &self.options, &self.metrics),
+                None => Vec::new(),
+            };
+            let new: Vec<i32> = new.into_iter().filter(|p| !kept.contains(p)).collect();
+            let mut restored = if self.options.checkpoint_interval.is_some() && !new.is_empty() {
                 restore_accounts(
                     &new,
                     self.groups,
@@ -195,6 +212,9 @@ impl ConsumerContext for GroupContext {
             } else {
                 Restored { partitions: new, ..Restored::default() }
             };
+            if let Some(cover) = &local {
+                restored.absorb(cover.restored(&kept));
+            }
             let rewind = restored.positions();
             self.restored.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(restored);
             let starts = start_offsets(consumer, tpl, &self.topics, &rewind);

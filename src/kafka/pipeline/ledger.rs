@@ -158,6 +158,16 @@ impl Counted {
 /// Per transfers partition, its [`Counted`] offsets.
 pub(super) type CountedBy = HashMap<i32, Counted>;
 
+/// Per transfers partition, offset ranges `[from, to)`, sorted by partition:
+/// a [`CountedBy`] as markers and local copies write it.
+pub(super) type Ranges = Vec<(i32, Vec<(i64, i64)>)>;
+
+fn ranges_of(by: &CountedBy) -> Ranges {
+    let mut v: Ranges = by.iter().map(|(p, c)| (*p, c.ranges().to_vec())).collect();
+    v.sort_unstable();
+    v
+}
+
 /// The bookkeeping of [`super::SharedTables`] (see the module docs).
 #[derive(Debug, Default)]
 pub(super) struct Ledger {
@@ -285,6 +295,13 @@ impl Ledger {
                 (p, held.ranges().to_vec())
             })
             .collect()
+    }
+
+    /// What is counted, and per group the floors not yet retired.
+    pub(super) fn parts(&self) -> (Ranges, Vec<(i32, Ranges)>) {
+        let mut floors: Vec<(i32, Ranges)> = self.floors.iter().map(|(g, f)| (*g, ranges_of(f))).collect();
+        floors.sort_unstable();
+        (ranges_of(&self.counted), floors)
     }
 
     /// Drop the restore's floors once everything they hold is counted here

@@ -42,7 +42,8 @@
 //!   and in).
 //! - `changelog`: checkpoints of the state to the `state` topic; `restore`:
 //!   reading them back (shared tables at start, a partition's accounts when
-//!   it is assigned); `checkpoint`: the local snapshot of a graceful stop.
+//!   it is assigned); `local`: the local copy of a graceful stop, which a
+//!   restart on the same machine reads instead of the changelog.
 //! - `health`: the broker health thread.
 //!
 //! ## Delivery semantics
@@ -129,11 +130,11 @@ use crate::rules::RuleSet;
 use crate::state::{Observation, SharedCount};
 
 mod changelog;
-mod checkpoint;
 mod clients;
 mod group;
 mod health;
 mod ledger;
+mod local;
 mod memory;
 mod merge;
 mod offsets;
@@ -284,23 +285,38 @@ pub fn run(
         }
     }
 
-    // The state first: the shared payee and device tables restored from the
-    // changelog before anything is consumed (each partition's accounts follow
-    // when it is assigned); without a changelog, everything from a local
-    // checkpoint.
+    // The state first: the shared payee and device tables restored before
+    // anything is consumed (each partition's accounts follow when it is
+    // assigned), from the local copy where it still matches, else from the
+    // changelog; without a changelog, everything from the local copy.
     let groups = partition_count_shared(&opts, &stop)?;
     let mut positions = Positions::new();
     let mut changelog = None;
     let mut start = SharedStart::default();
+    let mut local_accounts = None;
     if let Some(interval) = opts.checkpoint_interval {
-        let restored = restore_shared(&engine, &opts, &metrics, &health, &stop);
-        start = restored.shared_start(groups);
+        let copy = opts
+            .state_dir
+            .as_deref()
+            .and_then(|dir| local::restore_shared(dir, &engine, &opts, &metrics, &health, groups));
+        let last_id = match &copy {
+            Some(cover) => {
+                start = cover.shared_start();
+                cover.last_id
+            }
+            None => {
+                let restored = restore_shared(&engine, &opts, &metrics, &health, &stop);
+                start = restored.shared_start(groups);
+                restored.last_id()
+            }
+        };
+        local_accounts = copy;
         engine.state().track_changes();
         let mut c = Changelog::new(&opts, interval, groups)?;
-        c.continue_after(restored.last_id());
+        c.continue_after(last_id);
         changelog = Some(c);
     } else if let Some(dir) = &opts.state_dir {
-        positions = restore_checkpoint(dir, &engine, &opts, &metrics);
+        positions = local::restore_offsets(dir, &engine, &opts, &metrics);
         start.counted = positions
             .iter()
             .filter(|((feed, _), _)| *feed == Feed::Transfers)
@@ -328,6 +344,7 @@ pub fn run(
         groups,
         held: Mutex::new(Vec::new()),
         restored: Mutex::new(Vec::new()),
+        local: Mutex::new(local_accounts),
     };
     let consumer: BaseConsumer<GroupContext> = opts
         .connection
@@ -545,9 +562,12 @@ pub fn run(
     }
     if let (Some(c), None, 0) = (&mut changelog, &failure, scorer.summary.unfinished) {
         let tracker = &consumer.context().book().tracker;
-        c.finish(&engine, &scorer.positions, &scorer.shared, tracker, &metrics, opts.shutdown_timeout);
+        let complete = c.finish(&engine, &scorer.positions, &scorer.shared, tracker, &metrics, opts.shutdown_timeout);
+        if let Some(dir) = &opts.state_dir {
+            local::write_changelog_copy(dir, complete, &engine, c, &scorer.positions, &scorer.shared, &opts, &metrics);
+        }
     } else if let (Some(dir), None, 0) = (&opts.state_dir, &failure, scorer.summary.unfinished) {
-        write_checkpoint(dir, &engine, &consumer, &inputs, &metrics);
+        local::write_offsets_copy(dir, &engine, &consumer, &inputs, &opts, &metrics);
     }
     consumer.unsubscribe();
     let summary = scorer.summary.clone();
@@ -571,98 +591,4 @@ fn feed_of(topics: &Topics, topic: &str) -> Feed {
     } else {
         Feed::Labels
     }
-}
-
-/// Restore the state from the checkpoint in `dir` when it covers exactly the
-/// group's committed offsets; otherwise say why and start empty. Returns the
-/// input positions the restored state covers.
-fn restore_checkpoint(dir: &std::path::Path, engine: &Engine, opts: &PipelineOptions, metrics: &Metrics) -> Positions {
-    let started = Instant::now();
-    let consumer: Result<BaseConsumer<Quiet>, _> = opts
-        .connection
-        .client_config(&[("group.id", &opts.group_id), ("enable.auto.commit", "false")])
-        .create_with_context(Quiet("checkpoint offsets"));
-    let inputs = [opts.topics.transfers.as_str(), opts.topics.context_events.as_str()];
-    let committed =
-        consumer.map_err(|e| e.to_string()).and_then(|c| checkpoint::committed(&c, &inputs).map_err(|e| e.to_string()));
-    let committed = match committed {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::warn!(dir = %dir.display(), error = %e, "cannot read the committed offsets; starting with empty state");
-            metrics.state_restores.with_label_values(&["refused"]).inc();
-            return Positions::new();
-        }
-    };
-    let result = checkpoint::restore(dir, engine, &committed.offsets);
-    let outcome = match &result {
-        Ok(_) => "restored",
-        Err(checkpoint::Skip::Missing(_)) => "empty",
-        Err(checkpoint::Skip::Stale { .. }) => "stale",
-        Err(checkpoint::Skip::Unreadable { .. }) => "refused",
-    };
-    metrics.state_restores.with_label_values(&[outcome]).inc();
-    if let Ok(stats) = &result {
-        metrics.state_restore_seconds.set(started.elapsed().as_secs_f64());
-        metrics.state_restore_bytes.set(i64::try_from(stats.bytes).unwrap_or(i64::MAX));
-    }
-    match result {
-        Ok(stats) => {
-            log_snapshot("state restored from the checkpoint", dir, &stats, started);
-            return committed
-                .offsets
-                .iter()
-                .map(|((topic, partition), &next)| ((feed_of(&opts.topics, topic), *partition), next))
-                .collect();
-        }
-        Err(why @ checkpoint::Skip::Missing(_)) => tracing::info!("starting with empty state: {why}"),
-        Err(why) => tracing::warn!("starting with empty state: {why}"),
-    }
-    Positions::new()
-}
-
-/// After the final commit: checkpoint the state with the offsets it covers,
-/// when this instance holds every input partition (otherwise its state is
-/// only part of the accounts, and the next owner could not tell which).
-fn write_checkpoint(
-    dir: &std::path::Path,
-    engine: &Engine,
-    consumer: &BaseConsumer<GroupContext>,
-    inputs: &[&str],
-    metrics: &Metrics,
-) {
-    let count = |result: &str| metrics.state_checkpoints.with_label_values(&[result]).inc();
-    let all = match checkpoint::committed(consumer, inputs) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::warn!(error = %e, "no checkpoint written: cannot read the committed offsets");
-            count("failed");
-            return;
-        }
-    };
-    let owned = consumer.assignment().map(|a| a.count()).unwrap_or(0);
-    if owned < all.partitions {
-        let partitions = all.partitions;
-        tracing::info!(owned, partitions, "no checkpoint written: this instance holds only some input partitions");
-        count("skipped");
-        return;
-    }
-    let started = Instant::now();
-    let result = checkpoint::write(dir, engine, &all.offsets);
-    count(if result.is_ok() { "written" } else { "failed" });
-    match result {
-        Ok(stats) => log_snapshot("state checkpointed", dir, &stats, started),
-        Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "no checkpoint written"),
-    }
-}
-
-fn log_snapshot(what: &str, dir: &std::path::Path, stats: &crate::state::SnapshotStats, started: Instant) {
-    tracing::info!(
-        dir = %dir.display(),
-        accounts = stats.accounts,
-        payees = stats.payees,
-        devices = stats.devices,
-        bytes = stats.bytes,
-        ms = started.elapsed().as_millis() as u64,
-        "{what}"
-    );
 }

@@ -72,6 +72,17 @@ impl Restored {
         start
     }
 
+    /// Take in another restore's partitions (accounts from the local copy
+    /// beside those read from the changelog).
+    pub(super) fn absorb(&mut self, other: Restored) {
+        self.partitions.extend(other.partitions);
+        self.markers.extend(other.markers);
+        self.entities += other.entities;
+        self.bytes += other.bytes;
+        self.refused += other.refused;
+        self.highest = self.highest.max(other.highest);
+    }
+
     /// The input positions the restored accounts cover.
     pub(super) fn positions(&self) -> Positions {
         self.markers.values().flat_map(positions_of).collect()

@@ -40,7 +40,7 @@
 
 use std::collections::BTreeSet;
 
-use super::ledger::{CountedBy, Ledger};
+use super::ledger::{CountedBy, Ledger, Ranges};
 use super::*;
 use crate::event::Transfer;
 
@@ -181,6 +181,12 @@ impl SharedTables {
     /// `group` hold here.
     pub(super) fn counted_in(&self, group: i32) -> Vec<(i32, Vec<(i64, i64)>)> {
         self.ledger.counted_in(group)
+    }
+
+    /// The ledger as a local copy keeps it: what is counted, and the floors
+    /// not yet retired (see `ledger`).
+    pub(super) fn ledger_parts(&self) -> (Ranges, Vec<(i32, Ranges)>) {
+        self.ledger.parts()
     }
 
     /// Per `observations` partition, the next offset this reader takes.
