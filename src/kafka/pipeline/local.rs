@@ -65,6 +65,9 @@ use crate::state::SnapshotStats;
 /// The copy, in the state directory.
 const FILE: &str = "state.local";
 
+/// How long a read of a partition's message at an offset may take.
+const FINGERPRINT_WAIT: Duration = Duration::from_secs(10);
+
 /// The header line's first word.
 const MAGIC: &str = "FDSLOCAL";
 
@@ -149,15 +152,18 @@ pub(super) enum Skip {
     Unreadable { path: PathBuf, reason: String },
     #[error("the local copy no longer matches: {0}")]
     Stale(String),
+    #[error("the local copy could not be checked against the brokers: {0}")]
+    Unchecked(String),
 }
 
 impl Skip {
-    /// `fds_state_restores_total`'s `result`.
-    pub(super) fn result(&self) -> &'static str {
+    /// `fds_state_restores_total`'s `result` (`None`: not counted; no copy
+    /// is not a restore).
+    pub(super) fn result(&self) -> Option<&'static str> {
         match self {
-            Skip::Missing(_) => "empty",
-            Skip::Unreadable { .. } => "refused",
-            Skip::Stale(_) => "stale",
+            Skip::Missing(_) => None,
+            Skip::Unreadable { .. } | Skip::Unchecked(_) => Some("refused"),
+            Skip::Stale(_) => Some("stale"),
         }
     }
 }
@@ -314,39 +320,62 @@ pub(super) fn seen<C: ConsumerContext>(
 }
 
 /// Whether each partition in `expected` of `topic` still holds, just before
-/// `next`, the message it held: `Err` naming the first that does not.
-/// `at_end`: the partition must also still end there.
-pub(super) fn still<C: ConsumerContext>(
+/// `next`, the message it held (`at_end`: and still ends there), each
+/// partition's verdict on its own. `Err` when the brokers cannot tell.
+pub(super) fn check_each<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
     topic: &str,
     expected: &[(i32, Seen)],
     at_end: bool,
-) -> Result<(), String> {
+) -> Result<HashMap<i32, Result<(), String>>, String> {
+    let mut verdicts = HashMap::new();
     let mut wanted = Vec::new();
     for &(p, seen) in expected {
         let (low, high) = consumer
             .fetch_watermarks(topic, p, Duration::from_secs(10))
             .map_err(|e| format!("{topic}/{p}: no watermarks: {e}"))?;
-        if at_end && high != seen.next {
-            return Err(format!("{topic}/{p} ends at {high}, not {} as then: written since", seen.next));
-        }
-        if high < seen.next {
-            return Err(format!("{topic}/{p} ends at {high}, before {} (a new topic or broker)", seen.next));
-        }
-        if seen.next > 0 && low > seen.next - 1 {
-            return Err(format!("{topic}/{p} starts at {low}: messages not yet counted are gone"));
-        }
-        if seen.next > 0 {
-            wanted.push((p, seen.next - 1));
-        }
+        let verdict = if at_end && high != seen.next {
+            Err(format!("{topic}/{p} ends at {high}, not {} as then: written since", seen.next))
+        } else if high < seen.next {
+            Err(format!("{topic}/{p} ends at {high}, before {} (a new topic or broker)", seen.next))
+        } else if low > seen.next || (seen.last.is_some() && low > seen.next - 1) {
+            Err(format!("{topic}/{p} starts at {low}: messages not yet counted are gone"))
+        } else {
+            // Without a message before `next` (nothing was, or retention had
+            // taken it), the bounds are all there is to check.
+            if seen.last.is_some() {
+                wanted.push((p, seen.next - 1));
+            }
+            Ok(())
+        };
+        verdicts.insert(p, verdict);
     }
     let prints = fingerprints(consumer, topic, &wanted)?;
     for &(p, seen) in expected {
-        if seen.next > 0 && prints.get(&p).copied() != seen.last {
-            return Err(format!("{topic}/{p} holds another message at {} (a new topic or broker)", seen.next - 1));
+        if seen.last.is_some() && verdicts[&p].is_ok() && prints.get(&p).copied() != seen.last {
+            let why = format!("{topic}/{p} holds another message at {} (a new topic or broker)", seen.next - 1);
+            verdicts.insert(p, Err(why));
         }
     }
-    Ok(())
+    Ok(verdicts)
+}
+
+/// [`check_each`], all or nothing: `Err` names the first partition that
+/// no longer matches.
+fn still<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    expected: &[(i32, Seen)],
+    at_end: bool,
+) -> Result<(), Skip> {
+    let verdicts = check_each(consumer, topic, expected, at_end).map_err(Skip::Unchecked)?;
+    let mut failed: Vec<(i32, String)> =
+        verdicts.into_iter().filter_map(|(p, v)| v.err().map(|why| (p, why))).collect();
+    failed.sort();
+    match failed.into_iter().next() {
+        Some((_, why)) => Err(Skip::Stale(why)),
+        None => Ok(()),
+    }
 }
 
 /// A fingerprint of the message at each (partition, offset) of `topic`
@@ -366,7 +395,10 @@ fn fingerprints<C: ConsumerContext>(
     }
     consumer.assign(&tpl).map_err(|e| format!("{topic}: cannot read: {e}"))?;
     let mut left: HashMap<i32, i64> = wanted.iter().copied().collect();
-    let deadline = Instant::now() + Duration::from_secs(30);
+    // Short: a broker that never delivers the offset asked for (tansu 0.6's
+    // memory storage, for an offset inside a batch) should not hold up a
+    // stop or a start for long.
+    let deadline = Instant::now() + FINGERPRINT_WAIT;
     while !left.is_empty() && Instant::now() < deadline {
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
@@ -390,7 +422,7 @@ fn fingerprints<C: ConsumerContext>(
     if left.is_empty() {
         Ok(out)
     } else {
-        Err(format!("{topic}: the messages at {left:?} did not arrive within 30 s"))
+        Err(format!("{topic}: the messages at {left:?} did not arrive within {FINGERPRINT_WAIT:?}"))
     }
 }
 
@@ -458,10 +490,20 @@ pub(super) fn restore_shared(
                 manifest.group, cover.state_topic, cover.groups, opts.group_id, opts.topics.state
             )));
         }
+        // Every observations partition (as many as `state`'s), or a copy
+        // could stand for a topic it never read.
+        let mut observed: Vec<i32> = cover.observed.iter().map(|(p, _)| *p).collect();
+        observed.sort_unstable();
+        if observed != (0..groups as i32).collect::<Vec<_>>() {
+            return Err(Skip::Stale(format!(
+                "it knows where {} of the {groups} observations partitions were read to",
+                observed.len()
+            )));
+        }
         {
-            let reader = reader(opts, "state-restore", "local copy check", &[])
-                .map_err(|e| Skip::Stale(format!("cannot check it against the brokers: {e}")))?;
-            still(&reader, &opts.topics.observations, &cover.observed, false).map_err(Skip::Stale)?;
+            let reader =
+                reader(opts, "state-restore", "local copy check", &[]).map_err(|e| Skip::Unchecked(e.to_string()))?;
+            still(&reader, &opts.topics.observations, &cover.observed, false)?;
         }
         let stats = load(dir, engine, snapshot)?;
         // Accounts of partitions it does not speak for (held once, given up
@@ -502,27 +544,37 @@ pub(super) fn keep_accounts(
     opts: &PipelineOptions,
     metrics: &Metrics,
 ) -> Vec<i32> {
+    let candidates: Vec<(i32, Seen)> =
+        cover.partitions.iter().filter(|c| new.contains(&c.partition)).map(|c| (c.partition, c.state)).collect();
+    // One check of them all: this runs in the rebalance callback.
+    let verdicts = reader(opts, "state-restore", "local copy check", &[])
+        .map_err(|e| e.to_string())
+        .and_then(|r| check_each(&r, &cover.state_topic, &candidates, true));
     let mut kept = Vec::new();
-    let reader = match reader(opts, "state-restore", "local copy check", &[]) {
-        Ok(r) => Some(r),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot check the local copy's accounts; restoring them from the changelog");
-            None
-        }
-    };
-    for c in cover.partitions.iter().filter(|c| new.contains(&c.partition)) {
-        let Some(reader) = &reader else { break };
-        match still(reader, &cover.state_topic, &[(c.partition, c.state)], true) {
-            Ok(()) => kept.push(c.partition),
-            Err(why) => {
+    match verdicts {
+        Ok(verdicts) => {
+            let mut stale = Vec::new();
+            for (p, verdict) in verdicts {
+                match verdict {
+                    Ok(()) => kept.push(p),
+                    Err(why) => stale.push(why),
+                }
+            }
+            if !stale.is_empty() {
                 metrics.state_restores.with_label_values(&["stale"]).inc();
                 tracing::info!(
-                    partition = c.partition,
-                    "the local copy's accounts are stale ({why}); restoring them from the changelog"
+                    "the local copy's accounts of {} partitions are stale ({}); restoring them from the changelog",
+                    stale.len(),
+                    stale.join("; ")
                 );
             }
         }
+        Err(e) => {
+            metrics.state_restores.with_label_values(&["refused"]).inc();
+            tracing::warn!(error = %e, "cannot check the local copy's accounts; restoring them from the changelog");
+        }
     }
+    kept.sort_unstable();
     let groups = cover.groups;
     let dropped = engine.state().forget_accounts(|key| !kept.contains(&partition_for(key.as_bytes(), groups)));
     if !kept.is_empty() {
@@ -547,13 +599,17 @@ pub(super) fn write_changelog_copy(
     metrics: &Metrics,
 ) {
     let count = |result: &str| metrics.state_local_copies.with_label_values(&[result]).inc();
-    if !complete {
+    if !complete && shared.owned().next().is_some() {
         tracing::info!(dir = %dir.display(), "no local copy written: the last checkpoint did not complete");
         return count("skipped");
     }
     let started = Instant::now();
     let mut owned: Vec<i32> = shared.owned().collect();
     owned.sort_unstable();
+    if owned.is_empty() {
+        tracing::info!(dir = %dir.display(), "no local copy written: this instance holds no partition");
+        return count("skipped");
+    }
     let cover = (|| {
         let reader = reader(opts, "local-copy", "local copy", &[]).map_err(|e| e.to_string())?;
         let state = seen(&reader, &opts.topics.state, &owned)?;
@@ -655,9 +711,10 @@ pub(super) fn restore_offsets(dir: &Path, engine: &Engine, opts: &PipelineOption
                 .connection
                 .client_config(&[("group.id", &opts.group_id), ("enable.auto.commit", "false")])
                 .create_with_context(Quiet("local copy offsets"))
-                .map_err(|e| Skip::Stale(format!("cannot read the committed offsets: {e}")))?;
+                .map_err(|e| Skip::Unchecked(format!("cannot read the committed offsets: {e}")))?;
             let inputs = [opts.topics.transfers.as_str(), opts.topics.context_events.as_str()];
-            committed(&consumer, &inputs).map_err(|e| Skip::Stale(format!("cannot read the committed offsets: {e}")))?
+            committed(&consumer, &inputs)
+                .map_err(|e| Skip::Unchecked(format!("cannot read the committed offsets: {e}")))?
         };
         offsets_match(covered, &committed.offsets)?;
         let stats = load(dir, engine, snapshot)?;
@@ -683,7 +740,9 @@ pub(super) fn restore_offsets(dir: &Path, engine: &Engine, opts: &PipelineOption
 
 /// Log and count a copy not used.
 fn skipped(metrics: &Metrics, skip: &Skip, instead: &str) {
-    metrics.state_restores.with_label_values(&[skip.result()]).inc();
+    if let Some(result) = skip.result() {
+        metrics.state_restores.with_label_values(&[result]).inc();
+    }
     match skip {
         Skip::Missing(_) => tracing::info!("{skip}; {instead}"),
         _ => tracing::warn!("{skip}; {instead}"),

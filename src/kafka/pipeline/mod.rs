@@ -561,8 +561,19 @@ pub fn run(
         }
     }
     if let (Some(c), None, 0) = (&mut changelog, &failure, scorer.summary.unfinished) {
-        let tracker = &consumer.context().book().tracker;
-        let complete = c.finish(&engine, &scorer.positions, &scorer.shared, tracker, &metrics, opts.shutdown_timeout);
+        let complete = {
+            // The book's lock is let go before the revocation below takes it.
+            let book = consumer.context().book();
+            c.finish(&engine, &scorer.positions, &scorer.shared, &book.tracker, &metrics, opts.shutdown_timeout)
+        };
+        // The partitions go to the others first (the revocation is served
+        // inside `poll`): the copy takes seconds at a million accounts, and
+        // needs no partition.
+        consumer.unsubscribe();
+        let until = Instant::now() + Duration::from_secs(1);
+        while consumer.context().assigned.load(Ordering::Relaxed) != NOT_ASSIGNED && Instant::now() < until {
+            let _ = consumer.poll(Duration::from_millis(50));
+        }
         if let Some(dir) = &opts.state_dir {
             local::write_changelog_copy(dir, complete, &engine, c, &scorer.positions, &scorer.shared, &opts, &metrics);
         }

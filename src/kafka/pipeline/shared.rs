@@ -67,6 +67,9 @@ pub(super) struct SharedTables {
     topic: String,
     /// What is counted here (see `ledger`).
     ledger: Ledger,
+    /// Per `observations` partition, the offset reading started at: its
+    /// position until a message is read (librdkafka reports none before).
+    started_at: HashMap<i32, i64>,
     /// Observations not yet handed to the producer, per partition, in
     /// batches of at most [`BATCH_MAX`].
     batches: HashMap<i32, VecDeque<Batch>>,
@@ -134,15 +137,20 @@ impl SharedTables {
             reader(opts, "observations", "observations reader", &latency).map_err(client("observations reader"))?;
         let topic = opts.topics.observations.clone();
         let assigned = assign_all(&reader, &topic, |low, _| low, stop, READ_BACK_LIMIT);
+        let mut started_at = HashMap::new();
         match assigned {
             None => {
                 tracing::error!(%topic, "cannot read the other instances' observations; payees and devices will only know this instance's transfers")
             }
             Some(partitions) => {
                 for (p, low, _) in partitions {
+                    started_at.insert(p, low);
                     if let Some(&from) = start.read_from.get(&p).filter(|&&from| from > low) {
-                        if let Err(e) = reader.seek(&topic, p, Offset::Offset(from), Duration::from_secs(10)) {
-                            tracing::warn!(%topic, partition = p, error = %e, "cannot start at the checkpoint's position; reading from the beginning");
+                        match reader.seek(&topic, p, Offset::Offset(from), Duration::from_secs(10)) {
+                            Ok(()) => drop(started_at.insert(p, from)),
+                            Err(e) => {
+                                tracing::warn!(%topic, partition = p, error = %e, "cannot start at the checkpoint's position; reading from the beginning")
+                            }
                         }
                     }
                 }
@@ -154,6 +162,7 @@ impl SharedTables {
             reader,
             topic,
             ledger: Ledger::new(start.counted, start.floors, groups),
+            started_at,
             batches: HashMap::new(),
             next_batch: 0,
             in_flight,
@@ -189,19 +198,20 @@ impl SharedTables {
         self.ledger.parts()
     }
 
-    /// Per `observations` partition, the next offset this reader takes.
+    /// Per `observations` partition, the next offset this reader takes
+    /// (where it started, for a partition nothing was read from yet; every
+    /// partition assigned is in).
     pub(super) fn read_positions(&self) -> Vec<(i32, i64)> {
-        let mut v: Vec<(i32, i64)> = match self.reader.position() {
-            Ok(tpl) => tpl
-                .elements_for_topic(&self.topic)
-                .iter()
-                .filter_map(|e| match e.offset() {
-                    Offset::Offset(o) => Some((e.partition(), o)),
-                    _ => None,
-                })
-                .collect(),
-            Err(_) => Vec::new(),
-        };
+        let mut read: HashMap<i32, i64> = HashMap::new();
+        if let Ok(tpl) = self.reader.position() {
+            for e in tpl.elements_for_topic(&self.topic) {
+                if let Offset::Offset(o) = e.offset() {
+                    read.insert(e.partition(), o);
+                }
+            }
+        }
+        let mut v: Vec<(i32, i64)> =
+            self.started_at.iter().map(|(&p, &from)| (p, read.get(&p).copied().unwrap_or(from).max(from))).collect();
         v.sort_unstable();
         v
     }
