@@ -209,10 +209,14 @@ fn a_local_copy_is_not_used_against_a_new_broker() {
     let events = stream_of(200, 2);
     let first = EmbeddedBroker::start(&topics, 1).unwrap();
     let brokers = first.bootstrap_servers();
-    send_events(&producer(&brokers), &topics, &events, 600_000);
+    let p = producer(&brokers);
+    send_events(&p, &topics, &events, 600_000);
+    // Dropped unflushed, a producer purges what it has not sent yet.
+    rdkafka::producer::Producer::flush(&p, Duration::from_secs(30)).unwrap();
     let mut decisions = Reader::new(&brokers, &topics.decisions);
     let child = FdsRun::start(&brokers, Some(config.path()));
-    assert!(decisions.read_until(WAIT, |r| all_decided(r, transfer_ids(&events).len())));
+    let n = transfer_ids(&events).len();
+    assert!(decisions.read_until(WAIT, |r| all_decided(r, n)), "the stream decided");
     assert!(child.terminate().success());
     assert!(dir.path().join("state.local").exists());
     drop(first);
