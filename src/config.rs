@@ -133,8 +133,9 @@ pub struct Config {
     pub state: StateConfig,
     /// The rule directory (`engine.rules_dir`), watched for edits.
     pub rules_dir: PathBuf,
-    /// Where `fds run` checkpoints its state on a graceful stop and restores
-    /// it from at start (`engine.state_dir`); `None`: in memory only.
+    /// Where `fds run` keeps a local copy of its state, written on a graceful
+    /// stop and read at start where it still matches (`engine.state_dir`);
+    /// `None`: no copy (with the changelog on, restores read the changelog).
     pub state_dir: Option<PathBuf>,
     /// Which model scores beside the rules (`[model]`).
     pub model: ModelConfig,

@@ -213,8 +213,9 @@ enum Command {
         /// Address of the operator endpoints [default: server.listen, else 127.0.0.1:9464].
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
-        /// Checkpoint the state here on a graceful stop and restore it at start
-        /// [default: the config's engine.state_dir, else memory only].
+        /// Keep a local copy of the state here, written on a graceful stop and
+        /// read at start where the changelog has not moved since
+        /// [default: the config's engine.state_dir, else none].
         #[arg(long, value_name = "DIR")]
         state_dir: Option<PathBuf>,
         #[command(flatten)]

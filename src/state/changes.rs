@@ -10,11 +10,11 @@
 //! Streams record cache does the same). An entity swept by [`State::expire`] is
 //! a change too: it is gone, and [`State::entity_record`] then says so.
 
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use compact_str::CompactString;
+use indexmap::IndexSet;
 
 use super::snapshot::{self, Cursor, KIND_ACCOUNT, KIND_DEVICE, KIND_PAYEE};
 #[cfg(test)]
@@ -35,12 +35,18 @@ pub(super) struct Tracker {
     sets: Mutex<Sets>,
 }
 
+/// A set of entities that also hands them out one by one in O(1): a
+/// checkpoint takes its next entities from the end. A `HashSet` iterated
+/// from its start each turn scanned the slots emptied by the turns before:
+/// 0.5-0.7 ms for 16 entities late in a 68,000-entity checkpoint.
+type Entities = IndexSet<Changed, ahash::RandomState>;
+
 #[derive(Default)]
 struct Sets {
     /// Changed since the last checkpoint began.
-    dirty: HashSet<Changed, ahash::RandomState>,
+    dirty: Entities,
     /// The open checkpoint's entities not yet encoded.
-    pending: HashSet<Changed, ahash::RandomState>,
+    pending: Entities,
     /// The open checkpoint's entities encoded on first touch, before the
     /// change that touched them.
     written: Vec<EntityRecord>,
@@ -86,7 +92,7 @@ impl State {
         }
         let changed = (kind, CompactString::from(key));
         let mut sets = self.changes.lock();
-        if self.changes.is_open() && sets.pending.remove(&changed) {
+        if self.changes.is_open() && sets.pending.swap_remove(&changed) {
             sets.dirty.insert(changed.clone());
             drop(sets);
             let record = self.encode(&changed);
@@ -128,16 +134,30 @@ impl State {
         n
     }
 
+    /// [`State::checkpoint_step`] by time: records are encoded a few at a
+    /// time until `until` has passed (at least a few, so a checkpoint always
+    /// moves on). The scoring thread calls it between messages, so a
+    /// checkpoint costs any one message a bounded wait, however large it is.
+    pub fn checkpoint_step_until(&self, until: std::time::Instant, out: &mut Vec<EntityRecord>) -> bool {
+        /// Entities encoded between two looks at the clock: most take a few
+        /// µs, a payee at its caps tens.
+        const CHUNK: usize = 4;
+        loop {
+            let done = self.checkpoint_step(CHUNK, out);
+            if done || std::time::Instant::now() >= until {
+                return done;
+            }
+        }
+    }
+
     /// Hand over the open checkpoint's records: those encoded on first
     /// touch, then up to `max` more. Returns whether it is all handed over.
     pub fn checkpoint_step(&self, max: usize, out: &mut Vec<EntityRecord>) -> bool {
         let (next, done) = {
             let mut sets = self.changes.lock();
             out.append(&mut sets.written);
-            let next: Vec<Changed> = sets.pending.iter().take(max).cloned().collect();
-            for c in &next {
-                sets.pending.remove(c);
-            }
+            let take = max.min(sets.pending.len());
+            let next: Vec<Changed> = (0..take).filter_map(|_| sets.pending.pop()).collect();
             (next, sets.pending.is_empty())
         };
         for changed in next {
@@ -336,6 +356,29 @@ mod tests {
 
     /// A checkpoint is written a little at a time while events go on, yet
     /// holds every entity as it was when it began.
+    #[test]
+    fn a_step_by_time_always_moves_and_ends_with_the_checkpoint() {
+        let a = State::new(StateConfig::default());
+        a.track_changes();
+        for i in 0..10 {
+            let t = build::transfer(&format!("T{i}")).account(&format!("A{i}")).payee("088", "1234").transfer();
+            let seen = a.observe_transfer(&t, &t.payee_key());
+            a.settle_transfer(&t, &seen, false);
+        }
+        // Ten accounts and a payee.
+        assert_eq!(a.begin_checkpoint(false), 11);
+        let mut records = Vec::new();
+        // A deadline already passed still takes a few: a checkpoint always
+        // moves on.
+        assert!(!a.checkpoint_step_until(std::time::Instant::now(), &mut records));
+        assert!(!records.is_empty() && records.len() < 11, "{}", records.len());
+        let later = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        assert!(a.checkpoint_step_until(later, &mut records), "the rest at once when time allows");
+        let keys: std::collections::HashSet<_> = records.iter().map(|(c, _)| c.clone()).collect();
+        assert_eq!((records.len(), keys.len()), (11, 11), "each entity once");
+        assert_eq!(a.begin_checkpoint(false), 0, "nothing changed since");
+    }
+
     #[test]
     fn a_checkpoint_written_in_steps_holds_the_state_of_its_start() {
         let a = State::new(StateConfig::default());
