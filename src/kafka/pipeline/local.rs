@@ -301,22 +301,32 @@ impl ChangelogCover {
     }
 }
 
-/// Where each of `partitions` of `topic` stands now ([`Seen`]).
+/// Where each of `partitions` of `topic` stands now: its end ([`Seen`]).
 pub(super) fn seen<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
     topic: &str,
     partitions: &[i32],
 ) -> Result<HashMap<i32, Seen>, String> {
-    let mut ends = HashMap::new();
+    let mut ends = Vec::new();
     for &p in partitions {
         let (_, high) = consumer
             .fetch_watermarks(topic, p, Duration::from_secs(10))
             .map_err(|e| format!("{topic}/{p}: no watermarks: {e}"))?;
-        ends.insert(p, high);
+        ends.push((p, high));
     }
-    let wanted: Vec<(i32, i64)> = ends.iter().filter(|(_, &h)| h > 0).map(|(&p, &h)| (p, h - 1)).collect();
+    seen_at(consumer, topic, &ends)
+}
+
+/// [`Seen`] of each (partition, next offset) of `topic`: the fingerprint of
+/// the message before `next`.
+fn seen_at<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    at: &[(i32, i64)],
+) -> Result<HashMap<i32, Seen>, String> {
+    let wanted: Vec<(i32, i64)> = at.iter().filter(|(_, next)| *next > 0).map(|&(p, next)| (p, next - 1)).collect();
     let prints = fingerprints(consumer, topic, &wanted)?;
-    Ok(ends.into_iter().map(|(p, next)| (p, Seen { next, last: prints.get(&p).copied() })).collect())
+    Ok(at.iter().map(|&(p, next)| (p, Seen { next, last: prints.get(&p).copied() })).collect())
 }
 
 /// Whether each partition in `expected` of `topic` still holds, just before
@@ -599,10 +609,6 @@ pub(super) fn write_changelog_copy(
     metrics: &Metrics,
 ) {
     let count = |result: &str| metrics.state_local_copies.with_label_values(&[result]).inc();
-    if !complete && shared.owned().next().is_some() {
-        tracing::info!(dir = %dir.display(), "no local copy written: the last checkpoint did not complete");
-        return count("skipped");
-    }
     let started = Instant::now();
     let mut owned: Vec<i32> = shared.owned().collect();
     owned.sort_unstable();
@@ -610,13 +616,16 @@ pub(super) fn write_changelog_copy(
         tracing::info!(dir = %dir.display(), "no local copy written: this instance holds no partition");
         return count("skipped");
     }
+    if !complete {
+        tracing::info!(dir = %dir.display(), "no local copy written: the last checkpoint did not complete");
+        return count("skipped");
+    }
     let cover = (|| {
         let reader = reader(opts, "local-copy", "local copy", &[]).map_err(|e| e.to_string())?;
         let state = seen(&reader, &opts.topics.state, &owned)?;
-        let at: Vec<(i32, i64)> = shared.read_positions();
-        let wanted: Vec<(i32, i64)> = at.iter().filter(|(_, next)| *next > 0).map(|&(p, next)| (p, next - 1)).collect();
-        let prints = fingerprints(&reader, &opts.topics.observations, &wanted)?;
-        let observed = at.iter().map(|&(p, next)| (p, Seen { next, last: prints.get(&p).copied() })).collect();
+        let mut observed: Vec<(i32, Seen)> =
+            seen_at(&reader, &opts.topics.observations, &shared.read_positions())?.into_iter().collect();
+        observed.sort_unstable_by_key(|(p, _)| *p);
         let (counted, floors) = shared.ledger_parts();
         let partitions = owned
             .iter()
