@@ -407,12 +407,39 @@ pub fn kill_tamper_restart(
     after: &str,
     tamper: impl FnOnce(),
 ) -> Restarted {
-    const WAIT: Duration = Duration::from_secs(120);
-    let brokers = brokers.to_owned();
     // About 3 MB of transfers: the embedded broker keeps a few MB per
     // partition and drops older records, and the whole backlog must stay.
     let events = stream_of(1000, 6);
-    let ids = transfer_ids(&events);
+    kill_tamper_restart_of(brokers, topics, &events, checkpoint_ms, partitions, kill_at_percent, after, tamper)
+}
+
+/// [`kill_and_restart_with`] of `events`.
+pub fn kill_and_restart_events(
+    brokers: &str,
+    topics: &Topics,
+    events: &[Event],
+    checkpoint_ms: u64,
+    partitions: i32,
+    kill_at_percent: usize,
+) -> Restarted {
+    kill_tamper_restart_of(brokers, topics, events, checkpoint_ms, partitions, kill_at_percent, "", || {})
+}
+
+/// [`kill_tamper_restart`] of `events`.
+#[allow(clippy::too_many_arguments)]
+fn kill_tamper_restart_of(
+    brokers: &str,
+    topics: &Topics,
+    events: &[Event],
+    checkpoint_ms: u64,
+    partitions: i32,
+    kill_at_percent: usize,
+    after: &str,
+    tamper: impl FnOnce(),
+) -> Restarted {
+    const WAIT: Duration = Duration::from_secs(120);
+    let brokers = brokers.to_owned();
+    let ids = transfer_ids(events);
 
     let config = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(
@@ -458,7 +485,7 @@ pub fn kill_tamper_restart(
     let metrics = http_get(listen, "/metrics").map(|(_, body)| body).unwrap_or_default();
     assert!(child.terminate().success());
 
-    let differ = differ_from_replay(&events, partitions as u32, &decisions.records);
+    let differ = differ_from_replay(events, partitions as u32, &decisions.records);
     let again = decisions.records.iter().filter(|r| r.header("fds-redelivered") == Some("true")).count();
     Restarted { differ, of: ids.len(), again, metrics }
 }
