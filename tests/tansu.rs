@@ -195,7 +195,7 @@ fn tansu_kill_9_restores_the_state_from_the_changelog() {
     // checkpoint: killed before the first one, the restart rebuilds from
     // the input and 2 of the 2,259 transfers come out otherwise.
     let events = stream_of(300, 6);
-    let r = kill_and_restart_events(&tansu.brokers, &topics, &events, 250, 4, 50);
+    let r = kill_tamper_restart_of(&tansu.brokers, &topics, &events, 250, 4, 50, "", || {});
     let (differ, of) = (r.differ, r.of);
     assert_eq!(differ, 0, "{differ} of {of} transfers decided otherwise than by an engine that never stopped");
 }

@@ -354,8 +354,8 @@ mod tests {
         }
     }
 
-    /// A checkpoint is written a little at a time while events go on, yet
-    /// holds every entity as it was when it began.
+    /// A checkpoint taken by time hands over each entity once, at least a
+    /// few per step, however little time is left.
     #[test]
     fn a_step_by_time_always_moves_and_ends_with_the_checkpoint() {
         let a = State::new(StateConfig::default());
@@ -379,6 +379,8 @@ mod tests {
         assert_eq!(a.begin_checkpoint(false), 0, "nothing changed since");
     }
 
+    /// A checkpoint is written a little at a time while events go on, yet
+    /// holds every entity as it was when it began.
     #[test]
     fn a_checkpoint_written_in_steps_holds_the_state_of_its_start() {
         let a = State::new(StateConfig::default());

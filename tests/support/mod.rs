@@ -413,21 +413,9 @@ pub fn kill_tamper_restart(
     kill_tamper_restart_of(brokers, topics, &events, checkpoint_ms, partitions, kill_at_percent, after, tamper)
 }
 
-/// [`kill_and_restart_with`] of `events`.
-pub fn kill_and_restart_events(
-    brokers: &str,
-    topics: &Topics,
-    events: &[Event],
-    checkpoint_ms: u64,
-    partitions: i32,
-    kill_at_percent: usize,
-) -> Restarted {
-    kill_tamper_restart_of(brokers, topics, events, checkpoint_ms, partitions, kill_at_percent, "", || {})
-}
-
 /// [`kill_tamper_restart`] of `events`.
 #[allow(clippy::too_many_arguments)]
-fn kill_tamper_restart_of(
+pub fn kill_tamper_restart_of(
     brokers: &str,
     topics: &Topics,
     events: &[Event],
