@@ -6,7 +6,7 @@ mod support;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use fds::event::Event;
@@ -31,8 +31,20 @@ const DEMO: &str = "replay-data/demo.jsonl.gz";
 /// account takeovers missed, with one instance as with four).
 const SPEED: u32 = 10_000;
 
+/// The tests that start a group run one at a time. Each starts four or five
+/// `fds run` processes, a broker and `fds load`; two such at once on a
+/// two-core machine starve each other's heartbeats and widen a takeover's
+/// gap, during which the other instances' payees run ahead of the moved
+/// partitions (measured: 15 decisions differing after a kill with the
+/// changelog, against 3 with the group alone).
+fn one_group_at_a_time() -> MutexGuard<'static, ()> {
+    static GROUP: Mutex<()> = Mutex::new(());
+    GROUP.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 #[test]
 fn four_instances_on_the_embedded_broker_decide_as_one() {
+    let _alone = one_group_at_a_time();
     let topics = Topics::default();
     let events = demo_events();
     let broker = EmbeddedBroker::start(&topics, 4).unwrap();
@@ -83,6 +95,7 @@ fn four_instances_on_the_embedded_broker_decide_as_one() {
 /// must keep every entity's last record.
 #[test]
 fn one_of_four_killed_its_partitions_move_with_their_state() {
+    let _alone = one_group_at_a_time();
     let (c, restores) = kill_one_of_four(200);
     assert_eq!(c.unanswered, 0, "{c:?}");
     assert_eq!(c.answered_twice_differently, 0, "{c:?}");
@@ -90,9 +103,9 @@ fn one_of_four_killed_its_partitions_move_with_their_state() {
     assert!(restores > 0.0, "the survivors restored the partitions they took");
 
     // The comparison can fail: without the changelog the partitions move
-    // without their accounts (measured: 17 to 41 decisions differ, against
-    // 1 or 2 with it; how many depends on how much history the killed
-    // instance took with it).
+    // without their accounts (measured: 17 to 60 decisions differ, against
+    // 3 with it; how many depends on how much history the killed instance
+    // took with it).
     let (forgot, _) = kill_one_of_four(0);
     assert_eq!(forgot.unanswered, 0, "{forgot:?}");
     assert!(forgot.differ >= 10 && forgot.differ > 3 * c.differ, "{forgot:?} against {c:?}");
@@ -105,6 +118,7 @@ fn one_of_four_killed_its_partitions_move_with_their_state() {
 /// two ways, and the comparison with one engine holds.
 #[test]
 fn an_instance_joining_mid_stream_takes_partitions_without_a_gap() {
+    let _alone = one_group_at_a_time();
     let (c, restores) = disrupt(200, 3, Disruption::Join);
     assert_eq!(c.unanswered, 0, "{c:?}");
     assert_eq!(c.answered_twice_differently, 0, "{c:?}");
