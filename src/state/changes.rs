@@ -3,14 +3,19 @@
 //! carries single entities rather than whole snapshots.
 //!
 //! Tracking is off until [`State::track_changes`] turns it on, so a replay or
-//! a pipeline without a changelog pays one relaxed load per touch. On, a touch
-//! is a short uncontended lock and a set insert: the set holds each entity at
-//! most once however often it changed, which is what makes a changelog carry
-//! the entities dirty per checkpoint rather than every update (the Kafka
-//! Streams record cache does the same). An entity swept by [`State::expire`] is
-//! a change too: it is gone, and [`State::entity_record`] then says so.
+//! a pipeline without a changelog pays one relaxed load per change. On, each
+//! entity carries the checkpoint epoch it last changed in (an [`Epoch`], bumped
+//! as each checkpoint begins): a change to an entity already changed in this
+//! epoch costs a comparison; only the first one per epoch takes the short,
+//! uncontended lock and puts the entity in the dirty set. The set holds each
+//! entity at most once however often it changed, which is what makes a
+//! changelog carry the entities dirty per checkpoint rather than every update
+//! (the Kafka Streams record cache does the same). Measured before the stamp,
+//! a lock and a set insert on every change cost 11 % of unpaced throughput.
+//! An entity swept by [`State::expire`] is a change too: it is gone, and
+//! [`State::entity_record`] then says so.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Mutex;
 
 use compact_str::CompactString;
@@ -19,7 +24,7 @@ use indexmap::IndexSet;
 use super::snapshot::{self, Cursor, KIND_ACCOUNT, KIND_DEVICE, KIND_PAYEE};
 #[cfg(test)]
 use super::ExpiryClocks;
-use super::{EntityKind, SnapshotError, State};
+use super::{AccountState, DeviceState, EntityKind, Map, PayeeState, SnapshotError, State};
 
 /// An entity that changed: its kind and key.
 pub type Changed = (EntityKind, CompactString);
@@ -27,9 +32,57 @@ pub type Changed = (EntityKind, CompactString);
 /// One entity's record for a changelog: `None` when the entity is gone.
 pub type EntityRecord = (Changed, Option<Vec<u8>>);
 
+/// The checkpoint epoch an entity last changed in. Epoch 0 is none: an
+/// entity created, or restored, carries it until its first change.
+pub(super) type Epoch = u32;
+
+/// An entity whose changes are tracked: the three kinds, alike.
+pub(super) trait Tracked {
+    const KIND: EntityKind;
+    fn changed(&mut self) -> &mut Epoch;
+    /// The entity's fields in the record format; returns the record kind.
+    fn write(&self, payload: &mut Vec<u8>) -> u8;
+}
+
+impl Tracked for AccountState {
+    const KIND: EntityKind = EntityKind::Account;
+    fn changed(&mut self) -> &mut Epoch {
+        &mut self.changed
+    }
+    fn write(&self, payload: &mut Vec<u8>) -> u8 {
+        snapshot::write_account(payload, self);
+        KIND_ACCOUNT
+    }
+}
+
+impl Tracked for PayeeState {
+    const KIND: EntityKind = EntityKind::Payee;
+    fn changed(&mut self) -> &mut Epoch {
+        &mut self.changed
+    }
+    fn write(&self, payload: &mut Vec<u8>) -> u8 {
+        snapshot::write_payee(payload, self);
+        KIND_PAYEE
+    }
+}
+
+impl Tracked for DeviceState {
+    const KIND: EntityKind = EntityKind::Device;
+    fn changed(&mut self) -> &mut Epoch {
+        &mut self.changed
+    }
+    fn write(&self, payload: &mut Vec<u8>) -> u8 {
+        snapshot::write_device(payload, self);
+        KIND_DEVICE
+    }
+}
+
 #[derive(Default)]
 pub(super) struct Tracker {
     on: AtomicBool,
+    /// The current epoch: one more than the checkpoints begun since
+    /// tracking began (so never 0 while on).
+    epoch: AtomicU32,
     /// A checkpoint is being written: `pending` is not empty.
     open: AtomicBool,
     sets: Mutex<Sets>,
@@ -78,28 +131,55 @@ impl Tracker {
 impl State {
     /// From now on, remember which entities change.
     pub fn track_changes(&self) {
+        self.changes.epoch.fetch_max(1, Ordering::Relaxed);
         self.changes.on.store(true, Ordering::Relaxed);
     }
 
-    /// An entity is about to change. While a checkpoint is being written and
-    /// the entity is still to be written, it is encoded first, as it was at
-    /// the checkpoint: so the checkpoint is written a little at a time while
-    /// scoring goes on (no pause), yet holds every entity as of one moment.
+    /// Get an entity for a change, creating it on first sight (the key is
+    /// allocated only then). On the entity's first change in the epoch,
+    /// while a checkpoint is being written and the entity is still to be
+    /// written, it is encoded first, as it was at the checkpoint (gone, if
+    /// it is created just now): so the checkpoint is written a little at a
+    /// time while scoring goes on (no pause), yet holds every entity as of
+    /// one moment.
     #[inline]
-    pub(super) fn touch(&self, kind: EntityKind, key: &str) {
-        if !self.changes.on.load(Ordering::Relaxed) {
-            return;
+    pub(super) fn change<'a, V: Tracked>(
+        &self,
+        map: &'a Map<V>,
+        key: &str,
+        new: impl FnOnce() -> V,
+    ) -> dashmap::mapref::one::RefMut<'a, CompactString, Box<V>> {
+        use dashmap::mapref::entry::Entry;
+        let (mut entity, created) = match map.get_mut(key) {
+            Some(e) => (e, false),
+            None => match map.entry(CompactString::from(key)) {
+                Entry::Occupied(e) => (e.into_ref(), false),
+                Entry::Vacant(e) => (e.insert(Box::new(new())), true),
+            },
+        };
+        if self.changes.on.load(Ordering::Relaxed) {
+            let epoch = self.changes.epoch.load(Ordering::Relaxed);
+            if *entity.changed() != epoch {
+                *entity.changed() = epoch;
+                self.first_change(key, &**entity, created);
+            }
         }
-        let changed = (kind, CompactString::from(key));
+        entity
+    }
+
+    /// The dirty set (and the open checkpoint) learn of an entity's first
+    /// change in the epoch. Invariant: an entity stamped with the current
+    /// epoch is in `dirty` and not in `pending` (a checkpoint's `begin` moves
+    /// `dirty` to `pending` and bumps the epoch, so it holds again).
+    #[inline(never)]
+    fn first_change<V: Tracked>(&self, key: &str, entity: &V, created: bool) {
+        let changed = (V::KIND, CompactString::from(key));
         let mut sets = self.changes.lock();
         if self.changes.is_open() && sets.pending.swap_remove(&changed) {
-            sets.dirty.insert(changed.clone());
-            drop(sets);
-            let record = self.encode(&changed);
-            self.changes.lock().written.push((changed, record));
-        } else {
-            sets.dirty.insert(changed);
+            let record = (!created).then(|| record_of(key, entity));
+            sets.written.push((changed.clone(), record));
         }
+        sets.dirty.insert(changed);
     }
 
     /// Begin a checkpoint of the entities changed since the last one began
@@ -122,6 +202,9 @@ impl State {
             all.retain(|(kind, key)| ours(*kind, key));
         }
         let mut sets = self.changes.lock();
+        // Every entity changes "for the first time" again, and finds itself
+        // in `pending` if it is to be written.
+        self.changes.epoch.fetch_add(1, Ordering::Relaxed);
         let dirty = std::mem::take(&mut sets.dirty);
         if sets.pending.is_empty() {
             sets.pending = dirty;
@@ -200,34 +283,21 @@ impl State {
     /// fields, CRC-32) into `out`; `false` when there is no such entity (it
     /// expired, or never was).
     pub fn entity_record(&self, kind: EntityKind, key: &str, out: &mut Vec<u8>) -> bool {
-        out.clear();
-        let mut payload = Vec::with_capacity(256);
-        snapshot::put_key(&mut payload, key);
-        let kind_byte = match kind {
-            EntityKind::Account => match self.accounts.get(key) {
-                Some(a) => {
-                    snapshot::write_account(&mut payload, &a);
-                    KIND_ACCOUNT
-                }
-                None => return false,
-            },
-            EntityKind::Payee => match self.payees.get(key) {
-                Some(p) => {
-                    snapshot::write_payee(&mut payload, &p);
-                    KIND_PAYEE
-                }
-                None => return false,
-            },
-            EntityKind::Device => match self.devices.get(key) {
-                Some(d) => {
-                    snapshot::write_device(&mut payload, &d);
-                    KIND_DEVICE
-                }
-                None => return false,
-            },
+        let record = match kind {
+            EntityKind::Account => self.accounts.get(key).map(|a| record_of(key, &**a)),
+            EntityKind::Payee => self.payees.get(key).map(|p| record_of(key, &**p)),
+            EntityKind::Device => self.devices.get(key).map(|d| record_of(key, &**d)),
         };
-        snapshot::write_record(out, kind_byte, &payload).expect("writing to memory cannot fail");
-        true
+        match record {
+            Some(r) => {
+                *out = r;
+                true
+            }
+            None => {
+                out.clear();
+                false
+            }
+        }
     }
 
     /// Put the entity of a record written by [`State::entity_record`] in
@@ -287,6 +357,16 @@ impl State {
             EntityKind::Device => drop(self.devices.remove(key)),
         }
     }
+}
+
+/// One entity as a checked record (kind, length, key and fields, CRC-32).
+fn record_of<V: Tracked>(key: &str, entity: &V) -> Vec<u8> {
+    let mut payload = Vec::with_capacity(256);
+    snapshot::put_key(&mut payload, key);
+    let kind = entity.write(&mut payload);
+    let mut out = Vec::with_capacity(payload.len() + 16);
+    snapshot::write_record(&mut out, kind, &payload).expect("writing to memory cannot fail");
+    out
 }
 
 #[cfg(test)]
@@ -414,5 +494,34 @@ mod tests {
         assert_ne!(a.encode(&a2), at_start[&a2], "A2 did change meanwhile");
         // And what changed meanwhile is the next checkpoint's.
         assert_eq!(a.begin_checkpoint(false), 3, "A2, its payee and its device");
+    }
+
+    /// An entity swept before a checkpoint began and created again before
+    /// its turn is written as gone, as it was when the checkpoint began; the
+    /// new one is the next checkpoint's.
+    #[test]
+    fn an_entity_created_again_while_its_tombstone_is_pending_is_written_gone() {
+        let a = State::new(StateConfig::default());
+        a.track_changes();
+        let transfer = |id: &str, at: &str| build::transfer(id).account("A1").payee("088", "1234").at(at).transfer();
+        let t = transfer("T1", "20260102101010");
+        let seen = a.observe_transfer(&t, &t.payee_key());
+        a.settle_transfer(&t, &seen, false);
+        a.take_changes_vec();
+        assert!(a.expire(crate::event::EventTime::from_secs(t.tran_dtime.millis() / 1000 + 400 * 86_400)) > 0);
+        assert_eq!(a.entities(), (0, 0, 0), "swept");
+        assert_eq!(a.begin_checkpoint(false), 2, "the account's and the payee's tombstones");
+
+        let t = transfer("T2", "20270202101010");
+        let seen = a.observe_transfer(&t, &t.payee_key());
+        a.settle_transfer(&t, &seen, false);
+        let mut records = Vec::new();
+        assert!(a.checkpoint_step(usize::MAX, &mut records));
+        assert_eq!(records.len(), 2);
+        assert!(records.iter().all(|(_, r)| r.is_none()), "gone, as when the checkpoint began");
+        assert_eq!(a.begin_checkpoint(false), 2, "the new ones are the next checkpoint's");
+        let mut records = Vec::new();
+        assert!(a.checkpoint_step(usize::MAX, &mut records));
+        assert!(records.iter().all(|(_, r)| r.is_some()));
     }
 }

@@ -47,6 +47,7 @@ mod changes;
 mod shared;
 mod snapshot;
 
+use changes::Epoch;
 pub use changes::{Changed, EntityRecord};
 pub use shared::{Observation, ObservationError, SharedCount, OBSERVATION_FORMAT};
 pub use snapshot::{ExpiryClocks, SnapshotError, SnapshotStats, FORMAT_VERSION, MAGIC};
@@ -430,6 +431,8 @@ pub struct AccountState {
     last_limit_raised: i64,
     last_ekyc: i64,
     last_hold: i64,
+    /// Not state: the checkpoint epoch it last changed in (see `changes`).
+    changed: Epoch,
 }
 
 impl AccountState {
@@ -455,6 +458,7 @@ impl AccountState {
             last_limit_raised: NEVER,
             last_ekyc: NEVER,
             last_hold: NEVER,
+            changed: Epoch::default(),
         }
     }
 
@@ -622,6 +626,8 @@ pub struct PayeeState {
     /// Keyed by transfer so a report delivered twice counts once and a
     /// withdrawal cancels exactly the report it names.
     reports: SmallVec<[(u64, i64, bool); 2]>,
+    /// Not state: the checkpoint epoch it last changed in (see `changes`).
+    changed: Epoch,
 }
 
 /// Reports remembered per payee; the count saturates here.
@@ -648,6 +654,7 @@ impl PayeeState {
             in_1d: DayCounts::default(),
             senders: LastSeen::default(),
             reports: SmallVec::new(),
+            changed: Epoch::default(),
         }
     }
     fn open_reports(&self) -> i64 {
@@ -762,11 +769,18 @@ pub struct DeviceState {
     last_seen: i64,
     transfers_5m: Ring<12, { 5 * MINUTE_MS }>,
     accounts: LastSeen,
+    /// Not state: the checkpoint epoch it last changed in (see `changes`).
+    changed: Epoch,
 }
 
 impl DeviceState {
     fn new(t: EventTime) -> Self {
-        DeviceState { last_seen: t.millis(), transfers_5m: Ring::default(), accounts: LastSeen::default() }
+        DeviceState {
+            last_seen: t.millis(),
+            transfers_5m: Ring::default(),
+            accounts: LastSeen::default(),
+            changed: Epoch::default(),
+        }
     }
     /// One transfer made from the device by the account hashed `account_h`.
     fn count_use(&mut self, now: EventTime, amount: i64, account_h: u64, cfg: &StateConfig) {
@@ -941,15 +955,13 @@ impl State {
         let device_h = t.device_id.as_deref().map(key_hash);
 
         let account = {
-            self.touch(EntityKind::Account, &t.fintech_use_num);
-            let mut a = entry(&self.accounts, &t.fintech_use_num, || AccountState::new(now));
+            let mut a = self.change(&self.accounts, &t.fintech_use_num, || AccountState::new(now));
             let view = a.view(now, payee_h, device_h);
             a.count_attempt(now, amount);
             view
         };
         let payee = if shared.payee {
-            self.touch(EntityKind::Payee, payee_key);
-            let mut p = entry(&self.payees, payee_key, || PayeeState::new(now));
+            let mut p = self.change(&self.payees, payee_key, || PayeeState::new(now));
             let view = p.view(now);
             p.count_in(now, amount, account_h, &self.cfg);
             view
@@ -960,8 +972,7 @@ impl State {
             if !shared.device {
                 return self.device_view(d, now);
             }
-            self.touch(EntityKind::Device, d);
-            let mut dev = entry(&self.devices, d, || DeviceState::new(now));
+            let mut dev = self.change(&self.devices, d, || DeviceState::new(now));
             let view = dev.view(now);
             dev.count_use(now, amount, account_h, &self.cfg);
             view
@@ -1020,8 +1031,7 @@ impl State {
     /// with what that returned.
     pub fn settle_transfer(&self, t: &Transfer, seen: &Observed, held: bool) {
         let now = t.tran_dtime;
-        self.touch(EntityKind::Account, &t.fintech_use_num);
-        let mut a = entry(&self.accounts, &t.fintech_use_num, || AccountState::new(now));
+        let mut a = self.change(&self.accounts, &t.fintech_use_num, || AccountState::new(now));
         a.settle(now, t.tran_amt.get(), seen.payee_hash, seen.device_hash, held, &self.cfg);
     }
 
@@ -1086,8 +1096,7 @@ impl State {
     }
 
     fn with_account(&self, account: &str, now: EventTime, f: impl FnOnce(&mut AccountState, &StateConfig)) {
-        self.touch(EntityKind::Account, account);
-        let mut a = entry(&self.accounts, account, || AccountState::new(now));
+        let mut a = self.change(&self.accounts, account, || AccountState::new(now));
         a.last_seen = a.last_seen.max(now.millis());
         f(&mut a, &self.cfg);
     }
@@ -1097,8 +1106,7 @@ impl State {
     fn apply_label(&self, l: &Label) {
         let now = l.report_dtime;
         let key = l.payee_key();
-        self.touch(EntityKind::Payee, &key);
-        let mut p = entry(&self.payees, &key, || PayeeState::new(now));
+        let mut p = self.change(&self.payees, &key, || PayeeState::new(now));
         p.last_seen = p.last_seen.max(now.millis());
         p.apply_report(key_hash(&l.bank_tran_id), now, l.status == LabelStatus::Fraud);
     }
@@ -1251,19 +1259,6 @@ fn prefetch_lines(p: *const u8, bytes: usize) {
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = (p, bytes);
-}
-
-/// Get an entity for update, creating it on first sight. The key is allocated
-/// only on creation, not on every lookup.
-fn entry<'a, V>(
-    m: &'a Map<V>,
-    key: &str,
-    new: impl FnOnce() -> V,
-) -> dashmap::mapref::one::RefMut<'a, CompactString, Box<V>> {
-    if let Some(r) = m.get_mut(key) {
-        return r;
-    }
-    m.entry(CompactString::from(key)).or_insert_with(|| Box::new(new()))
 }
 
 #[cfg(test)]

@@ -28,7 +28,7 @@
 
 use compact_str::CompactString;
 
-use super::{entry, key_hash, DeviceState, EntityKind, PayeeState, State};
+use super::{key_hash, DeviceState, PayeeState, State};
 use crate::event::{EventTime, Transfer};
 
 /// Whether a transfer still has to be counted in its payee and in its
@@ -223,12 +223,12 @@ impl State {
     /// instance did when it scored it (in those `which` says).
     pub fn observe_shared(&self, o: &Observation, which: SharedCount) {
         if which.payee {
-            self.touch(EntityKind::Payee, &o.payee);
-            entry(&self.payees, &o.payee, || PayeeState::new(o.time)).count_in(o.time, o.amount, o.account, &self.cfg);
+            self.change(&self.payees, &o.payee, || PayeeState::new(o.time))
+                .count_in(o.time, o.amount, o.account, &self.cfg);
         }
         if let Some(d) = o.device.as_ref().filter(|_| which.device) {
-            self.touch(EntityKind::Device, d);
-            entry(&self.devices, d, || DeviceState::new(o.time)).count_use(o.time, o.amount, o.account, &self.cfg);
+            self.change(&self.devices, d, || DeviceState::new(o.time))
+                .count_use(o.time, o.amount, o.account, &self.cfg);
         }
     }
 }

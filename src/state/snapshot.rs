@@ -37,6 +37,7 @@ use std::io::{self, Read, Write};
 use compact_str::CompactString;
 use smallvec::SmallVec;
 
+use super::changes::Epoch;
 use super::{
     AccountState, DayCounts, DeviceState, LastSeen, LogStats, Map, PayeeState, RecentTimes, Ring, State, StateConfig,
 };
@@ -621,6 +622,7 @@ pub(super) fn read_account(r: &mut Cursor<'_>) -> Result<AccountState, String> {
         last_limit_raised: r.i64()?,
         last_ekyc: r.i64()?,
         last_hold: r.i64()?,
+        changed: Epoch::default(),
     })
 }
 
@@ -650,7 +652,7 @@ pub(super) fn read_payee(r: &mut Cursor<'_>) -> Result<PayeeState, String> {
     for _ in 0..n {
         reports.push((r.hash()?, r.i64()?, r.bool()?));
     }
-    Ok(PayeeState { first_seen, last_seen, in_1h, in_1d, senders, reports })
+    Ok(PayeeState { first_seen, last_seen, in_1h, in_1d, senders, reports, changed: Epoch::default() })
 }
 
 /// A device's fields, in format order.
@@ -661,7 +663,12 @@ pub(super) fn write_device(out: &mut Vec<u8>, d: &DeviceState) {
 }
 
 pub(super) fn read_device(r: &mut Cursor<'_>) -> Result<DeviceState, String> {
-    Ok(DeviceState { last_seen: r.i64()?, transfers_5m: read_ring(r)?, accounts: read_last_seen(r)? })
+    Ok(DeviceState {
+        last_seen: r.i64()?,
+        transfers_5m: read_ring(r)?,
+        accounts: read_last_seen(r)?,
+        changed: Epoch::default(),
+    })
 }
 
 #[cfg(test)]
