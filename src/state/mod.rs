@@ -47,8 +47,8 @@ mod changes;
 mod shared;
 mod snapshot;
 
-use changes::Epoch;
-pub use changes::{Changed, EntityRecord};
+use changes::Stamps;
+pub use changes::{Changed, EntityRecord, Ours};
 pub use shared::{Observation, ObservationError, SharedCount, OBSERVATION_FORMAT};
 pub use snapshot::{ExpiryClocks, SnapshotError, SnapshotStats, FORMAT_VERSION, MAGIC};
 
@@ -431,8 +431,8 @@ pub struct AccountState {
     last_limit_raised: i64,
     last_ekyc: i64,
     last_hold: i64,
-    /// Not state: the checkpoint epoch it last changed in (see `changes`).
-    changed: Epoch,
+    /// Not state: what the change tracking keeps (see `changes`).
+    stamps: Stamps,
 }
 
 impl AccountState {
@@ -458,7 +458,7 @@ impl AccountState {
             last_limit_raised: NEVER,
             last_ekyc: NEVER,
             last_hold: NEVER,
-            changed: Epoch::default(),
+            stamps: Stamps::default(),
         }
     }
 
@@ -626,8 +626,8 @@ pub struct PayeeState {
     /// Keyed by transfer so a report delivered twice counts once and a
     /// withdrawal cancels exactly the report it names.
     reports: SmallVec<[(u64, i64, bool); 2]>,
-    /// Not state: the checkpoint epoch it last changed in (see `changes`).
-    changed: Epoch,
+    /// Not state: what the change tracking keeps (see `changes`).
+    stamps: Stamps,
 }
 
 /// Reports remembered per payee; the count saturates here.
@@ -654,7 +654,7 @@ impl PayeeState {
             in_1d: DayCounts::default(),
             senders: LastSeen::default(),
             reports: SmallVec::new(),
-            changed: Epoch::default(),
+            stamps: Stamps::default(),
         }
     }
     fn open_reports(&self) -> i64 {
@@ -769,8 +769,8 @@ pub struct DeviceState {
     last_seen: i64,
     transfers_5m: Ring<12, { 5 * MINUTE_MS }>,
     accounts: LastSeen,
-    /// Not state: the checkpoint epoch it last changed in (see `changes`).
-    changed: Epoch,
+    /// Not state: what the change tracking keeps (see `changes`).
+    stamps: Stamps,
 }
 
 impl DeviceState {
@@ -779,7 +779,7 @@ impl DeviceState {
             last_seen: t.millis(),
             transfers_5m: Ring::default(),
             accounts: LastSeen::default(),
-            changed: Epoch::default(),
+            stamps: Stamps::default(),
         }
     }
     /// One transfer made from the device by the account hashed `account_h`.
@@ -864,6 +864,16 @@ impl MemoryReport {
 /// one cache miss, for the entity itself, instead of three.
 type Map<V> = DashMap<CompactString, Box<V>, ahash::RandomState>;
 
+/// Shards per map, whatever the cores: a whole checkpoint walks the state a
+/// shard at a time between two messages (see `changes`), so a shard must stay
+/// small; 1,000,000 accounts make about 4,000 per shard. A lookup costs the
+/// same with any number.
+const SHARDS: usize = 256;
+
+fn new_map<V>() -> Map<V> {
+    Map::with_hasher_and_shard_amount(ahash::RandomState::default(), SHARDS)
+}
+
 /// A stable 64-bit hash of a key, for the small per-entity sets. Fixed seeds so
 /// the same input gives the same state (and the same decisions) on every run.
 fn key_hash(s: &str) -> u64 {
@@ -907,13 +917,7 @@ impl std::fmt::Debug for State {
 impl State {
     /// Empty state with these TTLs and caps.
     pub fn new(cfg: StateConfig) -> Self {
-        State {
-            cfg,
-            accounts: Map::default(),
-            payees: Map::default(),
-            devices: Map::default(),
-            changes: changes::Tracker::default(),
-        }
+        State { cfg, accounts: new_map(), payees: new_map(), devices: new_map(), changes: changes::Tracker::default() }
     }
 
     /// The TTLs and caps this state keeps.

@@ -37,7 +37,7 @@ use std::io::{self, Read, Write};
 use compact_str::CompactString;
 use smallvec::SmallVec;
 
-use super::changes::Epoch;
+use super::changes::Stamps;
 use super::{
     AccountState, DayCounts, DeviceState, LastSeen, LogStats, Map, PayeeState, RecentTimes, Ring, State, StateConfig,
 };
@@ -622,7 +622,7 @@ pub(super) fn read_account(r: &mut Cursor<'_>) -> Result<AccountState, String> {
         last_limit_raised: r.i64()?,
         last_ekyc: r.i64()?,
         last_hold: r.i64()?,
-        changed: Epoch::default(),
+        stamps: Stamps::default(),
     })
 }
 
@@ -652,7 +652,7 @@ pub(super) fn read_payee(r: &mut Cursor<'_>) -> Result<PayeeState, String> {
     for _ in 0..n {
         reports.push((r.hash()?, r.i64()?, r.bool()?));
     }
-    Ok(PayeeState { first_seen, last_seen, in_1h, in_1d, senders, reports, changed: Epoch::default() })
+    Ok(PayeeState { first_seen, last_seen, in_1h, in_1d, senders, reports, stamps: Stamps::default() })
 }
 
 /// A device's fields, in format order.
@@ -667,7 +667,7 @@ pub(super) fn read_device(r: &mut Cursor<'_>) -> Result<DeviceState, String> {
         last_seen: r.i64()?,
         transfers_5m: read_ring(r)?,
         accounts: read_last_seen(r)?,
-        changed: Epoch::default(),
+        stamps: Stamps::default(),
     })
 }
 
