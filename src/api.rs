@@ -7,7 +7,7 @@
 //! | path       | answer |
 //! |------------|--------|
 //! | `/metrics` | 200, the Prometheus text format ([`Metrics::encode`]) |
-//! | `/readyz`  | 200 `ready`, or 503 with one line per reason not ready |
+//! | `/readyz`  | 200 `ready`, or 503 with one line per reason not ready; either followed by a `warning:` line per thing degraded that does not stop decisions |
 //! | `/healthz` | 200 `ok` while the process runs |
 //!
 //! Why it is built this way: the pipeline is a synchronous program (one
@@ -75,6 +75,7 @@ pub struct Health {
     caught_up: AtomicBool,
     restoring: AtomicBool,
     stopping: AtomicBool,
+    checkpoint_failing: AtomicBool,
 }
 
 impl Health {
@@ -86,6 +87,7 @@ impl Health {
             caught_up: AtomicBool::new(false),
             restoring: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
+            checkpoint_failing: AtomicBool::new(false),
         }
     }
 
@@ -123,6 +125,15 @@ impl Health {
         self.stopping.store(true, Ordering::Relaxed);
     }
 
+    /// Whether the last state checkpoint failed (the broker refused a
+    /// record: a full disk, a deleted topic). Decisions go on, so the
+    /// instance stays ready, but a restart now re-reads more input and,
+    /// once the changelog's older records are compacted away, restores less
+    /// than this instance knows: `/readyz` says so until one is written.
+    pub fn set_checkpoint_failing(&self, yes: bool) {
+        self.checkpoint_failing.store(yes, Ordering::Relaxed);
+    }
+
     /// Whether `/readyz` answers 200: no problem listed.
     pub fn is_ready(&self) -> bool {
         self.problems().is_empty()
@@ -138,6 +149,15 @@ impl Health {
             (!self.restoring.load(Ordering::Relaxed), "restoring state"),
         ];
         flags.into_iter().filter(|(ok, _)| !ok).map(|(_, problem)| problem).collect()
+    }
+
+    /// What is degraded without stopping decisions, one short phrase each.
+    pub fn warnings(&self) -> Vec<&'static str> {
+        let flags = [(
+            !self.checkpoint_failing.load(Ordering::Relaxed),
+            "state checkpoints failing: a restart would re-read the input since the last complete one",
+        )];
+        flags.into_iter().filter(|(ok, _)| !ok).map(|(_, warning)| warning).collect()
     }
 
     /// Set `fds_ready` and `fds_broker_up` from the flags. The server does
@@ -274,13 +294,18 @@ async fn metrics(State(app): State<AppState>) -> Response {
 
 async fn readyz(State(app): State<AppState>) -> Response {
     let problems = app.health.problems();
-    if problems.is_empty() {
-        (StatusCode::OK, "ready\n").into_response()
-    } else {
-        let mut body = problems.join("\n");
+    let status = if problems.is_empty() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let mut body = String::new();
+    for line in if problems.is_empty() { vec!["ready"] } else { problems } {
+        body.push_str(line);
         body.push('\n');
-        (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
     }
+    for warning in app.health.warnings() {
+        body.push_str("warning: ");
+        body.push_str(warning);
+        body.push('\n');
+    }
+    (status, body).into_response()
 }
 
 async fn healthz() -> &'static str {
@@ -356,6 +381,11 @@ mod tests {
         health.set_restoring(false);
         assert!(health.is_ready());
         assert_eq!(get(addr, "/readyz"), (200, "text/plain; charset=utf-8".into(), "ready\n".into()));
+        health.set_checkpoint_failing(true);
+        let (status, _, body) = get(addr, "/readyz");
+        assert_eq!(status, 200, "a failing checkpoint does not stop decisions");
+        assert!(body.starts_with("ready\nwarning: state checkpoints failing"), "{body}");
+        health.set_checkpoint_failing(false);
         let (_, _, body) = get(addr, "/metrics");
         assert!(body.contains("fds_ready 1\n") && body.contains("fds_broker_up 1\n"), "{body}");
         assert_eq!(refreshed.load(Ordering::Relaxed), 2);

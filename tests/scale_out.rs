@@ -100,15 +100,21 @@ fn one_of_four_killed_its_partitions_move_with_their_state() {
     assert_eq!(c.unanswered, 0, "{c:?}");
     assert_eq!(c.answered_twice_differently, 0, "{c:?}");
     assert!(c.differ as f64 <= 0.002 * c.transfers as f64, "{c:?}");
+    // The accounts moved with their history: no device or payee looked new
+    // to them (what differs is the other instances' payees missing the dead
+    // partition's transfers until the takeover: reasons missed, not added).
+    assert!(c.fired_only_live <= 1, "{c:?}");
     assert!(restores > 0.0, "the survivors restored the partitions they took");
 
     // The comparison can fail: without the changelog the partitions move
-    // without their accounts (measured: 17 to 60 decisions differ, against
-    // 3 with it; how many depends on how much history the killed instance
+    // without their accounts, and rules fire on devices and payees that
+    // only look new (measured: 12 to 61 decisions differ, 6 to 52 of them
+    // with a reason one engine did not give, against 0 to 8 and 0 with the
+    // changelog; how many depends on how much history the killed instance
     // took with it).
     let (forgot, _) = kill_one_of_four(0);
     assert_eq!(forgot.unanswered, 0, "{forgot:?}");
-    assert!(forgot.differ >= 10 && forgot.differ > 3 * c.differ, "{forgot:?} against {c:?}");
+    assert!(forgot.fired_only_live >= 3, "{forgot:?} against {c:?}");
 }
 
 /// An instance joining a group of three a third of the way through a

@@ -194,6 +194,11 @@ pub struct Comparison {
     pub unanswered: usize,
     pub answered_twice_differently: usize,
     pub differ: usize,
+    /// Of those, the ones where the group gave a reason code one engine did
+    /// not: what an instance that lost an account's history does (every
+    /// device and payee new to it), where a payee or device table that lags
+    /// the others' transfers rather misses a reason.
+    pub fired_only_live: usize,
     /// Per typology: held by one engine, held by the group, frauds.
     pub held_by_typology: HashMap<String, (u64, u64, u64)>,
 }
@@ -223,6 +228,7 @@ pub fn compare_with_one_engine(events: &[Event], live: &[Record], partitions: u3
         unanswered: 0,
         answered_twice_differently: 0,
         differ: 0,
+        fired_only_live: 0,
         held_by_typology: HashMap::new(),
     };
     let numbered = events.iter().cloned().enumerate().map(|(i, e)| Ok::<_, ()>((i as u64, e)));
@@ -240,6 +246,24 @@ pub fn compare_with_one_engine(events: &[Event], live: &[Record], partitions: u3
         let expected: serde_json::Value = serde_json::from_str(&d.to_json()).unwrap();
         if verdict(&given[0]) != verdict(&expected) {
             c.differ += 1;
+            let codes = |j: &serde_json::Value| -> Vec<String> {
+                j["reasons"].as_array().into_iter().flatten().map(|r| r["code"].to_string()).collect()
+            };
+            let expected_codes = codes(&expected);
+            if codes(&given[0]).iter().any(|code| !expected_codes.contains(code)) {
+                c.fired_only_live += 1;
+            }
+            // The first few, to see which kind of transfer a change moved.
+            if c.differ <= 10 {
+                eprintln!(
+                    "differs: {} one engine {} {}, live {} {}",
+                    d.bank_tran_id,
+                    expected["decision"],
+                    expected["reasons"],
+                    given[0]["decision"],
+                    given[0]["reasons"]
+                );
+            }
         }
         if let Some(typology) = frauds.get(&d.bank_tran_id) {
             let row = c.held_by_typology.entry(typology.clone()).or_default();

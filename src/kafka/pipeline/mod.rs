@@ -312,7 +312,7 @@ pub fn run(
         };
         local_accounts = copy;
         engine.state().track_changes();
-        let mut c = Changelog::new(&opts, interval, groups)?;
+        let mut c = Changelog::new(&opts, interval, groups, health.clone())?;
         c.continue_after(last_id);
         changelog = Some(c);
     } else if let Some(dir) = &opts.state_dir {

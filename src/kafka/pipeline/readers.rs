@@ -132,6 +132,9 @@ pub(super) fn assign_some<C: ConsumerContext>(
     Some(assigned)
 }
 
+/// How often a long read of a topic logs how far it is.
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+
 /// Assign the partitions of `topic` that `which` picks, each from
 /// `start(low, high)`, and read until each reaches the end it had when the
 /// call began, handing every message to `f`. It waits for the brokers
@@ -148,6 +151,8 @@ pub(super) fn read_to_end<C: ConsumerContext>(
     mut f: impl FnMut(&BorrowedMessage<'_>),
 ) -> bool {
     let Some(assigned) = assign_some(consumer, topic, which, start, stop, limit) else { return false };
+    let total: i64 = assigned.iter().map(|&(_, from, high)| (high - from).max(0)).sum();
+    let (began, mut logged_at) = (Instant::now(), Instant::now());
     let mut ends: HashMap<i32, i64> =
         assigned.into_iter().filter(|&(_, from, high)| high > from).map(|(p, _, high)| (p, high)).collect();
     // Progress (a message of a partition still short of its end) is looked
@@ -179,6 +184,13 @@ pub(super) fn read_to_end<C: ConsumerContext>(
             if stop.load(Ordering::Relaxed) || progress_at.elapsed() > limit {
                 tracing::warn!(%topic, partitions = ends.len(), "stopped reading before the end");
                 return false;
+            }
+            // A restore of a large state takes minutes: say how far it is.
+            if logged_at.elapsed() >= PROGRESS_EVERY {
+                logged_at = Instant::now();
+                let percent = read * 100 / total.max(1) as u64;
+                let seconds = began.elapsed().as_secs();
+                tracing::info!(%topic, read, of = total, percent, seconds, "reading back");
             }
             unchecked = 1024;
         }
