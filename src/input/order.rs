@@ -224,9 +224,12 @@ impl<T> Merge<T> {
     }
 
     /// The end of a partition (the offset its next message will get), as the
-    /// broker last reported it.
+    /// broker last reported it. Ends only grow: one reported earlier than
+    /// another (a client's cache, older than an answer just asked for) is
+    /// not taken for a partition's end moving back.
     pub fn set_end(&mut self, feed: Feed, partition: i32, end: i64) {
-        self.stream(feed, partition).end = Some(end);
+        let s = self.stream(feed, partition);
+        s.end = Some(s.end.map_or(end, |e| e.max(end)));
     }
 
     /// A message polled from a partition, at `offset`, with its event time
@@ -388,6 +391,23 @@ mod tests {
         m.set_end(L, 0, 9);
         m.push(T, 0, 1, 110, "second");
         assert!(m.pop().is_none(), "where the reports start is not known");
+    }
+
+    /// A partition assigned again: the end asked of the brokers (6) stands
+    /// against the client's cached one from before the assignment (3), or
+    /// the context events 3-5, not yet fetched, would come after a transfer
+    /// dated later.
+    #[test]
+    fn an_older_end_does_not_move_a_partition_back() {
+        let mut m = Merge::new();
+        m.follow(T, 0, Some(0));
+        m.follow(C, 0, Some(3));
+        m.set_end(C, 0, 6);
+        m.set_end(C, 0, 3);
+        m.push(T, 0, 0, 100, "transfer");
+        assert!(m.pop().is_none(), "context events 3-5 may come first");
+        m.push(C, 0, 3, 90, "context");
+        assert_eq!(drain(&mut m), ["context"]);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Group membership: the rebalance callbacks (in-flight decisions awaited and
-//! committed before partitions go, the decision memory read back before new
-//! ones are handled) and the orphan watchdog that rejoins when input has no
-//! owner.
+//! committed before partitions go; new ones paused while their accounts and
+//! the recent decisions are read back on a thread of their own) and the
+//! orphan watchdog that rejoins when input has no owner.
 
 use super::*;
 
@@ -40,10 +40,9 @@ pub(super) struct GroupContext {
     pub(super) topics: Topics,
     pub(super) book: Mutex<Book>,
     /// Decisions given, by transfer id (see [`DecisionMemory`]).
-    pub(super) memory: Mutex<DecisionMemory>,
+    pub(super) memory: Arc<Mutex<DecisionMemory>>,
     /// For reading decisions back when partitions are assigned.
     pub(super) options: PipelineOptions,
-    pub(super) stop: StopFlag,
     /// How many partitions the last rebalance assigned this member, or
     /// [`NOT_ASSIGNED`] (see [`OrphanWatch`]).
     pub(super) assigned: AtomicUsize,
@@ -52,7 +51,7 @@ pub(super) struct GroupContext {
     pub(super) revocations: std::sync::atomic::AtomicU64,
     /// Partitions just assigned, with the offset each starts from, for the
     /// scoring thread's merge to follow (see [`Merge::follow`]).
-    pub(super) starts: Mutex<Vec<(Feed, i32, Option<i64>)>>,
+    pub(super) starts: Mutex<Vec<Start>>,
     /// The engine, whose accounts are restored when partitions arrive.
     pub(super) engine: Arc<Engine>,
     /// Partitions of `state`, read once at start: which accounts belong to
@@ -61,13 +60,45 @@ pub(super) struct GroupContext {
     /// The transfers partitions held before the last revocation: one
     /// assigned again still has its accounts here, current.
     pub(super) held: Mutex<Vec<i32>>,
-    /// Restores done in the rebalance callback, for the scoring thread to
+    /// Restores done for the partitions assigned, for the scoring thread to
     /// take up (positions, checkpoint numbers).
     pub(super) restored: Mutex<Vec<Restored>>,
     /// What the local copy restored at start covers, until the first
     /// assignment decides which of its partitions' accounts stand (see
     /// `local::keep_accounts`).
     pub(super) local: Mutex<Option<local::ChangelogCover>>,
+    /// The assignment being prepared, if one is (see [`Preparing`]).
+    pub(super) preparing: Mutex<Option<Preparing>>,
+    /// Whether one is: the scoring loop drops what the consumer hands it
+    /// meanwhile (nothing, the partitions being paused; the seek when the
+    /// preparation ends fetches it again).
+    pub(super) is_preparing: AtomicBool,
+    /// The partitions a message was dropped from meanwhile: they start again
+    /// where they should (see `start_offsets`).
+    pub(super) dropped: Mutex<Vec<(String, i32)>>,
+}
+
+/// Partitions just assigned, paused while a thread of their own restores
+/// their accounts from the changelog and reads the recent decisions back.
+///
+/// Why not in the rebalance callback, as before: the callback runs inside
+/// `poll`, and a member that does not poll cannot take part in the next
+/// rebalance. A restore of seconds to minutes (a million accounts) while the
+/// group rebalances again (a dead member's session expiring, another instance
+/// joining) lost the partitions on tansu, and on Kafka blocks the whole
+/// group's rebalance up to `max.poll.interval.ms`. Kafka Streams restores
+/// outside the callback too, its tasks' partitions paused, polling on.
+pub(super) struct Preparing {
+    /// The whole assignment: every partition of it is paused until the
+    /// preparation ends.
+    assignment: TopicPartitionList,
+    /// The accounts kept from the local copy.
+    local: Option<Restored>,
+    /// The partitions whose accounts the thread restores: no longer held
+    /// if it is cancelled (see [`GroupContext::cancel_preparing`]).
+    restoring: Vec<i32>,
+    cancel: StopFlag,
+    work: JoinHandle<Restored>,
 }
 
 impl GroupContext {
@@ -79,13 +110,81 @@ impl GroupContext {
         self.memory.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    fn preparing(&self) -> std::sync::MutexGuard<'_, Option<Preparing>> {
+        self.preparing.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A message polled while the assignment is prepared: dropped, and its
+    /// partition remembered, to be fetched again from its start.
+    pub(super) fn drop_polled(&self, message: &BorrowedMessage<'_>) {
+        let mut dropped = self.dropped.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !dropped.iter().any(|(t, p)| t == message.topic() && *p == message.partition()) {
+            dropped.push((message.topic().to_owned(), message.partition()));
+        }
+    }
+
+    /// Stop preparing an assignment that is no longer (a revocation, a
+    /// stop) and wait for its thread. Its partitions no longer count as
+    /// held: a restore cut short forgets the accounts it had put in the
+    /// state, and one that finished is dropped with the positions it
+    /// covers, so the next assignment of them restores them again (a
+    /// second rebalance during a restore, measured in the kill test: the
+    /// partition came back as held, without its accounts).
+    pub(super) fn cancel_preparing(&self) {
+        let Some(p) = self.preparing().take() else { return };
+        p.cancel.store(true, Ordering::Relaxed);
+        let _ = p.work.join();
+        self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner).retain(|h| !p.restoring.contains(h));
+        self.is_preparing.store(false, Ordering::Relaxed);
+        self.health.set_restoring(false);
+        tracing::info!("the partitions' preparation stopped: they were revoked, or fds is stopping");
+    }
+
+    /// Once the assignment's preparation is done (called by the scoring
+    /// loop, outside any callback): the partitions start where the restored
+    /// state stands, or at their committed offsets, and are resumed.
+    pub(super) fn finish_preparing(&self, consumer: &BaseConsumer<Self>) {
+        let p = {
+            let mut slot = self.preparing();
+            if !slot.as_ref().is_some_and(|p| p.work.is_finished()) {
+                return;
+            }
+            slot.take().expect("checked above")
+        };
+        let mut restored = p.work.join().unwrap_or_else(|_| {
+            tracing::error!(
+                "the thread preparing the partitions assigned panicked; they start without restored accounts"
+            );
+            Restored::default()
+        });
+        if let Some(local) = p.local {
+            restored.absorb(local);
+        }
+        let rewind = restored.positions();
+        self.restored.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(restored);
+        // Resumed, then each one sought to its start: the seek wakes the
+        // thread that fetches it. Sought first and resumed after, the first
+        // fetch waited up to a second (measured: the first answers 0.7 s late).
+        if let Err(e) = consumer.resume(&p.assignment) {
+            tracing::error!(error = %e, "cannot resume the partitions assigned");
+        }
+        let dropped = std::mem::take(&mut *self.dropped.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        let starts = start_offsets(consumer, &p.assignment, &self.topics, &rewind, &dropped);
+        *self.starts.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = starts;
+        self.is_preparing.store(false, Ordering::Relaxed);
+        self.health.set_caught_up(true);
+        self.health.set_assigned(true);
+        self.assigned.store(p.assignment.count(), Ordering::Relaxed);
+        tracing::info!(partitions = p.assignment.count(), "partitions ready");
+    }
+
     /// The restores done since the last call.
     pub(super) fn take_restored(&self) -> Vec<Restored> {
         std::mem::take(&mut *self.restored.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
     }
 
     /// The partitions assigned since the last call, with their starts.
-    pub(super) fn take_starts(&self) -> Vec<(Feed, i32, Option<i64>)> {
+    pub(super) fn take_starts(&self) -> Vec<Start> {
         std::mem::take(&mut *self.starts.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
     }
 
@@ -123,6 +222,7 @@ impl ConsumerContext for GroupContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Revoke(tpl) => {
+                self.cancel_preparing();
                 self.revocations.fetch_add(1, Ordering::Relaxed);
                 self.assigned.store(NOT_ASSIGNED, Ordering::Relaxed);
                 if consumer.assignment_lost() {
@@ -169,81 +269,100 @@ impl ConsumerContext for GroupContext {
         }
     }
 
-    /// New partitions: before their first message is handed out (this runs
-    /// inside `poll`, on the scoring thread), read back the decisions already
-    /// given (perhaps by an instance that just died), so a transfer delivered
-    /// again gets the same answer. Pausing the partitions instead was measured
-    /// to delay the first fetches after resuming by about half a second.
+    /// New partitions: paused before their first message is handed out,
+    /// while a thread restores the accounts of those new to this instance
+    /// (from the local copy where it still stands, else from the changelog)
+    /// and reads back the decisions already given (perhaps by an instance
+    /// that just died), so a transfer delivered again gets the same answer.
+    /// The scoring loop polls on meanwhile and resumes them when it is done
+    /// (see [`Preparing`]).
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Assign(tpl) = rebalance {
-            tracing::info!(partitions = tpl.count(), "partitions assigned");
-            // Partitions new to this instance bring their accounts, from the
-            // changelog, before any of their messages is handled; then they
-            // are read again from the checkpoint's positions.
-            let assigned: Vec<i32> =
-                tpl.elements_for_topic(&self.topics.transfers).iter().map(|e| e.partition()).collect();
-            let assigned_now = assigned.len();
-            let mut held = self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let new: Vec<i32> = assigned.iter().copied().filter(|p| !held.contains(p)).collect();
-            *held = assigned;
-            drop(held);
-            // After a start from the local copy, the first partitions assigned
-            // keep its accounts where their changelog has not moved since.
-            let local = if assigned_now > 0 {
-                self.local.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take()
-            } else {
-                None
-            };
-            let kept = match &local {
-                Some(cover) => local::keep_accounts(cover, &new, &self.engine, &self.options, &self.metrics),
-                None => Vec::new(),
-            };
-            let new: Vec<i32> = new.into_iter().filter(|p| !kept.contains(p)).collect();
-            let mut restored = if self.options.checkpoint_interval.is_some() && !new.is_empty() {
-                restore_accounts(
-                    &new,
-                    self.groups,
-                    &self.engine,
-                    &self.options,
-                    &self.metrics,
-                    &self.health,
-                    &self.stop,
-                )
-            } else {
-                Restored { partitions: new, ..Restored::default() }
-            };
-            if let Some(cover) = &local {
-                restored.absorb(cover.restored(&kept));
-            }
-            let rewind = restored.positions();
-            self.restored.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(restored);
-            let starts = start_offsets(consumer, tpl, &self.topics, &rewind);
-            *self.starts.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = starts;
-            if tpl.count() > 0 {
-                self.health.set_caught_up(false);
-                let mut memory = self.memory();
-                read_back_decisions(&self.options, &mut memory, &self.stop);
+        let Rebalance::Assign(tpl) = rebalance else { return };
+        tracing::info!(partitions = tpl.count(), "partitions assigned");
+        self.cancel_preparing();
+        self.dropped.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
+        let assigned: Vec<i32> = tpl.elements_for_topic(&self.topics.transfers).iter().map(|e| e.partition()).collect();
+        let assigned_now = assigned.len();
+        let mut held = self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let new: Vec<i32> = assigned.iter().copied().filter(|p| !held.contains(p)).collect();
+        *held = assigned;
+        drop(held);
+        // After a start from the local copy, the first partitions assigned
+        // keep its accounts where their changelog has not moved since.
+        let local = if assigned_now > 0 {
+            self.local.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take()
+        } else {
+            None
+        };
+        let kept = match &local {
+            Some(cover) => local::keep_accounts(cover, &new, &self.engine, &self.options, &self.metrics),
+            None => Vec::new(),
+        };
+        let new: Vec<i32> = new.into_iter().filter(|p| !kept.contains(p)).collect();
+        if tpl.count() == 0 {
+            self.health.set_assigned(false);
+            self.assigned.store(0, Ordering::Relaxed);
+            return;
+        }
+        self.health.set_caught_up(false);
+        if let Err(e) = consumer.pause(tpl) {
+            tracing::error!(error = %e, "cannot pause the partitions assigned while they are prepared");
+        }
+        let cancel: StopFlag = Arc::new(AtomicBool::new(false));
+        let restoring = new.clone();
+        let work = {
+            let (engine, options, metrics, health) =
+                (self.engine.clone(), self.options.clone(), self.metrics.clone(), self.health.clone());
+            let (memory, cancel, groups) = (self.memory.clone(), cancel.clone(), self.groups);
+            std::thread::Builder::new().name("fds-prepare".into()).spawn(move || {
+                let restored = if options.checkpoint_interval.is_some() && !new.is_empty() {
+                    restore_accounts(&new, groups, &engine, &options, &metrics, &health, &cancel)
+                } else {
+                    Restored { partitions: new, ..Restored::default() }
+                };
+                let mut memory = memory.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                read_back_decisions(&options, &mut memory, &cancel);
                 tracing::info!(decisions = memory.len(), "recent decisions read back");
-                self.health.set_caught_up(true);
+                restored
+            })
+        };
+        match work {
+            Ok(work) => {
+                let local = local.as_ref().map(|cover| cover.restored(&kept));
+                self.is_preparing.store(true, Ordering::Relaxed);
+                *self.preparing() = Some(Preparing { assignment: (*tpl).clone(), local, restoring, cancel, work });
             }
-            self.health.set_assigned(tpl.count() > 0);
-            self.assigned.store(tpl.count(), Ordering::Relaxed);
+            Err(e) => tracing::error!(error = %e, "cannot start the thread that prepares the partitions assigned"),
         }
     }
 }
 
-/// Where each assigned input partition starts: its committed offset or, with
-/// none, the beginning (`auto.offset.reset=earliest`); `None` where the
-/// brokers do not say (the merge then waits for its first message).
-///
-/// A partition whose committed offset is past the restored state's position
-/// is moved back to that position, so the state learns what it missed.
+/// An input partition assigned: where it starts, and where it ends now.
+pub(super) struct Start {
+    pub(super) feed: Feed,
+    pub(super) partition: i32,
+    /// Its committed offset or, with none, the beginning
+    /// (`auto.offset.reset=earliest`); `None` where the brokers do not say
+    /// (the merge then waits for its first message).
+    pub(super) from: Option<i64>,
+    /// Its end (high watermark), asked of the brokers when it is assigned.
+    /// The client's cached end is as old as its last fetch of the
+    /// partition, from before the assignment: trusted by the merge, it
+    /// would take the partition for caught up at that old end and let the
+    /// other partitions' newer messages go ahead of its own.
+    pub(super) end: Option<i64>,
+}
+
+/// Where each assigned input partition starts (see [`Start`]). A partition
+/// whose committed offset is past the restored state's position is moved
+/// back to that position, so the state learns what it missed.
 fn start_offsets<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
     assigned: &TopicPartitionList,
     topics: &Topics,
     rewind: &Positions,
-) -> Vec<(Feed, i32, Option<i64>)> {
+    dropped: &[(String, i32)],
+) -> Vec<Start> {
     let committed = consumer.committed_offsets(assigned.clone(), Duration::from_secs(10)).ok();
     assigned
         .elements()
@@ -252,31 +371,31 @@ fn start_offsets<C: ConsumerContext>(
             let feed = feed_of(topics, e.topic());
             let offset =
                 committed.as_ref().and_then(|c| c.find_partition(e.topic(), e.partition())).map(|c| c.offset());
+            let watermarks = consumer.fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(10)).ok();
             let start = match offset {
                 Some(Offset::Offset(o)) => Some(o),
-                Some(Offset::Invalid | Offset::Beginning) => consumer
-                    .fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(10))
-                    .ok()
-                    .map(|(low, _)| low),
+                Some(Offset::Invalid | Offset::Beginning) => watermarks.map(|(low, _)| low),
                 _ => None,
             };
             let back = rewind.get(&(feed, e.partition())).copied();
-            let start = match (start, back) {
+            let (start, rewound) = match (start, back) {
                 (Some(s), Some(b)) if b < s => {
-                    match consumer.seek(e.topic(), e.partition(), Offset::Offset(b), Duration::from_secs(10)) {
-                        Ok(()) => {
-                            tracing::info!(topic = e.topic(), partition = e.partition(), from = b, to = s, "replaying input the restored state has not seen");
-                            Some(b)
-                        }
-                        Err(err) => {
-                            tracing::error!(topic = e.topic(), partition = e.partition(), error = %err, "cannot go back to the restored state's position; what it missed stays missed");
-                            start
-                        }
-                    }
+                    tracing::info!(topic = e.topic(), partition = e.partition(), from = b, to = s, "replaying input the restored state has not seen");
+                    (Some(b), true)
                 }
-                _ => start,
+                _ => (start, false),
             };
-            (feed, e.partition(), start)
+            // Rewound, or fetched from while it was being prepared (what was
+            // fetched was dropped). Not the others: a seek restarts the
+            // partition's fetch, which costs the first messages a fetch
+            // round of their own.
+            let fetched = dropped.iter().any(|(t, p)| t == e.topic() && *p == e.partition());
+            if let (Some(at), true) = (start, rewound || fetched) {
+                if let Err(err) = consumer.seek(e.topic(), e.partition(), Offset::Offset(at), Duration::from_secs(10)) {
+                    tracing::error!(topic = e.topic(), partition = e.partition(), error = %err, "cannot start the partition where its state stands; it goes on from its committed offset");
+                }
+            }
+            Start { feed, partition: e.partition(), from: start, end: watermarks.map(|(_, high)| high) }
         })
         .collect()
 }

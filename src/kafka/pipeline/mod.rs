@@ -57,7 +57,9 @@
 //! - **Idempotent by transfer id.** Every decision given is remembered by its
 //!   `bank_tran_id` (bounded, oldest forgotten first); whenever partitions are
 //!   assigned (at start, after a rebalance) the tail of the `decisions` topic is
-//!   read back into that memory before any of their messages is handled. A transfer delivered again (after a crash between the decision
+//!   read back into that memory before any of their messages is handled (the
+//!   partitions paused meanwhile, see `group`). A transfer delivered again
+//!   (after a crash between the decision
 //!   and the commit, a rebalance, or an API retry) is answered with the same
 //!   decision bytes, marked `fds-redelivered: true`, and is not fed to the state
 //!   a second time. Neither supported broker has transactions, so this is the
@@ -334,9 +336,8 @@ pub fn run(
         producer: producer.clone(),
         topics: opts.topics.clone(),
         book: Mutex::new(Book { tracker: OffsetTracker::default(), acks: ack_rx }),
-        memory: Mutex::new(DecisionMemory::new(opts.dedup_capacity)),
+        memory: Arc::new(Mutex::new(DecisionMemory::new(opts.dedup_capacity))),
         options: opts.clone(),
-        stop: stop.clone(),
         assigned: AtomicUsize::new(NOT_ASSIGNED),
         revocations: std::sync::atomic::AtomicU64::new(0),
         starts: Mutex::new(Vec::new()),
@@ -345,6 +346,9 @@ pub fn run(
         held: Mutex::new(Vec::new()),
         restored: Mutex::new(Vec::new()),
         local: Mutex::new(local_accounts),
+        preparing: Mutex::new(None),
+        is_preparing: AtomicBool::new(false),
+        dropped: Mutex::new(Vec::new()),
     };
     let consumer: BaseConsumer<GroupContext> = opts
         .connection
@@ -445,6 +449,11 @@ pub fn run(
             }
             match polled {
                 None => break,
+                // Partitions being prepared are paused; anything fetched
+                // before is fetched again from where they start.
+                Some(Ok(msg)) if consumer.context().is_preparing.load(Ordering::Relaxed) => {
+                    consumer.context().drop_polled(&msg)
+                }
                 Some(Ok(msg)) => burst.push(msg),
                 // Broker trouble shows here as well as in the health thread,
                 // which logs it once.
@@ -455,6 +464,7 @@ pub fn run(
             }
             wait = Duration::ZERO;
         }
+        consumer.context().finish_preparing(&consumer);
         for restored in consumer.context().take_restored() {
             // The accounts of partitions just taken, as of their checkpoint:
             // the state holds their input up to its positions (and nothing
@@ -468,8 +478,11 @@ pub fn run(
                 c.continue_after(restored.last_id());
             }
         }
-        for (feed, partition, from) in consumer.context().take_starts() {
+        for Start { feed, partition, from, end } in consumer.context().take_starts() {
             ordered.merge.follow(feed, partition, from);
+            if let Some(end) = end {
+                ordered.merge.set_end(feed, partition, end);
+            }
             // The state has learnt nothing of this partition before where it
             // starts here (unless restored past it): a checkpoint says so.
             if let Some(from) = from {
@@ -542,6 +555,7 @@ pub fn run(
     }
 
     // Graceful stop: no new messages; wait for what is in flight, then commit.
+    consumer.context().cancel_preparing();
     health.set_stopping();
     let pending = || consumer.context().book().tracker.pending();
     tracing::info!(pending = pending(), "stopping: waiting for in-flight decisions");

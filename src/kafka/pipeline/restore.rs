@@ -17,8 +17,9 @@
 //!   point (`shared::SharedStart`).
 //! - **When partitions are assigned** (at start, and when another instance
 //!   dies or leaves) their accounts are restored before any of their
-//!   messages is handled, in the rebalance callback, and the partitions are
-//!   rewound to the checkpoint's positions.
+//!   messages is handled, on a thread of their own while the partitions are
+//!   paused (see `group::Preparing`), and the partitions are rewound to the
+//!   checkpoint's positions.
 
 use std::collections::HashMap;
 
