@@ -451,10 +451,14 @@ pub fn kill_tamper_restart_of(
     let child = FdsRun::start(&brokers, Some(config.path()));
     let at = ids.len() * kill_at_percent / 100;
     assert!(decisions.read_until(WAIT, |r| r.len() >= at));
-    // And once the group has committed as far: killed before its first
-    // commit, the next instance would start from the beginning and rebuild
-    // everything, whatever the changelog does.
-    assert!(wait_for(WAIT, || committed_total(&brokers, "fds", &topics.transfers) >= at as i64 / 2));
+    // And once the group has committed nearly as far: killed before its
+    // first commit, the next instance would start from the beginning and
+    // rebuild everything, whatever the changelog does; killed with its
+    // commits far behind (half as far was allowed once; the backlog is
+    // decided within one 100 ms commit interval), the next instance learns
+    // most of the history again from the input and the test without the
+    // changelog found nothing changed.
+    assert!(wait_for(WAIT, || committed_total(&brokers, "fds", &topics.transfers) >= at as i64 * 9 / 10));
     drop(child);
     tamper();
     send_events(&p, topics, rest, 600_000);
