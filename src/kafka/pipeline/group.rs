@@ -103,21 +103,17 @@ pub(super) struct Preparing {
 
 impl GroupContext {
     pub(super) fn book(&self) -> std::sync::MutexGuard<'_, Book> {
-        self.book.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.book)
     }
 
     pub(super) fn memory(&self) -> std::sync::MutexGuard<'_, DecisionMemory> {
-        self.memory.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn preparing(&self) -> std::sync::MutexGuard<'_, Option<Preparing>> {
-        self.preparing.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.memory)
     }
 
     /// A message polled while the assignment is prepared: dropped, and its
     /// partition remembered, to be fetched again from its start.
     pub(super) fn drop_polled(&self, message: &BorrowedMessage<'_>) {
-        let mut dropped = self.dropped.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut dropped = lock(&self.dropped);
         if !dropped.iter().any(|(t, p)| t == message.topic() && *p == message.partition()) {
             dropped.push((message.topic().to_owned(), message.partition()));
         }
@@ -131,10 +127,10 @@ impl GroupContext {
     /// second rebalance during a restore, measured in the kill test: the
     /// partition came back as held, without its accounts).
     pub(super) fn cancel_preparing(&self) {
-        let Some(p) = self.preparing().take() else { return };
+        let Some(p) = lock(&self.preparing).take() else { return };
         p.cancel.store(true, Ordering::Relaxed);
         let _ = p.work.join();
-        self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner).retain(|h| !p.restoring.contains(h));
+        lock(&self.held).retain(|h| !p.restoring.contains(h));
         self.is_preparing.store(false, Ordering::Relaxed);
         self.health.set_restoring(false);
         tracing::info!("the partitions' preparation stopped: they were revoked, or fds is stopping");
@@ -145,7 +141,7 @@ impl GroupContext {
     /// state stands, or at their committed offsets, and are resumed.
     pub(super) fn finish_preparing(&self, consumer: &BaseConsumer<Self>) {
         let p = {
-            let mut slot = self.preparing();
+            let mut slot = lock(&self.preparing);
             if !slot.as_ref().is_some_and(|p| p.work.is_finished()) {
                 return;
             }
@@ -161,16 +157,16 @@ impl GroupContext {
             restored.absorb(local);
         }
         let rewind = restored.positions();
-        self.restored.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(restored);
+        lock(&self.restored).push(restored);
         // Resumed, then each one sought to its start: the seek wakes the
         // thread that fetches it. Sought first and resumed after, the first
         // fetch waited up to a second (measured: the first answers 0.7 s late).
         if let Err(e) = consumer.resume(&p.assignment) {
             tracing::error!(error = %e, "cannot resume the partitions assigned");
         }
-        let dropped = std::mem::take(&mut *self.dropped.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        let dropped = std::mem::take(&mut *lock(&self.dropped));
         let starts = start_offsets(consumer, &p.assignment, &self.topics, &rewind, &dropped);
-        *self.starts.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = starts;
+        *lock(&self.starts) = starts;
         self.is_preparing.store(false, Ordering::Relaxed);
         self.health.set_caught_up(true);
         self.health.set_assigned(true);
@@ -180,12 +176,12 @@ impl GroupContext {
 
     /// The restores done since the last call.
     pub(super) fn take_restored(&self) -> Vec<Restored> {
-        std::mem::take(&mut *self.restored.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+        std::mem::take(&mut *lock(&self.restored))
     }
 
     /// The partitions assigned since the last call, with their starts.
     pub(super) fn take_starts(&self) -> Vec<Start> {
-        std::mem::take(&mut *self.starts.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+        std::mem::take(&mut *lock(&self.starts))
     }
 
     /// Hand the finished positions to the consumer for its next commit.
@@ -229,7 +225,7 @@ impl ConsumerContext for GroupContext {
                     // Thrown out of the group (no heartbeat for a session
                     // timeout): others may have moved these partitions on
                     // meanwhile, so what is held of them is stale.
-                    self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
+                    lock(&self.held).clear();
                     tracing::warn!(
                         "the assignment was lost; partitions assigned again are restored from the changelog"
                     );
@@ -280,20 +276,16 @@ impl ConsumerContext for GroupContext {
         let Rebalance::Assign(tpl) = rebalance else { return };
         tracing::info!(partitions = tpl.count(), "partitions assigned");
         self.cancel_preparing();
-        self.dropped.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
+        lock(&self.dropped).clear();
         let assigned: Vec<i32> = tpl.elements_for_topic(&self.topics.transfers).iter().map(|e| e.partition()).collect();
         let assigned_now = assigned.len();
-        let mut held = self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut held = lock(&self.held);
         let new: Vec<i32> = assigned.iter().copied().filter(|p| !held.contains(p)).collect();
         *held = assigned;
         drop(held);
         // After a start from the local copy, the first partitions assigned
         // keep its accounts where their changelog has not moved since.
-        let local = if assigned_now > 0 {
-            self.local.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take()
-        } else {
-            None
-        };
+        let local = if assigned_now > 0 { lock(&self.local).take() } else { None };
         let kept = match &local {
             Some(cover) => local::keep_accounts(cover, &new, &self.engine, &self.options, &self.metrics),
             None => Vec::new(),
@@ -320,7 +312,7 @@ impl ConsumerContext for GroupContext {
                 } else {
                     Restored { partitions: new, ..Restored::default() }
                 };
-                let mut memory = memory.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let mut memory = lock(&memory);
                 read_back_decisions(&options, &mut memory, &cancel);
                 tracing::info!(decisions = memory.len(), "recent decisions read back");
                 restored
@@ -330,7 +322,7 @@ impl ConsumerContext for GroupContext {
             Ok(work) => {
                 let local = local.as_ref().map(|cover| cover.restored(&kept));
                 self.is_preparing.store(true, Ordering::Relaxed);
-                *self.preparing() = Some(Preparing { assignment: (*tpl).clone(), local, restoring, cancel, work });
+                *lock(&self.preparing) = Some(Preparing { assignment: (*tpl).clone(), local, restoring, cancel, work });
             }
             Err(e) => tracing::error!(error = %e, "cannot start the thread that prepares the partitions assigned"),
         }

@@ -158,6 +158,13 @@ use shared::*;
 pub use memory::{DecisionMemory, Remembered};
 pub use offsets::OffsetTracker;
 
+/// A mutex's guard, poisoned or not: every lock here guards data a panic
+/// elsewhere leaves whole (a list, a slot, a memory), so a panicking thread
+/// must not take the pipeline down with it.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Why the pipeline could not start or had to stop.
 #[allow(missing_docs)] // each variant's #[error] text is its documentation and names its fields
 #[derive(Debug, thiserror::Error)]

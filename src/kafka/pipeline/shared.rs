@@ -336,10 +336,6 @@ impl SharedTables {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 /// The observations producer's context: a refused batch is said once.
 pub(super) struct SharedAcks {
     warned: AtomicBool,
