@@ -180,12 +180,20 @@ fn a_graceful_restart_reads_the_local_copy_and_a_full_disk_leaves_the_previous_o
     assert_eq!(std::fs::read(&copy).unwrap(), first_copy, "the previous copy is left as it was");
     assert!(std::fs::symlink_metadata(&tmp).is_err(), "the failed copy was tried and removed");
 
+    // What the changelog holds when the third run starts.
+    let mut state = Reader::new(&brokers, &topics.state);
+    state.drain(Duration::from_secs(2));
+    let in_topic: usize = state.records.iter().map(|r| r.payload.len()).sum();
     let m = run(2 * third..events.len(), &|| {});
     assert_eq!(
         (restores(&m, "local"), restores(&m, "stale"), restores(&m, "restored")),
         (1, 1, 1),
         "payees and devices from the copy; the partitions' accounts found stale, read from the changelog:\n{m}"
     );
+    // The accounts were read from where the second run's first checkpoint,
+    // a whole one, begins: the first run's records are skipped.
+    let read = sample(&m, "fds_state_restore_bytes") as usize;
+    assert!(read > 0 && read < in_topic, "{read} bytes restored of {in_topic} in the changelog");
     let differ = differ_from_replay(&events, partitions as u32, &decisions.records);
     let of = transfer_ids(&events).len();
     assert_eq!(differ, 0, "{differ} of {of} transfers decided otherwise than by an engine that never stopped");

@@ -127,6 +127,16 @@ pub(super) struct Marker {
     /// checkpoint may carry the same numbers.
     #[serde(default)]
     pub(super) writer: u64,
+    /// Where in this partition the writer's last whole checkpoint
+    /// ([`Marker::since`]) begins: its lowest offset here. Nothing before it
+    /// can be restored as of this marker (older checkpoints, other writers),
+    /// so a restore that has found this marker in the partition's tail reads
+    /// from here, not from the start: without it, a topic that is not (yet)
+    /// compacted costs every restart the reading of every earlier one's
+    /// whole checkpoint. `None` (no record of that checkpoint went here, or
+    /// written by an earlier build): from the start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) from: Option<i64>,
 }
 
 /// The changelog producer's acknowledgements: how many records are still
@@ -134,6 +144,9 @@ pub(super) struct Marker {
 pub(super) struct ChangelogAcks {
     pending: Arc<AtomicI64>,
     failed: Arc<AtomicBool>,
+    /// Per partition of `state`, the lowest offset acknowledged since the
+    /// last whole checkpoint began (see [`Marker::from`]).
+    lowest: Arc<[AtomicI64]>,
 }
 
 impl ClientContext for ChangelogAcks {
@@ -150,7 +163,11 @@ impl ProducerContext for ChangelogAcks {
 
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
         match result {
-            Ok(_) => {}
+            Ok(m) => {
+                if let Some(lowest) = usize::try_from(m.partition()).ok().and_then(|p| self.lowest.get(p)) {
+                    lowest.fetch_min(m.offset(), Ordering::Relaxed);
+                }
+            }
             // The producer retries for ever (`message.timeout.ms=0`) what can
             // be retried; what comes back failed was refused by the broker.
             // Its checkpoint is abandoned (no marker: a restart uses the one
@@ -186,6 +203,13 @@ pub(super) struct Changelog {
     health: Arc<Health>,
     pending: Arc<AtomicI64>,
     failed: Arc<AtomicBool>,
+    /// See [`ChangelogAcks::lowest`]: reset when a whole checkpoint begins
+    /// (an abandoned checkpoint's records acknowledged after that only make
+    /// it lower, which costs a restore some reading, never a record).
+    lowest: Arc<[AtomicI64]>,
+    /// Per partition of `state`, where the last whole checkpoint completed
+    /// begins ([`Marker::from`]).
+    from: HashMap<i32, i64>,
     /// The next checkpoint writes every entity, not only the changed ones.
     whole: bool,
     /// The partitions the last checkpoint was of: when they change, the
@@ -257,6 +281,7 @@ impl Changelog {
         };
         let pending = Arc::new(AtomicI64::new(0));
         let failed = Arc::new(AtomicBool::new(false));
+        let lowest: Arc<[AtomicI64]> = (0..partitions).map(|_| AtomicI64::new(i64::MAX)).collect();
         let producer: ThreadedProducer<ChangelogAcks> = opts
             .connection
             // Not the idempotent producer: an entity record written twice
@@ -273,7 +298,11 @@ impl Changelog {
                 ("linger.ms", "5"),
                 ("compression.type", "lz4"),
             ])
-            .create_with_context(ChangelogAcks { pending: pending.clone(), failed: failed.clone() })
+            .create_with_context(ChangelogAcks {
+                pending: pending.clone(),
+                failed: failed.clone(),
+                lowest: lowest.clone(),
+            })
             .map_err(|source| PipelineError::Client {
                 role: "changelog producer",
                 brokers: opts.connection.brokers.clone(),
@@ -283,6 +312,8 @@ impl Changelog {
             producer,
             pending,
             failed,
+            lowest,
+            from: HashMap::new(),
             health,
             whole: false,
             last_owned: Vec::new(),
@@ -392,9 +423,18 @@ impl Changelog {
                 {
                     return;
                 }
+                if open.id == self.since {
+                    // Every record of the whole checkpoint is acknowledged.
+                    self.from = (0..)
+                        .zip(self.lowest.iter())
+                        .map(|(p, o)| (p, o.load(Ordering::Relaxed)))
+                        .filter(|&(_, o)| o < i64::MAX)
+                        .collect();
+                }
                 let id = open.id.to_string();
                 let stamp = Stamp { checkpoint: &id, writer: &self.writer_header };
-                while let Some((partition, marker)) = open.markers.last() {
+                while let Some((partition, marker)) = open.markers.last_mut() {
+                    marker.from = self.from.get(partition).copied();
                     let value = serde_json::to_vec(marker).expect("a marker serializes");
                     match send(&self.producer, &self.pending, &self.topic, MARKER_KEY, Some(&value), *partition, &stamp)
                     {
@@ -442,6 +482,10 @@ impl Changelog {
         let whole = std::mem::take(&mut self.whole) || owned != self.last_owned;
         if whole {
             self.since = id;
+            self.from.clear();
+            for lowest in self.lowest.iter() {
+                lowest.store(i64::MAX, Ordering::Relaxed);
+            }
         }
         let partitions = self.partitions;
         let mine = owned.clone();
@@ -467,6 +511,7 @@ impl Changelog {
                 observed: observed.clone(),
                 since: self.since,
                 writer: self.writer,
+                from: None,
             };
             markers.push((partition, marker));
         }

@@ -67,6 +67,9 @@ pub(super) struct GroupContext {
     /// assignment decides which of its partitions' accounts stand (see
     /// `local::keep_accounts`).
     pub(super) local: Mutex<Option<local::ChangelogCover>>,
+    /// The accounts the changelog's read at start found, until the first
+    /// assignment takes those that still stand (see [`StartAccounts`]).
+    pub(super) start_accounts: Mutex<Option<StartAccounts>>,
     /// The assignment being prepared, if one is (see [`Preparing`]).
     pub(super) preparing: Mutex<Option<Preparing>>,
     /// Whether one is: the scoring loop drops what the consumer hands it
@@ -286,6 +289,7 @@ impl ConsumerContext for GroupContext {
         // After a start from the local copy, the first partitions assigned
         // keep its accounts where their changelog has not moved since.
         let local = if assigned_now > 0 { lock(&self.local).take() } else { None };
+        let at_start = if assigned_now > 0 { lock(&self.start_accounts).take() } else { None };
         let kept = match &local {
             Some(cover) => local::keep_accounts(cover, &new, &self.engine, &self.options, &self.metrics),
             None => Vec::new(),
@@ -307,15 +311,20 @@ impl ConsumerContext for GroupContext {
                 (self.engine.clone(), self.options.clone(), self.metrics.clone(), self.health.clone());
             let (memory, cancel, groups) = (self.memory.clone(), cancel.clone(), self.groups);
             std::thread::Builder::new().name("fds-prepare".into()).spawn(move || {
-                let restored = if options.checkpoint_interval.is_some() && !new.is_empty() {
-                    restore_accounts(&new, groups, &engine, &options, &metrics, &health, &cancel)
-                } else {
-                    Restored { partitions: new, ..Restored::default() }
-                };
-                let mut memory = lock(&memory);
-                read_back_decisions(&options, &mut memory, &cancel);
-                tracing::info!(decisions = memory.len(), "recent decisions read back");
-                restored
+                // The two reads side by side: each waits on the brokers
+                // more than it computes.
+                std::thread::scope(|s| {
+                    s.spawn(|| {
+                        let mut memory = lock(&memory);
+                        read_back_decisions(&options, &mut memory, &cancel);
+                        tracing::info!(decisions = memory.len(), "recent decisions read back");
+                    });
+                    if options.checkpoint_interval.is_some() && !new.is_empty() {
+                        restore_accounts(&new, groups, &engine, &options, &metrics, &health, &cancel, at_start)
+                    } else {
+                        Restored { partitions: new, ..Restored::default() }
+                    }
+                })
             })
         };
         match work {

@@ -18,6 +18,10 @@ pub struct DecisionMemory {
     next: u64,
     hasher: ahash::RandomState,
     capacity: usize,
+    /// Per partition of `decisions`, how far the topic has been read back
+    /// into the memory: a later read-back (at the next assignment) goes on
+    /// from there, since what came before is in it already.
+    read_to: HashMap<i32, i64>,
 }
 
 /// One decision given: the transfer id followed by the decision as sent.
@@ -78,6 +82,7 @@ impl DecisionMemory {
             next: 0,
             hasher: ahash::RandomState::new(),
             capacity: capacity.max(1),
+            read_to: HashMap::new(),
         }
     }
 
@@ -116,6 +121,16 @@ impl DecisionMemory {
         };
         self.table.insert_unique(hash, r, |r| r.hash);
         self.order.push_back((hash, seq));
+    }
+
+    /// See [`DecisionMemory::read_to`].
+    pub(super) fn read_to(&self) -> &HashMap<i32, i64> {
+        &self.read_to
+    }
+
+    /// `decisions` partition `partition` is read back up to `end`.
+    pub(super) fn set_read_to(&mut self, partition: i32, end: i64) {
+        self.read_to.insert(partition, end);
     }
 
     /// Decisions remembered.

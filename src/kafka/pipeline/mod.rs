@@ -294,6 +294,20 @@ pub fn run(
         }
     }
 
+    // The decisions' tail is read back meanwhile, on a thread of its own:
+    // like the state, it is waited for before any partition's messages are
+    // handled (see `GroupContext::post_rebalance`), and a restore of either
+    // waits on the brokers more than it computes.
+    let memory = Arc::new(Mutex::new(DecisionMemory::new(opts.dedup_capacity)));
+    let reading_back = {
+        let (memory, opts, stop) = (memory.clone(), opts.clone(), stop.clone());
+        std::thread::Builder::new().name("fds-readback".into()).spawn(move || {
+            let mut memory = lock(&memory);
+            read_back_decisions(&opts, &mut memory, &stop);
+            tracing::info!(decisions = memory.len(), "recent decisions read back");
+        })
+    };
+
     // The state first: the shared payee and device tables restored before
     // anything is consumed (each partition's accounts follow when it is
     // assigned), from the local copy where it still matches, else from the
@@ -303,6 +317,7 @@ pub fn run(
     let mut changelog = None;
     let mut start = SharedStart::default();
     let mut local_accounts = None;
+    let mut start_accounts = None;
     if let Some(interval) = opts.checkpoint_interval {
         let copy = opts
             .state_dir
@@ -314,7 +329,8 @@ pub fn run(
                 cover.last_id
             }
             None => {
-                let restored = restore_shared(&engine, &opts, &metrics, &health, &stop);
+                let (restored, accounts) = restore_shared(&engine, &opts, &metrics, &health, &stop);
+                start_accounts = accounts;
                 start = restored.shared_start(groups);
                 restored.last_id()
             }
@@ -343,7 +359,7 @@ pub fn run(
         producer: producer.clone(),
         topics: opts.topics.clone(),
         book: Mutex::new(Book { tracker: OffsetTracker::default(), acks: ack_rx }),
-        memory: Arc::new(Mutex::new(DecisionMemory::new(opts.dedup_capacity))),
+        memory,
         options: opts.clone(),
         assigned: AtomicUsize::new(NOT_ASSIGNED),
         revocations: std::sync::atomic::AtomicU64::new(0),
@@ -353,6 +369,7 @@ pub fn run(
         held: Mutex::new(Vec::new()),
         restored: Mutex::new(Vec::new()),
         local: Mutex::new(local_accounts),
+        start_accounts: Mutex::new(start_accounts),
         preparing: Mutex::new(None),
         is_preparing: AtomicBool::new(false),
         dropped: Mutex::new(Vec::new()),
@@ -608,6 +625,9 @@ pub fn run(
     drop(ordered);
     drop(labels);
     let _ = watcher.join();
+    if let Ok(reading_back) = reading_back {
+        let _ = reading_back.join();
+    }
     match failure {
         Some(e) => Err(e),
         None => Ok(summary),

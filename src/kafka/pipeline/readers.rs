@@ -71,14 +71,14 @@ pub(super) fn partition_count<C: ConsumerContext>(consumer: &BaseConsumer<C>, to
     (t.error().is_none() && !t.partitions().is_empty()).then(|| t.partitions().len())
 }
 
-/// Assign every partition of `topic`, each from `start(low, high)`, waiting
+/// Assign every partition of `topic`, each from `start(partition, low, high)`, waiting
 /// for the brokers (retrying) up to `limit`. Returns each partition with the
 /// offset it starts from and its end then, or `None` when the brokers never
 /// answered.
 pub(super) fn assign_all<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
     topic: &str,
-    start: impl Fn(i64, i64) -> i64,
+    start: impl Fn(i32, i64, i64) -> i64,
     stop: &StopFlag,
     limit: Duration,
 ) -> Option<Vec<(i32, i64, i64)>> {
@@ -90,7 +90,7 @@ pub(super) fn assign_some<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
     topic: &str,
     which: impl Fn(i32) -> bool,
-    start: impl Fn(i64, i64) -> i64,
+    start: impl Fn(i32, i64, i64) -> i64,
     stop: &StopFlag,
     limit: Duration,
 ) -> Option<Vec<(i32, i64, i64)>> {
@@ -124,7 +124,7 @@ pub(super) fn assign_some<C: ConsumerContext>(
                 Err(_) => return None,
             }
         };
-        let from = start(low, high).clamp(low, high);
+        let from = start(p, low, high).clamp(low, high);
         tpl.add_partition_offset(topic, p, Offset::Offset(from)).ok()?;
         assigned.push((p, from, high));
     }
@@ -136,7 +136,7 @@ pub(super) fn assign_some<C: ConsumerContext>(
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
 /// Assign the partitions of `topic` that `which` picks, each from
-/// `start(low, high)`, and read until each reaches the end it had when the
+/// `start(partition, low, high)`, and read until each reaches the end it had when the
 /// call began, handing every message to `f`. It waits for the brokers
 /// (retrying) rather than failing, and gives up when `limit` passes without a
 /// message (a large topic may take longer than that as a whole, as long as it
@@ -145,7 +145,7 @@ pub(super) fn read_to_end<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
     topic: &str,
     which: impl Fn(i32) -> bool,
-    start: impl Fn(i64, i64) -> i64,
+    start: impl Fn(i32, i64, i64) -> i64,
     stop: &StopFlag,
     limit: Duration,
     mut f: impl FnMut(&BorrowedMessage<'_>),
@@ -233,7 +233,8 @@ pub(super) fn reader(
 
 /// Read the tail of the decisions topic into the decision memory, so that
 /// transfers delivered again (after a restart or a rebalance) get the decision
-/// already given.
+/// already given. Read once at start, beside the state's restore, then at
+/// each assignment only what was written since.
 pub(super) fn read_back_decisions(opts: &PipelineOptions, memory: &mut DecisionMemory, stop: &StopFlag) {
     let topic = &opts.topics.decisions;
     let consumer = match reader(
@@ -249,11 +250,18 @@ pub(super) fn read_back_decisions(opts: &PipelineOptions, memory: &mut DecisionM
         }
     };
     let per_partition = opts.dedup_capacity as i64;
+    // From the last `dedup_capacity` decisions, or where the last read-back
+    // of this process ended; up to each partition's end now.
+    let read_to = memory.read_to().clone();
+    let ends = std::cell::RefCell::new(Vec::new());
     let complete = read_to_end(
         &consumer,
         topic,
         |_| true,
-        |_, high| high - per_partition,
+        |p, _, high| {
+            ends.borrow_mut().push((p, high));
+            (high - per_partition).max(read_to.get(&p).copied().unwrap_or(i64::MIN))
+        },
         stop,
         READ_BACK_LIMIT,
         |m| {
@@ -274,6 +282,10 @@ pub(super) fn read_back_decisions(opts: &PipelineOptions, memory: &mut DecisionM
     );
     if !complete {
         tracing::warn!(%topic, "recent decisions only partly read back");
+        return;
+    }
+    for (p, end) in ends.into_inner() {
+        memory.set_read_to(p, end);
     }
 }
 
@@ -306,7 +318,7 @@ pub(super) fn labels_reader(opts: &PipelineOptions, stop: &StopFlag) -> Result<L
         source,
     })?;
     let topic = &opts.topics.labels;
-    let starts = match assign_all(&consumer, topic, |low, _| low, stop, READ_BACK_LIMIT) {
+    let starts = match assign_all(&consumer, topic, |_, low, _| low, stop, READ_BACK_LIMIT) {
         Some(assigned) => assigned.into_iter().map(|(p, from, _)| (p, from)).collect(),
         None => {
             tracing::error!(%topic, "cannot read the fraud reports; payee risk will miss them");

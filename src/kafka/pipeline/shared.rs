@@ -136,7 +136,7 @@ impl SharedTables {
         let reader =
             reader(opts, "observations", "observations reader", &latency).map_err(client("observations reader"))?;
         let topic = opts.topics.observations.clone();
-        let assigned = assign_all(&reader, &topic, |low, _| low, stop, READ_BACK_LIMIT);
+        let assigned = assign_all(&reader, &topic, |_, low, _| low, stop, READ_BACK_LIMIT);
         let mut started_at = HashMap::new();
         match assigned {
             None => {

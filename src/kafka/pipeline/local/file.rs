@@ -219,6 +219,7 @@ impl ChangelogCover {
                 positions: c.positions.clone(),
                 counted: Vec::new(),
                 observed: Vec::new(),
+                from: None,
             };
             restored.markers.insert(c.partition, marker);
         }
