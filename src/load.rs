@@ -109,6 +109,13 @@ pub enum LoadError {
     /// The thread reading decisions panicked; its counts are lost.
     #[error("the decision reader thread panicked")]
     ReaderPanicked,
+    /// The file the decisions are written to could not be created or written.
+    #[error("cannot write the decisions to {path}")]
+    DecisionsOut {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl LoadError {
@@ -155,6 +162,10 @@ pub struct LoadOptions {
     pub max_in_flight: u64,
     /// How long the brokers get to answer the first metadata request.
     pub connect_timeout: Duration,
+    /// Write every decision read back, as sent, one per line, to this file:
+    /// a live run to compare transfer by transfer with `fds replay
+    /// --decisions-out` of the same file.
+    pub decisions_out: Option<PathBuf>,
 }
 
 impl LoadOptions {
@@ -173,6 +184,7 @@ impl LoadOptions {
             linger_ms: DEFAULT_LINGER_MS,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            decisions_out: None,
         }
     }
 }
@@ -324,11 +336,15 @@ pub fn run(opts: LoadOptions, progress: Option<ProgressBar>) -> Result<LoadRepor
     let view = Arc::new(ReaderView::default());
     let matcher = Matcher::new(opts.budget, opts.drain);
     let drain = opts.drain;
+    let out = match &opts.decisions_out {
+        Some(path) => Some(DecisionsOut::create(path)?),
+        None => None,
+    };
     let reader = {
         let view = view.clone();
         std::thread::Builder::new()
             .name("fds-load-decisions".into())
-            .spawn(move || read_decisions(consumer, notes_rx, matcher, drain, &view))
+            .spawn(move || read_decisions(consumer, notes_rx, matcher, drain, &view, out))
             .expect("spawn the decision reader")
     };
 
@@ -357,8 +373,9 @@ pub fn run(opts: LoadOptions, progress: Option<ProgressBar>) -> Result<LoadRepor
         std::thread::sleep(Duration::from_millis(50));
     }
     bar.finish_and_clear();
-    let read = reader.join().map_err(|_| LoadError::ReaderPanicked)?;
+    let mut read = reader.join().map_err(|_| LoadError::ReaderPanicked)?;
     let produced = produced?;
+    std::mem::replace(&mut read.written, Ok(()))?;
     if let Err(e) = flushed {
         tracing::warn!(error = %e, "the producer did not deliver everything within the drain");
     }
@@ -779,16 +796,53 @@ fn unix_ms() -> u64 {
 struct ReaderResult {
     matcher: Matcher,
     consumer_errors: u64,
+    /// Whether `--decisions-out` was written whole.
+    written: Result<(), LoadError>,
 }
 
 /// The decision reader's loop: match every decision read until all transfers
 /// are answered or the drain after the last send is over.
+/// Where `--decisions-out` writes: each decision's bytes and a newline.
+struct DecisionsOut {
+    path: PathBuf,
+    file: std::io::BufWriter<std::fs::File>,
+    /// The first error, reported once at the end; writing stops there.
+    failed: Option<std::io::Error>,
+}
+
+impl DecisionsOut {
+    fn create(path: &std::path::Path) -> Result<Self, LoadError> {
+        let file = std::fs::File::create(path)
+            .map_err(|source| LoadError::DecisionsOut { path: path.to_path_buf(), source })?;
+        Ok(DecisionsOut { path: path.to_path_buf(), file: std::io::BufWriter::new(file), failed: None })
+    }
+
+    fn write(&mut self, decision: &[u8]) {
+        use std::io::Write;
+        if self.failed.is_none() {
+            if let Err(e) = self.file.write_all(decision).and_then(|()| self.file.write_all(b"\n")) {
+                self.failed = Some(e);
+            }
+        }
+    }
+
+    fn finish(mut self) -> Result<(), LoadError> {
+        use std::io::Write;
+        let flushed = self.file.flush();
+        match self.failed.take().map_or(flushed, Err) {
+            Ok(()) => Ok(()),
+            Err(source) => Err(LoadError::DecisionsOut { path: self.path, source }),
+        }
+    }
+}
+
 fn read_decisions(
     consumer: BaseConsumer,
     notes: Receiver<Note>,
     mut matcher: Matcher,
     drain: Duration,
     view: &ReaderView,
+    mut out: Option<DecisionsOut>,
 ) -> ReaderResult {
     let mut deadline: Option<Instant> = None;
     let mut consumer_errors = 0u64;
@@ -831,6 +885,9 @@ fn read_decisions(
             let headers = msg.headers().into_iter().flat_map(|h| h.iter().map(|h| (h.key, h.value)));
             let d = read_decision(headers, msg.payload());
             matcher.answer(d, now);
+            if let (Some(out), Some(decision)) = (&mut out, msg.payload()) {
+                out.write(decision);
+            }
         }
         view.publish(&matcher);
         if let Some(deadline) = deadline {
@@ -839,7 +896,8 @@ fn read_decisions(
             }
         }
     }
-    ReaderResult { matcher, consumer_errors }
+    let written = out.map_or(Ok(()), DecisionsOut::finish);
+    ReaderResult { matcher, consumer_errors, written }
 }
 
 /// The send schedule: transfer `n` (from 0) is due `n / per_second` after the
@@ -1339,7 +1397,7 @@ mod tests {
             &opts,
             vec!["x.jsonl".into()],
             Produced { transfers: 2, ..Produced::default() },
-            ReaderResult { matcher: Matcher::new(opts.budget, opts.drain), consumer_errors: 0 },
+            ReaderResult { matcher: Matcher::new(opts.budget, opts.drain), consumer_errors: 0, written: Ok(()) },
             0,
             None,
         );

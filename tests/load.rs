@@ -153,6 +153,8 @@ fn load_counts_every_kind_of_answer() {
     opts.limit = Some(LIMIT);
     opts.budget = BUDGET;
     opts.drain = Duration::from_secs(1);
+    let written = dir.path().join("decisions.jsonl");
+    opts.decisions_out = Some(written.clone());
     let started_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
     let r = load::run(opts, None).unwrap();
     let ended_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
@@ -182,6 +184,11 @@ fn load_counts_every_kind_of_answer() {
     assert!(l.p50_us > 0.0 && l.p50_us <= l.p99_us && l.p99_us <= l.p999_us && l.p999_us <= l.max_us, "{text}");
     assert!(l.max_us < BUDGET.as_micros() as f64, "{text}");
     assert!(r.decisions_per_s > 0.0, "{text}");
+    // Every answer read, as sent: the duplicate and the unknown one too.
+    let lines = std::fs::read_to_string(&written).unwrap();
+    let answers = r.decisions_received + r.duplicates + r.unknown;
+    assert_eq!(lines.lines().count() as u64, answers, "{lines}");
+    assert!(lines.lines().all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()), "{lines}");
 
     // The contract, as the stand-in saw it.
     let on = |t: &String| seen.iter().filter(|s| &s.topic == t).collect::<Vec<_>>();

@@ -197,6 +197,10 @@ enum Command {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+        /// Write every decision read back, as sent, one JSON line each, to this
+        /// file (to compare a live run with `fds replay --decisions-out`).
+        #[arg(long, value_name = "FILE")]
+        decisions_out: Option<PathBuf>,
     },
     /// Run the Kafka pipeline: consume transfers, context events and labels,
     /// produce decisions (and dead letters); serve /metrics, /readyz, /healthz.
@@ -470,6 +474,7 @@ fn run() -> Result<()> {
             linger_ms,
             max_in_flight,
             json,
+            decisions_out,
         } => {
             let Ok(drain) = Duration::try_from_secs_f64(drain_secs) else {
                 bail!("--drain-secs must be a number of seconds, got {drain_secs}");
@@ -487,6 +492,7 @@ fn run() -> Result<()> {
             opts.drain = drain;
             opts.linger_ms = linger_ms;
             opts.max_in_flight = max_in_flight.max(1);
+            opts.decisions_out = decisions_out;
             load_cmd(opts, json)
         }
         Command::Train {
