@@ -315,7 +315,19 @@ impl ConsumerContext for GroupContext {
                 // more than it computes.
                 std::thread::scope(|s| {
                     s.spawn(|| {
-                        let mut memory = lock(&memory);
+                        // The read-back begun at start may still hold the
+                        // memory: wait for it, but give way to a revocation
+                        // at once (it joins this thread inside the callback).
+                        let mut memory = loop {
+                            match memory.try_lock() {
+                                Ok(m) => break m,
+                                Err(std::sync::TryLockError::Poisoned(p)) => break p.into_inner(),
+                                Err(std::sync::TryLockError::WouldBlock) if cancel.load(Ordering::Relaxed) => return,
+                                Err(std::sync::TryLockError::WouldBlock) => {
+                                    std::thread::sleep(Duration::from_millis(10))
+                                }
+                            }
+                        };
                         read_back_decisions(&options, &mut memory, &cancel);
                         tracing::info!(decisions = memory.len(), "recent decisions read back");
                     });
