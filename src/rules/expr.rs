@@ -28,10 +28,11 @@ const KEYWORDS: [&str; 6] = ["and", "or", "not", "in", "true", "false"];
 
 /// A compile problem at a byte offset within the condition text.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct ExprError {
-    /// Byte offset in the condition text.
-    pub(crate) offset: usize,
-    pub(crate) message: String,
+pub struct ExprError {
+    /// Byte offset in the condition text (at most its length).
+    pub offset: usize,
+    /// What is wrong.
+    pub message: String,
 }
 
 fn err(offset: usize, message: impl Into<String>) -> ExprError {

@@ -89,6 +89,7 @@ use smallvec::SmallVec;
 
 use crate::features::FeatureVector;
 
+pub use expr::ExprError;
 pub use watch::{new_handle, reload_now, watch, watch_with, ReloadStatus, RuleWatcher, RulesHandle, WatchOptions};
 
 /// Score total at which a hold is made when `ruleset.toml` does not say.
@@ -348,6 +349,15 @@ impl RuleSet {
         out.hold = hold;
         out
     }
+}
+
+/// Compile one condition (a rule's `when`) against the feature schema and the
+/// given list names, as loading a rule file does. The condition language's
+/// own entry point, for the property tests and fuzz targets that hold it to
+/// its promise: any text is either accepted or refused with problems inside
+/// it, never a panic or a hang.
+pub fn check_condition(when: &str, lists: &[String]) -> Result<(), Vec<ExprError>> {
+    expr::compile(when, lists).map(|_| ())
 }
 
 /// One problem in a rules directory, positioned for an editor: 1-based line,
