@@ -19,7 +19,7 @@ fn lines() -> [(&'static str, String); 2] {
     [
         (
             "transfer",
-            build::transfer("F123456789U4BC12345678")
+            build::transfer("F123456789U4BC123456")
                 .at("20261102093015")
                 .account(account)
                 .amount(350_000)

@@ -121,6 +121,7 @@ struct RawEngine {
     rules_dir: Option<PathBuf>,
     state_dir: Option<PathBuf>,
     max_skew_minutes: Option<i64>,
+    max_event_bytes: Option<i64>,
     model_dir: Option<PathBuf>,
     use_model: Option<bool>,
     model_verification: Option<String>,
@@ -142,6 +143,9 @@ pub struct Config {
     /// Refuse events dated more than this far ahead of the wall clock (live
     /// consumption); `None` trusts the recorded times, as replay does.
     pub max_skew_ms: Option<i64>,
+    /// Events longer than this are refused before they are parsed
+    /// (`engine.max_event_bytes`): dead-lettered live, bad lines in a replay.
+    pub max_event_bytes: usize,
     /// The `[kafka]` section, for `fds run`, `fds load` and `fds topics`.
     pub kafka: KafkaConfig,
     /// Where `/metrics`, `/readyz` and `/healthz` are served.
@@ -316,6 +320,7 @@ impl Default for Config {
             state_dir: None,
             model: ModelConfig::default(),
             max_skew_ms: None,
+            max_event_bytes: crate::event::MAX_EVENT_BYTES,
             kafka: KafkaConfig::default(),
             listen: DEFAULT_LISTEN.parse().expect("a valid default address"),
         }
@@ -378,6 +383,19 @@ impl Config {
                 None
             }
         };
+        let range = crate::event::EVENT_BYTES_RANGE;
+        let max_event_bytes = match raw.engine.max_event_bytes {
+            None => crate::event::MAX_EVENT_BYTES,
+            Some(n) if usize::try_from(n).is_ok_and(|n| range.contains(&n)) => n as usize,
+            Some(n) => {
+                problems.push(format!(
+                    "engine.max_event_bytes = {n}: must be between {} and {} bytes",
+                    range.start(),
+                    range.end()
+                ));
+                crate::event::MAX_EVENT_BYTES
+            }
+        };
         let rules_dir = raw.engine.rules_dir.clone().unwrap_or_else(|| PathBuf::from("rules"));
         if rules_dir.as_os_str().is_empty() {
             problems.push("engine.rules_dir is empty".to_owned());
@@ -399,7 +417,7 @@ impl Config {
             }
         };
         if problems.is_empty() {
-            Ok(Config { state, rules_dir, state_dir, model, max_skew_ms, kafka, listen })
+            Ok(Config { state, rules_dir, state_dir, model, max_skew_ms, max_event_bytes, kafka, listen })
         } else {
             Err(Problems::Invalid(problems))
         }
@@ -534,8 +552,11 @@ mod tests {
 
     #[test]
     fn every_problem_is_reported_at_once() {
-        let p = invalid("[state]\naccount_ttl_days = 7\nmax_known_devices = 0\n[engine]\nmax_skew_minutes = -1\n");
-        assert_eq!(p.len(), 3, "{p:?}");
+        let p = invalid(
+            "[state]\naccount_ttl_days = 7\nmax_known_devices = 0\n[engine]\nmax_skew_minutes = -1\nmax_event_bytes = 10\n",
+        );
+        assert_eq!(p.len(), 4, "{p:?}");
+        assert!(p[3].contains("engine.max_event_bytes = 10: must be between 1024 and 1048576"), "{p:?}");
         assert!(p[0].contains("state.account_ttl_days = 7"));
         assert!(p[1].contains("state.max_known_devices = 0"));
         assert!(p[2].contains("engine.max_skew_minutes = -1"));

@@ -230,7 +230,7 @@ fn data_without_fraud_is_refused_and_nothing_is_written() {
 }
 
 fn transfer(id: &str, time: EventTime, payee: &str) -> Event {
-    build::transfer(id).account(&format!("ACC-{id}")).at_time(time).amount(100_000).payee("088", payee).build()
+    build::transfer(id).account(&format!("ACC{id}")).at_time(time).amount(100_000).payee("088", payee).build()
 }
 
 fn label(id: &str, time: EventTime, payee: &str, status: LabelStatus) -> Event {

@@ -639,6 +639,7 @@ fn run_cmd(
     opts.session_timeout = kafka.session_timeout;
     opts.linger = kafka.linger;
     opts.state_dir = state_dir;
+    opts.max_event_bytes = config.max_event_bytes;
     let summary = pipeline::run(engine, opts, metrics, health, stop)?;
     tracing::info!(
         consumed = summary.consumed,
@@ -712,8 +713,14 @@ fn replay_engine(config: &Config, rules_dir: &Path) -> Result<Engine> {
     Ok(engine)
 }
 
-fn open_sources(files: &[PathBuf]) -> Result<Vec<input::Input>> {
-    files.iter().map(|f| input::open(f, Format::Auto).with_context(|| format!("cannot read {}", f.display()))).collect()
+fn open_sources(files: &[PathBuf], config: &Config) -> Result<Vec<input::Input>> {
+    files
+        .iter()
+        .map(|f| {
+            input::open_within(f, Format::Auto, config.max_event_bytes)
+                .with_context(|| format!("cannot read {}", f.display()))
+        })
+        .collect()
 }
 
 /// `fds train`: replay, collect point-in-time rows, fit, write the model directory.
@@ -738,7 +745,7 @@ fn train_cmd(
         .context("cannot hash the training data")?;
     let selection =
         dataset::Selection { warmup_ms: (warmup_days * DAY_MS as f64) as i64, ..dataset::Selection::default() };
-    let collected = dataset::collect(&engine, open_sources(data)?, selection)?;
+    let collected = dataset::collect(&engine, open_sources(data, config)?, selection)?;
     provenance.labels_in_stream = collected.labels.len();
     provenance.warmup_transfers = collected.transfers - collected.rows.len() as u64;
     let model = train::train(&collected.rows, &collected.targets(), opts, &provenance)
@@ -773,7 +780,8 @@ fn evaluate_cmd(
     let engine = replay_engine(config, &rules_dir)?;
     let ruleset = engine.rules().load().version().to_owned();
     let open = || {
-        input::open(data, Format::Auto).with_context(|| format!("cannot read {} (pass --data FILE)", data.display()))
+        input::open_within(data, Format::Auto, config.max_event_bytes)
+            .with_context(|| format!("cannot read {} (pass --data FILE)", data.display()))
     };
     let mut source = open()?;
     let protocol = if source.format == Format::Handbook {
@@ -858,7 +866,7 @@ fn replay_cmd(files: &[PathBuf], args: ReplayArgs, config: &Config) -> Result<()
     let sources = files
         .iter()
         .map(|f| {
-            input::open(f, format).with_context(|| {
+            input::open_within(f, format, config.max_event_bytes).with_context(|| {
                 if f == Path::new(DEMO_REPLAY) {
                     "the demo stream ships in replay-data/; run fds from the repository root".to_owned()
                 } else {
@@ -913,7 +921,10 @@ fn scale_out_cmd(files: &[PathBuf], args: ReplayArgs, instances: usize, lag_ms: 
     let open = || {
         files
             .iter()
-            .map(|f| input::open(f, args.format).with_context(|| format!("cannot replay {}", f.display())))
+            .map(|f| {
+                input::open_within(f, args.format, config.max_event_bytes)
+                    .with_context(|| format!("cannot replay {}", f.display()))
+            })
             .collect::<Result<Vec<_>>>()
     };
     let one = replay::run(&engines[0], open()?, opts())?;

@@ -18,10 +18,18 @@
 //!
 //! Guarantees kept here: money is integer won ([`Won`], always positive); times are
 //! [`EventTime`] (milliseconds since the Unix epoch), parsed from the open-banking
-//! `YYYYMMDDhhmmss` form in Korea Standard Time. Parsing never panics: every bad
-//! input is an [`EventError`] naming the field and the reason.
+//! `YYYYMMDDhhmmss` form in Korea Standard Time. Every field is held to the
+//! bound of the open-banking message it models, or to a documented one of
+//! this engine's (the table in `bounds.rs`), and a message over the size
+//! limit is refused before it is parsed. Parsing never panics: every bad input
+//! is an [`EventError`] naming the field and the bound, never quoting the value.
 
+mod bounds;
 pub mod build;
+#[cfg(test)]
+mod props;
+
+pub use bounds::{EVENT_BYTES_RANGE, MAX_DEVICE_ID_BYTES, MAX_EVENT_BYTES};
 
 use std::fmt;
 
@@ -41,22 +49,27 @@ pub const DAY_MS: i64 = 24 * HOUR_MS;
 /// Korea Standard Time is UTC+9 all year (no daylight saving).
 pub const KST_OFFSET_MS: i64 = 9 * HOUR_MS;
 
-/// Largest single transfer accepted: 10 trillion won. Anything above is a
-/// producer bug (a currency mix-up, a unit error), not a transfer.
-pub const MAX_AMOUNT_WON: i64 = 10_000_000_000_000;
+/// Largest single transfer accepted: the open-banking `tran_amt` is N(12), so
+/// 999,999,999,999 won. Anything above is a producer bug (a currency mix-up,
+/// a unit error), not a transfer.
+pub const MAX_AMOUNT_WON: i64 = 999_999_999_999;
 
 /// Why an event could not be read.
 #[allow(missing_docs)] // each variant's #[error] text is its documentation and names its fields
 #[derive(Debug, thiserror::Error)]
 pub enum EventError {
     /// Not JSON, a missing or unknown field, a wrong type, a bad value.
-    /// The message includes serde's line and column within the event.
-    #[error("malformed event: {0}")]
-    Malformed(#[from] serde_json::Error),
+    /// The message names the field where the event's `type` comes first (as
+    /// every producer writes it), and gives serde's line and column.
+    #[error("malformed event: {}{source}", field.as_deref().map(|f| format!("{f}: ")).unwrap_or_default())]
+    Malformed { field: Option<String>, source: serde_json::Error },
     /// Well-formed JSON whose values make no sense: an empty id, a bank code
     /// that is not three digits.
     #[error("invalid {kind} event: {field} {reason}")]
     Invalid { kind: &'static str, field: &'static str, reason: String },
+    /// Longer than the size limit: refused unread.
+    #[error("event of {size} bytes refused unread: the limit is {limit} bytes")]
+    TooLarge { size: usize, limit: usize },
 }
 
 /// Event time: milliseconds since the Unix epoch (UTC).
@@ -306,32 +319,6 @@ fn non_empty<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error
     Ok(Option::<String>::deserialize(d)?.filter(|s| !s.trim().is_empty()))
 }
 
-/// An identifier: present, not blank, no control characters.
-fn check_id(kind: &'static str, field: &'static str, value: &str) -> Result<(), EventError> {
-    let reason = if value.trim().is_empty() {
-        "must not be empty"
-    } else if value.chars().any(char::is_control) {
-        "must not contain control characters"
-    } else if value.len() > 64 {
-        "must be at most 64 bytes"
-    } else {
-        return Ok(());
-    };
-    Err(EventError::Invalid { kind, field, reason: reason.to_owned() })
-}
-
-fn check_bank_code(kind: &'static str, value: &str) -> Result<(), EventError> {
-    if value.len() == 3 && value.bytes().all(|b| b.is_ascii_digit()) {
-        Ok(())
-    } else {
-        Err(EventError::Invalid {
-            kind,
-            field: "recv_client_bank_code",
-            reason: format!("must be a three-digit bank code, got {value:?}"),
-        })
-    }
-}
-
 /// A login attempt on the sender's account.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -563,37 +550,77 @@ impl<'de> Deserialize<'de> for TypeFirst {
 }
 
 impl Event {
-    /// Parse and check one event from JSON.
+    /// Parse and check one event from JSON, within the default size limit
+    /// ([`MAX_EVENT_BYTES`]).
     pub fn from_json(bytes: &[u8]) -> Result<Event, EventError> {
+        Event::from_json_within(bytes, MAX_EVENT_BYTES)
+    }
+
+    /// Parse and check one event from JSON of at most `max_bytes` bytes; a
+    /// longer message is refused before a byte of it is parsed.
+    pub fn from_json_within(bytes: &[u8], max_bytes: usize) -> Result<Event, EventError> {
+        if bytes.len() > max_bytes {
+            return Err(EventError::TooLarge { size: bytes.len(), limit: max_bytes });
+        }
         // The usual layout, `"type"` first, is read straight into the event's
         // struct; anything else takes the general path, which gives the errors.
         let event = match serde_json::from_slice::<TypeFirst>(bytes) {
             Ok(TypeFirst(e)) => e,
-            Err(_) => serde_json::from_slice(bytes)?,
+            Err(_) => serde_json::from_slice(bytes)
+                .map_err(|source| EventError::Malformed { field: Event::field_at_fault(bytes), source })?,
         };
         event.validate()?;
         Ok(event)
     }
 
-    /// Check what the types alone cannot: identifiers present, bank codes real.
+    /// The field whose value a refused event failed on, read again (only
+    /// refusals pay for it) through the fast path with the path tracked:
+    /// `Some("tran_amt")` for `"tran_amt": 500.5`. `None` where the fault
+    /// is not inside a field's value or `type` does not come first.
+    fn field_at_fault(bytes: &[u8]) -> Option<String> {
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let err = serde_path_to_error::deserialize::<_, TypeFirst>(&mut de).err()?;
+        let path = err.path().to_string();
+        (path != ".").then_some(path)
+    }
+
+    /// Check what the types alone cannot: every string within its bound
+    /// (see `bounds.rs`), bank codes real, IP addresses addresses.
     pub fn validate(&self) -> Result<(), EventError> {
+        use bounds::{check_bank_code, check_ip};
         let kind = self.kind();
         if let Some(account) = self.account() {
-            check_id(kind, "fintech_use_num", account)?;
+            bounds::FINTECH_USE_NUM.check(kind, account)?;
         }
+        let device = |d: &Option<String>| d.as_deref().map_or(Ok(()), |d| bounds::DEVICE_ID.check(kind, d));
+        let ip = |i: &Option<String>| i.as_deref().map_or(Ok(()), |i| check_ip(kind, i));
         match self {
             Event::Transfer(t) => {
-                check_id(kind, "bank_tran_id", &t.bank_tran_id)?;
+                bounds::BANK_TRAN_ID.check(kind, &t.bank_tran_id)?;
                 check_bank_code(kind, &t.recv_client_bank_code)?;
-                check_id(kind, "recv_client_account_num", &t.recv_client_account_num)?;
+                bounds::RECV_CLIENT_ACCOUNT_NUM.check(kind, &t.recv_client_account_num)?;
+                bounds::RECV_CLIENT_NAME.check(kind, &t.recv_client_name)?;
+                device(&t.device_id)?;
+                ip(&t.ip)?;
             }
+            Event::Login(e) => {
+                device(&e.device_id)?;
+                ip(&e.ip)?;
+            }
+            Event::DeviceRegistered(e) => bounds::DEVICE_ID.check(kind, &e.device_id)?,
+            Event::Certificate(e) => device(&e.device_id)?,
+            Event::RemoteAppDetected(e) => {
+                device(&e.device_id)?;
+                bounds::APP_NAME.check(kind, &e.app_name)?;
+            }
+            Event::EkycCompleted(e) => device(&e.device_id)?,
+            Event::PhoneChanged(_) | Event::LimitRaised(_) => {}
             Event::Label(l) => {
-                check_id(kind, "bank_tran_id", &l.bank_tran_id)?;
+                bounds::BANK_TRAN_ID.check(kind, &l.bank_tran_id)?;
                 check_bank_code(kind, &l.recv_client_bank_code)?;
-                check_id(kind, "recv_client_account_num", &l.recv_client_account_num)?;
+                bounds::RECV_CLIENT_ACCOUNT_NUM.check(kind, &l.recv_client_account_num)?;
+                bounds::TYPOLOGY.check(kind, &l.typology)?;
             }
-            Event::DeviceRegistered(e) => check_id(kind, "device_id", &e.device_id)?,
-            _ => {}
         }
         Ok(())
     }
@@ -726,6 +753,54 @@ pub fn mask_digit_runs(text: &str) -> String {
     out
 }
 
+/// What a log line may say of an input it refuses: [`mask_digit_runs`], and
+/// every quoted value shown as [`mask_account`] shows an account. serde quotes
+/// the values it rejects (`invalid type: string "홍길동", expected i64`,
+/// ``unknown variant `홍길동` ``), so a name, a device id or an account number
+/// put in the wrong field would otherwise reach the log in full. Field names
+/// (``unknown field `ipaddr` ``) stay readable, and so do unknown variants
+/// written as every variant is, in lower-case ASCII letters and `_`
+/// (``unknown variant `wire` ``): those are a producer's misspelt tags, not a
+/// customer's data.
+pub fn redact(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(open) = rest.find(['"', '`']) {
+        let quote = rest.as_bytes()[open];
+        let (before, after) = (&rest[..open], &rest[open + 1..]);
+        out.push_str(before);
+        out.push(quote as char);
+        let is_value = quote == b'"' || before.ends_with("variant ");
+        // The closing quote: the next one not escaped by a backslash
+        // (serde writes strings as Rust's `{:?}` does).
+        let mut close = None;
+        let mut escaped = false;
+        for (i, c) in after.char_indices() {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                c if c as u32 == u32::from(quote) => {
+                    close = Some(i);
+                    break;
+                }
+                _ => {}
+            }
+        }
+        let inner = &after[..close.unwrap_or(after.len())];
+        let tag_like = quote == b'`' && inner.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
+        out.push_str(&if is_value && !tag_like { mask_account(inner) } else { inner.to_owned() });
+        match close {
+            Some(i) => {
+                out.push(quote as char);
+                rest = &after[i + 1..];
+            }
+            None => rest = "",
+        }
+    }
+    out.push_str(rest);
+    mask_digit_runs(&out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -750,7 +825,8 @@ mod tests {
     #[test]
     fn the_fast_path_reads_what_the_general_one_does() {
         let general = |b: &[u8]| -> Result<Event, String> {
-            let e: Event = serde_json::from_slice(b).map_err(|e| EventError::from(e).to_string())?;
+            let e: Event = serde_json::from_slice(b)
+                .map_err(|source| EventError::Malformed { field: Event::field_at_fault(b), source }.to_string())?;
             e.validate().map_err(|e| e.to_string())?;
             Ok(e)
         };
@@ -825,7 +901,8 @@ mod tests {
         assert!(err.contains("positive"), "{err}");
 
         let float = TRANSFER.replace("50000", "500.5");
-        assert!(Event::from_json(float.as_bytes()).is_err());
+        let err = Event::from_json(float.as_bytes()).unwrap_err().to_string();
+        assert!(err.starts_with("malformed event: tran_amt: invalid type: floating point `500.5`"), "{err}");
 
         let v2 = TRANSFER.replace("\"schema_version\":1", "\"schema_version\":2");
         let err = Event::from_json(v2.as_bytes()).unwrap_err().to_string();
@@ -838,9 +915,12 @@ mod tests {
 
     #[test]
     fn checks_identifiers_and_normalizes_payees() {
-        let empty = TRANSFER.replace("\"bank_tran_id\":\"T1\"", "\"bank_tran_id\":\" \"");
+        let empty = TRANSFER.replace("\"bank_tran_id\":\"T1\"", "\"bank_tran_id\":\"\"");
         let err = Event::from_json(empty.as_bytes()).unwrap_err().to_string();
         assert_eq!(err, "invalid transfer event: bank_tran_id must not be empty");
+        let blank = TRANSFER.replace("\"bank_tran_id\":\"T1\"", "\"bank_tran_id\":\" \"");
+        let err = Event::from_json(blank.as_bytes()).unwrap_err().to_string();
+        assert!(err.contains("bank_tran_id may hold only ASCII letters and digits"), "{err}");
         let bank = TRANSFER.replace("\"088\"", "\"88\"");
         let err = Event::from_json(bank.as_bytes()).unwrap_err().to_string();
         assert!(err.contains("three-digit bank code"), "{err}");
@@ -848,6 +928,33 @@ mod tests {
         let Event::Transfer(t) = Event::from_json(dashed.as_bytes()).unwrap() else { panic!() };
         assert_eq!(t.payee_key(), "088-110123456789");
         assert_eq!(t.device_id, None, "an empty device id is no device");
+    }
+
+    #[test]
+    fn a_450_kb_name_is_refused_by_size_then_by_its_bound() {
+        let long = TRANSFER.replace("홍길동", &"김".repeat(150_000));
+        let err = Event::from_json(long.as_bytes()).unwrap_err();
+        assert!(matches!(err, EventError::TooLarge { limit: MAX_EVENT_BYTES, .. }), "{err}");
+        assert!(err.to_string().contains(&format!("event of {} bytes refused unread", long.len())));
+        // With a limit that lets it be parsed, the name's own bound refuses it.
+        let err = Event::from_json_within(long.as_bytes(), 1 << 20).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "invalid transfer event: recv_client_name is 150000 characters long, at most 20 (open-banking AH(20))"
+        );
+        // Every field the bounds table names, one at a time past its bound.
+        for (from, to, field) in [
+            ("\"T1\"", format!("\"{}\"", "T".repeat(21)), "bank_tran_id"),
+            ("120220000000000000000001", "1".repeat(25), "fintech_use_num"),
+            ("110123456789", "1".repeat(17), "recv_client_account_num"),
+            ("\"D1\"", format!("\"{}\"", "D".repeat(65)), "device_id"),
+            ("10.0.0.1", "10.0.0.1.5".to_owned(), "ip"),
+            ("50000", "1000000000000".to_owned(), "tran_amt"),
+        ] {
+            let bad = TRANSFER.replacen(from, &to, 1);
+            let err = Event::from_json(bad.as_bytes()).unwrap_err().to_string();
+            assert!(err.contains(field), "{field}: {err}");
+        }
     }
 
     #[test]
@@ -875,6 +982,22 @@ mod tests {
         assert_eq!(mask_digit_runs("1234--5678 and 1234- 5678-"), "1234--5678 and 1234- 5678-");
         assert_eq!(mask_digit_runs("12345678-"), "****5678-");
         assert_eq!(mask_digit_runs("홍길동 110-123-456789 님"), "홍길동 ***-***-**6789 님");
+    }
+
+    #[test]
+    fn redacts_quoted_values_but_not_field_names() {
+        assert_eq!(
+            redact(r#"invalid type: string "홍길동", expected i64 at line 1 column 30"#),
+            r#"invalid type: string "***", expected i64 at line 1 column 30"#
+        );
+        assert_eq!(
+            redact("unknown variant `Dda355b3d8c36c9be`, expected one of `mobile_app`"),
+            "unknown variant `*************c9be`, expected one of `mobile_app`"
+        );
+        assert_eq!(redact("unknown field `ipaddr`, expected `ip`"), "unknown field `ipaddr`, expected `ip`");
+        assert_eq!(redact("unknown variant `wire_transfer`, expected"), "unknown variant `wire_transfer`, expected");
+        assert_eq!(redact(r#"string "a\"b110123456789" rest"#), r#"string "************6789" rest"#);
+        assert_eq!(redact(r#"unterminated "12345678901"#), r#"unterminated "*******8901"#);
     }
 
     #[test]

@@ -9,7 +9,9 @@
 //! Guarantees:
 //! - **Bad input never stops reading.** A malformed line, an unknown event type
 //!   or an invalid value comes out as an error with its line number and the
-//!   reason, and the next line is read; a broken file (a truncated gzip stream)
+//!   reason, and the next line is read; a line longer than the event size
+//!   limit is refused as the pipeline refuses such a message, and is skipped
+//!   without being held in memory (a 100 MB line costs what a short one does); a broken file (a truncated gzip stream)
 //!   is reported once, where it breaks, and the input ends there. Nothing
 //!   panics on input.
 //! - **File order.** Events come out in the order they are written: replays
@@ -28,7 +30,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::event::Event;
+use crate::event::{Event, EventError, MAX_EVENT_BYTES};
 use handbook::HandbookReader;
 
 /// At most this many bad lines are listed in a report (all are counted).
@@ -113,8 +115,16 @@ impl<R: Read> Read for Counting<R> {
 }
 
 /// Open a recorded stream. `.gz` files are decompressed; a directory is taken
-/// to hold the handbook's `transactions.csv.gz`.
+/// to hold the handbook's `transactions.csv.gz`. Events longer than
+/// [`MAX_EVENT_BYTES`] are bad lines.
 pub fn open(path: &Path, format: Format) -> Result<Input, InputError> {
+    open_within(path, format, MAX_EVENT_BYTES)
+}
+
+/// [`open`], with events longer than `max_event_bytes` bad lines (the
+/// configuration's `engine.max_event_bytes`, so a replay refuses what the
+/// pipeline would).
+pub fn open_within(path: &Path, format: Format, max_event_bytes: usize) -> Result<Input, InputError> {
     let path = if path.is_dir() { path.join("transactions.csv.gz") } else { path.to_path_buf() };
     let open_err = |source| InputError::Open { path: path.clone(), source };
     let file = File::open(&path).map_err(open_err)?;
@@ -144,7 +154,7 @@ pub fn open(path: &Path, format: Format) -> Result<Input, InputError> {
                 .map_err(|e| InputError::Format { path: path.clone(), reason: e.to_string() })?;
             Box::new(hb.map(|r| r.map_err(|e| (e.line, e.reason))))
         }
-        _ => Box::new(JsonLines { input: reader, line: 0, buf: Vec::new(), done: false }),
+        _ => Box::new(JsonLines { input: reader, line: 0, buf: Vec::new(), done: false, max_bytes: max_event_bytes }),
     };
     Ok(Input { name: path.display().to_string(), format, events, position, size })
 }
@@ -155,6 +165,35 @@ struct JsonLines<R> {
     line: u64,
     buf: Vec<u8>,
     done: bool,
+    max_bytes: usize,
+}
+
+/// Read one line into `buf`, keeping at most `keep` bytes of it: the rest is
+/// read past, not stored. Returns the whole line's length without its
+/// newline, and whether anything was read (false at the end of the input).
+fn read_line_capped(input: &mut impl BufRead, buf: &mut Vec<u8>, keep: usize) -> std::io::Result<(usize, bool)> {
+    let mut total = 0;
+    loop {
+        let available = match input.fill_buf() {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if available.is_empty() {
+            return Ok((total, total > 0));
+        }
+        let (len, ends) = match available.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (available.len(), false),
+        };
+        let room = keep.saturating_sub(buf.len());
+        buf.extend_from_slice(&available[..len.min(room)]);
+        input.consume(len);
+        total += len;
+        if ends {
+            return Ok((total - 1, true));
+        }
+    }
 }
 
 impl<R: BufRead> Iterator for JsonLines<R> {
@@ -163,15 +202,23 @@ impl<R: BufRead> Iterator for JsonLines<R> {
         while !self.done {
             self.buf.clear();
             self.line += 1;
-            match self.input.read_until(b'\n', &mut self.buf) {
-                Ok(0) => return None,
-                Ok(_) => {
+            // A line's end (`\r\n`) and surrounding blanks are not the event's.
+            let keep = self.max_bytes.saturating_add(64);
+            match read_line_capped(&mut self.input, &mut self.buf, keep) {
+                Ok((_, false)) => return None,
+                Ok((len, true)) => {
+                    if len > keep {
+                        let e = EventError::TooLarge { size: len, limit: self.max_bytes };
+                        return Some(Err((self.line, e.to_string())));
+                    }
                     let text = self.buf.trim_ascii();
                     if text.is_empty() {
                         continue;
                     }
                     return Some(
-                        Event::from_json(text).map(|e| (self.line, e)).map_err(|e| (self.line, e.to_string())),
+                        Event::from_json_within(text, self.max_bytes)
+                            .map(|e| (self.line, e))
+                            .map_err(|e| (self.line, e.to_string())),
                     );
                 }
                 Err(e) => {
@@ -183,5 +230,34 @@ impl<R: BufRead> Iterator for JsonLines<R> {
             }
         }
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::build;
+
+    #[test]
+    fn a_line_over_the_limit_is_a_bad_line_and_reading_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("huge.jsonl");
+        let ok = |id: &str| build::transfer(id).build().to_json();
+        let huge = ok("T2").replace("김민수", &"가".repeat(10_000_000));
+        let near = ok("T3").replace("김민수", &"나".repeat(1000));
+        std::fs::write(&path, format!("{}\r\n{huge}\n{near}\n\n{}", ok("T1"), ok("T4"))).unwrap();
+        let input = open_within(&path, Format::Jsonl, 4096).unwrap();
+        let got: Vec<_> = input.events.map(|r| r.map(|(line, e)| (line, e.to_json()))).collect();
+        assert_eq!(got.len(), 4, "{got:?}");
+        assert_eq!(got[0].as_ref().unwrap().0, 1);
+        assert_eq!(
+            got[1].as_ref().unwrap_err(),
+            &(2, format!("event of {} bytes refused unread: the limit is 4096 bytes", huge.len()))
+        );
+        // Under the size limit but a name of 1,000 characters: its bound.
+        let (line, reason) = got[2].as_ref().unwrap_err();
+        assert_eq!(*line, 3);
+        assert!(reason.contains("recv_client_name is 1000 characters long, at most 20"), "{reason}");
+        assert_eq!(got[3].as_ref().unwrap().0, 5);
     }
 }

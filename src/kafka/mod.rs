@@ -161,8 +161,11 @@ impl Topics {
 pub enum DeadLetterKind {
     /// Not JSON, not an event, an unknown event type, a bad field value.
     Malformed,
-    /// Well-formed but wrong: an empty id, a bad bank code, an amount out of range.
+    /// Well-formed but wrong: a field past its bound (an id too long, an
+    /// empty name, a bad bank code, an amount out of range).
     Invalid,
+    /// Longer than `engine.max_event_bytes`: refused before it was parsed.
+    TooLarge,
     /// An event of a type that does not belong on the topic it came from.
     WrongTopic,
     /// Dated too far ahead of the wall clock.
@@ -171,14 +174,30 @@ pub enum DeadLetterKind {
 
 impl DeadLetterKind {
     /// Every kind, for metrics resolved up front.
-    pub const ALL: [DeadLetterKind; 4] =
-        [DeadLetterKind::Malformed, DeadLetterKind::Invalid, DeadLetterKind::WrongTopic, DeadLetterKind::AheadOfClock];
+    pub const ALL: [DeadLetterKind; 5] = [
+        DeadLetterKind::Malformed,
+        DeadLetterKind::Invalid,
+        DeadLetterKind::TooLarge,
+        DeadLetterKind::WrongTopic,
+        DeadLetterKind::AheadOfClock,
+    ];
+
+    /// The kind of refusal an event that could not be read gets.
+    pub fn of(error: &crate::event::EventError) -> DeadLetterKind {
+        use crate::event::EventError;
+        match error {
+            EventError::Malformed { .. } => DeadLetterKind::Malformed,
+            EventError::Invalid { .. } => DeadLetterKind::Invalid,
+            EventError::TooLarge { .. } => DeadLetterKind::TooLarge,
+        }
+    }
 
     /// The name in the `fds-error-kind` header and the metric label.
     pub fn name(self) -> &'static str {
         match self {
             DeadLetterKind::Malformed => "malformed",
             DeadLetterKind::Invalid => "invalid",
+            DeadLetterKind::TooLarge => "too_large",
             DeadLetterKind::WrongTopic => "wrong_topic",
             DeadLetterKind::AheadOfClock => "ahead_of_clock",
         }

@@ -604,7 +604,7 @@ impl ReplayReport {
     fn bad_line(&mut self, file: &str, line: u64, reason: String) {
         self.bad_lines += 1;
         if self.bad_line_samples.len() < BAD_LINES_LISTED {
-            let reason = crate::event::mask_digit_runs(&reason);
+            let reason = crate::event::redact(&reason);
             self.bad_line_samples.push(BadLine { file: file.to_owned(), line, reason });
         }
     }

@@ -24,6 +24,15 @@ use super::{Action, Compiled, Problem, Rule, RuleSet, RulesError, Settings, Veri
 const SETTINGS_FILE: &str = "ruleset.toml";
 const LISTS_DIR: &str = "lists";
 
+/// Largest rule file or `ruleset.toml`: a thousand rules take about 300 KB.
+const MAX_RULE_FILE_BYTES: u64 = 1 << 20;
+/// Largest list file: two million entries of the longest payee key.
+const MAX_LIST_FILE_BYTES: u64 = 64 << 20;
+/// Longest list entry: the longest value a list is matched against (a device
+/// id; accounts, payee keys and IP addresses are shorter), so a longer entry
+/// could never match anything.
+const MAX_LIST_ENTRY_BYTES: usize = crate::event::MAX_DEVICE_ID_BYTES;
+
 const RULE_KEYS: [&str; 9] = ["id", "label", "description", "when", "action", "verify", "score", "reason", "shadow"];
 
 /// One file of a rules directory, as read.
@@ -34,6 +43,8 @@ pub(crate) struct SourceFile {
     rel: String,
     /// Path shown in problems.
     path: PathBuf,
+    /// The file's bytes, read no further than one byte past the largest
+    /// file allowed, so a huge file is refused without being held.
     bytes: Vec<u8>,
 }
 
@@ -114,7 +125,13 @@ fn sorted_files(dir: &Path) -> Result<Vec<(String, PathBuf)>, RulesError> {
 }
 
 fn push_file(files: &mut Vec<SourceFile>, rel: String, path: PathBuf) -> Result<(), RulesError> {
-    match std::fs::read(&path) {
+    let read = |path: &Path| -> io::Result<Vec<u8>> {
+        use std::io::Read;
+        let mut bytes = Vec::new();
+        std::fs::File::open(path)?.take(MAX_LIST_FILE_BYTES.max(MAX_RULE_FILE_BYTES) + 1).read_to_end(&mut bytes)?;
+        Ok(bytes)
+    };
+    match read(&path) {
         Ok(bytes) => {
             files.push(SourceFile { rel, path, bytes });
             Ok(())
@@ -213,6 +230,17 @@ fn build(mut files: Vec<SourceFile>) -> Result<RuleSet, RulesError> {
     let mut lists = Vec::new();
     let mut rule_files = Vec::new();
     for file in &files {
+        let limit =
+            if matches!(role(&file.rel), FileRole::List(_)) { MAX_LIST_FILE_BYTES } else { MAX_RULE_FILE_BYTES };
+        if file.bytes.len() as u64 > limit {
+            let what = if limit == MAX_LIST_FILE_BYTES { "a list file" } else { "a rule file" };
+            let message = format!("file is larger than {what} may be ({} MB); nothing of it was used", limit >> 20);
+            problems.push(file_cx(file, "").problem(0, message));
+            if let FileRole::List(name) = role(&file.rel) {
+                lists.push(List::new(name.to_string(), Vec::new()));
+            }
+            continue;
+        }
         let text = decode(file, &mut problems);
         match role(&file.rel) {
             FileRole::Settings => {
@@ -336,10 +364,20 @@ fn parse_list(cx: &FileCx<'_>, name: &str, problems: &mut Vec<Problem>) -> Vec<S
     for line in cx.text.split('\n') {
         let content = line.split('#').next().unwrap_or("");
         let entry = content.trim();
-        if let Some(space) = entry.find(char::is_whitespace) {
-            let at = line_start + (content.len() - content.trim_start().len()) + space;
-            problems
-                .push(cx.problem(at, format!("a list entry cannot contain spaces: `{entry}` (one entry per line)")));
+        let entry_at = line_start + (content.len() - content.trim_start().len());
+        if entry.len() > MAX_LIST_ENTRY_BYTES {
+            problems.push(cx.problem(
+                entry_at,
+                format!(
+                    "a list entry of {} bytes: nothing it could match is longer than {MAX_LIST_ENTRY_BYTES} bytes",
+                    entry.len()
+                ),
+            ));
+        } else if let Some(space) = entry.find(char::is_whitespace) {
+            problems.push(cx.problem(
+                entry_at + space,
+                format!("a list entry cannot contain spaces: `{entry}` (one entry per line)"),
+            ));
         } else if !entry.is_empty() {
             entries.push(normalize_entry(entry));
         }
@@ -698,6 +736,39 @@ reason = "X1"
         let err = RuleSet::from_files(&[("r.toml", RULE), ("lists/mules.txt", "088-1\n  088 2\n")]).unwrap_err();
         let p = &err.problems()[0];
         assert_eq!((p.line, p.column), (2, 6));
+    }
+
+    #[test]
+    fn huge_list_entries_and_files_are_refused_with_positions() {
+        // A 100 MB line is refused by the file's size, unread past the limit.
+        let huge = format!("088-1\n{}\n", "9".repeat(100 << 20));
+        let err = RuleSet::from_files(&[("r.toml", RULE), ("lists/mules.txt", &huge)]).unwrap_err();
+        let p = &err.problems()[0];
+        assert_eq!((p.path.to_str(), p.line, p.column), (Some("lists/mules.txt"), 1, 1));
+        assert!(p.message.contains("larger than a list file may be (64 MB)"), "{}", p.message);
+        assert_eq!(err.problems().len(), 1, "the rules using the list are not also refused: {err}");
+        // A long line in a file of allowed size: refused at the entry, not quoted.
+        let long = format!("088-1\n  {}\n", "9".repeat(1 << 20));
+        let err = RuleSet::from_files(&[("r.toml", RULE), ("lists/mules.txt", &long)]).unwrap_err();
+        let p = &err.problems()[0];
+        assert_eq!((p.line, p.column), (2, 3));
+        assert!(p.message.len() < 200 && p.message.contains("1048576 bytes"), "{}", p.message);
+        // A rule file past its size.
+        let big = format!("{RULE}\n# {}\n", "x".repeat(1 << 20));
+        let err = RuleSet::from_files(&[("r.toml", &big)]).unwrap_err();
+        assert!(err.to_string().contains("r.toml:1:1: file is larger than a rule file may be (1 MB)"), "{err}");
+    }
+
+    #[test]
+    fn deep_nesting_in_a_rule_file_or_a_condition_is_refused_with_a_position() {
+        let parens = format!("{}amount > 1{}", "(".repeat(10_000), ")".repeat(10_000));
+        let rule = RULE.replacen("when = \"", &format!("when = \"{parens} and "), 1);
+        let err = RuleSet::from_files(&[("r.toml", &rule)]).unwrap_err();
+        assert!(err.to_string().contains("nested too deeply"), "{err}");
+        let arrays = format!("x = {}{}\n", "[".repeat(10_000), "]".repeat(10_000));
+        let err = RuleSet::from_files(&[("r.toml", &arrays)]).unwrap_err();
+        let p = &err.problems()[0];
+        assert!(p.line == 1 && p.column > 1, "{err}");
     }
 
     #[test]

@@ -78,6 +78,8 @@
 
 mod expr;
 mod load;
+#[cfg(test)]
+mod props;
 mod source;
 mod watch;
 

@@ -284,6 +284,17 @@ impl FdsRun {
         FdsRun(cmd.spawn().unwrap())
     }
 
+    /// Logging at `info` into `log`, for tests that read what it logged.
+    pub fn start_logging(brokers: &str, log: &std::path::Path) -> FdsRun {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_fds"));
+        cmd.args(["run", "--brokers", brokers, "--listen", "127.0.0.1:0"])
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap());
+        FdsRun(cmd.spawn().unwrap())
+    }
+
     pub fn is_running(&mut self) -> bool {
         self.0.try_wait().unwrap().is_none()
     }

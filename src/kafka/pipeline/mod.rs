@@ -217,6 +217,8 @@ pub struct PipelineOptions {
     /// Where the state is checkpointed on a graceful stop and restored from
     /// at start (see the `checkpoint` module); `None`: in memory only.
     pub state_dir: Option<std::path::PathBuf>,
+    /// Messages longer than this are dead-lettered unread (`too_large`).
+    pub max_event_bytes: usize,
 }
 
 impl PipelineOptions {
@@ -233,6 +235,7 @@ impl PipelineOptions {
             linger: Duration::from_millis(1),
             shutdown_timeout: Duration::from_secs(30),
             state_dir: None,
+            max_event_bytes: crate::event::MAX_EVENT_BYTES,
         }
     }
 }
@@ -533,7 +536,9 @@ pub fn run(
         }
         // Parse the burst, then have the state of all its events fetched from
         // memory at once, before scoring any (see `State::prefetch`).
-        events.extend(burst.iter().map(|m| Event::from_json(m.payload().unwrap_or_default())));
+        events.extend(
+            burst.iter().map(|m| Event::from_json_within(m.payload().unwrap_or_default(), opts.max_event_bytes)),
+        );
         engine.prefetch(events.iter().flatten());
         // One wall-clock read for the burst's ahead-of-clock guard (the guard
         // allows minutes; a burst takes well under a millisecond).

@@ -113,13 +113,7 @@ impl ScoringThread<'_> {
         *next = (*next).max(source.offset + 1);
         let event = match event {
             Ok(e) => e,
-            Err(e) => {
-                let kind = match e {
-                    EventError::Malformed(_) => DeadLetterKind::Malformed,
-                    EventError::Invalid { .. } => DeadLetterKind::Invalid,
-                };
-                return self.dead_letter(msg, source, kind, &e.to_string());
-            }
+            Err(e) => return self.dead_letter(msg, source, DeadLetterKind::of(&e), &e.to_string()),
         };
         let belongs = match &event {
             Event::Transfer(_) => topic == Feed::Transfers,
@@ -245,8 +239,8 @@ impl ScoringThread<'_> {
                 tracing::warn!(kind = other.kind(), offset = msg.offset(), "not a label on the labels topic");
             }
             Err(e) => {
-                self.metrics.dead_letters.with_label_values(&[DeadLetterKind::Malformed.name()]).inc();
-                tracing::warn!(offset = msg.offset(), "bad label: {}", crate::event::mask_digit_runs(&e.to_string()));
+                self.metrics.dead_letters.with_label_values(&[DeadLetterKind::of(&e).name()]).inc();
+                tracing::warn!(offset = msg.offset(), "bad label: {}", crate::event::redact(&e.to_string()));
             }
         }
     }
@@ -271,7 +265,7 @@ impl ScoringThread<'_> {
             key = %msg.key().map(|k| mask_account(&String::from_utf8_lossy(k))).unwrap_or_default(),
             kind = kind.name(),
             "dead-lettered: {}",
-            crate::event::mask_digit_runs(reason)
+            crate::event::redact(reason)
         );
         self.metrics.dead_letters.with_label_values(&[kind.name()]).inc();
         self.summary.dead_letters += 1;
