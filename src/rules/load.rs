@@ -165,7 +165,16 @@ impl FileCx<'_> {
     fn toml_problem(&self, e: &toml::de::Error, prefix: &str) -> Problem {
         let offset = e.span().map_or(0, |s| s.start);
         let lines: Vec<&str> = e.message().lines().map(str::trim).filter(|l| !l.is_empty()).collect();
-        self.problem(offset, format!("{prefix}{}", lines.join(": ")))
+        // toml gives some syntax errors no message (a control character in a
+        // comment, found by the `rule_files` fuzz target): say what is there.
+        let message = match self.text[offset.min(self.text.len())..].chars().next() {
+            _ if !lines.is_empty() => lines.join(": "),
+            Some(c) if c.is_control() && c != '\t' => {
+                format!("invalid TOML: control character U+{:04X} (only tab is allowed, even in a comment)", c as u32)
+            }
+            _ => "invalid TOML syntax".to_string(),
+        };
+        self.problem(offset, format!("{prefix}{message}"))
     }
 }
 
@@ -729,6 +738,15 @@ reason = "X1"
         .unwrap();
         assert_eq!(set.lists().collect::<Vec<_>>(), vec![("mules", 2)]);
         assert!(set.lists[0].contains("088-1") && set.lists[0].contains("088-2") && !set.lists[0].contains("088-3"));
+    }
+
+    #[test]
+    fn control_characters_are_refused_with_a_message() {
+        // Found by the `rule_files` fuzz target: toml's own message is empty.
+        let err = RuleSet::from_files(&[("r.toml", "# note\n#\0")]).unwrap_err();
+        let p = &err.problems()[0];
+        assert_eq!((p.line, p.column), (2, 2), "{err}");
+        assert!(p.message.contains("control character U+0000"), "{}", p.message);
     }
 
     #[test]
