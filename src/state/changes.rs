@@ -388,7 +388,8 @@ impl State {
     /// Put the entity of a record written by [`State::entity_record`] in
     /// place of the one with its key, when the record reads whole and is of
     /// the entity `expected` (the changelog key it was found under); the
-    /// state is left as it was otherwise.
+    /// state is left as it was otherwise. An entity written with larger caps
+    /// is trimmed to this state's.
     pub fn apply_record(&self, record: &[u8], expected: (EntityKind, &str)) -> Result<(), SnapshotError> {
         let mut payload = Vec::new();
         let kind = snapshot::read_record(&mut snapshot::Offset::new(record), &mut payload)?;
@@ -408,18 +409,21 @@ impl State {
         let left_over = || malformed("bytes left over after the entity".into());
         match found {
             EntityKind::Account => {
-                let a = snapshot::read_account(&mut r).map_err(malformed)?;
+                let mut a = snapshot::read_account(&mut r).map_err(malformed)?;
                 r.is_done().then_some(()).ok_or_else(left_over)?;
+                a.trim_to_caps(&self.cfg);
                 self.accounts.insert(key, Box::new(a));
             }
             EntityKind::Payee => {
-                let p = snapshot::read_payee(&mut r).map_err(malformed)?;
+                let mut p = snapshot::read_payee(&mut r).map_err(malformed)?;
                 r.is_done().then_some(()).ok_or_else(left_over)?;
+                p.trim_to_caps(&self.cfg);
                 self.payees.insert(key, Box::new(p));
             }
             EntityKind::Device => {
-                let d = snapshot::read_device(&mut r).map_err(malformed)?;
+                let mut d = snapshot::read_device(&mut r).map_err(malformed)?;
                 r.is_done().then_some(()).ok_or_else(left_over)?;
+                d.trim_to_caps(&self.cfg);
                 self.devices.insert(key, Box::new(d));
             }
         }

@@ -26,7 +26,15 @@
 //!   windows are fixed rings; the number of entities is bounded by traffic and
 //!   TTL: entities idle longer than their TTL are dropped by [`State::expire`]
 //!   (payees with open fraud reports are kept). [`State::memory`] measures bytes
-//!   per entity.
+//!   per entity. The caps are listed below.
+//! - **Bounded strings.** The only strings kept are the maps' keys: a fintech
+//!   use number (at most 24 bytes), a payee key (3-digit bank code, `-`, at
+//!   most 16 letters or digits: 20 bytes) or a device id (at most
+//!   `MAX_KEY_BYTES`, 64 bytes), as the event decoder bounds them
+//!   (`event/bounds.rs`). Keys from elsewhere are held to the same bound or
+//!   near it: an observation's at `MAX_KEY_BYTES` (module `shared`), a
+//!   snapshot record's at 256 bytes. Everything kept *per* entity is a 64-bit
+//!   hash, a time or a number, never the string it came from.
 //! - **Late events.** Context events that arrive late never move a "last seen"
 //!   time backwards; window adds older than their ring are dropped.
 //! - **Durable form.** [`State::write_snapshot`] and [`State::read_snapshot`]
@@ -42,6 +50,27 @@
 //! payee's incoming transfers are also counted in 38 daily buckets, enough for
 //! the 30 days that reports can be received in plus the 7 days before those
 //! the reported transfers can date from, plus the far edge's partial bucket.
+//!
+//! Caps, per entity (why: a fuzzed or hostile stream, one account sending to
+//! thousands of payees or one payee reported thousands of times, must not
+//! grow one entity without bound, nor make a lookup a long scan):
+//!
+//! | entity | collection | bound | at the cap |
+//! |---|---|---|---|
+//! | account | known payees | `max_known_payees` (256) | the least recently paid is forgotten |
+//! | account | new payees, last 24 h | `MAX_NEW_PAYEES` (64) | the oldest is dropped; the count saturates |
+//! | account | known devices | `max_known_devices` (16) | the least recently used is forgotten |
+//! | account | failed logins, last hour | `MAX_FAILED_LOGINS` (64) | the oldest is dropped; the count saturates |
+//! | payee | distinct senders | `max_payee_senders` (256) | the least recently seen is forgotten |
+//! | payee | fraud reports | `MAX_REPORTS` (64) | a withdrawn report goes first, else the oldest |
+//! | device | distinct accounts | `max_device_accounts` (64) | the least recently seen is forgotten |
+//! | all | windows | fixed rings ([`Ring`], [`DayCounts`]) | events older than the ring are dropped |
+//!
+//! At a full cap, a late payee, sender, device account, new payee or failed
+//! login older than everything kept is not added (it would be the one
+//! evicted); a device or a report is always added. An entity restored from a snapshot or a
+//! changelog record written with larger caps is trimmed to this state's caps
+//! the same way when it is read.
 
 mod changes;
 mod shared;
@@ -316,6 +345,14 @@ impl RecentTimes {
         let at = self.0.partition_point(|&x| x <= t.millis());
         self.0.insert(at, t.millis());
     }
+    /// Keep the newest `cap` (a list read from a snapshot written with a
+    /// larger cap).
+    fn trim(&mut self, cap: usize) {
+        let over = self.0.len().saturating_sub(cap);
+        if over > 0 {
+            self.0.drain(..over);
+        }
+    }
     fn prune(&mut self, now: EventTime, keep_ms: i64) {
         let cutoff = now.millis() - keep_ms;
         let stale = self.0.iter().take_while(|&&x| x <= cutoff).count();
@@ -364,6 +401,13 @@ impl LastSeen {
         self.0.push((h, t.millis()));
         true
     }
+    /// Forget the least recently seen keys until at most `cap` are left.
+    fn trim(&mut self, cap: usize) {
+        while self.0.len() > cap {
+            let Some(oldest) = (0..self.0.len()).min_by_key(|&i| self.0[i].1) else { return };
+            self.0.swap_remove(oldest);
+        }
+    }
     fn count_within(&self, now: EventTime, window_ms: i64) -> i64 {
         let cutoff = now.millis() - window_ms;
         self.0.iter().filter(|&&(_, t)| t > cutoff && t <= now.millis()).count() as i64
@@ -406,6 +450,17 @@ impl LogStats {
 }
 
 const NEVER: i64 = i64::MIN;
+
+/// Payees first sent to in the last 24 hours, kept per account: the count
+/// saturates here, far above what any rule compares it with (a handful).
+const MAX_NEW_PAYEES: usize = 64;
+
+/// Failed logins in the last hour, kept per account: the count saturates here.
+const MAX_FAILED_LOGINS: usize = 64;
+
+/// The longest key of an entity: a device id, as the event decoder bounds it
+/// (a fintech use number is at most 24 bytes, a payee key 20).
+const MAX_KEY_BYTES: usize = crate::event::MAX_DEVICE_ID_BYTES;
 
 /// Everything kept per sender account.
 #[derive(Debug, Clone)]
@@ -472,14 +527,27 @@ impl AccountState {
             d.2 = d.2.max(t.millis());
             return;
         }
-        if self.devices.len() >= cap {
-            // Forget the device used least recently: the customer's everyday
-            // phone is used all the time and must not be the one to go.
-            if let Some(i) = (0..self.devices.len()).min_by_key(|&i| self.devices[i].2) {
-                self.devices.swap_remove(i);
-            }
-        }
+        // Forget the device used least recently: the customer's everyday
+        // phone is used all the time and must not be the one to go.
+        self.trim_devices(cap.saturating_sub(1));
         self.devices.push((h, t.millis(), t.millis()));
+    }
+
+    /// Forget the devices used least recently until at most `cap` are left.
+    fn trim_devices(&mut self, cap: usize) {
+        while self.devices.len() > cap {
+            let Some(i) = (0..self.devices.len()).min_by_key(|&i| self.devices[i].2) else { return };
+            self.devices.swap_remove(i);
+        }
+    }
+
+    /// Hold every collection to `cfg`'s caps (an account read from a
+    /// snapshot written with larger ones), evicting as at the cap.
+    fn trim_to_caps(&mut self, cfg: &StateConfig) {
+        self.payees.trim(cfg.max_known_payees);
+        self.new_payees.trim(MAX_NEW_PAYEES);
+        self.trim_devices(cfg.max_known_devices);
+        self.failed_logins.trim(MAX_FAILED_LOGINS);
     }
 
     fn view(&self, now: EventTime, payee: u64, device: Option<u64>) -> AccountView {
@@ -535,7 +603,7 @@ impl AccountState {
         self.max_amount = self.max_amount.max(amount);
         self.log_stats.add(amount);
         if self.payees.touch(payee, t, cfg.max_known_payees) {
-            self.new_payees.push(t, DAY_MS, 64);
+            self.new_payees.push(t, DAY_MS, MAX_NEW_PAYEES);
         }
         if let Some(d) = device {
             self.remember_device(d, t, cfg.max_known_devices);
@@ -680,16 +748,24 @@ impl PayeeState {
             // A withdrawal of a report never seen changes nothing.
             None if !fraud => {}
             None => {
-                if self.reports.len() >= MAX_REPORTS {
-                    // Drop a withdrawn report first, else the oldest.
-                    let victim = (0..self.reports.len()).min_by_key(|&i| (self.reports[i].2, self.reports[i].1));
-                    if let Some(i) = victim {
-                        self.reports.swap_remove(i);
-                    }
-                }
+                self.trim_reports(MAX_REPORTS - 1);
                 self.reports.push((tran, at.millis(), true));
             }
         }
+    }
+    /// Drop reports until at most `cap` are left: a withdrawn report first,
+    /// else the oldest.
+    fn trim_reports(&mut self, cap: usize) {
+        while self.reports.len() > cap {
+            let victim = (0..self.reports.len()).min_by_key(|&i| (self.reports[i].2, self.reports[i].1));
+            let Some(i) = victim else { return };
+            self.reports.swap_remove(i);
+        }
+    }
+    /// Hold every collection to `cfg`'s caps (see [`AccountState::trim_to_caps`]).
+    fn trim_to_caps(&mut self, cfg: &StateConfig) {
+        self.senders.trim(cfg.max_payee_senders);
+        self.trim_reports(MAX_REPORTS);
     }
     fn view(&self, now: EventTime) -> PayeeView {
         let (c24h, s24h) = self.in_1h.total(now, 24);
@@ -787,6 +863,10 @@ impl DeviceState {
         self.last_seen = self.last_seen.max(now.millis());
         self.transfers_5m.add(now, amount);
         self.accounts.touch(account_h, now, cfg.max_device_accounts);
+    }
+    /// Hold the accounts to `cfg`'s cap (see [`AccountState::trim_to_caps`]).
+    fn trim_to_caps(&mut self, cfg: &StateConfig) {
+        self.accounts.trim(cfg.max_device_accounts);
     }
     fn view(&self, now: EventTime) -> DeviceView {
         DeviceView {
@@ -1053,7 +1133,7 @@ impl State {
             Event::Login(e) => {
                 self.with_account(&e.fintech_use_num, now, |a, cfg| {
                     if !e.success {
-                        a.failed_logins.push(now, HOUR_MS, 64);
+                        a.failed_logins.push(now, HOUR_MS, MAX_FAILED_LOGINS);
                     }
                     if let Some(d) = &e.device_id {
                         a.remember_device(key_hash(d), now, cfg.max_known_devices);
@@ -1266,8 +1346,12 @@ fn prefetch_lines(p: *const u8, bytes: usize) {
 }
 
 #[cfg(test)]
+mod props;
+
+#[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::build;
 
     fn t(secs: i64) -> EventTime {
         EventTime::from_secs(secs)
@@ -1417,6 +1501,215 @@ mod tests {
         }
         assert!(s.zscore(10_000_000) > 5.0);
         assert!(s.zscore(15_000).abs() < 1.0);
+    }
+
+    // ------------------------------------------------------------- caps ---
+    // One test per cap: fill past it, then check that the count stays at the
+    // cap and that the entry the policy names is the one that went.
+
+    const T0: i64 = 1_700_000_000;
+
+    fn small_caps() -> StateConfig {
+        StateConfig {
+            max_known_payees: 3,
+            max_known_devices: 2,
+            max_payee_senders: 3,
+            max_device_accounts: 2,
+            ..StateConfig::default()
+        }
+    }
+
+    /// An allowed transfer from `account` to payee `088-{payee}` at `T0 + secs`.
+    fn pay(s: &State, account: &str, payee: &str, device: Option<&str>, secs: i64) -> Observed {
+        let mut b = build::transfer("T1").account(account).payee("088", payee).at_time(t(T0 + secs));
+        if let Some(d) = device {
+            b = b.device(d);
+        }
+        let tr = b.transfer();
+        let seen = s.observe_transfer(&tr, &tr.payee_key());
+        s.settle_transfer(&tr, &seen, false);
+        seen
+    }
+
+    fn account(s: &State, key: &str) -> AccountState {
+        (**s.accounts.get(key).expect("the account")).clone()
+    }
+
+    fn payee(s: &State, account_num: &str) -> PayeeState {
+        (**s.payees.get(crate::event::payee_key("088", account_num).as_str()).expect("the payee")).clone()
+    }
+
+    fn payee_h(account_num: &str) -> u64 {
+        key_hash(&crate::event::payee_key("088", account_num))
+    }
+
+    #[test]
+    fn known_payees_stop_at_the_cap_forgetting_the_least_recently_paid() {
+        let s = State::new(small_caps());
+        pay(&s, "A1", "P1", None, 0);
+        pay(&s, "A1", "P2", None, 10);
+        pay(&s, "A1", "P3", None, 20);
+        pay(&s, "A1", "P1", None, 30); // P2 is now the least recently paid
+        pay(&s, "A1", "P4", None, 40);
+        let a = account(&s, "A1");
+        assert_eq!(a.payees.0.len(), 3);
+        assert_eq!(a.payees.get(payee_h("P2")), None, "the least recently paid went");
+        for p in ["P1", "P3", "P4"] {
+            assert!(a.payees.get(payee_h(p)).is_some(), "{p}");
+        }
+        for i in 5..50 {
+            pay(&s, "A1", &format!("P{i}"), None, 10 * i);
+        }
+        let seen = pay(&s, "A1", "P2", None, 1_000);
+        assert_eq!((seen.account.known_payees, seen.account.payee_known), (3, false));
+        assert_eq!(account(&s, "A1").payees.0.len(), 3);
+    }
+
+    #[test]
+    fn new_payees_of_a_day_saturate_at_their_cap_dropping_the_oldest() {
+        let s = State::new(StateConfig::default());
+        for i in 0..MAX_NEW_PAYEES as i64 + 6 {
+            pay(&s, "A1", &format!("P{i}"), None, 60 * i);
+        }
+        let a = account(&s, "A1");
+        assert_eq!(a.new_payees.0.len(), MAX_NEW_PAYEES);
+        assert_eq!(a.new_payees.0.first().copied(), Some((T0 + 60 * 6) * 1000), "the six oldest went");
+        let seen = pay(&s, "A1", "Q", None, 60 * 100);
+        assert_eq!(seen.account.new_payees_24h, MAX_NEW_PAYEES as i64);
+    }
+
+    #[test]
+    fn known_devices_stop_at_the_cap_forgetting_the_least_recently_used() {
+        let s = State::new(small_caps());
+        pay(&s, "A1", "P1", Some("D1"), 0);
+        pay(&s, "A1", "P1", Some("D2"), 10);
+        pay(&s, "A1", "P1", Some("D1"), 20); // D2 is now the least recently used
+        s.apply(&build::context("A1").device("D3").at_time(t(T0 + 30)).login(true));
+        let a = account(&s, "A1");
+        assert_eq!(a.devices.len(), 2);
+        assert_eq!(a.device_first_seen(key_hash("D2")), None, "the least recently used went");
+        assert_eq!(a.device_first_seen(key_hash("D1")), Some(T0 * 1000), "kept with its first use");
+        assert_eq!(a.device_first_seen(key_hash("D3")), Some((T0 + 30) * 1000));
+        for i in 4..40 {
+            pay(&s, "A1", "P1", Some(&format!("D{i}")), 10 * i);
+        }
+        assert_eq!(account(&s, "A1").devices.len(), 2);
+    }
+
+    #[test]
+    fn failed_logins_of_an_hour_saturate_at_their_cap_dropping_the_oldest() {
+        let s = State::new(StateConfig::default());
+        for i in 0..MAX_FAILED_LOGINS as i64 + 6 {
+            s.apply(&build::context("A1").at_time(t(T0 + 10 * i)).login(false));
+        }
+        let a = account(&s, "A1");
+        assert_eq!(a.failed_logins.0.len(), MAX_FAILED_LOGINS);
+        assert_eq!(a.failed_logins.0.first().copied(), Some((T0 + 60) * 1000), "the six oldest went");
+        let seen = pay(&s, "A1", "P1", None, 10 * 80);
+        assert_eq!(seen.account.failed_logins_1h, MAX_FAILED_LOGINS as i64);
+    }
+
+    #[test]
+    fn payee_senders_stop_at_the_cap_forgetting_the_least_recently_seen() {
+        let s = State::new(small_caps());
+        pay(&s, "A1", "P1", None, 0);
+        pay(&s, "A2", "P1", None, 10);
+        pay(&s, "A3", "P1", None, 20);
+        pay(&s, "A1", "P1", None, 30); // A2 is now the least recently seen
+        pay(&s, "A4", "P1", None, 40);
+        let p = payee(&s, "P1");
+        assert_eq!(p.senders.0.len(), 3);
+        assert_eq!(p.senders.get(key_hash("A2")), None, "the least recently seen went");
+        for a in ["A1", "A3", "A4"] {
+            assert!(p.senders.get(key_hash(a)).is_some(), "{a}");
+        }
+        for i in 5..50 {
+            pay(&s, &format!("A{i}"), "P1", None, 10 * i);
+        }
+        let seen = pay(&s, "A2", "P1", None, 1_000);
+        assert_eq!(seen.payee.distinct_senders_24h, 3, "saturates at the cap");
+        assert_eq!(payee(&s, "P1").senders.0.len(), 3);
+    }
+
+    #[test]
+    fn payee_reports_stop_at_the_cap_dropping_withdrawn_then_oldest() {
+        let s = State::new(StateConfig::default());
+        let report = |id: &str, secs: i64| build::label(id).payee("088", "P1").at_time(t(T0 + secs));
+        for i in 0..MAX_REPORTS as i64 + 1 {
+            s.apply(&report(&format!("R{i}"), 60 * i).build());
+        }
+        let p = payee(&s, "P1");
+        assert_eq!((p.reports.len(), p.open_reports()), (MAX_REPORTS, MAX_REPORTS as i64));
+        assert!(!p.reports.iter().any(|r| r.0 == key_hash("R0")), "the oldest went");
+        // A withdrawn report goes before the oldest open one.
+        s.apply(&report("R30", 60 * 100).cleared().build());
+        s.apply(&report("R100", 60 * 101).build());
+        let p = payee(&s, "P1");
+        assert_eq!((p.reports.len(), p.open_reports()), (MAX_REPORTS, MAX_REPORTS as i64));
+        assert!(!p.reports.iter().any(|r| r.0 == key_hash("R30")), "the withdrawn one went");
+        assert!(p.reports.iter().any(|r| r.0 == key_hash("R1")), "the oldest open one stays");
+    }
+
+    #[test]
+    fn device_accounts_stop_at_the_cap_forgetting_the_least_recently_seen() {
+        let s = State::new(small_caps());
+        pay(&s, "A1", "P1", Some("D1"), 0);
+        pay(&s, "A2", "P1", Some("D1"), 10);
+        pay(&s, "A1", "P1", Some("D1"), 20); // A2 is now the least recently seen
+        pay(&s, "A3", "P1", Some("D1"), 30);
+        let d = (**s.devices.get("D1").unwrap()).clone();
+        assert_eq!(d.accounts.0.len(), 2);
+        assert_eq!(d.accounts.get(key_hash("A2")), None, "the least recently seen went");
+        assert!(d.accounts.get(key_hash("A1")).is_some() && d.accounts.get(key_hash("A3")).is_some());
+        for i in 4..40 {
+            pay(&s, &format!("A{i}"), "P1", Some("D1"), 10 * i);
+        }
+        let seen = pay(&s, "A2", "P1", Some("D1"), 1_000);
+        assert_eq!(seen.device.unwrap().distinct_accounts_24h, 2, "saturates at the cap");
+        assert_eq!(s.devices.get("D1").unwrap().accounts.0.len(), 2);
+    }
+
+    /// Read back under smaller caps (a snapshot, a changelog record), every
+    /// collection is trimmed to them, keeping the most recent.
+    #[test]
+    fn an_entity_read_under_smaller_caps_is_trimmed_to_them() {
+        let big = State::new(StateConfig::default());
+        for i in 0..10 {
+            pay(&big, "A1", &format!("P{i}"), Some(&format!("D{i}")), 10 * i);
+            pay(&big, &format!("B{i}"), "P0", Some("D0"), 10 * i + 5);
+        }
+        let mut bytes = Vec::new();
+        big.write_snapshot(ExpiryClocks::default(), &mut bytes).unwrap();
+        let (small, _, _) = State::read_snapshot(small_caps(), &bytes[..]).unwrap();
+        let changelog = State::new(small_caps());
+        let mut record = Vec::new();
+        for (kind, key) in [(EntityKind::Account, "A1"), (EntityKind::Payee, "088-P0"), (EntityKind::Device, "D0")] {
+            assert!(big.entity_record(kind, key, &mut record));
+            changelog.apply_record(&record, (kind, key)).unwrap();
+        }
+        for s in [&small, &changelog] {
+            let a = account(s, "A1");
+            assert_eq!(a.payees.0.len(), 3);
+            assert!(["P7", "P8", "P9"].iter().all(|p| a.payees.get(payee_h(p)).is_some()), "the most recent kept");
+            assert_eq!(a.devices.len(), 2);
+            assert!(a.device_first_seen(key_hash("D9")).is_some() && a.device_first_seen(key_hash("D8")).is_some());
+            let p = payee(s, "P0");
+            assert_eq!(p.senders.0.len(), 3);
+            assert!(["B7", "B8", "B9"].iter().all(|b| p.senders.get(key_hash(b)).is_some()));
+            let d = s.devices.get("D0").unwrap();
+            assert_eq!(d.accounts.0.len(), 2);
+            assert!(d.accounts.get(key_hash("B9")).is_some() && d.accounts.get(key_hash("B8")).is_some());
+        }
+    }
+
+    #[test]
+    fn recent_times_trim_keeps_the_newest() {
+        let mut r = RecentTimes::default();
+        for i in 0..10 {
+            r.push(t(i), HOUR_MS, 64);
+        }
+        r.trim(4);
+        assert_eq!(r.0.as_slice(), [6_000, 7_000, 8_000, 9_000]);
     }
 
     #[test]

@@ -20,15 +20,17 @@
 //!   the latest time per sender, so observations applied a little late or out
 //!   of order give the same counts (a late one beyond its ring is dropped, as
 //!   a late transfer is).
-//! - **Refused, not misread.** A batch in another format version, or cut
-//!   short, is refused whole with what was wrong and where.
+//! - **Refused, not misread.** A batch in another format version, cut
+//!   short, or carrying a key longer than any event can (more than
+//!   `MAX_KEY_BYTES`, 64 bytes: the keys become the shared maps' keys, which
+//!   live for months), is refused whole with what was wrong and where.
 //!
 //! [`PayeeState::count_in`]: super::PayeeState
 //! [`DeviceState::count_use`]: super::DeviceState
 
 use compact_str::CompactString;
 
-use super::{key_hash, DeviceState, PayeeState, State};
+use super::{key_hash, DeviceState, PayeeState, State, MAX_KEY_BYTES};
 use crate::event::{EventTime, Transfer};
 
 /// Whether a transfer still has to be counted in its payee and in its
@@ -91,6 +93,8 @@ pub enum ObservationError {
     Trailing { bytes: usize },
     #[error("observation {index}: a key that is not UTF-8")]
     NotUtf8 { index: usize },
+    #[error("observation {index}: a key of {bytes} bytes, more than the {MAX_KEY_BYTES} any event carries")]
+    KeyTooLong { index: usize, bytes: usize },
     #[error("observation {index}: offset {offset} cannot be a Kafka offset")]
     Offset { index: usize, offset: i64 },
 }
@@ -98,9 +102,11 @@ pub enum ObservationError {
 /// A key's length field of this value means "no key" (no device).
 const NO_KEY: u16 = u16::MAX;
 
-/// The longest key an observation carries, in bytes; a longer one is cut at
-/// a character boundary below it (the event decoder bounds ids far below).
-const KEY_MAX: usize = NO_KEY as usize - 1;
+/// The longest key an observation carries, in bytes: the longest key of an
+/// entity, as the event decoder bounds it. A longer one is cut at a
+/// character boundary below it when written (no decoded event has one), and
+/// refused when read.
+const KEY_MAX: usize = MAX_KEY_BYTES;
 
 impl Observation {
     /// What `t` (at `offset`) teaches the shared tables.
@@ -210,6 +216,9 @@ fn take_key(rest: &mut &[u8], index: usize, total: usize) -> Result<Option<Compa
         return Ok(None);
     }
     let len = usize::from(len);
+    if len > KEY_MAX {
+        return Err(ObservationError::KeyTooLong { index, bytes: len });
+    }
     if tail.len() < len {
         return Err(truncated);
     }
@@ -268,6 +277,25 @@ mod tests {
         let back = Observation::decode_batch(&one).unwrap();
         let device = back[0].device.as_deref().unwrap();
         assert!(device.len() <= KEY_MAX && device.len() > KEY_MAX - 3 && "가".repeat(30_000).starts_with(device));
+        // One written by another writer is refused, payee or device, whole.
+        for (payee_len, device_len) in [(KEY_MAX + 1, 1), (1, KEY_MAX + 1), (u16::MAX as usize - 1, 1)] {
+            let mut bad = Vec::new();
+            Observation::begin_batch(&mut bad);
+            a.encode(&mut bad);
+            bad[1..5].copy_from_slice(&2u32.to_le_bytes());
+            bad.extend_from_slice(&[0; 32]);
+            for len in [payee_len, device_len] {
+                bad.extend_from_slice(&(len as u16).to_le_bytes());
+                bad.extend(std::iter::repeat(b'k').take(len));
+            }
+            let bytes = payee_len.max(device_len);
+            assert_eq!(Observation::decode_batch(&bad), Err(ObservationError::KeyTooLong { index: 1, bytes }));
+        }
+        let mut longest = Vec::new();
+        Observation::begin_batch(&mut longest);
+        let at_bound = Observation { device: Some("d".repeat(KEY_MAX).into()), ..a.clone() };
+        at_bound.encode(&mut longest);
+        assert_eq!(Observation::decode_batch(&longest).unwrap(), vec![at_bound], "a key at the bound reads back");
         let mut bad = Vec::new();
         Observation::begin_batch(&mut bad);
         Observation { offset: -1, ..a.clone() }.encode(&mut bad);

@@ -21,7 +21,8 @@
 //! caught too.
 //!
 //! Guarantees:
-//! - **Exact.** What is read back is what was written, bit for bit: a state
+//! - **Exact.** What is read back is what was written, bit for bit (read
+//!   with caps below the writer's, an entity is trimmed to them): a state
 //!   restored from a snapshot gives the decisions the original would have
 //!   given (a test replays half of a stream, snapshots, restores into a new
 //!   engine and compares the rest).
@@ -158,8 +159,9 @@ impl State {
     }
 
     /// Read a snapshot written by [`State::write_snapshot`] into a new state
-    /// with `cfg`'s TTLs and caps. All or nothing: any error leaves nothing
-    /// half-restored.
+    /// with `cfg`'s TTLs and caps (an entity written with larger caps is
+    /// trimmed to them, as at the cap). All or nothing: any error leaves
+    /// nothing half-restored.
     pub fn read_snapshot<R: Read>(
         cfg: StateConfig,
         input: R,
@@ -204,17 +206,20 @@ impl State {
             let key = r.key().map_err(malformed)?;
             match kind {
                 KIND_ACCOUNT => {
-                    let a = read_account(&mut r).map_err(malformed)?;
+                    let mut a = read_account(&mut r).map_err(malformed)?;
+                    a.trim_to_caps(&state.cfg);
                     insert_once(&state.accounts, key, a).map_err(malformed)?;
                     stats.accounts += 1;
                 }
                 KIND_PAYEE => {
-                    let p = read_payee(&mut r).map_err(malformed)?;
+                    let mut p = read_payee(&mut r).map_err(malformed)?;
+                    p.trim_to_caps(&state.cfg);
                     insert_once(&state.payees, key, p).map_err(malformed)?;
                     stats.payees += 1;
                 }
                 KIND_DEVICE => {
-                    let d = read_device(&mut r).map_err(malformed)?;
+                    let mut d = read_device(&mut r).map_err(malformed)?;
+                    d.trim_to_caps(&state.cfg);
                     insert_once(&state.devices, key, d).map_err(malformed)?;
                     stats.devices += 1;
                 }
