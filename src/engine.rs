@@ -97,6 +97,33 @@ impl Outcome {
     }
 }
 
+/// What held a transfer: the rules (a live hold rule, or the live score
+/// rules reaching `hold_score`), the model (its score at or above the card's
+/// threshold), or both. `fds_holds_total{source}` counts by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HoldSource {
+    /// The rules alone.
+    Rules,
+    /// The model alone.
+    Model,
+    /// The rules and the model, each on its own.
+    Both,
+}
+
+impl HoldSource {
+    /// Every source, in the order of their names in metrics.
+    pub const ALL: [HoldSource; 3] = [HoldSource::Rules, HoldSource::Model, HoldSource::Both];
+
+    /// The name in metrics (`source` label).
+    pub fn name(self) -> &'static str {
+        match self {
+            HoldSource::Rules => "rules",
+            HoldSource::Model => "model",
+            HoldSource::Both => "both",
+        }
+    }
+}
+
 /// The engine's answer for one transfer.
 #[derive(Debug, Clone)]
 pub struct Decision {
@@ -119,6 +146,9 @@ pub struct Decision {
     pub rules: Arc<RuleSet>,
     /// The model's part, when a model is loaded.
     pub model: Option<ModelVerdict>,
+    /// The verification the rules asked for, `None` when they did not hold
+    /// (the model may still have). Not part of the published decision.
+    pub rules_hold: Option<Verification>,
     /// Time spent in the engine for this transfer (state, features, rules, model).
     pub latency_ns: u64,
 }
@@ -145,6 +175,21 @@ impl Decision {
     /// Whether the bank must stop and verify.
     pub fn is_hold(&self) -> bool {
         self.outcome == Outcome::Hold
+    }
+
+    /// What held it: `None` for an allow.
+    pub fn held_by(&self) -> Option<HoldSource> {
+        if !self.is_hold() {
+            return None;
+        }
+        let model = self.model.as_ref().is_some_and(|m| m.hold);
+        Some(match (self.rules_hold.is_some(), model) {
+            (true, true) => HoldSource::Both,
+            (false, true) => HoldSource::Model,
+            // A hold is the rules' or the model's; `Rules` also stands for
+            // a hold neither claims, which the engine never makes.
+            _ => HoldSource::Rules,
+        })
     }
 
     /// The decision as one JSON line: what the transfer API receives.
@@ -469,6 +514,7 @@ impl Engine {
             shadow_fired: outcome.shadow_fired,
             rules,
             model,
+            rules_hold: outcome.hold,
             latency_ns: started.elapsed().as_nanos() as u64,
         };
         Scored { decision, features }

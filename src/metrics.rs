@@ -17,11 +17,31 @@
 //!   configuration the operator controls (topic names, rule ids).
 //! - **Known series exist from the start.** Labelled metrics whose values are
 //!   known in advance (`fds_decisions_total`, `fds_dead_letter_total`,
-//!   `fds_state_entities`, `fds_rules_reloads_total`) have every series created,
+//!   `fds_state_entities`, `fds_rules_reloads_total`, `fds_holds_total`) have
+//!   every series created,
 //!   at 0, in [`Metrics::new`], so `rate()` and absence alerts work before the
 //!   first event. `fds_events_consumed_total` and `fds_rule_fired_total` are
 //!   labelled by configuration (topic names, rule ids) and so appear only once
 //!   the caller first uses a label value.
+//! - **Series that follow what is in force.** `fds_model_info{version}` and
+//!   `fds_ruleset_info{version}` hold one series, at 1, for the model and the
+//!   rule set in force (none for the model when rules alone decide); a reload
+//!   removes the old version's series and sets the new one
+//!   ([`Metrics::observe_in_force`]). `fds_consumer_lag{topic, partition}`
+//!   has a series for each input partition assigned to this instance, removed
+//!   when the partition is revoked (the pipeline keeps it; see
+//!   `kafka::pipeline`'s `lag` module for what it counts).
+//! - **Model drift.** `fds_model_score` is the histogram of every score the
+//!   model gives, in the bins of [`SCORE_BINS`]; `fds_model_score_psi` is the
+//!   population stability index of the recent scores against the model
+//!   card's [`ScoreReference`](crate::model::card::ScoreReference), computed
+//!   from that histogram's bucket counts when [`Metrics::observe_in_force`]
+//!   runs (before each scrape), never on the hot path; see [`ScoreWindow`](crate::model::drift::ScoreWindow)
+//!   for the window.
+//! - **Process.** The prometheus crate's process collector (Linux) is in the
+//!   registry: `process_cpu_seconds_total`, `process_resident_memory_bytes`,
+//!   `process_virtual_memory_bytes`, `process_start_time_seconds`,
+//!   `process_open_fds`, `process_max_fds`, `process_threads`.
 //! - **No hashing on the hot path.** [`Metrics::count_decision`] uses children
 //!   resolved once in [`Metrics::new`]. Callers of the labelled vectors should
 //!   do the same: resolve `events_consumed.with_label_values(&[topic])` once per
@@ -29,14 +49,19 @@
 //!   like [`crate::rules::RuleSet::rules`]), and keep the returned counters.
 
 use std::fmt;
+use std::sync::Mutex;
 
+use prometheus::core::Collector;
 use prometheus::{
     Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::engine::Outcome;
+use crate::engine::{HoldSource, Outcome};
 use crate::kafka::DeadLetterKind;
-use crate::rules::Verification;
+use crate::model::card::SCORE_BINS;
+use crate::model::drift::ScoreWindow;
+use crate::model::{quality, Model};
+use crate::rules::{RuleSet, Verification};
 use crate::state::State;
 
 /// `fds_engine_latency_seconds`: state, features and rules for one transfer
@@ -149,6 +174,23 @@ pub struct Metrics {
     pub model_holds: IntCounter,
     /// `fds_ready`: 1 when the instance answers transfers.
     pub ready: IntGauge,
+    /// `fds_consumer_lag{topic, partition}`: messages of an input partition
+    /// assigned to this instance not yet decided (its end minus the first
+    /// offset whose outcome is not yet safe); kept by the pipeline, which
+    /// removes a partition's series when it is revoked.
+    pub consumer_lag: IntGaugeVec,
+    /// `fds_model_score`: the model's score of each transfer it scores, in
+    /// the bins of [`SCORE_BINS`].
+    pub model_score: Histogram,
+    /// `fds_model_score_psi`: population stability index of the recent
+    /// scores against the card's reference (see [`ScoreWindow`](crate::model::drift::ScoreWindow)).
+    pub model_score_psi: Gauge,
+    /// `fds_model_info{version}`: 1 for the model in force.
+    pub model_info: IntGaugeVec,
+    /// `fds_ruleset_info{version}`: 1 for the rule set in force.
+    pub ruleset_info: IntGaugeVec,
+    /// `fds_holds_total{source}`, `source` one of [`HoldSource::name`].
+    pub holds: IntCounterVec,
 
     /// `fds_decisions_total{decision, verification}`, for combinations the
     /// engine never makes (so they have no pre-resolved child).
@@ -159,6 +201,18 @@ pub struct Metrics {
     entities_account: IntGauge,
     entities_payee: IntGauge,
     entities_device: IntGauge,
+    /// Indexed like [`HoldSource::ALL`].
+    held_by: [IntCounter; HoldSource::ALL.len()],
+    /// What [`Metrics::observe_in_force`] last exported.
+    in_force: Mutex<InForce>,
+}
+
+/// The versions whose info series are set, and the drift window.
+#[derive(Debug, Default)]
+struct InForce {
+    model: Option<String>,
+    ruleset: Option<String>,
+    window: ScoreWindow,
 }
 
 impl Metrics {
@@ -214,6 +268,21 @@ impl Metrics {
         for result in ["applied", "rejected"] {
             model_reloads.with_label_values(&[result]);
         }
+
+        let holds = register(
+            r,
+            IntCounterVec::new(
+                Opts::new("fds_holds_total", "Held transfers, by what held them: rules, model or both."),
+                &["source"],
+            ),
+        );
+        let held_by = HoldSource::ALL.map(|s| holds.with_label_values(&[s.name()]));
+
+        // The process's CPU, memory, file descriptors and start time, read
+        // from /proc at each scrape (Linux only).
+        #[cfg(target_os = "linux")]
+        r.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
+            .expect("process metric names are unique");
 
         Metrics {
             events_consumed: register(
@@ -380,6 +449,46 @@ impl Metrics {
                 IntCounter::new("fds_model_holds_total", "Transfers whose model score reached the hold threshold."),
             ),
             ready: register(r, IntGauge::new("fds_ready", "1 when this instance is ready to answer transfers.")),
+            consumer_lag: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "fds_consumer_lag",
+                        "Messages of an input partition assigned here not yet decided: its end minus the first \
+                         offset whose outcome is not yet acknowledged.",
+                    ),
+                    &["topic", "partition"],
+                ),
+            ),
+            model_score: register(
+                r,
+                Histogram::with_opts(
+                    HistogramOpts::new("fds_model_score", "The model's fraud score of each transfer it scored.")
+                        .buckets(SCORE_BINS.to_vec()),
+                ),
+            ),
+            model_score_psi: register(
+                r,
+                Gauge::new(
+                    "fds_model_score_psi",
+                    "Population stability index of the recent model scores against the card's reference \
+                     (0 until enough scores, or without a reference).",
+                ),
+            ),
+            model_info: register(
+                r,
+                IntGaugeVec::new(Opts::new("fds_model_info", "1 for the model in force, by version."), &["version"]),
+            ),
+            ruleset_info: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new("fds_ruleset_info", "1 for the rule set in force, by version."),
+                    &["version"],
+                ),
+            ),
+            holds,
+            held_by,
+            in_force: Mutex::new(InForce::default()),
             decisions,
             decided_allow,
             decided_hold,
@@ -404,6 +513,59 @@ impl Metrics {
                 self.decisions.with_label_values(&[outcome.name(), verification]).inc();
             }
         }
+    }
+
+    /// Count a held transfer in `fds_holds_total` under what held it (see
+    /// [`crate::engine::Decision::held_by`]); no label is hashed.
+    pub fn count_hold(&self, source: HoldSource) {
+        self.held_by[hold_source_index(source)].inc();
+    }
+
+    /// Refresh what follows the rule set and the model in force:
+    /// `fds_rules_loaded`, `fds_model_loaded`, `fds_ruleset_info`,
+    /// `fds_model_info` (the previous version's series removed when it
+    /// changed) and `fds_model_score_psi`.
+    ///
+    /// Call it before a scrape (`fds run` does), not per event: it reads the
+    /// score histogram's buckets and computes the index, some microseconds.
+    pub fn observe_in_force(&self, rules: &RuleSet, model: Option<&Model>) {
+        let mut in_force = self.in_force.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.rules_loaded.set(gauge_value(rules.rules().len()));
+        self.model_loaded.set(i64::from(model.is_some()));
+        swap_info(&self.ruleset_info, &mut in_force.ruleset, Some(rules.version()));
+        let model_changed = swap_info(&self.model_info, &mut in_force.model, model.map(Model::version));
+        let counts = self.score_counts();
+        if model_changed {
+            // Scores given before belong to another model (or none): the
+            // window starts afresh.
+            in_force.window = ScoreWindow::default();
+        }
+        let live = in_force.window.observe(counts);
+        let reference = model.and_then(|m| m.card().score_reference.as_ref());
+        let psi = match (reference, live) {
+            (Some(reference), Some(live)) => quality::psi(&reference.fractions(), &live),
+            _ => 0.0,
+        };
+        self.model_score_psi.set(psi);
+    }
+
+    /// `fds_model_score`'s count per bin of [`SCORE_BINS`] so far (not
+    /// cumulative).
+    fn score_counts(&self) -> [u64; SCORE_BINS.len()] {
+        let mut counts = [0; SCORE_BINS.len()];
+        let families = self.model_score.collect();
+        let Some(h) = families.first().and_then(|f| f.get_metric().first()).map(|m| m.get_histogram()) else {
+            return counts;
+        };
+        let mut below = 0;
+        for (i, b) in h.get_bucket().iter().take(SCORE_BINS.len()).enumerate() {
+            counts[i] = b.cumulative_count().saturating_sub(below);
+            below = b.cumulative_count();
+        }
+        // Scores above the last bound (never made: scores are at most 1)
+        // count in the last bin, as `score_bin` puts them.
+        counts[SCORE_BINS.len() - 1] += h.get_sample_count().saturating_sub(below);
+        counts
     }
 
     /// Every metric in the Prometheus text exposition format
@@ -450,6 +612,32 @@ fn register<M: prometheus::core::Collector + Clone + 'static>(registry: &Registr
     metric
 }
 
+/// Make `vec`'s one series the `{version}` of `now`, removing the one of
+/// `shown` (what it showed before) when that differs. Returns whether it did.
+fn swap_info(vec: &IntGaugeVec, shown: &mut Option<String>, now: Option<&str>) -> bool {
+    if shown.as_deref() == now {
+        return false;
+    }
+    if let Some(old) = shown.take() {
+        // Only this function adds series: the old one is there.
+        let _ = vec.remove_label_values(&[&old]);
+    }
+    if let Some(now) = now {
+        vec.with_label_values(&[now]).set(1);
+        *shown = Some(now.to_owned());
+    }
+    true
+}
+
+/// The position of `s` in [`HoldSource::ALL`], by an exhaustive match.
+fn hold_source_index(s: HoldSource) -> usize {
+    match s {
+        HoldSource::Rules => 0,
+        HoldSource::Model => 1,
+        HoldSource::Both => 2,
+    }
+}
+
 /// The position of `v` in [`Verification::ALL`], by an exhaustive match so a
 /// new variant cannot be forgotten here.
 fn verification_index(v: Verification) -> usize {
@@ -469,7 +657,7 @@ mod tests {
     use super::*;
     use crate::state::StateConfig;
 
-    const ALL_NAMES: [&str; 30] = [
+    const ALL_NAMES: [&str; 36] = [
         "fds_events_consumed_total",
         "fds_decisions_total",
         "fds_decisions_late_total",
@@ -500,6 +688,23 @@ mod tests {
         "fds_model_loaded",
         "fds_model_holds_total",
         "fds_ready",
+        "fds_consumer_lag",
+        "fds_model_score",
+        "fds_model_score_psi",
+        "fds_model_info",
+        "fds_ruleset_info",
+        "fds_holds_total",
+    ];
+
+    /// The process collector's, on Linux.
+    const PROCESS_NAMES: [&str; 7] = [
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_virtual_memory_bytes",
+        "process_start_time_seconds",
+        "process_open_fds",
+        "process_max_fds",
+        "process_threads",
     ];
 
     /// The value of the one sample line that starts with `series`.
@@ -519,6 +724,9 @@ mod tests {
                     | "fds_state_checkpoints_total"
                     | "fds_state_local_copies_total"
                     | "fds_state_restores_total"
+                    | "fds_consumer_lag"
+                    | "fds_model_info"
+                    | "fds_ruleset_info"
             );
             assert_eq!(text.contains(&format!("# TYPE {name} ")), expected, "{name}:\n{text}");
         }
@@ -527,6 +735,9 @@ mod tests {
         m.state_checkpoints.with_label_values(&["written"]).inc();
         m.state_local_copies.with_label_values(&["written"]).inc();
         m.state_restores.with_label_values(&["restored"]).inc();
+        m.consumer_lag.with_label_values(&["transfers", "0"]).set(3);
+        m.observe_in_force(&RuleSet::empty(), None);
+        m.model_info.with_label_values(&["m-1"]).set(1);
         let text = m.encode();
         for name in ALL_NAMES {
             assert_eq!(text.matches(&format!("# TYPE {name} ")).count(), 1, "{name}:\n{text}");
@@ -552,6 +763,11 @@ mod tests {
             r#"fds_state_entities{kind="device"}"#,
             r#"fds_rules_reloads_total{result="applied"}"#,
             r#"fds_rules_reloads_total{result="rejected"}"#,
+            r#"fds_holds_total{source="rules"}"#,
+            r#"fds_holds_total{source="model"}"#,
+            r#"fds_holds_total{source="both"}"#,
+            "fds_model_score_count",
+            "fds_model_score_psi",
             "fds_ready",
             "fds_broker_up",
         ] {
@@ -644,5 +860,137 @@ mod tests {
         a.decisions_late.inc();
         assert_eq!(sample(&a.encode(), "fds_decisions_late_total").as_deref(), Some("1"));
         assert_eq!(sample(&b.encode(), "fds_decisions_late_total").as_deref(), Some("0"));
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn process_metrics_are_exported() {
+        let text = Metrics::new().encode();
+        for name in PROCESS_NAMES {
+            assert_eq!(text.matches(&format!("# TYPE {name} ")).count(), 1, "{name}:\n{text}");
+        }
+        let rss: f64 = sample(&text, "process_resident_memory_bytes").unwrap().parse().unwrap();
+        assert!(rss > 1e6, "a test process holds more than a megabyte: {rss}");
+        let start: f64 = sample(&text, "process_start_time_seconds").unwrap().parse().unwrap();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+        assert!(start > now - 86_400.0 && start <= now + 1.0, "started {start}, now {now}");
+    }
+
+    #[test]
+    fn holds_count_by_source() {
+        let m = Metrics::new();
+        for (i, s) in HoldSource::ALL.into_iter().enumerate() {
+            assert_eq!(hold_source_index(s), i);
+        }
+        m.count_hold(HoldSource::Rules);
+        m.count_hold(HoldSource::Both);
+        m.count_hold(HoldSource::Both);
+        let text = m.encode();
+        let held = |s: &str| sample(&text, &format!(r#"fds_holds_total{{source="{s}"}}"#));
+        assert_eq!(
+            (held("rules"), held("model"), held("both")),
+            (Some("1".into()), Some("0".into()), Some("2".into()))
+        );
+    }
+
+    #[test]
+    fn the_score_histogram_has_the_card_bins() {
+        let m = Metrics::new();
+        for s in [0.0, 0.05, 0.051, 0.5, 1.0] {
+            m.model_score.observe(s);
+        }
+        let text = m.encode();
+        assert_eq!(text.matches("fds_model_score_bucket").count(), SCORE_BINS.len() + 1);
+        let bucket = |le: &str| sample(&text, &format!(r#"fds_model_score_bucket{{le="{le}"}}"#));
+        assert_eq!(bucket("0.05").as_deref(), Some("2"), "{text}");
+        assert_eq!(bucket("0.1").as_deref(), Some("3"));
+        assert_eq!(bucket("0.95").as_deref(), Some("4"));
+        assert_eq!(bucket("1").as_deref(), Some("5"));
+        let mut expected = [0u64; SCORE_BINS.len()];
+        for s in [0.0, 0.05, 0.051, 0.5, 1.0] {
+            expected[crate::model::card::score_bin(s)] += 1;
+        }
+        assert_eq!(m.score_counts(), expected, "the histogram's bins are score_bin's");
+    }
+
+    #[test]
+    fn info_series_follow_the_versions_in_force() {
+        let m = Metrics::new();
+        let a = RuleSet::empty();
+        let b = RuleSet::from_files(&[(
+            "r.toml",
+            "[[rule]]\nid = \"X\"\nlabel = \"x\"\ndescription = \"x\"\nwhen = \"amount > 1\"\naction = \"hold\"\n\
+             verify = \"ars\"\nreason = \"X1\"\n",
+        )])
+        .unwrap();
+        assert_ne!(a.version(), b.version());
+        m.observe_in_force(&a, None);
+        let text = m.encode();
+        assert_eq!(sample(&text, &format!(r#"fds_ruleset_info{{version="{}"}}"#, a.version())).as_deref(), Some("1"));
+        assert!(!text.contains("fds_model_info{"), "no model, no series:\n{text}");
+        assert_eq!(sample(&text, "fds_model_loaded").as_deref(), Some("0"));
+        m.observe_in_force(&b, None);
+        m.observe_in_force(&b, None);
+        let text = m.encode();
+        assert_eq!(text.matches("fds_ruleset_info{").count(), 1, "the old version's series is gone:\n{text}");
+        assert_eq!(sample(&text, &format!(r#"fds_ruleset_info{{version="{}"}}"#, b.version())).as_deref(), Some("1"));
+        assert_eq!(sample(&text, "fds_rules_loaded").as_deref(), Some("1"));
+    }
+
+    #[test]
+    fn psi_compares_recent_scores_with_the_card_reference_and_restarts_with_a_new_model() {
+        use crate::model::card::ScoreReference;
+        let m = Metrics::new();
+        let rules = RuleSet::empty();
+        let model = crate::model::tests::tiny_model("drift", 0.5);
+        let mut card = model.card().clone();
+        // The reference: 90% of scores at 0.01, 10% at 0.07.
+        let mut reference_scores = vec![0.01; 900];
+        reference_scores.extend([0.07; 100]);
+        card.score_reference = Some(ScoreReference::of("test", &reference_scores));
+        let with_reference = crate::model::tests::with_card(&model, card);
+
+        m.observe_in_force(&rules, Some(&with_reference));
+        assert_eq!(sample(&m.encode(), "fds_model_score_psi").as_deref(), Some("0"));
+        for _ in 0..9 {
+            for _ in 0..90 {
+                m.model_score.observe(0.01);
+            }
+            for _ in 0..10 {
+                m.model_score.observe(0.07);
+            }
+        }
+        m.observe_in_force(&rules, Some(&with_reference));
+        assert_eq!(m.model_score_psi.get(), 0.0, "900 scores: not enough yet");
+        for _ in 0..100 {
+            m.model_score.observe(0.01);
+        }
+        for _ in 0..100 {
+            m.model_score.observe(0.9);
+        }
+        m.observe_in_force(&rules, Some(&with_reference));
+        let psi = m.model_score_psi.get();
+        let mut live = [0.0; SCORE_BINS.len()];
+        (live[0], live[1], live[18]) = (910.0 / 1100.0, 90.0 / 1100.0, 100.0 / 1100.0);
+        let expected = quality::psi(&with_reference.card().score_reference.as_ref().unwrap().fractions(), &live);
+        assert!((psi - expected).abs() < 1e-12 && psi > 0.5, "{psi} vs {expected}");
+        assert_eq!(
+            sample(&m.encode(), &format!(r#"fds_model_info{{version="{}"}}"#, model.version())).as_deref(),
+            Some("1")
+        );
+
+        // Another model: its window starts afresh; without a reference, 0.
+        let other = crate::model::tests::tiny_model("other", 0.5);
+        m.observe_in_force(&rules, Some(&other));
+        for _ in 0..2000 {
+            m.model_score.observe(0.9);
+        }
+        m.observe_in_force(&rules, Some(&other));
+        assert_eq!(m.model_score_psi.get(), 0.0);
+        let text = m.encode();
+        assert_eq!(text.matches("fds_model_info{").count(), 1, "{text}");
+        assert_eq!(sample(&text, &format!(r#"fds_model_info{{version="{}"}}"#, other.version())).as_deref(), Some("1"));
+        m.observe_in_force(&rules, None);
+        assert!(!m.encode().contains("fds_model_info{"), "rules alone: no model series");
     }
 }

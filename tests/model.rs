@@ -324,6 +324,11 @@ fn the_shipped_default_model_loads_and_retrains_identically() {
         std::fs::read(shipped.join(MODEL_FILE)).unwrap(),
         "models/default is stale: retrain it with the command in models/README.md"
     );
+    // The drift reference (`fds_model_score_psi`) is the one training writes.
+    let retrained = Model::load(&out).unwrap();
+    assert!(model.card().score_reference.is_some(), "the shipped card has a score reference");
+    assert_eq!(retrained.card().score_reference, model.card().score_reference);
+    assert_eq!(retrained.card().threshold, model.card().threshold);
 }
 
 /// `fds evaluate` on a generated Korean stream: train on earlier days, test on

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fds::engine::{Engine, Outcome, Scored};
+use fds::engine::{Engine, HoldSource, Outcome, Scored};
 use fds::event::{build, Event};
 use fds::features::{Value, F, MINUTES_CAP};
 use fds::model::{self, Forest, Model, Scorer, LEAF};
@@ -99,10 +99,20 @@ reason = "BG001"
     let engine = engine_with(rules, tiny_model(0.5), Verification::Delay);
     let d = score(&engine, &transfer("T1", "20261102100000", 3_000_000, "2")).decision;
     assert_eq!(d.verification, Some(Verification::Callback));
+    assert_eq!((d.rules_hold, d.held_by()), (Some(Verification::Callback), Some(HoldSource::Both)));
     assert_eq!(d.reason_codes().collect::<Vec<_>>(), ["BG001", "MODEL_PAYEE_FIRST_SEEN", "MODEL_AMOUNT"]);
     // The model alone: its configured verification.
     let d = score(&engine, &transfer("T2", "20261102100500", 1_500_000, "3")).decision;
     assert_eq!((d.outcome, d.verification), (Outcome::Hold, Some(Verification::Delay)));
+    assert_eq!((d.rules_hold, d.held_by()), (None, Some(HoldSource::Model)));
+    let d = score(&engine, &transfer("T3", "20261102101000", 50_000, "4")).decision;
+    assert_eq!((d.outcome, d.held_by()), (Outcome::Allow, None));
+    // The rules alone: the model's threshold out of reach.
+    let rules = RuleSet::load_dir(dir.path()).unwrap();
+    let engine = engine_with(rules, tiny_model(0.95), Verification::Delay);
+    let d = score(&engine, &transfer("T4", "20261102100000", 3_000_000, "5")).decision;
+    assert_eq!((d.outcome, d.held_by()), (Outcome::Hold, Some(HoldSource::Rules)));
+    assert!(!d.model.as_ref().unwrap().hold);
 }
 
 #[test]

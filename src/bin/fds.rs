@@ -610,8 +610,7 @@ fn run_cmd(
         let model_status = model_watcher.as_ref().map(|w| w.status_handle());
         Arc::new(move || {
             metrics.observe_state(engine.state());
-            metrics.rules_loaded.set(engine.rules().load().rules().len() as i64);
-            metrics.model_loaded.set(i64::from(engine.model().load().is_some()));
+            metrics.observe_in_force(&engine.rules().load(), engine.model().load().as_deref());
             let add = |counter: &prometheus::IntCounterVec, counted: &(AtomicU64, AtomicU64), reloads, rejected| {
                 let applied = u64::saturating_sub(reloads, counted.0.swap(reloads, Ordering::Relaxed));
                 let refused = u64::saturating_sub(rejected, counted.1.swap(rejected, Ordering::Relaxed));
@@ -626,6 +625,9 @@ fn run_cmd(
             }
         }) as Arc<dyn Fn() + Send + Sync>
     };
+    // Once now: the info series are there before the first scrape, and the
+    // model's score window starts with the run.
+    refresh();
     let listen = listen.unwrap_or(config.listen);
     let server = fds::api::spawn(listen, metrics.clone(), health.clone(), Some(refresh))?;
     eprintln!("metrics on http://{}/metrics, readiness on /readyz", server.local_addr());

@@ -8,7 +8,10 @@
 //! so the threshold the engine uses is always the one chosen for that model.
 //!
 //! Guarantees: unknown keys are refused (a typo in a hand-edited card is an
-//! error, not a silently ignored setting); the threshold is a probability.
+//! error, not a silently ignored setting); the threshold is a probability;
+//! the optional score reference ([`ScoreReference`], what
+//! `fds_model_score_psi` compares live scores with) has exactly the bins of
+//! [`SCORE_BINS`] and at least one score.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -106,6 +109,79 @@ pub struct Threshold {
     pub target_precision: f64,
 }
 
+/// The upper bounds of the score bins: twenty of width 0.05, bin `i`
+/// holding the scores `s` with `SCORE_BINS[i - 1] < s <= SCORE_BINS[i]` (the
+/// first from 0). The one definition: the buckets of the `fds_model_score`
+/// histogram ([`crate::metrics`]) and a card's [`ScoreReference`] are these.
+pub const SCORE_BINS: [f64; 20] =
+    [0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0];
+
+/// The bin of [`SCORE_BINS`] a score falls in (a Prometheus bucket's `le`
+/// rule: a score on a bound belongs to the bin below it). Scores outside
+/// [0, 1] (never made) go to the first or the last bin.
+pub fn score_bin(score: f64) -> usize {
+    SCORE_BINS.iter().position(|&upper| score <= upper).unwrap_or(SCORE_BINS.len() - 1)
+}
+
+/// The model's scores on the data its threshold was chosen on, binned: the
+/// reference live scores are compared with (`fds_model_score_psi`).
+///
+/// Written by `fds train` from the validation split: the most recent rows,
+/// scored by the model fitted on the older ones (the scores the threshold was
+/// chosen on), so it is the distribution of out-of-sample scores, which is
+/// what live traffic gives. Optional: a card written before it existed loads
+/// without it, and no drift is computed for that model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScoreReference {
+    /// Which scores, in words.
+    pub data: String,
+    /// The bins' upper bounds: always [`SCORE_BINS`].
+    pub upper_bounds: Vec<f64>,
+    /// How many of the scores fell in each bin.
+    pub counts: Vec<u64>,
+}
+
+impl ScoreReference {
+    /// Bin `scores` (described by `data`).
+    pub fn of(data: &str, scores: &[f64]) -> ScoreReference {
+        let mut counts = vec![0u64; SCORE_BINS.len()];
+        for &s in scores {
+            counts[score_bin(s)] += 1;
+        }
+        ScoreReference { data: data.to_owned(), upper_bounds: SCORE_BINS.to_vec(), counts }
+    }
+
+    /// The share of the scores in each bin (summing to 1).
+    pub fn fractions(&self) -> [f64; SCORE_BINS.len()] {
+        let total = self.counts.iter().sum::<u64>().max(1) as f64;
+        std::array::from_fn(|i| self.counts.get(i).map_or(0.0, |&c| c as f64 / total))
+    }
+
+    /// Why the reference cannot be used, if it cannot.
+    fn problem(&self) -> Option<String> {
+        let same_bins = self.upper_bounds.len() == SCORE_BINS.len()
+            && self.upper_bounds.iter().zip(SCORE_BINS).all(|(a, b)| (a - b).abs() < 1e-9);
+        if !same_bins {
+            return Some(format!(
+                "score_reference.upper_bounds must be the {} bins of width 0.05 up to 1.0 that fds_model_score uses",
+                SCORE_BINS.len()
+            ));
+        }
+        if self.counts.len() != SCORE_BINS.len() {
+            return Some(format!(
+                "score_reference.counts has {} entries, one per bin ({}) expected",
+                self.counts.len(),
+                SCORE_BINS.len()
+            ));
+        }
+        if self.counts.iter().all(|&c| c == 0) {
+            return Some("score_reference.counts are all 0".into());
+        }
+        None
+    }
+}
+
 /// The whole card.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -132,6 +208,9 @@ pub struct Card {
     pub validation: Validation,
     /// When it holds.
     pub threshold: Threshold,
+    /// The validation scores, binned (absent from cards written before it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score_reference: Option<ScoreReference>,
 }
 
 impl Card {
@@ -159,6 +238,9 @@ impl Card {
                 path: path.to_path_buf(),
                 reason: format!("threshold.hold = {t} is not a probability in [0, 1]"),
             });
+        }
+        if let Some(reason) = card.score_reference.as_ref().and_then(ScoreReference::problem) {
+            return Err(ModelError::Invalid { path: path.to_path_buf(), reason });
         }
         Ok(card)
     }
@@ -216,6 +298,15 @@ impl Card {
             100.0 * v.precision_at_threshold,
             100.0 * v.recall_at_threshold
         );
+        if let Some(r) = &self.score_reference {
+            let _ = writeln!(w, "\nscore reference ({})", r.data);
+            let fractions = r.fractions();
+            let _ = writeln!(w, "  {} scores; share per bin:", r.counts.iter().sum::<u64>());
+            for (i, (upper, share)) in SCORE_BINS.iter().zip(fractions).enumerate() {
+                let lower = if i == 0 { 0.0 } else { SCORE_BINS[i - 1] };
+                let _ = writeln!(w, "  {lower:.2}..{upper:.2}  {:>8.4}%  {}", 100.0 * share, r.counts[i]);
+            }
+        }
         let _ = writeln!(w, "\nfeatures ({}, in model order)", self.features.len());
         for (i, f) in self.features.iter().enumerate() {
             let _ = writeln!(w, "  {i:>3}  {f}");
@@ -225,7 +316,7 @@ impl Card {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn sample() -> Card {
@@ -261,6 +352,7 @@ mod tests {
                 recall_at_threshold: 1.0,
             },
             threshold: Threshold { hold: 0.5, chosen_by: "x".into(), target_precision: 0.5 },
+            score_reference: None,
         }
     }
 
@@ -274,5 +366,43 @@ mod tests {
         let bad = text.replace("hold = 0.5", "hold = 1.5");
         let e = Card::parse(&bad, Path::new("c.toml")).unwrap_err().to_string();
         assert!(e.contains("c.toml") && e.contains("threshold.hold = 1.5"), "{e}");
+    }
+
+    #[test]
+    fn scores_fall_in_bins_by_their_upper_bound() {
+        assert_eq!(score_bin(0.0), 0);
+        assert_eq!(score_bin(0.05), 0, "a score on a bound is in the bin below it, as Prometheus' le");
+        assert_eq!(score_bin(0.050001), 1);
+        assert_eq!(score_bin(0.999), 19);
+        assert_eq!(score_bin(1.0), 19);
+        assert_eq!(score_bin(f64::NAN), 19);
+        assert!(SCORE_BINS.windows(2).all(|w| w[0] < w[1]));
+        for (i, b) in SCORE_BINS.iter().enumerate() {
+            assert!((b - 0.05 * (i + 1) as f64).abs() < 1e-12);
+        }
+    }
+
+    #[test]
+    fn a_score_reference_round_trips_is_optional_and_is_checked() {
+        let mut card = sample();
+        let without = card.to_toml();
+        assert!(!without.contains("score_reference"), "{without}");
+        card.score_reference = Some(ScoreReference::of("validation", &[0.01, 0.02, 0.05, 0.3, 1.0]));
+        let r = card.score_reference.as_ref().unwrap();
+        assert_eq!(r.counts[0], 3);
+        assert_eq!((r.counts[5], r.counts[19]), (1, 1));
+        assert_eq!(r.fractions()[0], 0.6);
+        let text = card.to_toml();
+        assert!(text.contains("[score_reference]"), "{text}");
+        assert_eq!(Card::parse(&text, Path::new("c.toml")).unwrap(), card);
+        assert!(card.render().contains("score reference (validation)"));
+        let short = text.replace("1.0,\n]", "]");
+        assert_ne!(short, text);
+        let e = Card::parse(&short, Path::new("c.toml")).unwrap_err().to_string();
+        assert!(e.contains("upper_bounds"), "{e}");
+        let mut zero = card.clone();
+        zero.score_reference.as_mut().unwrap().counts = vec![0; 20];
+        let e = Card::parse(&zero.to_toml(), Path::new("c.toml")).unwrap_err().to_string();
+        assert!(e.contains("all 0"), "{e}");
     }
 }

@@ -34,6 +34,7 @@
 
 pub mod card;
 pub mod dataset;
+pub mod drift;
 pub mod evaluate;
 pub mod quality;
 pub mod train;
@@ -566,9 +567,24 @@ impl Model {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::features::{Value, F};
+
+    /// A one-tree model ([`tiny_forest`]) named `name`, holding at `hold`:
+    /// for tests elsewhere in the crate.
+    pub(crate) fn tiny_model(name: &str, hold: f64) -> Model {
+        let mut card = card::tests::sample();
+        card.name = name.into();
+        card.threshold.hold = hold;
+        card.features = SCHEMA.iter().map(|d| d.name.to_owned()).collect();
+        Model::new(Scorer::Forest(tiny_forest()), card).unwrap()
+    }
+
+    /// `model` with another card (its hash set to the model's).
+    pub(crate) fn with_card(model: &Model, card: Card) -> Model {
+        Model::new(model.scorer.clone(), card).unwrap()
+    }
 
     /// One tree: amount <= 100 -> leaf 0.1, else payee_first_seen <= 0.5 -> 0.3 / 0.9.
     pub(crate) fn tiny_forest() -> Forest {

@@ -17,6 +17,10 @@
 //!   found that way are left out of the later days; the result is the mean
 //!   over days.
 //!
+//! - [`psi`]: the population stability index of one binned score
+//!   distribution against another (drift of live scores from the card's
+//!   reference, `fds_model_score_psi`).
+//!
 //! All functions are pure and total: empty input or a single class gives
 //! `None` instead of a number that would mean nothing.
 
@@ -166,6 +170,28 @@ pub fn threshold_for_precision(scores: &[f64], labels: &[bool], target_precision
     best
 }
 
+/// The share a bin is given in [`psi`] when it has less (an empty bin would
+/// make the logarithm infinite): 0.01% of the scores, the usual floor.
+pub const PSI_EPSILON: f64 = 1e-4;
+
+/// Population stability index of `actual` against `expected`, both the
+/// shares of their scores per bin (each summing to 1, same bins):
+/// `sum((a - e) * ln(a / e))`, every share first raised to at least
+/// [`PSI_EPSILON`]. 0 for identical distributions; the usual reading is
+/// under 0.1 stable, 0.1 to 0.25 a moderate shift, above 0.25 a shift worth
+/// acting on.
+pub fn psi(expected: &[f64], actual: &[f64]) -> f64 {
+    assert_eq!(expected.len(), actual.len(), "the same bins");
+    expected
+        .iter()
+        .zip(actual)
+        .map(|(&e, &a)| {
+            let (e, a) = (e.max(PSI_EPSILON), a.max(PSI_EPSILON));
+            (a - e) * (a / e).ln()
+        })
+        .sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -226,5 +252,21 @@ mod tests {
         assert_eq!(threshold_for_precision(&s, &[false; 5], 0.1), None);
         let (p, r) = precision_recall_at(&s, &l, 0.6);
         assert!(close(p, 0.75) && close(r, 1.0));
+    }
+
+    #[test]
+    fn psi_is_zero_for_the_same_shares_and_grows_with_the_shift() {
+        let e = [0.5, 0.3, 0.2, 0.0];
+        assert_eq!(psi(&e, &e), 0.0);
+        // By hand: (0.4-0.5)ln(0.8) + (0.3-0.3)ln(1) + (0.3-0.2)ln(1.5) + 0.
+        let a = [0.4, 0.3, 0.3, 0.0];
+        let by_hand = -0.1 * 0.8f64.ln() + 0.1 * 1.5f64.ln();
+        assert!((psi(&e, &a) - by_hand).abs() < 1e-12, "{}", psi(&e, &a));
+        // Symmetric, and an empty bin is floored, not infinite.
+        assert!((psi(&a, &e) - psi(&e, &a)).abs() < 1e-12);
+        let moved = [0.0, 0.0, 0.0, 1.0];
+        let far = psi(&e, &moved);
+        assert!(far.is_finite() && far > 5.0, "{far}");
+        assert!(psi(&e, &a) < 0.1 && psi(&e, &a) > 0.0);
     }
 }

@@ -22,7 +22,9 @@
 //! several threads, each from its own seeded generator); the validation split
 //! is the most recent part of the training rows by time, so it measures the
 //! model on transfers after the ones it learned from, and the threshold is
-//! chosen there, never on test data; bad input (no labels, one class, a
+//! chosen there, never on test data (the card keeps those validation scores,
+//! binned, as the reference live scores are compared with:
+//! [`ScoreReference`]); bad input (no labels, one class, a
 //! validation split without both classes, NaN features) is a [`TrainError`]
 //! and nothing is written.
 
@@ -36,7 +38,7 @@ use rand::seq::index::sample;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::card::{Card, DataFile, Threshold, Training, Validation, CARD_VERSION};
+use super::card::{Card, DataFile, ScoreReference, Threshold, Training, Validation, CARD_VERSION};
 use super::dataset::Row;
 use super::quality::{self, CardScore};
 use super::{Forest, Logistic, Model, Scorer, LEAF};
@@ -334,6 +336,17 @@ pub fn train(rows: &[Row], y: &[bool], opts: &TrainOptions, from: &Provenance) -
         precision_at_threshold: precision,
         recall_at_threshold: recall,
     };
+    // The scores the threshold was chosen on, binned: what live scores are
+    // compared with (`fds_model_score_psi`).
+    let score_reference = ScoreReference::of(
+        &format!(
+            "the validation split ({} rows), scored by the model fitted on the older {:.0}% of the rows: \
+             the scores the threshold was chosen on",
+            val_y.len(),
+            100.0 * (1.0 - opts.validation_fraction)
+        ),
+        &val_scores,
+    );
     let scorer = fit(&x, y, opts)?;
     let card = Card {
         card_version: CARD_VERSION,
@@ -358,6 +371,7 @@ pub fn train(rows: &[Row], y: &[bool], opts: &TrainOptions, from: &Provenance) -
         },
         validation,
         threshold: Threshold { hold, chosen_by, target_precision: opts.target_precision },
+        score_reference: Some(score_reference),
     };
     Model::new(scorer, card).map_err(|reason| TrainError::Fit { algorithm: opts.algorithm.name(), reason })
 }

@@ -111,14 +111,14 @@ impl<'c> InputMerge<'c> {
 }
 
 /// The input topics' names as C strings, made once.
-struct Ends {
+pub(super) struct Ends {
     transfers: CString,
     context: CString,
     labels: CString,
 }
 
 impl Ends {
-    fn new(topics: &Topics) -> Self {
+    pub(super) fn new(topics: &Topics) -> Self {
         // Topic names come from validated settings: no NUL inside.
         let c = |s: &str| CString::new(s).unwrap_or_default();
         Ends { transfers: c(&topics.transfers), context: c(&topics.context_events), labels: c(&topics.labels) }
@@ -126,7 +126,7 @@ impl Ends {
 
     /// The end (high watermark) of a partition as of the client's last fetch
     /// response, without asking the brokers; `None` before the first.
-    fn cached<C: ClientContext>(&self, client: &Client<C>, feed: Feed, partition: i32) -> Option<i64> {
+    pub(super) fn cached<C: ClientContext>(&self, client: &Client<C>, feed: Feed, partition: i32) -> Option<i64> {
         let topic = match feed {
             Feed::Transfers => &self.transfers,
             Feed::Context => &self.context,

@@ -45,6 +45,8 @@
 //!   it is assigned); `local`: the local copy of a graceful stop, which a
 //!   restart on the same machine reads instead of the changelog.
 //! - `health`: the broker health thread.
+//! - `lag`: `fds_consumer_lag`, each assigned input partition's messages not
+//!   yet decided, measured once a second by the scoring thread.
 //!
 //! ## Delivery semantics
 //!
@@ -135,6 +137,7 @@ mod changelog;
 mod clients;
 mod group;
 mod health;
+mod lag;
 mod ledger;
 mod local;
 mod memory;
@@ -149,6 +152,7 @@ use changelog::*;
 use clients::*;
 use group::*;
 use health::*;
+use lag::*;
 use merge::*;
 use readers::*;
 use restore::*;
@@ -429,6 +433,7 @@ pub fn run(
     // reports from their own reader, transfers and context events from the
     // group's partitions, merged by event time.
     let mut ordered = InputMerge::new(&opts.topics, &label_starts);
+    let mut lag = ConsumerLag::new(&opts.topics);
     let mut failure = None;
     let mut orphans = OrphanWatch::default();
     let mut burst = Vec::with_capacity(2 * BURST);
@@ -468,6 +473,7 @@ pub fn run(
                 // after the new assignment and stays.
                 revocations = now;
                 burst.clear();
+                lag.revoked(&metrics);
                 scorer.shared.disown_all();
                 if let Some(c) = &mut changelog {
                     c.abandon(&engine);
@@ -506,6 +512,7 @@ pub fn run(
             }
         }
         for Start { feed, partition, from, end } in consumer.context().take_starts() {
+            lag.assigned(feed, partition, from, end);
             ordered.merge.follow(feed, partition, from);
             if let Some(end) = end {
                 ordered.merge.set_end(feed, partition, end);
@@ -571,6 +578,7 @@ pub fn run(
             c.tick(&engine, &scorer.positions, &scorer.shared, &consumer.context().book().tracker, &metrics);
         }
         scorer.shared.retire_floors();
+        lag.tick(&consumer, &opts.topics, &metrics);
         match consumer.context().assigned.load(Ordering::Relaxed) {
             0 => {
                 if let Err(e) = orphans.check(&consumer, &opts, &inputs) {
@@ -624,6 +632,7 @@ pub fn run(
         local::write_offsets_copy(dir, &engine, &consumer, &inputs, &opts, &metrics);
     }
     consumer.unsubscribe();
+    lag.revoked(&metrics);
     let summary = scorer.summary.clone();
     drop(scorer);
     stop.store(true, Ordering::Relaxed);

@@ -54,6 +54,17 @@ impl OffsetTracker {
         self.parts.get(&(topic, partition)).map_or(true, |p| p.inflight.front().map_or(true, |&(o, _)| o >= position))
     }
 
+    /// The first offset of the partition whose outcome is not yet safe: the
+    /// oldest consumed and unfinished one, else the one after the last
+    /// finished; `None` when nothing of it was consumed here (since it was
+    /// assigned). Everything below it is decided (or applied) and
+    /// acknowledged.
+    pub fn undecided_from(&self, topic: Feed, partition: i32) -> Option<i64> {
+        let p = self.parts.get(&(topic, partition))?;
+        // The front is never finished: `finish` pops finished fronts.
+        p.inflight.front().map(|&(o, _)| o).or(p.committable)
+    }
+
     /// Messages consumed and not yet finished, over all partitions.
     pub fn pending(&self) -> usize {
         self.parts.values().map(|p| p.inflight.iter().filter(|(_, done)| !done).count()).sum()
@@ -94,13 +105,18 @@ mod tests {
         t.finish(Feed::Transfers, 0, 11);
         assert!(t.take_committable().is_empty(), "10 is not finished, nothing may be stored");
         assert_eq!(t.pending(), 3);
+        assert_eq!(t.undecided_from(Feed::Transfers, 0), Some(10));
+        assert_eq!(t.undecided_from(Feed::Transfers, 1), None, "nothing consumed there");
         t.finish(Feed::Transfers, 0, 10);
+        assert_eq!(t.undecided_from(Feed::Transfers, 0), Some(13));
         assert_eq!(t.take_committable(), vec![(Feed::Transfers, 0, 13)]);
+        assert_eq!(t.undecided_from(Feed::Transfers, 0), Some(13), "stored or not, 13 is next");
         assert!(t.take_committable().is_empty(), "reported once");
         t.finish(Feed::Transfers, 0, 14);
         assert!(t.take_committable().is_empty(), "13 still open");
         t.finish(Feed::Transfers, 0, 13);
         assert_eq!(t.take_committable(), vec![(Feed::Transfers, 0, 15)]);
+        assert_eq!(t.undecided_from(Feed::Transfers, 0), Some(15), "all finished: the next to come");
         assert_eq!(t.pending(), 0);
     }
 

@@ -178,8 +178,14 @@ impl ScoringThread<'_> {
                 let from = Some((source.partition, source.offset));
                 self.consumer.context().memory().insert(&d.bank_tran_id, &self.json, late, d.outcome, from);
                 self.metrics.count_decision(d.outcome, d.verification);
-                if d.model.as_ref().is_some_and(|m| m.hold) {
-                    self.metrics.model_holds.inc();
+                if let Some(m) = &d.model {
+                    self.metrics.model_score.observe(m.score);
+                    if m.hold {
+                        self.metrics.model_holds.inc();
+                    }
+                }
+                if let Some(source) = d.held_by() {
+                    self.metrics.count_hold(source);
                 }
                 self.metrics.engine_latency.observe(d.latency_ns as f64 * 1e-9);
                 if let Some(created) = msg.timestamp().to_millis() {
