@@ -24,7 +24,7 @@
 //!   not part of the transfer's measured latency. The expiry clock follows
 //!   transfers and context events, not fraud reports (dated days later).
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -353,6 +353,10 @@ pub struct Engine {
     expiry_clock: AtomicI64,
     /// Refuse events dated more than this far ahead of the wall clock.
     wall_clock_skew_ms: Option<i64>,
+    /// Sweeps run and entities they expired, for `fds_state_sweeps_total`
+    /// and `fds_state_expired_total` (see [`Engine::sweeps`]).
+    sweeps: AtomicU64,
+    expired: AtomicU64,
 }
 
 impl Engine {
@@ -369,6 +373,8 @@ impl Engine {
             last_expiry: AtomicI64::new(i64::MIN),
             expiry_clock: AtomicI64::new(i64::MIN),
             wall_clock_skew_ms: None,
+            sweeps: AtomicU64::new(0),
+            expired: AtomicU64::new(0),
         }
     }
 
@@ -565,6 +571,12 @@ impl Engine {
         self.last_expiry.store(clocks.last_expiry, Ordering::Relaxed);
     }
 
+    /// The sweeps of idle entities run by this engine since it was made, and
+    /// the entities they expired (accounts, payees and devices together).
+    pub fn sweeps(&self) -> (u64, u64) {
+        (self.sweeps.load(Ordering::Relaxed), self.expired.load(Ordering::Relaxed))
+    }
+
     /// Move the expiry clock toward `time`, by at most one sweep period.
     fn advance_expiry_clock(&self, time: i64) -> EventTime {
         let mut cur = self.expiry_clock.load(Ordering::Relaxed);
@@ -592,6 +604,8 @@ impl Engine {
             && self.last_expiry.compare_exchange(last, now.millis(), Ordering::Relaxed, Ordering::Relaxed).is_ok()
         {
             let dropped = self.state.expire(now);
+            self.sweeps.fetch_add(1, Ordering::Relaxed);
+            self.expired.fetch_add(dropped as u64, Ordering::Relaxed);
             if dropped > 0 {
                 tracing::debug!(dropped, "expired idle entities");
             }

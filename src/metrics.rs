@@ -114,8 +114,16 @@ pub struct Metrics {
     pub offsets_pending: IntGauge,
     /// `fds_state_entities{kind}`, `kind` = `account`, `payee` or `device`.
     pub state_entities: IntGaugeVec,
-    /// `fds_state_bytes`: estimated bytes held by the state.
-    pub state_bytes: IntGauge,
+    /// `fds_state_bytes{kind}`: estimated bytes held by the state, by
+    /// entity kind (as `fds_state_entities`).
+    pub state_bytes: IntGaugeVec,
+    /// `fds_state_sweeps_total`: sweeps of idle entities run (by event time,
+    /// several per TTL), and `fds_state_expired_total`: the entities they
+    /// expired. Set from [`crate::engine::Engine::sweeps`] by
+    /// [`Metrics::observe_sweeps`].
+    pub state_sweeps: IntCounter,
+    /// `fds_state_expired_total` (see `state_sweeps`).
+    pub state_expired: IntCounter,
     /// `fds_merge_gave_up_total`: times the scoring thread stopped waiting for
     /// an input partition that should have had more to deliver (its leader
     /// unreachable) and went on without it, out of the canonical order.
@@ -201,6 +209,9 @@ pub struct Metrics {
     entities_account: IntGauge,
     entities_payee: IntGauge,
     entities_device: IntGauge,
+    bytes_account: IntGauge,
+    bytes_payee: IntGauge,
+    bytes_device: IntGauge,
     /// Indexed like [`HoldSource::ALL`].
     held_by: [IntCounter; HoldSource::ALL.len()],
     /// What [`Metrics::observe_in_force`] last exported.
@@ -249,6 +260,13 @@ impl Metrics {
         let entities_account = state_entities.with_label_values(&["account"]);
         let entities_payee = state_entities.with_label_values(&["payee"]);
         let entities_device = state_entities.with_label_values(&["device"]);
+        let state_bytes = register(
+            r,
+            IntGaugeVec::new(Opts::new("fds_state_bytes", "Estimated bytes held by the state, by kind."), &["kind"]),
+        );
+        let bytes_account = state_bytes.with_label_values(&["account"]);
+        let bytes_payee = state_bytes.with_label_values(&["payee"]);
+        let bytes_device = state_bytes.with_label_values(&["device"]);
 
         let rules_reloads = register(
             r,
@@ -351,7 +369,15 @@ impl Metrics {
                 ),
             ),
             state_entities,
-            state_bytes: register(r, IntGauge::new("fds_state_bytes", "Estimated bytes held by the state.")),
+            state_bytes,
+            state_sweeps: register(
+                r,
+                IntCounter::new("fds_state_sweeps_total", "Sweeps of idle entities run, by event time."),
+            ),
+            state_expired: register(
+                r,
+                IntCounter::new("fds_state_expired_total", "Entities expired by the sweeps of idle entities."),
+            ),
             merge_gave_up: register(
                 r,
                 IntCounter::new(
@@ -495,6 +521,9 @@ impl Metrics {
             entities_account,
             entities_payee,
             entities_device,
+            bytes_account,
+            bytes_payee,
+            bytes_device,
             registry,
         }
     }
@@ -588,7 +617,16 @@ impl Metrics {
         self.entities_account.set(gauge_value(memory.accounts));
         self.entities_payee.set(gauge_value(memory.payees));
         self.entities_device.set(gauge_value(memory.devices));
-        self.state_bytes.set(gauge_value(memory.total_bytes()));
+        self.bytes_account.set(gauge_value(memory.account_bytes));
+        self.bytes_payee.set(gauge_value(memory.payee_bytes));
+        self.bytes_device.set(gauge_value(memory.device_bytes));
+    }
+
+    /// Bring `fds_state_sweeps_total` and `fds_state_expired_total` up to
+    /// the engine's totals ([`crate::engine::Engine::sweeps`]), before a scrape.
+    pub fn observe_sweeps(&self, (sweeps, expired): (u64, u64)) {
+        self.state_sweeps.inc_by(sweeps.saturating_sub(self.state_sweeps.get()));
+        self.state_expired.inc_by(expired.saturating_sub(self.state_expired.get()));
     }
 }
 
@@ -657,7 +695,7 @@ mod tests {
     use super::*;
     use crate::state::StateConfig;
 
-    const ALL_NAMES: [&str; 36] = [
+    const ALL_NAMES: [&str; 38] = [
         "fds_events_consumed_total",
         "fds_decisions_total",
         "fds_decisions_late_total",
@@ -672,6 +710,8 @@ mod tests {
         "fds_offsets_pending",
         "fds_state_entities",
         "fds_state_bytes",
+        "fds_state_sweeps_total",
+        "fds_state_expired_total",
         "fds_merge_gave_up_total",
         "fds_state_checkpoints_total",
         "fds_state_local_copies_total",
@@ -838,7 +878,7 @@ mod tests {
         m.observe_state(&state);
         let text = m.encode();
         assert_eq!(sample(&text, r#"fds_state_entities{kind="account"}"#).as_deref(), Some("0"));
-        assert_eq!(sample(&text, "fds_state_bytes").as_deref(), Some("0"));
+        assert_eq!(sample(&text, r#"fds_state_bytes{kind="account"}"#).as_deref(), Some("0"));
 
         let t = crate::event::build::transfer("T1").device("D1").transfer();
         let seen = state.observe_transfer(&t, &t.payee_key());
@@ -848,9 +888,21 @@ mod tests {
         for kind in ["account", "payee", "device"] {
             assert_eq!(sample(&text, &format!(r#"fds_state_entities{{kind="{kind}"}}"#)).as_deref(), Some("1"));
         }
-        let bytes: i64 = sample(&text, "fds_state_bytes").unwrap().parse().unwrap();
-        assert_eq!(bytes, gauge_value(state.memory().total_bytes()));
-        assert!(bytes > 0);
+        let memory = state.memory();
+        for (kind, expected) in
+            [("account", memory.account_bytes), ("payee", memory.payee_bytes), ("device", memory.device_bytes)]
+        {
+            let bytes: i64 = sample(&text, &format!(r#"fds_state_bytes{{kind="{kind}"}}"#)).unwrap().parse().unwrap();
+            assert_eq!(bytes, gauge_value(expected), "{kind}");
+            assert!(bytes > 0, "{kind}");
+        }
+
+        m.observe_sweeps((3, 40));
+        m.observe_sweeps((5, 42));
+        m.observe_sweeps((5, 42));
+        let text = m.encode();
+        assert_eq!(sample(&text, "fds_state_sweeps_total").as_deref(), Some("5"));
+        assert_eq!(sample(&text, "fds_state_expired_total").as_deref(), Some("42"));
     }
 
     #[test]

@@ -319,6 +319,7 @@ fn fraud_reports_do_not_move_the_expiry_clock() {
     };
     let engine = Engine::new(ttl, fds::rules::new_handle(RuleSet::load_dir(Path::new("rules")).unwrap()));
     score(&engine, &transfer("T1", "20261102100000", 10_000, "1", "D1"));
+    assert_eq!(engine.sweeps(), (0, 0));
     // Each report could move the clock a sweep period (72 s here); 500 of
     // them, dated the next day, would carry it 10 hours on.
     for i in 0..500 {
@@ -333,6 +334,11 @@ fn fraud_reports_do_not_move_the_expiry_clock() {
     }
     let s = score(&engine, &transfer("T3", "20261102133100", 10_000, "1", "D1"));
     assert!(boolean(&s.features, F::PAYEE_FIRST_SEEN), "an account idle past its TTL is swept");
+    // What fds_state_sweeps_total and fds_state_expired_total show: the
+    // sweeps that ran, and the idle account, payee and device they dropped.
+    let (sweeps, expired) = engine.sweeps();
+    assert!(sweeps > 0, "sweeps counted");
+    assert!(expired >= 3, "the idle account, its payee and device counted as expired: {expired}");
 }
 
 #[test]

@@ -55,7 +55,8 @@ METRICS = {
     "fds_decisions_redelivered_total", "fds_dead_letter_total", "fds_rule_fired_total",
     "fds_engine_latency_seconds", "fds_decision_age_seconds", "fds_produce_ack_seconds",
     "fds_produce_retries_total", "fds_broker_up", "fds_ready", "fds_offsets_pending",
-    "fds_state_entities", "fds_state_bytes", "fds_merge_gave_up_total",
+    "fds_state_entities", "fds_state_bytes", "fds_state_sweeps_total", "fds_state_expired_total",
+    "fds_merge_gave_up_total",
     "fds_state_checkpoints_total", "fds_state_local_copies_total",
     "fds_state_checkpoint_pause_seconds", "fds_state_restores_total",
     "fds_state_restore_records_refused_total", "fds_state_restore_seconds",
@@ -620,16 +621,27 @@ def state():
     d = d.with_panel(ts(
         "Entities by kind",
         "Accounts, payees and devices held in each instance's state (fds_state_entities).",
-        "short", [query(f"sum by (instance, kind) (fds_state_entities{{{INSTANCE}}})", "{{kind}} · {{instance}}")]))
+        "short", [query(f"sum by (instance, kind) (fds_state_entities{{{INSTANCE}}})", "{{kind}} · {{instance}}")],
+        w=6))
     d = d.with_panel(ts(
-        "State bytes",
-        "Estimated bytes of each instance's state (fds_state_bytes).",
-        "bytes", [query(f"sum by (instance) (fds_state_bytes{{{INSTANCE}}})", "{{instance}}")]))
+        "State bytes by kind",
+        "Estimated bytes of each instance's state, by entity kind (fds_state_bytes).",
+        "bytes", [query(f"sum by (instance, kind) (fds_state_bytes{{{INSTANCE}}})", "{{kind}} · {{instance}}")],
+        w=6, stack=True))
     d = d.with_panel(ts(
         "Bytes per entity",
-        "State bytes divided by the entities held, per instance: what one more account, payee or device costs.",
-        "bytes", [query(f"sum by (instance) (fds_state_bytes{{{INSTANCE}}})"
-                        f" / sum by (instance) (fds_state_entities{{{INSTANCE}}})", "{{instance}}")]))
+        "State bytes divided by the entities held, by kind and instance: what one more account, payee or "
+        "device costs (its caps bound it: README \"State and features\").",
+        "bytes", [query(f"sum by (instance, kind) (fds_state_bytes{{{INSTANCE}}})"
+                        f" / sum by (instance, kind) (fds_state_entities{{{INSTANCE}}})", "{{kind}} · {{instance}}")],
+        w=6))
+    d = d.with_panel(ts(
+        "Sweeps",
+        "Idle entities expired per second by the sweeps (several per TTL, by event time), and sweeps run, per "
+        "instance. A burst after a gap in the stream is normal; steady expiry is the TTLs at work.",
+        "ops", [query(f"sum by (instance) (rate(fds_state_expired_total{{{INSTANCE}}}{RATE}))", "expired · {{instance}}"),
+                query(f"sum by (instance) (rate(fds_state_sweeps_total{{{INSTANCE}}}{RATE}))", "sweeps · {{instance}}")],
+        w=6))
 
     d = d.with_row(Row("Checkpoints and restores"))
     d = d.with_panel(ts(

@@ -610,6 +610,7 @@ fn run_cmd(
         let model_status = model_watcher.as_ref().map(|w| w.status_handle());
         Arc::new(move || {
             metrics.observe_state(engine.state());
+            metrics.observe_sweeps(engine.sweeps());
             metrics.observe_in_force(&engine.rules().load(), engine.model().load().as_deref());
             let add = |counter: &prometheus::IntCounterVec, counted: &(AtomicU64, AtomicU64), reloads, rejected| {
                 let applied = u64::saturating_sub(reloads, counted.0.swap(reloads, Ordering::Relaxed));
