@@ -46,24 +46,25 @@ fn prometheus_installed() -> bool {
     found
 }
 
-fn alert_files() -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(root().join("grafana/alerts"))
+/// The files of `dir` (under the repository root) ending in `.ext`, sorted.
+fn files_in(dir: &str, ext: &str) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(root().join(dir))
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "yml"))
+        .filter(|p| p.extension().is_some_and(|x| x == ext))
         .collect();
     files.sort();
+    files
+}
+
+fn alert_files() -> Vec<PathBuf> {
+    let files = files_in("grafana/alerts", "yml");
     assert!(!files.is_empty(), "no alert rule files in grafana/alerts/");
     files
 }
 
 fn dashboard_files() -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(root().join("grafana/dashboards"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .collect();
-    files.sort();
+    let files = files_in("grafana/dashboards", "json");
     assert!(files.len() >= 4, "the four dashboards in grafana/dashboards/: {files:?}");
     files
 }
@@ -87,12 +88,7 @@ fn alert_rules_pass_promtool_check_and_their_unit_tests() {
     let out = promtool(&args);
     assert!(out.contains("SUCCESS"), "{out}");
 
-    let mut tests: Vec<PathBuf> = std::fs::read_dir(root().join("grafana/alerts/tests"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "yml"))
-        .collect();
-    tests.sort();
+    let tests = files_in("grafana/alerts/tests", "yml");
     assert!(!tests.is_empty(), "no promtool unit tests in grafana/alerts/tests/");
     let mut args: Vec<&std::ffi::OsStr> = vec!["test".as_ref(), "rules".as_ref()];
     args.extend(tests.iter().map(|f| f.as_os_str()));
@@ -184,24 +180,14 @@ fn panel_exprs(dashboard: &Value) -> Vec<(String, String)> {
 
 /// A panel's expression as Grafana would send it, with the dashboard's
 /// template variables at their "All" values and the interval at one a
-/// one-second scrape fills.
+/// one-second scrape fills (grafana/generate/variables.json).
 fn substitute(expr: &str) -> String {
+    // One table for the generator, the preview and this test.
+    let table: Vec<(String, String)> =
+        serde_json::from_str(include_str!("../grafana/generate/variables.json")).expect("variables.json");
     let mut e = expr.to_owned();
-    for (var, value) in [
-        ("$__rate_interval", "1m"),
-        ("${__rate_interval}", "1m"),
-        ("$__interval", "15s"),
-        ("${__interval}", "15s"),
-        ("$__range", "5m"),
-        ("${__range}", "5m"),
-        ("${instance:regex}", ".*"),
-        ("${instance}", ".*"),
-        ("$instance", ".*"),
-        ("${partition:regex}", ".*"),
-        ("${partition}", ".*"),
-        ("$partition", ".*"),
-    ] {
-        e = e.replace(var, value);
+    for (var, value) in &table {
+        e = e.replace(var.as_str(), value);
     }
     assert!(!e.contains('$'), "a template variable the test does not know in: {expr}");
     e

@@ -72,21 +72,11 @@ HISTOGRAMS = {
 }
 
 # Every variable an expression may contain, with the value a test substitutes
-# for it (the "All" values, and intervals a 1 s scrape fills). The same table
-# is in grafana/README.md and tests/dashboards.rs; longer spellings first.
+# for it (the "All" values, and intervals a 1 s scrape fills), longer
+# spellings first: grafana/generate/variables.json, which
+# tests/dashboards.rs and scripts/dashboard_preview.py read too.
 TEMPLATE_VARIABLES = [
-    ("${__rate_interval}", "1m"),
-    ("$__rate_interval", "1m"),
-    ("${__interval}", "15s"),
-    ("$__interval", "15s"),
-    ("${__range}", "5m"),
-    ("$__range", "5m"),
-    ("${instance:regex}", ".*"),
-    ("${instance}", ".*"),
-    ("$instance", ".*"),
-    ("${partition:regex}", ".*"),
-    ("${partition}", ".*"),
-    ("$partition", ".*"),
+    tuple(pair) for pair in json.loads((pathlib.Path(__file__).parent / "variables.json").read_text())
 ]
 
 DATASOURCE = dm.DataSourceRef(type_val="prometheus", uid="${datasource}")
