@@ -99,6 +99,7 @@
 
 #![warn(missing_docs, unreachable_pub, rust_2018_idioms, missing_debug_implementations)]
 
+pub mod analyst;
 pub mod api;
 pub mod config;
 pub mod engine;

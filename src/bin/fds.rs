@@ -122,6 +122,44 @@ enum Command {
         #[command(flatten)]
         model: ModelArgs,
     },
+    /// Replay recorded streams through two rule sets at once, the rules in
+    /// force and a draft, each with its own state, and compare them side by
+    /// side against the stream's fraud reports: holds, recall and precision,
+    /// money saved and genuine money held, per typology and per rule, and the
+    /// transfers whose decision changed.
+    Backtest {
+        /// Files to replay in order, as for replay.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// The rules in force [default: the config's engine.rules_dir, else rules].
+        #[arg(long, value_name = "DIR")]
+        baseline: Option<PathBuf>,
+        /// The draft rule directory [default: the baseline, with --promote].
+        #[arg(long, value_name = "DIR", required_unless_present = "promote")]
+        candidate: Option<PathBuf>,
+        /// Run this shadow rule live in the candidate: what promoting it
+        /// would have done (repeatable).
+        #[arg(long, value_name = "RULE_ID")]
+        promote: Vec<String>,
+        /// Days of event time at the start that only build state.
+        #[arg(long, default_value_t = 0.0, value_name = "DAYS")]
+        warmup_days: f64,
+        /// Write every changed transfer, with both decisions and its label,
+        /// as a JSON line to this file.
+        #[arg(long, value_name = "FILE")]
+        changes_out: Option<PathBuf>,
+        /// Order the events as `fds run` on this many partitions would.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        partitions: u32,
+        /// Stop after this many input records.
+        #[arg(long)]
+        limit: Option<u64>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        model: ModelArgs,
+    },
     /// Replay the shipped demo stream (replay-data/demo.jsonl.gz: 7 days of
     /// generated traffic; the first 2 days build state) through rules/ and the
     /// shipped model (models/default).
@@ -365,6 +403,17 @@ enum RulesCommand {
         /// [default: the config's engine.rules_dir, else rules]
         dir: Option<PathBuf>,
     },
+    /// Run the rule tests in DIR/tests/*.toml, each case on a fresh engine;
+    /// print every failure with its file:line and what fired instead; exit 1
+    /// if any fails.
+    Test {
+        /// [default: the config's engine.rules_dir, else rules]
+        dir: Option<PathBuf>,
+        /// Also fail when a rule has no case that must fire it, or no near
+        /// miss (a case that must not fire it).
+        #[arg(long)]
+        require_coverage: bool,
+    },
 }
 
 /// A command-line parser for one of the library's closed sets of names
@@ -427,6 +476,22 @@ fn run() -> Result<()> {
             }
             replay_cmd(&files, args, &config)
         }
+        Command::Backtest {
+            files,
+            baseline,
+            candidate,
+            promote,
+            warmup_days,
+            changes_out,
+            partitions,
+            limit,
+            json,
+            model,
+        } => {
+            let baseline = baseline.unwrap_or_else(|| config.rules_dir.clone());
+            let args = BacktestArgs { candidate, promote, warmup_days, changes_out, partitions, limit, json };
+            backtest_cmd(&config, &files, &baseline, args, &model.resolve(&config))
+        }
         Command::Demo { json, model } => {
             let args = ReplayArgs {
                 model: model.resolve(&config),
@@ -448,6 +513,9 @@ fn run() -> Result<()> {
         }
         Command::Rules { command: RulesCommand::Check { dir } } => {
             rules_check(&dir.unwrap_or_else(|| config.rules_dir.clone()))
+        }
+        Command::Rules { command: RulesCommand::Test { dir, require_coverage } } => {
+            rules_test(&config, &dir.unwrap_or_else(|| config.rules_dir.clone()), require_coverage)
         }
         Command::Run { brokers, rules, listen, state_dir, model } => {
             let model = model.resolve(&config);
@@ -902,6 +970,68 @@ fn replay_cmd(files: &[PathBuf], args: ReplayArgs, config: &Config) -> Result<()
     Ok(())
 }
 
+struct BacktestArgs {
+    candidate: Option<PathBuf>,
+    promote: Vec<String>,
+    warmup_days: f64,
+    changes_out: Option<PathBuf>,
+    partitions: u32,
+    limit: Option<u64>,
+    json: bool,
+}
+
+/// `fds backtest`: the stream once through the baseline's and the
+/// candidate's engines (the same state settings and model), compared.
+fn backtest_cmd(
+    config: &Config,
+    files: &[PathBuf],
+    baseline_dir: &Path,
+    args: BacktestArgs,
+    model: &ModelConfig,
+) -> Result<()> {
+    if !(0.0..=3650.0).contains(&args.warmup_days) {
+        bail!("--warmup-days must be between 0 and 3650, got {}", args.warmup_days);
+    }
+    let candidate_dir = args.candidate.as_deref().unwrap_or(baseline_dir);
+    let baseline = load_rules(baseline_dir).context("baseline")?;
+    let mut candidate = load_rules(candidate_dir).context("candidate")?;
+    if !args.promote.is_empty() {
+        candidate = candidate
+            .with_promoted(&args.promote)
+            .map_err(|problems| anyhow::anyhow!("--promote in {}: {}", candidate_dir.display(), problems.join("; ")))?;
+    }
+    let engine = |rules: RuleSet| {
+        let engine = Engine::new(config.state.clone(), Arc::new(ArcSwap::from_pointee(rules)));
+        match config.max_skew_ms {
+            Some(skew) => engine.with_wall_clock_guard(skew),
+            None => engine,
+        }
+    };
+    let (baseline, _) = with_model(engine(baseline), model)?;
+    // One model for both sides: they differ by their rules alone.
+    let candidate = engine(candidate).with_model(baseline.model().clone(), model.verification);
+    let changes_out: Option<Box<dyn Write>> = match &args.changes_out {
+        Some(p) => {
+            Some(Box::new(BufWriter::new(File::create(p).with_context(|| format!("cannot create {}", p.display()))?)))
+        }
+        None => None,
+    };
+    let opts = fds::analyst::backtest::BacktestOptions {
+        warmup: Duration::from_secs_f64(args.warmup_days * 86_400.0),
+        partitions: args.partitions,
+        limit: args.limit,
+        progress: !args.json && std::io::stderr().is_terminal(),
+        changes_out,
+    };
+    let report = fds::analyst::backtest::run(&baseline, &candidate, args.promote, open_sources(files, config)?, opts)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.render());
+    }
+    Ok(())
+}
+
 /// `fds replay --instances N`: the stream through one engine, then through
 /// N instances sharing payees and devices; the group's report and how its
 /// decisions differ from one engine's.
@@ -985,4 +1115,44 @@ fn rules_check(dir: &Path) -> Result<()> {
             std::process::exit(1);
         }
     }
+}
+
+/// `fds rules test`: exit 1 on a failed case, a case file with problems, or
+/// (with `--require-coverage`) a rule without a firing and a near-miss case.
+fn rules_test(config: &Config, dir: &Path, require_coverage: bool) -> Result<()> {
+    use fds::analyst::cases;
+    let set = Arc::new(load_rules(dir)?);
+    let cases = match cases::load(dir, &set) {
+        Ok(cases) => cases,
+        Err(e) => {
+            eprintln!("{:#}", anyhow::Error::from(e));
+            std::process::exit(1);
+        }
+    };
+    let outcome = cases::run(dir, &set, &cases, &config.state);
+    for failure in &outcome.failures {
+        println!("{failure}");
+    }
+    let failed = outcome.failures.len();
+    println!(
+        "{} cases, {} files ({}/{}, rules {}): {} passed, {failed} failed",
+        outcome.cases,
+        outcome.files,
+        dir.display(),
+        cases::TESTS_DIR,
+        set.version(),
+        outcome.cases - failed
+    );
+    let c = &outcome.coverage;
+    if !c.without_firing_case.is_empty() {
+        println!("rules without a case that must fire them: {}", c.without_firing_case.join(", "));
+    }
+    if !c.without_near_miss.is_empty() {
+        println!("rules without a near miss (a case that must not fire them): {}", c.without_near_miss.join(", "));
+    }
+    let uncovered = !c.without_firing_case.is_empty() || !c.without_near_miss.is_empty();
+    if failed > 0 || (require_coverage && uncovered) {
+        std::process::exit(1);
+    }
+    Ok(())
 }

@@ -23,21 +23,20 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use smallvec::SmallVec;
 
 mod instances;
+mod record;
 
 pub use instances::{compare, owner, Instances, ScaleOut, TypologyRecall};
+pub(crate) use record::Recorder;
 
-use crate::engine::{Decision, Engine};
-use crate::event::{Event, LabelStatus};
-use crate::input::{BadLine, Input, InputError, BAD_LINES_LISTED};
-use crate::rules::RuleSet;
+use crate::engine::Engine;
+use crate::event::Event;
+use crate::input::{BadLine, Input, InputError};
 use crate::state::MemoryReport;
 
 /// Why a replay could not run.
@@ -212,16 +211,6 @@ pub struct ReplayReport {
     pub frauds: HashMap<u64, String>,
 }
 
-/// What is kept per transfer until the labels are in.
-struct TxRecord {
-    amount: i64,
-    hold: bool,
-    /// Positions in the rule tally of the rules (live or shadow) that fired.
-    fired: SmallVec<[u16; 4]>,
-    /// False for warm-up transfers, which quality leaves out.
-    counted: bool,
-}
-
 /// A 64-bit key for a transfer id: 10M transfers fit in a few hundred MB this
 /// way; a collision (odds about 1 in 10^5 at 10M ids) can only misattribute
 /// one label in the quality report, never a decision.
@@ -243,330 +232,71 @@ pub fn run_instances(
     sources: Vec<Input>,
     mut opts: ReplayOptions,
 ) -> Result<ReplayReport, ReplayError> {
-    let (rules, model) = (instances.first().rules().clone(), instances.first().model().clone());
     let inputs: Vec<String> = sources.iter().map(|s| s.name.clone()).collect();
     let total_bytes: u64 = sources.iter().map(|s| s.size).sum();
     let bar = progress_bar(opts.progress, total_bytes);
-    let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds");
-    let mut digest = Sha256::new();
-    let mut records: HashMap<u64, TxRecord> = HashMap::new();
-    let mut labels: HashMap<u64, (LabelStatus, String)> = HashMap::new();
-    let mut tally = RuleTally::new(&rules.load_full());
-    let mut report = ReplayReport {
-        inputs,
-        events: 0,
-        transfers: 0,
-        context_events: 0,
-        labels: 0,
-        bad_lines: 0,
-        bad_line_samples: Vec::new(),
-        warmup_transfers: 0,
-        stopped_at_limit: false,
-        elapsed_s: 0.0,
-        events_per_s: 0.0,
-        latency: Latency::default(),
-        allow: 0,
-        hold: 0,
-        holds_by_verification: BTreeMap::new(),
-        rules: Vec::new(),
-        quality: None,
-        state: MemoryReport::default(),
-        ruleset_version: rules.load().version().to_owned(),
-        model_version: model.load().as_deref().map(|m| m.version().to_owned()),
-        ruleset_versions: Vec::new(),
-        decisions_digest: String::new(),
-        outcomes: HashMap::new(),
-        frauds: HashMap::new(),
-    };
+    let first = instances.first();
+    let mut recorder =
+        Recorder::new(inputs, first.rules(), first.model(), opts.keep_outcomes, opts.decisions_out.take());
     let started = Instant::now();
     let mut first_event_ms: Option<i64> = None;
-    let mut warm_until_ms: Option<i64> = None;
+    let mut warmup = Warmup::new(opts.warmup);
     let mut done_bytes = 0u64;
     let limit = opts.limit.unwrap_or(u64::MAX);
 
     'sources: for src in sources {
         for item in crate::input::order::in_order(src.events, opts.partitions) {
-            if report.events + report.bad_lines >= limit {
-                report.stopped_at_limit = true;
+            if recorder.seen() >= limit {
+                recorder.stopped_at_limit();
                 break 'sources;
             }
             let (line, event) = match item {
                 Ok(numbered) => numbered,
                 Err((line, reason)) => {
-                    report.bad_line(&src.name, line, reason);
+                    recorder.bad_line(&src.name, line, reason);
                     continue;
                 }
             };
             if let Some(speed) = opts.pace {
                 pace(&mut first_event_ms, event.time().millis(), started, speed);
             }
-            let warm_until =
-                *warm_until_ms.get_or_insert(event.time().millis().saturating_add(opts.warmup.as_millis() as i64));
-            let outcome = match instances.process(&event) {
-                Ok(outcome) => outcome,
-                Err(e) => {
-                    report.bad_line(&src.name, line, e.to_string());
-                    continue;
-                }
-            };
-            report.events += 1;
-            if let Event::Label(l) = &event {
-                report.labels += 1;
-                labels.insert(tx_key(&l.bank_tran_id), (l.status, l.typology.clone()));
+            let counted = warmup.counts(&event);
+            match instances.process(&event) {
+                Ok(scored) => recorder.event(&event, scored.as_ref(), counted)?,
+                Err(e) => recorder.bad_line(&src.name, line, e.to_string()),
             }
-            match outcome {
-                Some(scored) => {
-                    let d = scored.decision;
-                    let _ = hist.record(d.latency_ns.max(1));
-                    let fingerprint = d.fingerprint();
-                    digest.update(fingerprint.as_bytes());
-                    digest.update(b"\n");
-                    if let Some(out) = opts.decisions_out.as_mut() {
-                        writeln!(out, "{}", d.to_json()).map_err(ReplayError::Output)?;
-                    }
-                    let Event::Transfer(t) = &event else { unreachable!("only transfers are scored") };
-                    let counted = d.event_time.millis() >= warm_until;
-                    let fired = if counted {
-                        report.transfers += 1;
-                        count_decision(&mut report, &d);
-                        tally.count(&d)
-                    } else {
-                        report.warmup_transfers += 1;
-                        SmallVec::new()
-                    };
-                    if opts.keep_outcomes && counted {
-                        report.outcomes.insert(tx_key(&t.bank_tran_id), (d.is_hold(), tx_key(&fingerprint)));
-                    }
-                    let r = TxRecord { amount: t.tran_amt.get(), hold: d.is_hold(), fired, counted };
-                    records.insert(tx_key(&t.bank_tran_id), r);
-                }
-                None if !matches!(event, Event::Label(_)) => report.context_events += 1,
-                None => {}
-            }
-            if report.events % 4096 == 0 {
+            if recorder.events() % 4096 == 0 {
                 bar.set_position(done_bytes + src.position.load(Ordering::Relaxed));
                 let secs = started.elapsed().as_secs_f64().max(1e-9);
-                bar.set_message(format!("{:.0} events/s", report.events as f64 / secs));
+                bar.set_message(format!("{:.0} events/s", recorder.events() as f64 / secs));
             }
         }
         done_bytes += src.size;
     }
     bar.finish_and_clear();
-    if let Some(out) = opts.decisions_out.as_mut() {
-        out.flush().map_err(ReplayError::Output)?;
-    }
-
-    report.elapsed_s = started.elapsed().as_secs_f64();
-    report.events_per_s = report.events as f64 / report.elapsed_s.max(1e-9);
-    if !hist.is_empty() {
-        let us = |v: u64| v as f64 / 1000.0;
-        report.latency = Latency {
-            p50_us: us(hist.value_at_quantile(0.50)),
-            p99_us: us(hist.value_at_quantile(0.99)),
-            p999_us: us(hist.value_at_quantile(0.999)),
-            max_us: us(hist.max()),
-            mean_us: hist.mean() / 1000.0,
-        };
-    }
-    report.decisions_digest = hex16(&digest.finalize());
-    report.state = instances.memory();
-    if opts.keep_outcomes {
-        report.frauds = labels
-            .iter()
-            .filter(|(k, (status, _))| *status == LabelStatus::Fraud && report.outcomes.contains_key(k))
-            .map(|(k, (_, typology))| (*k, typology.clone()))
-            .collect();
-    }
-    let quality = (!labels.is_empty()).then(|| quality(&records, &labels, report.transfers));
-    for (k, r) in &records {
-        if r.counted && is_fraud(&labels, *k).is_some() {
-            for &g in &r.fired {
-                tally.counts[usize::from(g)].fired_on_fraud += 1;
-            }
-        }
-    }
-    report.ruleset_versions = tally.versions;
-    report.rules = tally.counts;
-    report.quality = quality;
-    Ok(report)
+    recorder.finish(started.elapsed().as_secs_f64(), instances.memory())
 }
 
-fn count_decision(report: &mut ReplayReport, d: &Decision) {
-    match d.verification {
-        Some(v) => {
-            report.hold += 1;
-            *report.holds_by_verification.entry(v.name().to_owned()).or_default() += 1;
-        }
-        None => report.allow += 1,
+/// The warm-up: the first stretch of event time, from the first event on,
+/// whose transfers only build state.
+pub(crate) struct Warmup {
+    length_ms: i64,
+    until_ms: Option<i64>,
+}
+
+impl Warmup {
+    pub(crate) fn new(length: Duration) -> Warmup {
+        Warmup { length_ms: i64::try_from(length.as_millis()).unwrap_or(i64::MAX), until_ms: None }
+    }
+
+    /// Whether `event`'s decision counts (it is past the warm-up).
+    pub(crate) fn counts(&mut self, event: &Event) -> bool {
+        let time = event.time().millis();
+        time >= *self.until_ms.get_or_insert(time.saturating_add(self.length_ms))
     }
 }
 
-fn is_fraud(labels: &HashMap<u64, (LabelStatus, String)>, key: u64) -> Option<&str> {
-    match labels.get(&key) {
-        Some((LabelStatus::Fraud, typology)) => Some(typology),
-        _ => None,
-    }
-}
-
-/// Rule counts by rule id, so they stay right when rules are reloaded during
-/// a paced replay (positions shift when a rule is added or removed).
-struct RuleTally {
-    counts: Vec<RuleCount>,
-    by_id: HashMap<String, u16>,
-    /// The rule set last seen, with each of its rules' position in `counts`.
-    current: Arc<RuleSet>,
-    positions: Vec<u16>,
-    versions: Vec<String>,
-}
-
-impl RuleTally {
-    fn new(set: &Arc<RuleSet>) -> Self {
-        let mut t = RuleTally {
-            counts: Vec::new(),
-            by_id: HashMap::new(),
-            current: set.clone(),
-            positions: Vec::new(),
-            versions: Vec::new(),
-        };
-        t.switch_to(set);
-        t
-    }
-
-    fn switch_to(&mut self, set: &Arc<RuleSet>) {
-        self.current = set.clone();
-        self.versions.push(set.version().to_owned());
-        self.positions = set
-            .rules()
-            .iter()
-            .map(|r| {
-                *self.by_id.entry(r.id().to_owned()).or_insert_with(|| {
-                    self.counts.push(RuleCount {
-                        id: r.id().to_owned(),
-                        reason: r.reason().to_owned(),
-                        label: r.label().to_owned(),
-                        shadow: r.shadow(),
-                        fired: 0,
-                        fired_on_fraud: 0,
-                    });
-                    u16::try_from(self.counts.len() - 1).unwrap_or(u16::MAX)
-                })
-            })
-            .collect();
-    }
-
-    /// Count the rules that fired on `d`; returns their positions.
-    fn count(&mut self, d: &Decision) -> SmallVec<[u16; 4]> {
-        if !Arc::ptr_eq(&self.current, &d.rules) {
-            self.switch_to(&d.rules);
-        }
-        let mut fired = SmallVec::new();
-        for &i in d.fired.iter().chain(d.shadow_fired.iter()) {
-            if let Some(&g) = self.positions.get(usize::from(i)) {
-                if let Some(c) = self.counts.get_mut(usize::from(g)) {
-                    c.fired += 1;
-                    fired.push(g);
-                }
-            }
-        }
-        // The model's holds get a row of their own, per model version, so a
-        // model reloaded during a paced replay is counted apart.
-        if let Some(m) = d.model.as_ref().filter(|m| m.hold) {
-            // Keyed by model and card, so a threshold moved during a paced
-            // replay gets its own row.
-            let key = crate::reload::Reloadable::reload_key(m.model.as_ref());
-            let id = m.model.version();
-            let g = match self.by_id.get(key) {
-                Some(&g) => g,
-                None => {
-                    self.counts.push(RuleCount {
-                        id: id.to_owned(),
-                        reason: "MODEL".to_owned(),
-                        label: format!("model score at or above its hold threshold {:.4}", m.model.hold_threshold()),
-                        shadow: false,
-                        fired: 0,
-                        fired_on_fraud: 0,
-                    });
-                    let g = u16::try_from(self.counts.len() - 1).unwrap_or(u16::MAX);
-                    self.by_id.insert(key.to_owned(), g);
-                    g
-                }
-            };
-            if let Some(c) = self.counts.get_mut(usize::from(g)) {
-                c.fired += 1;
-                fired.push(g);
-            }
-        }
-        fired
-    }
-}
-
-fn quality(records: &HashMap<u64, TxRecord>, labels: &HashMap<u64, (LabelStatus, String)>, transfers: u64) -> Quality {
-    let mut q = Quality {
-        frauds: 0,
-        genuine: 0,
-        held_fraud: 0,
-        held_genuine: 0,
-        recall: 0.0,
-        precision: 0.0,
-        hold_rate_genuine: 0.0,
-        fraud_won: 0,
-        saved_won: 0,
-        held_genuine_won: 0,
-        unmatched_labels: 0,
-        by_typology: Vec::new(),
-    };
-    let mut by: BTreeMap<String, TypologyQuality> = BTreeMap::new();
-    for (key, (status, typology)) in labels {
-        if *status != LabelStatus::Fraud {
-            continue;
-        }
-        let Some(r) = records.get(key) else {
-            q.unmatched_labels += 1;
-            continue;
-        };
-        if !r.counted {
-            continue;
-        }
-        let t = by.entry(typology.clone()).or_insert_with(|| TypologyQuality {
-            typology: typology.clone(),
-            frauds: 0,
-            held: 0,
-            recall: 0.0,
-            fraud_won: 0,
-            saved_won: 0,
-        });
-        q.frauds += 1;
-        t.frauds += 1;
-        q.fraud_won += r.amount;
-        t.fraud_won += r.amount;
-        if r.hold {
-            q.held_fraud += 1;
-            t.held += 1;
-            q.saved_won += r.amount;
-            t.saved_won += r.amount;
-        }
-    }
-    for (key, r) in records {
-        if r.counted && r.hold && is_fraud(labels, *key).is_none() {
-            q.held_genuine += 1;
-            q.held_genuine_won += r.amount;
-        }
-    }
-    q.genuine = transfers - q.frauds;
-    q.recall = frac(q.held_fraud, q.frauds);
-    q.precision = frac(q.held_fraud, q.held_fraud + q.held_genuine);
-    q.hold_rate_genuine = frac(q.held_genuine, q.genuine);
-    q.by_typology = by
-        .into_values()
-        .map(|mut t| {
-            t.recall = frac(t.held, t.frauds);
-            t
-        })
-        .collect();
-    q
-}
-
-fn frac(a: u64, b: u64) -> f64 {
+pub(crate) fn frac(a: u64, b: u64) -> f64 {
     if b == 0 {
         0.0
     } else {
@@ -574,7 +304,7 @@ fn frac(a: u64, b: u64) -> f64 {
     }
 }
 
-fn hex16(bytes: &[u8]) -> String {
+pub(crate) fn hex16(bytes: &[u8]) -> String {
     bytes.iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
@@ -587,7 +317,7 @@ fn pace(first: &mut Option<i64>, event_ms: i64, started: Instant, speed: f64) {
     }
 }
 
-fn progress_bar(show: bool, total: u64) -> indicatif::ProgressBar {
+pub(crate) fn progress_bar(show: bool, total: u64) -> indicatif::ProgressBar {
     if !show {
         return indicatif::ProgressBar::hidden();
     }
@@ -601,14 +331,6 @@ fn progress_bar(show: bool, total: u64) -> indicatif::ProgressBar {
 }
 
 impl ReplayReport {
-    fn bad_line(&mut self, file: &str, line: u64, reason: String) {
-        self.bad_lines += 1;
-        if self.bad_line_samples.len() < BAD_LINES_LISTED {
-            let reason = crate::event::redact(&reason);
-            self.bad_line_samples.push(BadLine { file: file.to_owned(), line, reason });
-        }
-    }
-
     /// The report as a person reads it.
     pub fn render(&self) -> String {
         let mut s = String::new();
@@ -737,7 +459,7 @@ impl ReplayReport {
 }
 
 /// 1234567 -> "1,234,567".
-fn group(n: i64) -> String {
+pub(crate) fn group(n: i64) -> String {
     let digits = n.unsigned_abs().to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {

@@ -995,10 +995,21 @@ impl Checker<'_> {
 }
 
 /// Suggest the closest candidate, if it is close enough to be a likely typo.
+/// One integer literal alone (`1_000_000`, `300만`), as the lexer reads it.
+pub(crate) fn int_literal(src: &str) -> Result<i64, String> {
+    match lex(src).map_err(|e| e.message)?.as_slice() {
+        [t, end] if end.tok == Tok::Eof => match t.tok {
+            Tok::Int(v) if v > 0 => Ok(v),
+            _ => Err(format!("`{src}` is not a positive whole number of won")),
+        },
+        _ => Err(format!("`{src}` is not an amount, e.g. `3_000_000` or `300만`")),
+    }
+}
+
 pub(crate) fn did_you_mean<'c>(name: &str, candidates: impl Iterator<Item = &'c str>) -> Option<&'c str> {
     let lower = name.to_lowercase();
     candidates
-        .map(|c| (c, strsim::jaro_winkler(&lower, c)))
+        .map(|c| (c, strsim::jaro_winkler(&lower, &c.to_lowercase())))
         .filter(|&(_, score)| score >= 0.85)
         .max_by(|a, b| a.1.total_cmp(&b.1))
         .map(|(c, _)| c)

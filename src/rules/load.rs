@@ -52,6 +52,32 @@ pub(crate) fn load_dir(dir: &Path) -> Result<RuleSet, RulesError> {
     build(read_dir_files(dir)?)
 }
 
+/// [`load_dir`] with lines added to some lists, for a rule test that needs
+/// entries the shipped lists do not have. The version is the one of the
+/// files as extended.
+pub(crate) fn load_dir_with_list_lines(dir: &Path, extra: &[(String, Vec<String>)]) -> Result<RuleSet, RulesError> {
+    let mut files = read_dir_files(dir)?;
+    for (name, lines) in extra {
+        let rel = format!("{LISTS_DIR}/{name}.txt");
+        let index = match files.iter().position(|f| f.rel == rel) {
+            Some(i) => i,
+            None => {
+                files.push(SourceFile { path: dir.join(&rel), rel, bytes: Vec::new() });
+                files.len() - 1
+            }
+        };
+        let bytes = &mut files[index].bytes;
+        if !bytes.is_empty() && !bytes.ends_with(b"\n") {
+            bytes.push(b'\n');
+        }
+        for line in lines {
+            bytes.extend_from_slice(line.as_bytes());
+            bytes.push(b'\n');
+        }
+    }
+    build(files)
+}
+
 pub(crate) fn from_files(files: &[(&str, &str)]) -> Result<RuleSet, RulesError> {
     let files = files
         .iter()

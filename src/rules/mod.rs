@@ -92,6 +92,7 @@ use smallvec::SmallVec;
 use crate::features::FeatureVector;
 
 pub use expr::ExprError;
+pub(crate) use source::line_col;
 pub use watch::{new_handle, reload_now, watch, watch_with, ReloadStatus, RuleWatcher, RulesHandle, WatchOptions};
 
 /// Score total at which a hold is made when `ruleset.toml` does not say.
@@ -258,7 +259,7 @@ pub struct RuleSet {
 }
 
 /// The hot-path half of a rule.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Compiled {
     cond: expr::BoolExpr,
     action: Action,
@@ -324,6 +325,44 @@ impl RuleSet {
         self.lists.iter().map(|l| (l.name(), l.len()))
     }
 
+    /// This rule set with the named shadow rules made live, as if their
+    /// `shadow = true` were deleted: what a backtest's `--promote` runs. The
+    /// version says so (`rs-...+ID+ID`), since no directory has it. Refused
+    /// with every unknown id (with the nearest one) and every rule that is
+    /// already live.
+    pub fn with_promoted(&self, ids: &[String]) -> Result<RuleSet, Vec<String>> {
+        let mut set = RuleSet {
+            version: self.version.clone(),
+            rules: self.rules.clone(),
+            compiled: self.compiled.clone(),
+            lists: self.lists.clone(),
+            settings: self.settings,
+        };
+        let mut problems = Vec::new();
+        for id in ids {
+            match set.rules.iter().position(|r| r.id == *id) {
+                Some(i) if set.rules[i].shadow => {
+                    set.rules[i].shadow = false;
+                    set.compiled[i].shadow = false;
+                    set.version.push('+');
+                    set.version.push_str(id);
+                }
+                Some(_) => problems.push(format!("rule `{id}` is already live: only a shadow rule can be promoted")),
+                None => {
+                    let hint = expr::did_you_mean(id, self.rules.iter().map(|r| r.id.as_str()))
+                        .map(|s| format!("; did you mean `{s}`?"))
+                        .unwrap_or_default();
+                    problems.push(format!("no rule `{id}` in the rule set {}{hint}", self.version));
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok(set)
+        } else {
+            Err(problems)
+        }
+    }
+
     /// Evaluate every rule against one transfer.
     pub fn evaluate(&self, features: &FeatureVector, keys: &Keys<'_>) -> RuleOutcome {
         let cx = expr::EvalCx { features, keys, lists: &self.lists };
@@ -360,6 +399,24 @@ impl RuleSet {
 /// it, never a panic or a hang.
 pub fn check_condition(when: &str, lists: &[String]) -> Result<(), Vec<ExprError>> {
     expr::compile(when, lists).map(|_| ())
+}
+
+/// Load `dir` with `lines` added to some of its lists (by list name): a
+/// rule test's own entries, beside the lists production reads.
+pub fn load_dir_with_list_lines(dir: &Path, lines: &[(String, Vec<String>)]) -> Result<RuleSet, RulesError> {
+    load::load_dir_with_list_lines(dir, lines)
+}
+
+/// Parse an amount as conditions write it (`1_000_000`, `300만`, `1.5억`):
+/// for anything analysts write beside their rules, such as rule tests.
+pub fn amount_literal(text: &str) -> Result<i64, String> {
+    expr::int_literal(text.trim())
+}
+
+/// The name in `candidates` closest to `name`, if one is close enough to be
+/// what was meant: for "did you mean" hints wherever analysts name things.
+pub fn did_you_mean<'c>(name: &str, candidates: impl Iterator<Item = &'c str>) -> Option<&'c str> {
+    expr::did_you_mean(name, candidates)
 }
 
 /// One problem in a rules directory, positioned for an editor: 1-based line,

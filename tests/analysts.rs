@@ -1,0 +1,254 @@
+//! The analysts' workflow, driven through the `fds` command as an analyst
+//! runs it: rule tests (`fds rules test`) and the backtest of a rule change
+//! (`fds backtest`). Rules and cases are analyst-written files; the streams
+//! come from the event builders.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use fds::event::build::{label, transfer};
+use fds::event::Event;
+
+fn fds(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_fds"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("fds runs")
+}
+
+fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+/// A hold rule on large transfers to new payees, at `threshold`, and a
+/// shadow score rule on any transfer to a new payee at night.
+fn rules_dir(dir: &Path, threshold: &str) {
+    std::fs::create_dir_all(dir.join("lists")).unwrap();
+    std::fs::write(
+        dir.join("large.toml"),
+        format!(
+            r#"[[rule]]
+id = "LARGE_NEW_PAYEE"
+label = "신규 수취인 고액 이체"
+description = "A large transfer to a payee the account never paid."
+when = "amount >= {threshold} and payee_first_seen"
+action = "hold"
+verify = "ars"
+reason = "LG001"
+
+[[rule]]
+id = "NIGHT_NEW_PAYEE"
+label = "심야 신규 수취인"
+description = "Any transfer to a new payee at night (shadow, being measured)."
+when = "is_night and payee_first_seen"
+action = "hold"
+verify = "delay"
+reason = "NT001"
+shadow = true
+"#
+        ),
+    )
+    .unwrap();
+    std::fs::write(dir.join("lists/mule_accounts.txt"), "# none yet\n").unwrap();
+}
+
+#[test]
+fn the_shipped_rules_pass_their_tests_and_every_rule_has_a_firing_and_a_near_miss_case() {
+    let out = fds(&["rules", "test", "--require-coverage", "rules"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains(" 0 failed"), "{}", text(&out));
+}
+
+#[test]
+fn a_failing_rule_test_exits_1_naming_the_case_line_and_what_fired_instead() {
+    let dir = tempfile::tempdir().unwrap();
+    rules_dir(dir.path(), "100만");
+    std::fs::create_dir(dir.path().join("tests")).unwrap();
+    // The second case expects a hold the rule does not make (80만 is under
+    // its line); the first passes.
+    std::fs::write(
+        dir.path().join("tests/large.toml"),
+        r#"[[case]]
+name = "a million won to a new payee is held"
+transfer = { payee = "088-9998887776", amount = "100만" }
+expect = "hold"
+verify = "ars"
+reasons = ["LG001"]
+must_fire = ["LARGE_NEW_PAYEE"]
+
+[[case]]
+name = "800,000 won to a new payee at night"
+time = "2026-11-03 02:00"
+transfer = { payee = "088-9998887776", amount = "80만" }
+expect = "hold"
+must_fire = ["LARGE_NEW_PAYEE"]
+"#,
+    )
+    .unwrap();
+    let out = fds(&["rules", "test", dir.path().to_str().unwrap()]);
+    let printed = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{printed}");
+    assert!(printed.contains("tests/large.toml:9: FAILED 800,000 won to a new payee at night"), "{printed}");
+    assert!(printed.contains("expected hold"), "{printed}");
+    assert!(printed.contains("expected to fire: LARGE_NEW_PAYEE"), "{printed}");
+    assert!(
+        printed.contains("got allow, score 0 of 100; fired NIGHT_NEW_PAYEE (NT001 hold/delay shadow)"),
+        "{printed}"
+    );
+    assert!(printed.contains("2 cases, 1 files") && printed.contains("1 passed, 1 failed"), "{printed}");
+    assert!(!printed.contains(":1: FAILED"), "the passing case is not listed: {printed}");
+
+    // A case file with a mistake is refused with its position, before anything runs.
+    std::fs::write(
+        dir.path().join("tests/large.toml"),
+        "[[case]]\nname = \"typo\"\ntransfer = { amount = \"100만\" }\nexpect = \"hold\"\nmust_fire = [\"LARGE_NEW_PAYE\"]\n",
+    )
+    .unwrap();
+    let out = fds(&["rules", "test", dir.path().to_str().unwrap()]);
+    let printed = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{printed}");
+    assert!(
+        printed.contains(
+            "tests/large.toml:5:14: `must_fire` names no rule `LARGE_NEW_PAYE`; did you mean `LARGE_NEW_PAYEE`?"
+        ),
+        "{printed}"
+    );
+}
+
+/// Accounts sending once each, so each transfer's decision depends on its
+/// amount alone; the one at 80만 is reported as fraud three days later.
+fn stream(path: &Path) -> Vec<Event> {
+    let mut events = Vec::new();
+    for (i, amount) in [30_0000, 60_0000, 80_0000, 120_0000, 10_0000].into_iter().enumerate() {
+        let account = format!("12022000000000000000{:04}", i + 1);
+        let at = format!("2026110214{:02}00", 10 + i);
+        events.push(transfer(&format!("T{}", i + 1)).account(&account).at(&at).amount(amount).build());
+    }
+    // A known payee: paid a week earlier, so not a new one now.
+    events.insert(0, transfer("T0").account("120220000000000000009999").at("20261026100000").amount(1_0000).build());
+    events.push(transfer("T6").account("120220000000000000009999").at("20261102143000").amount(90_0000).build());
+    events.push(label("T3").at("20261105100000").typology("voice_phishing").build());
+    let lines: Vec<String> = events.iter().map(Event::to_json).collect();
+    std::fs::write(path, lines.join("\n") + "\n").unwrap();
+    events
+}
+
+fn changes(path: &Path) -> BTreeMap<String, serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (v["bank_tran_id"].as_str().unwrap().to_owned(), v)
+        })
+        .collect()
+}
+
+#[test]
+fn a_backtest_of_a_tightened_threshold_changes_exactly_the_transfers_between_the_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let (baseline, candidate) = (dir.path().join("rules"), dir.path().join("draft"));
+    rules_dir(&baseline, "100만");
+    rules_dir(&candidate, "50만");
+    let data = dir.path().join("stream.jsonl");
+    stream(&data);
+    let out_file = dir.path().join("changes.jsonl");
+    let out = fds(&[
+        "backtest",
+        "--no-model",
+        "--baseline",
+        baseline.to_str().unwrap(),
+        "--candidate",
+        candidate.to_str().unwrap(),
+        "--changes-out",
+        out_file.to_str().unwrap(),
+        "--json",
+        data.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    // 60만 and 80만 to new payees are now held; 30만 and 10만 are under both
+    // lines, 120만 over both, and 90만 goes to a payee the account knows.
+    let changed = changes(&out_file);
+    assert_eq!(changed.keys().collect::<Vec<_>>(), ["T2", "T3"], "{changed:?}");
+    for c in changed.values() {
+        assert_eq!(c["direction"], "allow_to_hold");
+        assert_eq!(c["baseline"]["decision"], "allow");
+        assert_eq!(c["candidate"]["decision"], "hold");
+        assert_eq!(c["candidate"]["verification"], "ars");
+        assert_eq!(c["candidate"]["reasons"], serde_json::json!(["LG001"]));
+    }
+    assert_eq!(changed["T3"]["fraud"], "voice_phishing");
+    assert_eq!(changed["T2"]["fraud"], serde_json::Value::Null);
+
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (b, c) = (&report["baseline"], &report["candidate"]);
+    assert_eq!((b["hold"].as_u64(), c["hold"].as_u64()), (Some(1), Some(3)), "{report:#}");
+    assert_eq!(b["quality"]["held_fraud"], 0);
+    assert_eq!(c["quality"]["held_fraud"], 1);
+    assert_eq!(c["quality"]["saved_won"], 80_0000);
+    assert_eq!(c["quality"]["held_genuine_won"], 180_0000);
+    assert_ne!(b["ruleset_version"], c["ruleset_version"]);
+    assert_eq!(report["changed"][0][1]["transfers"], 2);
+    assert_eq!(report["changed"][0][1]["fraud"], 1);
+    assert_eq!(report["changed"][1][1]["transfers"], 0);
+
+    // The text report shows the two sides and the changed transfers.
+    let out = fds(&[
+        "backtest",
+        "--no-model",
+        "--baseline",
+        baseline.to_str().unwrap(),
+        "--candidate",
+        candidate.to_str().unwrap(),
+        data.to_str().unwrap(),
+    ]);
+    let printed = text(&out);
+    assert!(printed.contains("changed decisions: 2"), "{printed}");
+    assert!(printed.contains("T3 2026-11-02 14:12:00"), "{printed}");
+    assert!(printed.contains("allow [] -> hold/ars [LG001]"), "{printed}");
+}
+
+#[test]
+fn promoting_a_shadow_rule_shows_what_it_would_have_held() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules");
+    rules_dir(&rules, "100만");
+    let data = dir.path().join("stream.jsonl");
+    stream(&data);
+    // Two night transfers to new payees: the shadow rule would hold them.
+    let mut night = std::fs::read_to_string(&data).unwrap();
+    for (id, account) in [("N1", "120220000000000000000501"), ("N2", "120220000000000000000502")] {
+        night.push_str(&transfer(id).account(account).at("20261103013000").amount(5_0000).json());
+        night.push('\n');
+    }
+    std::fs::write(&data, night).unwrap();
+    let out_file = dir.path().join("changes.jsonl");
+    let args = ["backtest", "--no-model", "--baseline", rules.to_str().unwrap(), "--promote", "NIGHT_NEW_PAYEE"];
+    let out = fds(&[&args[..], &["--changes-out", out_file.to_str().unwrap(), data.to_str().unwrap()]].concat());
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("promoted from shadow to live: NIGHT_NEW_PAYEE"), "{}", text(&out));
+    let changed = changes(&out_file);
+    assert_eq!(changed.keys().collect::<Vec<_>>(), ["N1", "N2"]);
+    assert_eq!(changed["N1"]["candidate"]["verification"], "delay");
+
+    // A rule that is not there, or already live, cannot be promoted.
+    let out = fds(&["backtest", "--no-model", "--baseline", rules.to_str().unwrap(), "--promote", "NIGHT_NEW_PAYE"]
+        .iter()
+        .chain(&[data.to_str().unwrap()])
+        .copied()
+        .collect::<Vec<_>>());
+    assert!(!out.status.success());
+    assert!(text(&out).contains("did you mean `NIGHT_NEW_PAYEE`?"), "{}", text(&out));
+    let out = fds(&[
+        "backtest",
+        "--no-model",
+        "--promote",
+        "LARGE_NEW_PAYEE",
+        "--baseline",
+        rules.to_str().unwrap(),
+        data.to_str().unwrap(),
+    ]);
+    assert!(text(&out).contains("rule `LARGE_NEW_PAYEE` is already live"), "{}", text(&out));
+}
