@@ -18,6 +18,7 @@
 
 use std::io::Write;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -44,7 +45,7 @@ pub struct BacktestOptions {
     /// Show a progress bar on the terminal.
     pub progress: bool,
     /// Write every changed transfer here as a JSON line.
-    pub changes_out: Option<Box<dyn Write>>,
+    pub changes_out: Option<Box<dyn Write + Send>>,
 }
 
 /// One side's decision on a changed transfer.
@@ -167,7 +168,24 @@ impl BacktestReport {
     }
 }
 
+/// Events handed to the candidate's thread at a time: large enough that the
+/// hand-over costs nothing per event, small enough to stay in cache.
+const BATCH: usize = 2048;
+
+/// One input record as read: an event with its line and whether it counts
+/// (past the warm-up), or a bad line's reason.
+type Item = (u64, Result<(Event, bool), String>);
+
+/// What one engine made of a batch: per event, the decision (transfers) or
+/// why it was refused.
+type Decided = Vec<Result<Option<Decision>, String>>;
+
 /// Replay `sources` once through `baseline` and `candidate` and compare.
+///
+/// The candidate runs on a thread of its own, a batch behind the reader: the
+/// main thread reads and orders the events, runs the baseline on them and
+/// hands each batch over, so the backtest takes about as long as one replay
+/// when a second core is free. Each side is counted on its own thread.
 pub fn run(
     baseline: &Engine,
     candidate: &Engine,
@@ -178,75 +196,98 @@ pub fn run(
     let inputs: Vec<String> = sources.iter().map(|s| s.name.clone()).collect();
     let total_bytes: u64 = sources.iter().map(|s| s.size).sum();
     let bar = crate::replay::progress_bar(opts.progress, total_bytes);
-    let mut sides = [
-        Recorder::new(inputs.clone(), baseline.rules(), baseline.model(), false, None),
-        Recorder::new(inputs, candidate.rules(), candidate.model(), false, None),
-    ];
+    let mut base = Recorder::new(inputs.clone(), baseline.rules(), baseline.model(), false, None);
+    let cand = Recorder::new(inputs, candidate.rules(), candidate.model(), false, None);
     let mut changes: Vec<(u64, Change)> = Vec::new();
     let mut reasons_only = 0u64;
     let mut warmup = Warmup::new(opts.warmup);
     let limit = opts.limit.unwrap_or(u64::MAX);
     let started = Instant::now();
-    let mut done_bytes = 0u64;
-    'sources: for src in sources {
-        for item in crate::input::order::in_order(src.events, opts.partitions) {
-            if sides[0].seen() >= limit {
-                sides.iter_mut().for_each(Recorder::stopped_at_limit);
-                break 'sources;
+    let (to_candidate, batches) = std::sync::mpsc::sync_channel::<(String, Arc<Vec<Item>>)>(2);
+    let (to_main, decided) = std::sync::mpsc::sync_channel::<Decided>(2);
+    let cand = std::thread::scope(|scope| -> Result<Recorder, ReplayError> {
+        let worker = scope.spawn(move || -> Result<Recorder, ReplayError> {
+            let mut cand = cand;
+            for (file, batch) in batches {
+                let mut out = Vec::with_capacity(batch.len());
+                for (line, item) in batch.iter() {
+                    out.push(side(candidate, &mut cand, &file, *line, item)?);
+                }
+                if to_main.send(out).is_err() {
+                    break;
+                }
             }
-            let (line, event) = match item {
-                Ok(numbered) => numbered,
-                Err((line, reason)) => {
-                    sides.iter_mut().for_each(|s| s.bad_line(&src.name, line, reason.clone()));
-                    continue;
-                }
-            };
-            let counted = warmup.counts(&event);
-            // Both engines refuse the same events (the checks do not depend
-            // on the rules), so a refusal is one bad line on each side.
-            let (b, c) = match (baseline.process(&event), candidate.process(&event)) {
-                (Ok(b), Ok(c)) => (b, c),
-                (Err(e), _) | (_, Err(e)) => {
-                    sides.iter_mut().for_each(|s| s.bad_line(&src.name, line, e.to_string()));
-                    continue;
-                }
-            };
-            if let (Event::Transfer(t), Some(b), Some(c)) = (&event, &b, &c) {
-                let (bd, cd) = (&b.decision, &c.decision);
-                if counted {
-                    match Direction::of(bd, cd) {
-                        Some(direction) => {
-                            let change = Change {
-                                bank_tran_id: t.bank_tran_id.clone(),
-                                time: t.tran_dtime.human(),
-                                amount: t.tran_amt.get(),
-                                direction,
-                                fraud: None,
-                                baseline: Verdict::of(bd),
-                                candidate: Verdict::of(cd),
-                            };
-                            changes.push((tx_key(&t.bank_tran_id), change));
-                        }
-                        None if !bd.reason_codes().eq(cd.reason_codes()) => reasons_only += 1,
-                        None => {}
+            Ok(cand)
+        });
+        let mut read = 0u64;
+        let mut done_bytes = 0u64;
+        let mut pending = std::collections::VecDeque::new();
+        let mut stopped = false;
+        'sources: for src in sources {
+            let mut events = crate::input::order::in_order(src.events, opts.partitions);
+            loop {
+                let mut batch: Vec<Item> = Vec::with_capacity(BATCH);
+                for item in events.by_ref().take(BATCH) {
+                    if read >= limit {
+                        stopped = true;
+                        break;
                     }
+                    read += 1;
+                    batch.push(match item {
+                        Ok((line, event)) => {
+                            let counted = warmup.counts(&event);
+                            (line, Ok((event, counted)))
+                        }
+                        Err((line, reason)) => (line, Err(reason)),
+                    });
+                }
+                if batch.is_empty() {
+                    break;
+                }
+                let batch = Arc::new(batch);
+                if to_candidate.send((src.name.clone(), batch.clone())).is_err() {
+                    break 'sources;
+                }
+                let mut mine = Vec::with_capacity(batch.len());
+                for (line, item) in batch.iter() {
+                    mine.push(side(baseline, &mut base, &src.name, *line, item)?);
+                }
+                // The candidate may be a batch or two behind: compare what
+                // it has finished, keeping the reader and both engines busy.
+                pending.push_back((batch, mine));
+                while pending.len() > 2 {
+                    let Ok(theirs) = decided.recv() else { break 'sources };
+                    let (batch, mine) = pending.pop_front().expect("more than two pending");
+                    compare(&batch, &mine, &theirs, &mut changes, &mut reasons_only);
+                }
+                bar.set_position(done_bytes + src.position.load(Ordering::Relaxed));
+                if stopped {
+                    break 'sources;
                 }
             }
-            sides[0].event(&event, b.as_ref(), counted)?;
-            sides[1].event(&event, c.as_ref(), counted)?;
-            if sides[0].events() % 4096 == 0 {
-                bar.set_position(done_bytes + src.position.load(Ordering::Relaxed));
-            }
+            done_bytes += src.size;
         }
-        done_bytes += src.size;
-    }
+        drop(to_candidate);
+        for (batch, mine) in pending {
+            let theirs = decided.recv().expect("the candidate answers every batch it was sent");
+            compare(&batch, &mine, &theirs, &mut changes, &mut reasons_only);
+        }
+        if stopped {
+            base.stopped_at_limit();
+        }
+        let mut cand = worker.join().expect("the candidate's thread does not panic")?;
+        if stopped {
+            cand.stopped_at_limit();
+        }
+        Ok(cand)
+    })?;
     bar.finish_and_clear();
     let elapsed_s = started.elapsed().as_secs_f64();
     let mut changed: Vec<(Direction, ChangeCount)> =
         Direction::ALL.iter().map(|&d| (d, ChangeCount::default())).collect();
     let mut sample = Vec::new();
     for (key, change) in &mut changes {
-        change.fraud = sides[0].fraud_typology(*key).map(str::to_owned);
+        change.fraud = base.fraud_typology(*key).map(str::to_owned);
         let (_, count) = changed.iter_mut().find(|(d, _)| *d == change.direction).expect("every direction listed");
         if count.transfers < SAMPLE_PER_DIRECTION as u64 {
             sample.push(change.clone());
@@ -265,11 +306,64 @@ pub fn run(
     if let Some(out) = opts.changes_out.as_mut() {
         out.flush().map_err(ReplayError::Output)?;
     }
-    let [b, c] = sides;
-    let baseline = b.finish(elapsed_s, baseline.state().memory())?;
-    let candidate = c.finish(elapsed_s, candidate.state().memory())?;
+    let baseline = base.finish(elapsed_s, baseline.state().memory())?;
+    let candidate = cand.finish(elapsed_s, candidate.state().memory())?;
     let events_per_s = baseline.events as f64 / elapsed_s.max(1e-9);
     Ok(BacktestReport { baseline, candidate, promoted, elapsed_s, events_per_s, changed, reasons_only, sample })
+}
+
+/// One record through one side: the engine, then its recorder. A refused
+/// event is a bad line on the side (both refuse the same events: the checks
+/// do not depend on the rules).
+fn side(
+    engine: &Engine,
+    recorder: &mut Recorder,
+    file: &str,
+    line: u64,
+    item: &Result<(Event, bool), String>,
+) -> Result<Result<Option<Decision>, String>, ReplayError> {
+    let (event, counted) = match item {
+        Ok(ok) => ok,
+        Err(reason) => {
+            recorder.bad_line(file, line, reason.clone());
+            return Ok(Err(reason.clone()));
+        }
+    };
+    match engine.process(event) {
+        Ok(scored) => {
+            recorder.event(event, scored.as_ref(), *counted)?;
+            Ok(Ok(scored.map(|s| s.decision)))
+        }
+        Err(e) => {
+            recorder.bad_line(file, line, e.to_string());
+            Ok(Err(e.to_string()))
+        }
+    }
+}
+
+/// Note each transfer of `batch` the two sides decided differently.
+fn compare(batch: &[Item], mine: &Decided, theirs: &Decided, changes: &mut Vec<(u64, Change)>, reasons_only: &mut u64) {
+    for (((_, item), b), c) in batch.iter().zip(mine).zip(theirs) {
+        if let (Ok((Event::Transfer(t), true)), Ok(Some(b)), Ok(Some(c))) = (item, b, c) {
+            match Direction::of(b, c) {
+                Some(direction) => changes.push((tx_key(&t.bank_tran_id), change(t, direction, b, c))),
+                None if !b.reason_codes().eq(c.reason_codes()) => *reasons_only += 1,
+                None => {}
+            }
+        }
+    }
+}
+
+fn change(t: &crate::event::Transfer, direction: Direction, b: &Decision, c: &Decision) -> Change {
+    Change {
+        bank_tran_id: t.bank_tran_id.clone(),
+        time: t.tran_dtime.human(),
+        amount: t.tran_amt.get(),
+        direction,
+        fraud: None,
+        baseline: Verdict::of(b),
+        candidate: Verdict::of(c),
+    }
 }
 
 impl BacktestReport {

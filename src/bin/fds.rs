@@ -946,7 +946,7 @@ fn replay_cmd(files: &[PathBuf], args: ReplayArgs, config: &Config) -> Result<()
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    let decisions_out: Option<Box<dyn Write>> = match decisions_out {
+    let decisions_out: Option<Box<dyn Write + Send>> = match decisions_out {
         Some(p) => {
             Some(Box::new(BufWriter::new(File::create(&p).with_context(|| format!("cannot create {}", p.display()))?)))
         }
@@ -1010,7 +1010,7 @@ fn backtest_cmd(
     let (baseline, _) = with_model(engine(baseline), model)?;
     // One model for both sides: they differ by their rules alone.
     let candidate = engine(candidate).with_model(baseline.model().clone(), model.verification);
-    let changes_out: Option<Box<dyn Write>> = match &args.changes_out {
+    let changes_out: Option<Box<dyn Write + Send>> = match &args.changes_out {
         Some(p) => {
             Some(Box::new(BufWriter::new(File::create(p).with_context(|| format!("cannot create {}", p.display()))?)))
         }

@@ -62,7 +62,7 @@ pub struct ReplayOptions {
     /// Show a progress bar on the terminal.
     pub progress: bool,
     /// Write every decision here as a JSON line.
-    pub decisions_out: Option<Box<dyn Write>>,
+    pub decisions_out: Option<Box<dyn Write + Send>>,
     /// The first stretch of event time only builds state: those transfers are
     /// scored (and timed) but left out of decision counts and detection quality,
     /// as a bank warms a new engine on history before trusting its numbers.

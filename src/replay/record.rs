@@ -28,7 +28,7 @@ pub(crate) struct Recorder {
     labels: HashMap<u64, (LabelStatus, String)>,
     tally: RuleTally,
     keep_outcomes: bool,
-    decisions_out: Option<Box<dyn Write>>,
+    decisions_out: Option<Box<dyn Write + Send>>,
 }
 
 impl Recorder {
@@ -39,7 +39,7 @@ impl Recorder {
         rules: &RulesHandle,
         model: &ModelHandle,
         keep_outcomes: bool,
-        decisions_out: Option<Box<dyn Write>>,
+        decisions_out: Option<Box<dyn Write + Send>>,
     ) -> Recorder {
         let report = ReplayReport {
             inputs,
