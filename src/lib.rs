@@ -69,6 +69,12 @@
 //!   `fds evaluate` runs the fraud-detection handbook's protocol, or the same
 //!   train / gap / test split on any labelled stream, per typology.
 //!
+//! - [`analyst`]: the analysts' checks before a rule change goes live: rule
+//!   tests kept beside the rules (`rules/tests/*.toml`, `fds rules test`), each
+//!   case a short story run on a fresh engine, and the backtest (`fds
+//!   backtest`): a recorded stream through the rules in force and a draft at
+//!   once, each with its own state, compared against the late fraud reports.
+//!
 //! - [`metrics`]: every Prometheus metric of the product, named once, in a
 //!   registry of its own; no account or payee id is ever a label.
 //! - [`api`]: the operators' HTTP server (`/metrics`, `/readyz`, `/healthz`)

@@ -446,13 +446,15 @@ impl BacktestReport {
                 None => "-".to_owned(),
             };
             let d = rc.as_ref().map_or(0, |r| r.fired as i64) - rb.as_ref().map_or(0, |r| r.fired as i64);
-            row(w, id, cell(&rb), cell(&rc), signed(d));
+            let is_model = rb.as_ref().or(rc.as_ref()).is_some_and(|r| r.reason == "MODEL");
+            let name = if is_model { format!("model {id}") } else { id.to_owned() };
+            row(w, &name, cell(&rb), cell(&rc), signed(d));
         }
         let _ = writeln!(w, "\n  changed decisions: {}", group(self.changed_transfers() as i64));
         for (d, n) in &self.changed {
             let _ = writeln!(
                 w,
-                "    {:<34} {:>8}   fraud {:>6} ({} won)   genuine {:>8} ({} won)",
+                "    {:<34} {:>8}   fraud {} ({} won), genuine {} ({} won)",
                 d.name(),
                 group(n.transfers as i64),
                 group(n.fraud as i64),

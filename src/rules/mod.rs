@@ -51,7 +51,10 @@
 //! - `lists/<name>.txt` (`<name>` is `[a-z0-9_]+`): one entry per line, `#`
 //!   starts a comment, blank lines are skipped, whitespace is trimmed.
 //!
-//! Hidden files (editor swap and lock files) are never read.
+//! Hidden files (editor swap and lock files) are never read, and neither are
+//! other subdirectories: `tests/` holds the rule tests
+//! ([`crate::analyst::cases`]), which are not part of the rule set or its
+//! version.
 //!
 //! # Conditions
 //!
