@@ -36,7 +36,7 @@
 //!   population stability index of the recent scores against the model
 //!   card's [`ScoreReference`](crate::model::card::ScoreReference), computed
 //!   from that histogram's bucket counts when [`Metrics::observe_in_force`]
-//!   runs (before each scrape), never on the hot path; see [`ScoreWindow`](crate::model::drift::ScoreWindow)
+//!   runs (before each scrape), never on the hot path; see [`crate::model::drift::ScoreWindow`]
 //!   for the window.
 //! - **Process.** The prometheus crate's process collector (Linux) is in the
 //!   registry: `process_cpu_seconds_total`, `process_resident_memory_bytes`,
@@ -191,7 +191,7 @@ pub struct Metrics {
     /// the bins of [`SCORE_BINS`].
     pub model_score: Histogram,
     /// `fds_model_score_psi`: population stability index of the recent
-    /// scores against the card's reference (see [`ScoreWindow`](crate::model::drift::ScoreWindow)).
+    /// scores against the card's reference (see [`crate::model::drift::ScoreWindow`]).
     pub model_score_psi: Gauge,
     /// `fds_model_info{version}`: 1 for the model in force.
     pub model_info: IntGaugeVec,

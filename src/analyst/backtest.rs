@@ -6,7 +6,7 @@
 //! the state back (a held transfer teaches the account no new payee and
 //! starts `mins_since_hold`), so each side evolves exactly as it would have
 //! live; parsing and ordering are done once for both. Each side is counted by
-//! the replay's [`Recorder`], so its figures are the ones `fds replay` would
+//! the replay's `Recorder`, so its figures are the ones `fds replay` would
 //! print for that rule set alone, and the two decisions of every transfer
 //! are compared as they are made.
 //!

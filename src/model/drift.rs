@@ -32,7 +32,7 @@ const PSI_STEP: u64 = 100;
 /// bucket counts: the window `fds_model_score_psi` is computed over.
 ///
 /// Each call gives the histogram's counts as they are now. A snapshot is
-/// kept whenever [`PSI_STEP`] more scores have come since the last one, and
+/// kept whenever `PSI_STEP` more scores have come since the last one, and
 /// the window is the counts now minus the newest snapshot at least
 /// [`PSI_WINDOW`] scores old: so it holds the last 10,000 scores, plus at
 /// most those of one step or one call (at 1,000 transfers a second and a
