@@ -138,7 +138,7 @@ fn bench(c: &mut Criterion) {
             i += 1;
             let fv = features::compute(t, seen);
             let keys = Keys { account: &t.fintech_use_num, payee, device: t.device_id.as_deref(), ip: t.ip.as_deref() };
-            black_box(rules.evaluate(&fv, &keys))
+            black_box(rules.evaluate(&fv, &keys, fds::event::EventTime(0)))
         })
     });
     g.finish();
@@ -187,7 +187,7 @@ fn per_event_percentiles(samples: &[(Transfer, fds::state::Observed, String)], r
             let started = std::time::Instant::now();
             let fv = features::compute(t, seen);
             let keys = Keys { account: &t.fintech_use_num, payee, device: t.device_id.as_deref(), ip: t.ip.as_deref() };
-            black_box(rules.evaluate(&fv, &keys));
+            black_box(rules.evaluate(&fv, &keys, fds::event::EventTime(0)));
             // The first rounds warm the caches and are not recorded.
             if round >= 10 {
                 let _ = hist.record(started.elapsed().as_nanos() as u64);

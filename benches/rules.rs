@@ -3,9 +3,11 @@
 //!
 //! Three transfers: an ordinary one (most rules fail on their first
 //! comparison), a voice-phishing one (many conditions run deep and several
-//! rules fire) and a mule payee (list lookups hit).
+//! rules fire) and a mule payee (list lookups hit). Then a list of a million
+//! entries: how long the directory takes to load, and a lookup's cost.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use fds::event::EventTime;
 use fds::features::{FeatureType, FeatureVector, Value, F, MINUTES_CAP, N_FEATURES, SCHEMA};
 use fds::rules::{Keys, RuleSet};
 
@@ -260,18 +262,84 @@ fn bench(c: &mut Criterion) {
         ("mule_payee", mule_payee(), Keys { account: "1202200003", payee: "088-110100004242", device: None, ip: None }),
     ];
     // Guard that the cases exercise what they claim.
-    let vp = set.evaluate(&cases[1].1, &cases[1].2);
+    let vp = set.evaluate(&cases[1].1, &cases[1].2, EventTime(0));
     assert!(vp.fired.len() >= 4 && vp.hold.is_some(), "voice-phishing case should fire: {vp:?}");
-    let mule = set.evaluate(&cases[2].1, &cases[2].2);
+    let mule = set.evaluate(&cases[2].1, &cases[2].2, EventTime(0));
     assert!(mule.hold.is_some() && !mule.shadow_fired.is_empty(), "mule case should fire: {mule:?}");
-    assert!(set.evaluate(&cases[0].1, &cases[0].2).fired.is_empty(), "ordinary case should not fire");
+    assert!(set.evaluate(&cases[0].1, &cases[0].2, EventTime(0)).fired.is_empty(), "ordinary case should not fire");
 
     let mut group = c.benchmark_group("rules/evaluate");
     for (name, features, keys) in &cases {
-        group.bench_function(*name, |b| b.iter(|| set.evaluate(black_box(features), black_box(keys))));
+        group.bench_function(*name, |b| b.iter(|| set.evaluate(black_box(features), black_box(keys), EventTime(0))));
     }
     group.finish();
 }
 
-criterion_group!(benches, bench);
+/// A list of a million payees as a bank's mule list grows: half the lines
+/// carry provenance and a validity window, as shared reports do.
+fn million_entry_list() -> String {
+    let mut list = String::with_capacity(40 << 20);
+    list.push_str("# mule accounts shared through the banks' channel\n");
+    for i in 0..1_000_000u32 {
+        if i % 2 == 0 {
+            list.push_str(&format!("088-1101{i:08}\n"));
+        } else {
+            list.push_str(&format!("088-1101{i:08}  added=2026-01-01  expires=2027-01-01  source=KFTC  by=ops\n"));
+        }
+    }
+    list
+}
+
+const LIST_RULE: &str = r#"
+[[rule]]
+id = "MULE_LISTED_PAYEE"
+label = "대포통장 목록 수취계좌"
+description = "The payee is on the list of mule accounts."
+when = "payee in mule_accounts"
+action = "hold"
+verify = "callback"
+reason = "MU002"
+"#;
+
+/// Loading a rules directory whose list has a million entries (the issue's
+/// bound: under a second), and looking payees up in it.
+fn bench_lists(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::create_dir(dir.path().join("lists")).expect("lists dir");
+    std::fs::write(dir.path().join("mule.toml"), LIST_RULE).expect("rule file");
+    std::fs::write(dir.path().join("lists/mule_accounts.txt"), million_entry_list()).expect("list file");
+    let mut group = c.benchmark_group("rules/load_list");
+    group.sample_size(10);
+    group.bench_function("1m_entries", |b| b.iter(|| RuleSet::load_dir(dir.path()).expect("loads")));
+    group.finish();
+
+    let set = RuleSet::load_dir(dir.path()).expect("loads");
+    let at = EventTime(1_780_000_000_000); // 2026-05-29: inside the windows
+    let features = ordinary();
+    let keys = |payee| Keys { account: "1202200001", payee, device: None, ip: None };
+    let cases = [
+        ("hit", keys("088-110100004242")),
+        ("hit_with_window", keys("088-110100004243")),
+        ("miss", keys("088-990000000000")),
+    ];
+    for (name, k) in &cases {
+        assert_eq!(set.evaluate(&features, k, at).hold.is_some(), *name != "miss", "{name}");
+    }
+    // The same lookups in a list without attributes, as every list was
+    // before entries carried windows.
+    let plain: String = (0..1_000_000u32).map(|i| format!("088-1101{i:08}\n")).collect();
+    let plain = RuleSet::from_files(&[("mule.toml", LIST_RULE), ("lists/mule_accounts.txt", &plain)]).expect("loads");
+    let mut group = c.benchmark_group("rules/list_lookup_plain");
+    for (name, k) in [&cases[0], &cases[2]] {
+        group.bench_function(*name, |b| b.iter(|| plain.evaluate(black_box(&features), black_box(k), black_box(at))));
+    }
+    group.finish();
+    let mut group = c.benchmark_group("rules/list_lookup");
+    for (name, k) in &cases {
+        group.bench_function(*name, |b| b.iter(|| set.evaluate(black_box(&features), black_box(k), black_box(at))));
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench, bench_lists);
 criterion_main!(benches);

@@ -500,7 +500,7 @@ impl Engine {
         let rules = self.rules.load_full();
         let keys =
             Keys { account: &t.fintech_use_num, payee: &payee, device: t.device_id.as_deref(), ip: t.ip.as_deref() };
-        let outcome = rules.evaluate(&features, &keys);
+        let outcome = rules.evaluate(&features, &keys, t.tran_dtime);
         let model = self.model.load_full().map(|m| model_verdict(m, &features));
         let verification = outcome.hold.or(model.as_ref().filter(|m| m.hold).map(|_| self.model_verification));
         // The state remembers the rules' holds only. A held transfer teaches

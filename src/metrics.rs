@@ -173,6 +173,17 @@ pub struct Metrics {
     pub rules_reloads: IntCounterVec,
     /// `fds_rules_loaded`: rules in force (live and shadow).
     pub rules_loaded: IntGauge,
+    /// `fds_rules_load_seconds`: how long the rule set in force took to read
+    /// and compile (its lists included).
+    pub rules_load_seconds: Gauge,
+    /// `fds_list_entries{list}`: distinct entries of each list of the rule
+    /// set in force (list names come from the rules directory, a short set).
+    pub list_entries: IntGaugeVec,
+    /// `fds_list_entries_expired{list}`: of those, entries whose expiry had
+    /// passed by the wall clock when the rule set was loaded. They no longer
+    /// match live traffic (matching goes by each transfer's event time) and
+    /// can be pruned.
+    pub list_entries_expired: IntGaugeVec,
     /// `fds_model_reloads_total{result}`, `result` = `applied` or `rejected`.
     pub model_reloads: IntCounterVec,
     /// `fds_model_loaded`: 1 when a model scores beside the rules.
@@ -223,6 +234,8 @@ pub struct Metrics {
 struct InForce {
     model: Option<String>,
     ruleset: Option<String>,
+    /// The lists with series in `fds_list_entries`.
+    lists: Vec<String>,
     window: ScoreWindow,
 }
 
@@ -468,6 +481,24 @@ impl Metrics {
             ),
             rules_reloads,
             rules_loaded: register(r, IntGauge::new("fds_rules_loaded", "Rules in force, live and shadow.")),
+            rules_load_seconds: register(
+                r,
+                Gauge::new("fds_rules_load_seconds", "Seconds the rule set in force took to read and compile."),
+            ),
+            list_entries: register(
+                r,
+                IntGaugeVec::new(Opts::new("fds_list_entries", "Entries of each list in force, by list."), &["list"]),
+            ),
+            list_entries_expired: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "fds_list_entries_expired",
+                        "List entries already expired by the wall clock when the rule set was loaded, by list.",
+                    ),
+                    &["list"],
+                ),
+            ),
             model_reloads,
             model_loaded: register(r, IntGauge::new("fds_model_loaded", "1 when a model scores beside the rules.")),
             model_holds: register(
@@ -561,7 +592,9 @@ impl Metrics {
         let mut in_force = self.in_force.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         self.rules_loaded.set(gauge_value(rules.rules().len()));
         self.model_loaded.set(i64::from(model.is_some()));
-        swap_info(&self.ruleset_info, &mut in_force.ruleset, Some(rules.version()));
+        if swap_info(&self.ruleset_info, &mut in_force.ruleset, Some(rules.version())) {
+            self.observe_lists(rules, &mut in_force.lists);
+        }
         let model_changed = swap_info(&self.model_info, &mut in_force.model, model.map(Model::version));
         let counts = self.score_counts();
         if model_changed {
@@ -576,6 +609,24 @@ impl Metrics {
             _ => 0.0,
         };
         self.model_score_psi.set(psi);
+    }
+
+    /// The lists' gauges for a rule set just put in force; the series of
+    /// lists it no longer has are removed. Counting expired entries walks
+    /// each list once, so it is done per rule set, not per scrape.
+    fn observe_lists(&self, rules: &RuleSet, shown: &mut Vec<String>) {
+        let now = crate::event::EventTime(chrono::Utc::now().timestamp_millis());
+        let names: Vec<String> = rules.lists().map(|(name, _)| name.to_owned()).collect();
+        for gone in shown.iter().filter(|n| !names.contains(n)) {
+            let _ = self.list_entries.remove_label_values(&[gone]);
+            let _ = self.list_entries_expired.remove_label_values(&[gone]);
+        }
+        for (name, counts) in rules.list_counts_at(now) {
+            self.list_entries.with_label_values(&[name]).set(gauge_value(counts.entries));
+            self.list_entries_expired.with_label_values(&[name]).set(gauge_value(counts.expired));
+        }
+        *shown = names;
+        self.rules_load_seconds.set(rules.load_time().as_secs_f64());
     }
 
     /// `fds_model_score`'s count per bin of [`SCORE_BINS`] so far (not
@@ -695,7 +746,7 @@ mod tests {
     use super::*;
     use crate::state::StateConfig;
 
-    const ALL_NAMES: [&str; 38] = [
+    const ALL_NAMES: [&str; 41] = [
         "fds_events_consumed_total",
         "fds_decisions_total",
         "fds_decisions_late_total",
@@ -724,6 +775,9 @@ mod tests {
         "fds_shared_lag_seconds",
         "fds_rules_reloads_total",
         "fds_rules_loaded",
+        "fds_rules_load_seconds",
+        "fds_list_entries",
+        "fds_list_entries_expired",
         "fds_model_reloads_total",
         "fds_model_loaded",
         "fds_model_holds_total",
@@ -767,6 +821,8 @@ mod tests {
                     | "fds_consumer_lag"
                     | "fds_model_info"
                     | "fds_ruleset_info"
+                    | "fds_list_entries"
+                    | "fds_list_entries_expired"
             );
             assert_eq!(text.contains(&format!("# TYPE {name} ")), expected, "{name}:\n{text}");
         }
@@ -776,7 +832,10 @@ mod tests {
         m.state_local_copies.with_label_values(&["written"]).inc();
         m.state_restores.with_label_values(&["restored"]).inc();
         m.consumer_lag.with_label_values(&["transfers", "0"]).set(3);
-        m.observe_in_force(&RuleSet::empty(), None);
+        let rule = "[[rule]]\nid = \"R\"\nlabel = \"l\"\ndescription = \"d\"\nwhen = \"payee in mules\"\n\
+                    action = \"hold\"\nverify = \"ars\"\nreason = \"R\"\n";
+        let lists = "088-1\n088-2 expires=2020-01-01\n088-3 added=2999-01-01\n";
+        m.observe_in_force(&RuleSet::from_files(&[("r.toml", rule), ("lists/mules.txt", lists)]).unwrap(), None);
         m.model_info.with_label_values(&["m-1"]).set(1);
         let text = m.encode();
         for name in ALL_NAMES {
@@ -784,6 +843,11 @@ mod tests {
         }
         assert_eq!(sample(&text, r#"fds_events_consumed_total{topic="transfers"}"#).as_deref(), Some("1"));
         assert_eq!(sample(&text, r#"fds_rule_fired_total{rule="NEW_PAYEE",shadow="false"}"#).as_deref(), Some("1"));
+        assert_eq!(sample(&text, r#"fds_list_entries{list="mules"}"#).as_deref(), Some("3"));
+        assert_eq!(sample(&text, r#"fds_list_entries_expired{list="mules"}"#).as_deref(), Some("1"));
+        // A rule set without the list removes its series.
+        m.observe_in_force(&RuleSet::empty(), None);
+        assert_eq!(sample(&m.encode(), r#"fds_list_entries{list="mules"}"#), None);
     }
 
     #[test]

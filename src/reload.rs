@@ -35,6 +35,18 @@ pub trait Reloadable: Sized + Send + Sync + 'static {
     /// Two loads with the same key are the same: nothing to swap. Also what
     /// the reload is logged under.
     fn reload_key(&self) -> &str;
+    /// Log a new version swapped in for `previous` (`None`: nothing was
+    /// loaded before).
+    fn log_applied(&self, previous: Option<&Self>, path: &Path) {
+        info!(
+            kind = Self::KIND,
+            path = %path.display(),
+            version = self.reload_key(),
+            previous = previous.map_or("none", Reloadable::reload_key),
+            "{} reloaded",
+            Self::KIND
+        );
+    }
     /// Log why a load was refused (the running version stays).
     fn log_rejection(error: &Self::Error, path: &Path, running: &str) {
         warn!(kind = Self::KIND, path = %path.display(), error = %error, running, "reload rejected; keeping the running version");
@@ -43,16 +55,17 @@ pub trait Reloadable: Sized + Send + Sync + 'static {
 
 /// Where the running version lives: read by the hot path, written here.
 pub trait Slot<T>: Send + Sync + 'static {
-    /// The running version's [`Reloadable::reload_key`], logged and compared
-    /// with a new load's to skip an unchanged one (`None`: nothing loaded yet).
-    fn running_version(&self) -> Option<String>;
+    /// The running version, compared with a new load by its
+    /// [`Reloadable::reload_key`] to skip an unchanged one, and named in the
+    /// logs (`None`: nothing loaded yet).
+    fn running(&self) -> Option<Arc<T>>;
     /// Swap `new` in for every later reader.
     fn put(&self, new: Arc<T>);
 }
 
 impl<T: Reloadable> Slot<T> for ArcSwap<T> {
-    fn running_version(&self) -> Option<String> {
-        Some(self.load().reload_key().to_owned())
+    fn running(&self) -> Option<Arc<T>> {
+        Some(self.load_full())
     }
     fn put(&self, new: Arc<T>) {
         self.store(new);
@@ -60,8 +73,8 @@ impl<T: Reloadable> Slot<T> for ArcSwap<T> {
 }
 
 impl<T: Reloadable> Slot<T> for ArcSwapOption<T> {
-    fn running_version(&self) -> Option<String> {
-        self.load().as_deref().map(|t| t.reload_key().to_owned())
+    fn running(&self) -> Option<Arc<T>> {
+        self.load_full()
     }
     fn put(&self, new: Arc<T>) {
         self.store(Some(new));
@@ -93,23 +106,17 @@ pub enum WatchError {
 /// Meant for one reloader at a time (the watcher, or a manual trigger while
 /// no watcher runs): two concurrent reloads may finish in either order.
 pub fn reload_now<T: Reloadable, S: Slot<T> + ?Sized>(path: &Path, slot: &S) -> Result<bool, T::Error> {
-    let running = slot.running_version();
+    let running = slot.running();
+    let running = running.as_deref();
     match T::load(path) {
-        Ok(new) if Some(new.reload_key()) == running.as_deref() => Ok(false),
+        Ok(new) if Some(new.reload_key()) == running.map(Reloadable::reload_key) => Ok(false),
         Ok(new) => {
-            info!(
-                kind = T::KIND,
-                path = %path.display(),
-                version = new.reload_key(),
-                previous = running.as_deref().unwrap_or("none"),
-                "{} reloaded",
-                T::KIND
-            );
+            new.log_applied(running, path);
             slot.put(Arc::new(new));
             Ok(true)
         }
         Err(e) => {
-            T::log_rejection(&e, path, running.as_deref().unwrap_or("none"));
+            T::log_rejection(&e, path, running.map_or("none", Reloadable::reload_key));
             Err(e)
         }
     }

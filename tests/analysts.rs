@@ -252,3 +252,53 @@ fn promoting_a_shadow_rule_shows_what_it_would_have_held() {
     ]);
     assert!(text(&out).contains("rule `LARGE_NEW_PAYEE` is already live"), "{}", text(&out));
 }
+
+#[test]
+fn a_reload_logs_the_rules_added_removed_and_changed_by_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules");
+    rules_dir(&rules, "100만");
+    // Four seconds of transfers, replayed at the recorded pace: rules edited
+    // meanwhile are reloaded as `fds run` reloads them.
+    let data = dir.path().join("stream.jsonl");
+    let lines: String =
+        (0..8).map(|i| transfer(&format!("P{i}")).at(&format!("202611021400{:02}", i / 2)).json() + "\n").collect();
+    std::fs::write(&data, lines).unwrap();
+    let run = Command::new(env!("CARGO_BIN_EXE_fds"))
+        .args(["replay", "--no-model", "--pace", "1", "--rules", rules.to_str().unwrap(), data.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    // The threshold tightened (changed), the shadow rule deleted (removed), a
+    // new rule file (added).
+    rules_dir(&rules, "50만");
+    let large = std::fs::read_to_string(rules.join("large.toml")).unwrap();
+    let live_only = &large[..large.find("\n[[rule]]\nid = \"NIGHT_NEW_PAYEE\"").unwrap()];
+    std::fs::write(rules.join("large.toml"), live_only).unwrap();
+    std::fs::write(
+        rules.join("device.toml"),
+        "[[rule]]\nid = \"BLOCKED_DEVICE\"\nlabel = \"차단 기기\"\ndescription = \"d\"\nwhen = \"device in blocked_devices\"\n\
+         action = \"hold\"\nverify = \"callback\"\nreason = \"DV001\"\n",
+    )
+    .unwrap();
+    std::fs::write(rules.join("lists/blocked_devices.txt"), "PHONE-STOLEN-7\n").unwrap();
+    let out = run.wait_with_output().unwrap();
+    let printed = text(&out);
+    assert!(out.status.success(), "{printed}");
+    // The log's reload lines (the edits may land in one reload or several).
+    let log = String::from_utf8_lossy(&out.stderr);
+    let reloads: Vec<&str> = log.lines().filter(|l| l.contains("rules reloaded")).collect();
+    assert!(!reloads.is_empty(), "{printed}");
+    let all = reloads.join("\n");
+    eprintln!("{all}");
+    for named in [
+        "added [BLOCKED_DEVICE]",
+        "removed [NIGHT_NEW_PAYEE]",
+        "changed [LARGE_NEW_PAYEE]",
+        "blocked_devices 0 -> 1 entries",
+    ] {
+        assert!(all.contains(named), "{named} not in\n{all}");
+    }
+}

@@ -5,6 +5,7 @@ use std::fs;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use fds::event::EventTime;
 use fds::features::{FeatureVector, Value, F};
 use fds::rules::{
     new_handle, reload_now, watch_with, Action, Keys, Problem, RuleSet, RulesError, Verification, WatchOptions,
@@ -484,10 +485,10 @@ fn a_non_utf8_file_is_reported_where_it_breaks() {
 }
 
 #[test]
-fn list_entries_with_spaces_are_reported() {
+fn text_after_a_list_entry_that_is_not_an_attribute_is_reported_at_it() {
     let p = only_problem(&rule("A", "amount > 1", HOLD), &[("lists/mules.txt", "# mules\n088-1\n088-2 홍길동\n")]);
-    assert_eq!(at(&p), (3, 6));
-    assert_mentions(&p, "cannot contain spaces");
+    assert_eq!(at(&p), (3, 7));
+    assert_mentions(&p, "`홍길동` after the entry: one entry per line, then only key=value attributes");
 }
 
 #[test]
@@ -523,7 +524,7 @@ fn int_and_float_comparisons() {
     )]);
     let run = |amount, ratio| {
         let f = features(&[(F::AMOUNT, Value::Int(amount)), (F::AMOUNT_VS_AVG_30D, Value::Float(ratio))]);
-        fired_ids(&set, &set.evaluate(&f, &keys()).fired)
+        fired_ids(&set, &set.evaluate(&f, &keys(), EventTime(0)).fired)
     };
     assert_eq!(run(3, 3.0), ["RATIO", "INT_VS_FLOAT"]);
     assert_eq!(run(2, 2.999), Vec::<String>::new());
@@ -540,7 +541,7 @@ fn korean_unit_literals() {
     )]);
     let run = |amount| {
         let f = features(&[(F::AMOUNT, Value::Int(amount))]);
-        fired_ids(&set, &set.evaluate(&f, &keys()).fired)
+        fired_ids(&set, &set.evaluate(&f, &keys(), EventTime(0)).fired)
     };
     assert_eq!(run(2_999_999), Vec::<String>::new());
     assert_eq!(run(3_000_000), ["MAN"]);
@@ -557,7 +558,7 @@ fn and_or_not_and_parentheses() {
             (F::IS_WEEKEND, Value::Bool(weekend)),
             (F::AMOUNT, Value::Int(amount)),
         ]);
-        !set.evaluate(&f, &keys()).fired.is_empty()
+        !set.evaluate(&f, &keys(), EventTime(0)).fired.is_empty()
     };
     assert!(run(false, true, 0));
     assert!(run(false, false, 11));
@@ -584,7 +585,7 @@ fn list_membership_including_absent_device() {
         ("lists/bad_ips.txt", "10.0.0.1 # seen in case 42\n"),
     ]);
     let f = features(&[]);
-    let run = |k: Keys| fired_ids(&set, &set.evaluate(&f, &k).fired);
+    let run = |k: Keys| fired_ids(&set, &set.evaluate(&f, &k, EventTime(0)).fired);
     assert_eq!(run(keys()), ["MULE", "NOT_BLOCKED", "IP"]);
     assert_eq!(run(Keys { device: Some("D-BAD"), ip: None, ..keys() }), ["MULE", "BLOCKED"]);
     // An absent device is in no list, so `not in` holds.
@@ -598,7 +599,7 @@ fn shadow_rules_never_affect_hold_or_score() {
     let shadow_score = format!("{}shadow = true\n", rule("SHADOW_SCORE", "amount > 0", &score(1000)));
     let set = load(&[("r.toml", &[shadow_hold, rule("LIVE", "amount > 100", &score(30)), shadow_score].join("\n"))]);
     let f = features(&[(F::AMOUNT, Value::Int(500))]);
-    let out = set.evaluate(&f, &keys());
+    let out = set.evaluate(&f, &keys(), EventTime(0));
     assert_eq!(fired_ids(&set, &out.fired), ["LIVE"]);
     assert_eq!(fired_ids(&set, &out.shadow_fired), ["SHADOW_HOLD", "SHADOW_SCORE"]);
     assert_eq!(out.score, 30);
@@ -616,7 +617,7 @@ fn the_strongest_verification_wins() {
         ]
         .join("\n"),
     )]);
-    let run = |amount| set.evaluate(&features(&[(F::AMOUNT, Value::Int(amount))]), &keys()).hold;
+    let run = |amount| set.evaluate(&features(&[(F::AMOUNT, Value::Int(amount))]), &keys(), EventTime(0)).hold;
     assert_eq!(run(50), Some(Verification::Ars));
     assert_eq!(run(500), Some(Verification::Callback));
     assert_eq!(run(0), None);
@@ -628,7 +629,7 @@ fn score_threshold_comes_from_ruleset_toml() {
     let rules = [rule("S1", "amount > 0", &score(30)), rule("S2", "amount > 100", &score(30))].join("\n");
     let set = load(&[("r.toml", &rules), ("ruleset.toml", "hold_score = 60\nscore_verify = \"delay\"\n")]);
     let run = |set: &RuleSet, amount| {
-        let out = set.evaluate(&features(&[(F::AMOUNT, Value::Int(amount))]), &keys());
+        let out = set.evaluate(&features(&[(F::AMOUNT, Value::Int(amount))]), &keys(), EventTime(0));
         (out.score, out.hold)
     };
     assert_eq!(run(&set, 50), (30, None));
@@ -653,7 +654,7 @@ fn rules_run_in_file_name_order_then_position() {
         ("b.toml", &rule("B1", "amount > 0", SCORE_10)),
         ("a.toml", &format!("{}\n{}", rule("A1", "amount > 0", SCORE_10), rule("A2", "amount > 0", SCORE_10))),
     ]);
-    let out = set.evaluate(&features(&[(F::AMOUNT, Value::Int(1))]), &keys());
+    let out = set.evaluate(&features(&[(F::AMOUNT, Value::Int(1))]), &keys(), EventTime(0));
     assert_eq!(fired_ids(&set, &out.fired), ["A1", "A2", "B1"]);
     assert_eq!(out.fired.as_slice(), &[0, 1, 2]);
 }
@@ -661,7 +662,7 @@ fn rules_run_in_file_name_order_then_position() {
 #[test]
 fn the_empty_set_fires_nothing() {
     let set = RuleSet::empty();
-    let out = set.evaluate(&features(&[(F::AMOUNT, Value::Int(1_000_000_000))]), &keys());
+    let out = set.evaluate(&features(&[(F::AMOUNT, Value::Int(1_000_000_000))]), &keys(), EventTime(0));
     assert_eq!(out, Default::default());
     assert_eq!(*set.settings(), Default::default());
 }
@@ -774,7 +775,7 @@ fn watcher_picks_up_list_changes() {
     let handle = new_handle(RuleSet::load_dir(dir.path()).expect("load"));
     let _watcher = watch_with(dir.path(), handle.clone(), fast()).expect("watch");
     let f = features(&[]);
-    let hits = || handle.load().evaluate(&f, &keys()).hold;
+    let hits = || handle.load().evaluate(&f, &keys(), EventTime(0)).hold;
     assert_eq!(hits(), None);
 
     write(dir.path(), "lists/mule_accounts.txt", "# none yet\n088-110123456789\n");

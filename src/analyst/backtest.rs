@@ -27,6 +27,7 @@ use crate::engine::{Decision, Engine};
 use crate::event::Event;
 use crate::input::Input;
 use crate::replay::{group, tx_key, Recorder, ReplayError, ReplayReport, Warmup};
+use crate::rules::RuleChanges;
 
 /// How many changed transfers of each direction the report lists.
 pub const SAMPLE_PER_DIRECTION: usize = 10;
@@ -148,6 +149,8 @@ pub struct BacktestReport {
     pub candidate: ReplayReport,
     /// Shadow rules the candidate runs live.
     pub promoted: Vec<String>,
+    /// What differs between the two rule sets, by rule id.
+    pub rule_changes: RuleChanges,
     /// Wall-clock seconds for the whole backtest.
     pub elapsed_s: f64,
     /// Events per second over `elapsed_s` (each event through both engines).
@@ -196,6 +199,7 @@ pub fn run(
     let inputs: Vec<String> = sources.iter().map(|s| s.name.clone()).collect();
     let total_bytes: u64 = sources.iter().map(|s| s.size).sum();
     let bar = crate::replay::progress_bar(opts.progress, total_bytes);
+    let rule_changes = candidate.rules().load().changes_since(&baseline.rules().load());
     let mut base = Recorder::new(inputs.clone(), baseline.rules(), baseline.model(), false, None);
     let cand = Recorder::new(inputs, candidate.rules(), candidate.model(), false, None);
     let mut changes: Vec<(u64, Change)> = Vec::new();
@@ -309,7 +313,17 @@ pub fn run(
     let baseline = base.finish(elapsed_s, baseline.state().memory())?;
     let candidate = cand.finish(elapsed_s, candidate.state().memory())?;
     let events_per_s = baseline.events as f64 / elapsed_s.max(1e-9);
-    Ok(BacktestReport { baseline, candidate, promoted, elapsed_s, events_per_s, changed, reasons_only, sample })
+    Ok(BacktestReport {
+        baseline,
+        candidate,
+        promoted,
+        rule_changes,
+        elapsed_s,
+        events_per_s,
+        changed,
+        reasons_only,
+        sample,
+    })
 }
 
 /// One record through one side: the engine, then its recorder. A refused
@@ -380,6 +394,7 @@ impl BacktestReport {
         if !self.promoted.is_empty() {
             let _ = writeln!(w, "  promoted from shadow to live: {}", self.promoted.join(", "));
         }
+        let _ = writeln!(w, "  candidate against baseline: {}", self.rule_changes);
         let _ = writeln!(
             w,
             "  events {} (transfers {}, context {}, labels {}), bad lines {}; {:.2} s, {:.0} events/s through both",

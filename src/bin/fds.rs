@@ -1101,12 +1101,22 @@ fn rules_check(dir: &Path) -> Result<()> {
         Ok(set) => {
             let shadow = set.rules().iter().filter(|r| r.shadow()).count();
             println!(
-                "{}: {} rules ({} shadow), version {}: OK",
+                "{}: {} rules ({} shadow), version {}, read in {:.0} ms: OK",
                 dir.display(),
                 set.rules().len(),
                 shadow,
-                set.version()
+                set.version(),
+                set.load_time().as_secs_f64() * 1000.0
             );
+            // Entries are matched by each transfer's event time; "now" here is
+            // the wall clock, for pruning and for entries added ahead.
+            let now = fds::event::EventTime(chrono::Utc::now().timestamp_millis());
+            for (name, c) in set.list_counts_at(now) {
+                println!(
+                    "  lists/{name}.txt: {} entries; now {} in force, {} expired, {} not yet in force",
+                    c.entries, c.in_force, c.expired, c.pending
+                );
+            }
             Ok(())
         }
         Err(e) => {

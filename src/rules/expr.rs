@@ -10,10 +10,9 @@
 //! Errors are positioned by byte offset *within the condition text*; the loader
 //! maps them back to the file.
 
-use std::collections::HashSet;
-
 use crate::features::{self, FeatureType, FeatureVector, Value};
 
+use super::lists::List;
 use super::Keys;
 
 /// Deepest nesting accepted. Compilation and evaluation recurse over the
@@ -595,35 +594,12 @@ impl KeyField {
     }
 }
 
-/// A named set of strings from `lists/<name>.txt`.
-#[derive(Debug, Clone)]
-pub(crate) struct List {
-    name: String,
-    // ahash: fast on short keys and resistant to crafted collisions, since the
-    // looked-up values come from transfer requests.
-    entries: HashSet<Box<str>, ahash::RandomState>,
-}
-
-impl List {
-    pub(crate) fn new(name: String, entries: impl IntoIterator<Item = String>) -> List {
-        List { name, entries: entries.into_iter().map(String::into_boxed_str).collect() }
-    }
-    pub(crate) fn name(&self) -> &str {
-        &self.name
-    }
-    pub(crate) fn len(&self) -> usize {
-        self.entries.len()
-    }
-    #[inline]
-    pub(crate) fn contains(&self, key: &str) -> bool {
-        self.entries.contains(key)
-    }
-}
-
-/// What evaluation reads: one transfer's features and keys, and the lists.
+/// What evaluation reads: one transfer's features, keys and event time (list
+/// entries are in force for a span of event time), and the lists.
 pub(crate) struct EvalCx<'a> {
     pub features: &'a FeatureVector,
     pub keys: &'a Keys<'a>,
+    pub at_ms: i64,
     pub lists: &'a [List],
 }
 
@@ -756,7 +732,7 @@ impl BoolExpr {
             BoolExpr::InList { key, list, negate } => {
                 // An absent device or IP is in no list.
                 let found = match (key.get(cx.keys), cx.lists.get(usize::from(*list))) {
-                    (Some(k), Some(l)) => l.contains(k),
+                    (Some(k), Some(l)) => l.contains(k, cx.at_ms),
                     _ => false,
                 };
                 found != *negate
@@ -1197,7 +1173,7 @@ mod tests {
     fn eval(src: &str, f: &FeatureVector) -> bool {
         let l = [List::new("blocked_devices".into(), ["D9".to_string()]), List::new("mule_accounts".into(), [])];
         let k = keys();
-        compile_ok(src).eval(&EvalCx { features: f, keys: &k, lists: &l })
+        compile_ok(src).eval(&EvalCx { features: f, keys: &k, at_ms: 0, lists: &l })
     }
 
     fn int_literal(src: &str) -> Result<i64, ExprError> {
@@ -1317,7 +1293,7 @@ mod tests {
         let ne = compile_ok("device not in blocked_devices");
         let run = |e: &BoolExpr, device| {
             let k = Keys { device, ..keys() };
-            e.eval(&EvalCx { features: &f, keys: &k, lists: &l })
+            e.eval(&EvalCx { features: &f, keys: &k, at_ms: 0, lists: &l })
         };
         assert!(run(&e, Some("D9")));
         assert!(!run(&e, Some("D1")));
@@ -1449,7 +1425,7 @@ mod tests {
                 match compile(&s, &lists()) {
                     Ok(e) => {
                         let (f, k) = (vector(&[]), keys());
-                        e.eval(&EvalCx { features: &f, keys: &k, lists: &[] });
+                        e.eval(&EvalCx { features: &f, keys: &k, at_ms: 0, lists: &[] });
                     }
                     Err(errors) => {
                         assert!(!errors.is_empty());

@@ -16,7 +16,8 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use toml::Spanned;
 
-use super::expr::{self, did_you_mean, List};
+use super::expr::{self, did_you_mean};
+use super::lists::{self, List};
 use super::source::{line_col, StringMap};
 use super::{Action, Compiled, Problem, Rule, RuleSet, RulesError, Settings, Verification, MAX_RULE_SCORE};
 
@@ -28,10 +29,6 @@ const LISTS_DIR: &str = "lists";
 const MAX_RULE_FILE_BYTES: u64 = 1 << 20;
 /// Largest list file: two million entries of the longest payee key.
 const MAX_LIST_FILE_BYTES: u64 = 64 << 20;
-/// Longest list entry: the longest value a list is matched against (a device
-/// id; accounts, payee keys and IP addresses are shorter), so a longer entry
-/// could never match anything.
-const MAX_LIST_ENTRY_BYTES: usize = crate::event::MAX_DEVICE_ID_BYTES;
 
 const RULE_KEYS: [&str; 9] = ["id", "label", "description", "when", "action", "verify", "score", "reason", "shadow"];
 
@@ -49,7 +46,10 @@ pub(crate) struct SourceFile {
 }
 
 pub(crate) fn load_dir(dir: &Path) -> Result<RuleSet, RulesError> {
-    build(read_dir_files(dir)?)
+    let started = std::time::Instant::now();
+    let mut set = build(read_dir_files(dir)?)?;
+    set.load_time = started.elapsed();
+    Ok(set)
 }
 
 /// [`load_dir`] with lines added to some lists, for a rule test that needs
@@ -287,9 +287,11 @@ fn build(mut files: Vec<SourceFile>) -> Result<RuleSet, RulesError> {
             // A list with a bad name or bad content still counts as existing,
             // so rules using it are not also reported as naming a missing list.
             FileRole::List(name) => {
-                let entries =
-                    text.as_deref().map(|t| parse_list(&file_cx(file, t), name, &mut problems)).unwrap_or_default();
-                lists.push(List::new(name.to_string(), entries));
+                let list = match text.as_deref() {
+                    Some(t) => parse_list(&file_cx(file, t), name, &mut problems),
+                    None => List::new(name.to_string(), Vec::new()),
+                };
+                lists.push(list);
             }
             FileRole::Unknown => problems.push(file_cx(file, "").problem(
                 0,
@@ -317,7 +319,7 @@ fn build(mut files: Vec<SourceFile>) -> Result<RuleSet, RulesError> {
         return Err(RulesError::Invalid { problems });
     }
     let (rules, compiled) = drafts.into_iter().map(|d| (d.rule, d.compiled)).unzip();
-    Ok(RuleSet { version, rules, compiled, lists, settings })
+    Ok(RuleSet { version, rules, compiled, lists, settings, load_time: std::time::Duration::ZERO })
 }
 
 /// Ids are unique across the directory; name both places so the analyst can
@@ -384,8 +386,9 @@ fn is_list_name(name: &str) -> bool {
     !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
-/// One entry per line; `#` starts a comment; blank lines are skipped.
-fn parse_list(cx: &FileCx<'_>, name: &str, problems: &mut Vec<Problem>) -> Vec<String> {
+/// A list file (see [`super::lists`] for the format): problems positioned in
+/// the file, the list's name checked.
+fn parse_list(cx: &FileCx<'_>, name: &str, problems: &mut Vec<Problem>) -> List {
     if !is_list_name(name) {
         let fixed: String =
             name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
@@ -394,44 +397,8 @@ fn parse_list(cx: &FileCx<'_>, name: &str, problems: &mut Vec<Problem>) -> Vec<S
             format!("list file name `{name}.txt` may use only a-z, 0-9 and `_`; rename it, e.g. to `{fixed}.txt`"),
         ));
     }
-    let mut entries = Vec::new();
-    let mut line_start = 0;
-    for line in cx.text.split('\n') {
-        let content = line.split('#').next().unwrap_or("");
-        let entry = content.trim();
-        let entry_at = line_start + (content.len() - content.trim_start().len());
-        if entry.len() > MAX_LIST_ENTRY_BYTES {
-            problems.push(cx.problem(
-                entry_at,
-                format!(
-                    "a list entry of {} bytes: nothing it could match is longer than {MAX_LIST_ENTRY_BYTES} bytes",
-                    entry.len()
-                ),
-            ));
-        } else if let Some(space) = entry.find(char::is_whitespace) {
-            problems.push(cx.problem(
-                entry_at + space,
-                format!("a list entry cannot contain spaces: `{entry}` (one entry per line)"),
-            ));
-        } else if !entry.is_empty() {
-            entries.push(normalize_entry(entry));
-        }
-        line_start += line.len() + 1;
-    }
-    entries
-}
-
-/// A payee entry (`BANK-ACCOUNT`, three-digit bank code) is stored the way the
-/// engine keys payees, without the account number's hyphens, so analysts can
-/// paste `088-110-123-456789` as printed on a report. Other entries (devices,
-/// accounts, IPs) are kept as written.
-fn normalize_entry(entry: &str) -> String {
-    match entry.split_once('-') {
-        Some((bank, account)) if bank.len() == 3 && bank.bytes().all(|b| b.is_ascii_digit()) => {
-            crate::event::payee_key(bank, account)
-        }
-        _ => entry.to_string(),
-    }
+    let lines = lists::parse(cx.text, &mut |offset, message| problems.push(cx.problem(offset, message)));
+    List::with_windows(name.to_string(), lines)
 }
 
 // ---------------------------------------------------------------- rule files
@@ -748,14 +715,6 @@ reason = "X1"
 "#;
 
     #[test]
-    fn payee_entries_drop_account_hyphens_like_the_engine_does() {
-        assert_eq!(normalize_entry("088-110-123-456789"), "088-110123456789");
-        assert_eq!(normalize_entry("088-110123456789"), "088-110123456789");
-        assert_eq!(normalize_entry("D-1234"), "D-1234");
-        assert_eq!(normalize_entry("10.0.0.1"), "10.0.0.1");
-    }
-
-    #[test]
     fn list_files_strip_comments_blanks_and_whitespace() {
         let set = RuleSet::from_files(&[
             ("r.toml", RULE),
@@ -763,7 +722,11 @@ reason = "X1"
         ])
         .unwrap();
         assert_eq!(set.lists().collect::<Vec<_>>(), vec![("mules", 2)]);
-        assert!(set.lists[0].contains("088-1") && set.lists[0].contains("088-2") && !set.lists[0].contains("088-3"));
+        assert!(
+            set.lists[0].contains("088-1", 0)
+                && set.lists[0].contains("088-2", 0)
+                && !set.lists[0].contains("088-3", 0)
+        );
     }
 
     #[test]
@@ -776,10 +739,11 @@ reason = "X1"
     }
 
     #[test]
-    fn list_entries_with_spaces_are_refused_at_the_space() {
+    fn text_after_an_entry_that_is_not_an_attribute_is_refused_at_it() {
         let err = RuleSet::from_files(&[("r.toml", RULE), ("lists/mules.txt", "088-1\n  088 2\n")]).unwrap_err();
         let p = &err.problems()[0];
-        assert_eq!((p.line, p.column), (2, 6));
+        assert_eq!((p.line, p.column), (2, 7));
+        assert!(p.message.contains("`2` after the entry: one entry per line"), "{}", p.message);
     }
 
     #[test]

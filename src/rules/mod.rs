@@ -49,7 +49,10 @@
 //! - `ruleset.toml` (optional): `hold_score` (default 100) and `score_verify`
 //!   (default `"ars"`).
 //! - `lists/<name>.txt` (`<name>` is `[a-z0-9_]+`): one entry per line, `#`
-//!   starts a comment, blank lines are skipped, whitespace is trimmed.
+//!   starts a comment, blank lines are skipped, whitespace is trimmed. After
+//!   the entry, optional `added=`, `expires=` (KST dates or times), `source=`
+//!   and `by=`: an entry is matched only while in force, by the transfer's
+//!   event time (see the `lists` module).
 //!
 //! Hidden files (editor swap and lock files) are never read, and neither are
 //! other subdirectories: `tests/` holds the rule tests
@@ -79,7 +82,9 @@
 //! history reads as 0, not infinity). `==`/`!=` also compare two bools.
 //! `and`/`or` short-circuit.
 
+mod changes;
 mod expr;
+mod lists;
 mod load;
 #[cfg(test)]
 mod props;
@@ -92,9 +97,12 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
+use crate::event::EventTime;
 use crate::features::FeatureVector;
 
+pub use changes::RuleChanges;
 pub use expr::ExprError;
+pub use lists::ListCounts;
 pub(crate) use source::line_col;
 pub use watch::{new_handle, reload_now, watch, watch_with, ReloadStatus, RuleWatcher, RulesHandle, WatchOptions};
 
@@ -257,8 +265,12 @@ pub struct RuleSet {
     /// Parallel to `rules`: only what evaluation touches, kept small and
     /// contiguous for the hot loop.
     compiled: Vec<Compiled>,
-    lists: Vec<expr::List>,
+    lists: Vec<lists::List>,
     settings: Settings,
+    /// How long reading and compiling the directory took (zero when built
+    /// otherwise), for `fds_rules_load_seconds`: a list of a million entries
+    /// should load in well under a second.
+    load_time: std::time::Duration,
 }
 
 /// The hot-path half of a rule.
@@ -304,6 +316,7 @@ impl RuleSet {
             compiled: Vec::new(),
             lists: Vec::new(),
             settings: Settings::default(),
+            load_time: std::time::Duration::ZERO,
         }
     }
 
@@ -311,6 +324,11 @@ impl RuleSet {
     /// files (relative names and contents, sorted by name).
     pub fn version(&self) -> &str {
         &self.version
+    }
+
+    /// How long [`RuleSet::load_dir`] took to read and compile it.
+    pub fn load_time(&self) -> std::time::Duration {
+        self.load_time
     }
 
     /// All rules, live and shadow, in load order (files by name, then position).
@@ -340,6 +358,7 @@ impl RuleSet {
             compiled: self.compiled.clone(),
             lists: self.lists.clone(),
             settings: self.settings,
+            load_time: self.load_time,
         };
         let mut problems = Vec::new();
         for id in ids {
@@ -366,9 +385,18 @@ impl RuleSet {
         }
     }
 
-    /// Evaluate every rule against one transfer.
-    pub fn evaluate(&self, features: &FeatureVector, keys: &Keys<'_>) -> RuleOutcome {
-        let cx = expr::EvalCx { features, keys, lists: &self.lists };
+    /// Each list with how many of its entries are in force, over and still
+    /// to come at `at` (for `fds rules check` and the metrics: matching itself
+    /// goes by each transfer's event time).
+    pub fn list_counts_at(&self, at: EventTime) -> impl Iterator<Item = (&str, ListCounts)> + '_ {
+        self.lists.iter().map(move |l| (l.name(), l.counts_at(at.millis())))
+    }
+
+    /// Evaluate every rule against one transfer made at `at` (its event time:
+    /// list entries are matched only while in force, so a replay matches as
+    /// live did).
+    pub fn evaluate(&self, features: &FeatureVector, keys: &Keys<'_>, at: EventTime) -> RuleOutcome {
+        let cx = expr::EvalCx { features, keys, at_ms: at.millis(), lists: &self.lists };
         let mut out = RuleOutcome::default();
         let mut hold: Option<Verification> = None;
         for (i, rule) in self.compiled.iter().enumerate() {

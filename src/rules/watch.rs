@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use tracing::warn;
+use tracing::{info, warn};
 
 use super::{Problem, RuleSet, RulesError};
 use crate::reload::{self, Reloadable, WatchError};
@@ -31,6 +31,20 @@ impl Reloadable for RuleSet {
     }
     fn reload_key(&self) -> &str {
         RuleSet::version(self)
+    }
+    /// Names what changed, by rule id, so an analyst's edit is visible in the
+    /// log without diffing files.
+    fn log_applied(&self, previous: Option<&RuleSet>, path: &Path) {
+        let empty = RuleSet::empty();
+        let changes = self.changes_since(previous.unwrap_or(&empty));
+        info!(
+            dir = %path.display(),
+            version = self.version(),
+            previous = previous.map_or("none", RuleSet::version),
+            rules = self.rules().len(),
+            %changes,
+            "rules reloaded"
+        );
     }
     fn log_rejection(error: &RulesError, path: &Path, running: &str) {
         match error {
