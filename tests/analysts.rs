@@ -302,3 +302,40 @@ fn a_reload_logs_the_rules_added_removed_and_changed_by_id() {
         assert!(all.contains(named), "{named} not in\n{all}");
     }
 }
+
+#[test]
+fn each_side_of_a_backtest_decides_exactly_as_a_replay_of_its_rules_alone() {
+    // The demo stream through the shipped rules and a draft that lowers
+    // MULE_FAN_IN's amount: each side's decisions digest is the one `fds
+    // replay` gives for that rule set, so the sides do not share state.
+    let dir = tempfile::tempdir().unwrap();
+    let draft = dir.path().join("draft");
+    std::fs::create_dir_all(draft.join("lists")).unwrap();
+    for entry in std::fs::read_dir("rules").unwrap().chain(std::fs::read_dir("rules/lists").unwrap()) {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            let rel = path.strip_prefix("rules").unwrap();
+            std::fs::copy(&path, draft.join(rel)).unwrap();
+        }
+    }
+    let mule = std::fs::read_to_string(draft.join("mule.toml")).unwrap();
+    let lowered = mule.replace("not purpose_payment and amount >= 30만\"", "not purpose_payment and amount >= 10만\"");
+    assert_ne!(lowered, mule, "the draft changes a rule");
+    std::fs::write(draft.join("mule.toml"), lowered).unwrap();
+    let json = |args: &[&str]| -> serde_json::Value {
+        let out = fds(args);
+        assert!(out.status.success(), "{}", text(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let demo = "replay-data/demo.jsonl.gz";
+    let draft = draft.to_str().unwrap();
+    let report = json(&["backtest", "--json", "--warmup-days", "2", "--candidate", draft, demo]);
+    let baseline = json(&["replay", "--json", "--warmup-days", "2", demo]);
+    let candidate = json(&["replay", "--json", "--warmup-days", "2", "--rules", draft, demo]);
+    assert_eq!(report["baseline"]["decisions_digest"], baseline["decisions_digest"]);
+    assert_eq!(report["candidate"]["decisions_digest"], candidate["decisions_digest"]);
+    assert_ne!(baseline["decisions_digest"], candidate["decisions_digest"]);
+    assert_eq!(report["baseline"]["hold"], baseline["hold"]);
+    assert_eq!(report["candidate"]["quality"], candidate["quality"]);
+    assert_eq!(report["rule_changes"]["changed"], serde_json::json!(["MULE_FAN_IN"]));
+}
