@@ -16,11 +16,13 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use crate::engine::Engine;
 use crate::event::{Event, EventTime, LabelStatus};
 use crate::features::{FeatureVector, N_FEATURES, SCHEMA};
 use crate::input::Input;
+use crate::replay::Warmup;
 
 /// Why rows could not be collected.
 #[allow(missing_docs)] // each variant's #[error] text is its documentation and names its fields
@@ -132,7 +134,7 @@ impl Selection {
 pub fn collect(engine: &Engine, sources: Vec<Input>, selection: Selection) -> Result<Collected, DatasetError> {
     let files: Vec<PathBuf> = sources.iter().map(|s| PathBuf::from(&s.name)).collect();
     let mut out = Collected::default();
-    let mut warm_until: Option<EventTime> = None;
+    let mut warmup = Warmup::new(Duration::from_millis(u64::try_from(selection.warmup_ms).unwrap_or(0)));
     'sources: for src in sources {
         // In the order live scoring sees them, as the replay does.
         for item in crate::input::order::in_order(src.events, 1) {
@@ -143,8 +145,7 @@ pub fn collect(engine: &Engine, sources: Vec<Input>, selection: Selection) -> Re
             if selection.stop_at.is_some_and(|s| event.time() >= s) {
                 break 'sources;
             }
-            let warm_until =
-                *warm_until.get_or_insert(EventTime(event.time().millis().saturating_add(selection.warmup_ms)));
+            let counted = warmup.counts(&event);
             let scored = match engine.process(&event) {
                 Ok(s) => s,
                 Err(_) => {
@@ -162,7 +163,7 @@ pub fn collect(engine: &Engine, sources: Vec<Input>, selection: Selection) -> Re
                 }
                 (Event::Transfer(t), Some(scored)) => {
                     out.transfers += 1;
-                    if t.tran_dtime >= warm_until && selection.keeps(t.tran_dtime) {
+                    if counted && selection.keeps(t.tran_dtime) {
                         let features = finite(&t.bank_tran_id, &scored.features)?;
                         out.first.get_or_insert(t.tran_dtime);
                         out.last = Some(t.tran_dtime);

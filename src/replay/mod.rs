@@ -278,7 +278,8 @@ pub fn run_instances(
 }
 
 /// The warm-up: the first stretch of event time, from the first event on,
-/// whose transfers only build state.
+/// whose transfers only build state. Replays, backtests and the training
+/// data (`model::dataset`) all count from it alike.
 pub(crate) struct Warmup {
     length_ms: i64,
     until_ms: Option<i64>,
