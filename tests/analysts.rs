@@ -3,24 +3,16 @@
 //! (`fds backtest`). Rules and cases are analyst-written files; the streams
 //! come from the event builders.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
 use fds::event::build::{label, transfer};
 use fds::event::Event;
 
-fn fds(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_fds"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("fds runs")
-}
-
-fn text(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
-}
+use support::{fds, printed as text};
 
 /// A hold rule on large transfers to new payees, at `threshold`, and a
 /// shadow score rule on any transfer to a new payee at night.

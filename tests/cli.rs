@@ -1,14 +1,8 @@
 //! The `fds` command as a user runs it.
 
-use std::process::Command;
+mod support;
 
-fn fds(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_fds"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("fds runs")
-}
+use support::fds;
 
 #[test]
 fn rules_check_accepts_the_shipped_rules_and_rejects_a_bad_file_with_positions() {

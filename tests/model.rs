@@ -6,7 +6,7 @@ mod support;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use fds::engine::Engine;
 use fds::event::{build, Event, EventTime, LabelStatus};
@@ -16,13 +16,7 @@ use fds::model::dataset::{self, Selection};
 use fds::model::{Model, ModelError, CARD_FILE, MODEL_FILE};
 use fds::rules::RuleSet;
 
-fn fds(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_fds"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("fds runs")
-}
+use support::fds;
 
 fn ok(out: &Output) -> String {
     assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));

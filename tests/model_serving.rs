@@ -2,6 +2,8 @@
 //! reasons, and is hot-reloaded (a bad model directory leaves the running model
 //! in force). Training and model files themselves are in `tests/model.rs`.
 
+mod support;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,6 +13,8 @@ use fds::event::{build, Event};
 use fds::features::{Value, F, MINUTES_CAP};
 use fds::model::{self, Forest, Model, Scorer, LEAF};
 use fds::rules::{RuleSet, Verification};
+
+use support::fds;
 
 fn transfer(id: &str, time: &str, amount: i64, payee: &str) -> Event {
     build::transfer(id).at(time).amount(amount).payee("088", payee).device("D1").ip("10.0.0.1").build()
@@ -165,10 +169,6 @@ fn a_retrained_model_is_swapped_in_and_a_broken_one_is_refused() {
     assert!(Arc::ptr_eq(&running, &handle.load_full().unwrap()), "the running model was kept");
     let d = score(&engine, &transfer("T2", "20261102100500", 3_000_000, "3")).decision;
     assert_eq!(d.outcome, Outcome::Hold, "still scored by the running model (0.9 >= 0.85)");
-}
-
-fn fds(args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_fds")).args(args).output().unwrap()
 }
 
 #[test]

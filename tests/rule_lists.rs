@@ -2,19 +2,14 @@
 //! force by event time in a replay, and a malformed line refused with its
 //! position by `fds rules check`.
 
+mod support;
+
 use std::path::Path;
-use std::process::{Command, Output};
 
 use fds::event::build::transfer;
 use fds::event::Event;
 
-fn fds(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_fds")).args(args).output().expect("fds runs")
-}
-
-fn text(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
-}
+use support::{fds, printed as text};
 
 fn rules_dir(dir: &Path, mules: &str) {
     std::fs::create_dir_all(dir.join("lists")).unwrap();

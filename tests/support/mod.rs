@@ -1,5 +1,6 @@
-//! Shared by the pipeline tests: a small labelled stream, a producer playing
-//! the transfer API, a reader of the output topics, and the pipeline run on a
+//! Shared by the integration tests: the `fds` command run as a user runs it,
+//! and for the pipeline tests a small labelled stream, a producer playing the
+//! transfer API, a reader of the output topics, and the pipeline run on a
 //! thread of the test.
 
 #![allow(dead_code)]
@@ -25,6 +26,21 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, ThreadedProducer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+/// Run the `fds` command from the repository root, as the README does, and
+/// wait for it.
+pub fn fds(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_fds"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("fds runs")
+}
+
+/// What a command printed, standard output then standard error.
+pub fn printed(out: &std::process::Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
 
 /// The handbook's data set beside the repository, where CI lays it out
 /// ([`fds::input::handbook::DATA_PATH`]). On a machine without it the test
