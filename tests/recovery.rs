@@ -65,7 +65,7 @@ fn bad_changelog_records_are_refused_one_by_one_and_the_rest_restored() {
     let brokers = broker.bootstrap_servers();
     let tamper = || {
         let mut state = Reader::new(&brokers, &topics.state);
-        state.drain(Duration::from_secs(2));
+        assert!(state.read_to_end(Duration::from_secs(60)), "the changelog read to its end");
         let checkpoint = |r: &Record| r.header("fds-checkpoint").and_then(|h| h.parse::<u64>().ok());
         let marker = state.records.iter().rev().find(|r| r.key == b"@checkpoint").expect("a checkpoint was written");
         let marker = marker.json();
@@ -182,7 +182,7 @@ fn a_graceful_restart_reads_the_local_copy_and_a_full_disk_leaves_the_previous_o
 
     // What the changelog holds when the third run starts.
     let mut state = Reader::new(&brokers, &topics.state);
-    state.drain(Duration::from_secs(2));
+    assert!(state.read_to_end(Duration::from_secs(60)), "the changelog read to its end");
     let in_topic: usize = state.records.iter().map(|r| r.payload.len()).sum();
     let m = run(2 * third..events.len(), &|| {});
     assert_eq!(

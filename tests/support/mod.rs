@@ -154,6 +154,7 @@ impl Record {
 /// Reads a whole topic from the beginning, without a consumer group.
 pub struct Reader {
     consumer: BaseConsumer,
+    topic: String,
     pub records: Vec<Record>,
 }
 
@@ -169,7 +170,46 @@ impl Reader {
             tpl.add_partition_offset(topic, p.id(), Offset::Beginning).unwrap();
         }
         consumer.assign(&tpl).unwrap();
-        Reader { consumer, records: Vec::new() }
+        Reader { consumer, topic: topic.to_owned(), records: Vec::new() }
+    }
+
+    /// Read until every partition is read to the end it has now, or
+    /// `timeout` passes; returns whether it was. What a test takes as the
+    /// whole topic (a changelog to tamper with, its size): reading for a
+    /// fixed time instead returns only part of it on a busy host.
+    pub fn read_to_end(&mut self, timeout: Duration) -> bool {
+        let md = self.consumer.fetch_metadata(Some(&self.topic), Duration::from_secs(10)).unwrap();
+        let ends: Vec<(i32, i64, i64)> = md.topics()[0]
+            .partitions()
+            .iter()
+            .map(|p| {
+                let (low, high) = self.consumer.fetch_watermarks(&self.topic, p.id(), Duration::from_secs(10)).unwrap();
+                (p.id(), low, high)
+            })
+            .collect();
+        let start = Instant::now();
+        loop {
+            let position = self.consumer.position().unwrap();
+            let at_end = ends.iter().all(|&(p, low, end)| {
+                low >= end
+                    || position
+                        .find_partition(&self.topic, p)
+                        .and_then(|tp| match tp.offset() {
+                            Offset::Offset(o) => Some(o >= end),
+                            _ => None,
+                        })
+                        .unwrap_or(false)
+            });
+            if at_end {
+                return true;
+            }
+            if start.elapsed() > timeout {
+                return false;
+            }
+            let left = timeout.saturating_sub(start.elapsed()).min(Duration::from_millis(500));
+            let before = self.records.len();
+            self.read_until(left, |r| r.len() > before);
+        }
     }
 
     /// Read until `done(records)` holds or `timeout` passes; returns whether it held.
