@@ -246,6 +246,9 @@ pub fn watch<T: Reloadable, S: Slot<T>>(
     })
     .map_err(watch_err)?;
     watcher.watch(watch_root, RecursiveMode::Recursive).map_err(watch_err)?;
+    // From here on an edit is seen: operators (and tests) wait for this line
+    // before they count on a change being picked up.
+    info!(kind = T::KIND, dir = %watch_root.display(), "watching for changes");
 
     let status = Arc::new(Mutex::new(ReloadStatus::default()));
     record(&status, reload_now::<T, S>(path, &slot));

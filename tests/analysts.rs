@@ -256,13 +256,29 @@ fn a_reload_logs_the_rules_added_removed_and_changed_by_id() {
     let lines: String =
         (0..8).map(|i| transfer(&format!("P{i}")).at(&format!("202611021400{:02}", i / 2)).json() + "\n").collect();
     std::fs::write(&data, lines).unwrap();
-    let run = Command::new(env!("CARGO_BIN_EXE_fds"))
+    let mut run = Command::new(env!("CARGO_BIN_EXE_fds"))
         .args(["replay", "--no-model", "--pace", "1", "--rules", rules.to_str().unwrap(), data.to_str().unwrap()])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(1200));
+    // The edits are made once the replay watches the directory (it says so),
+    // however long a busy host takes to start it.
+    let (watching, watched) = std::sync::mpsc::channel();
+    let stderr = std::io::BufReader::new(run.stderr.take().unwrap());
+    let log = std::thread::spawn(move || {
+        let mut log = String::new();
+        for line in std::io::BufRead::lines(stderr) {
+            let line = line.unwrap();
+            if line.contains("watching for changes") {
+                let _ = watching.send(());
+            }
+            log.push_str(&line);
+            log.push('\n');
+        }
+        log
+    });
+    assert!(watched.recv_timeout(std::time::Duration::from_secs(60)).is_ok(), "the replay never watched the rules");
     // The threshold tightened (changed), the shadow rule deleted (removed), a
     // new rule file (added).
     rules_dir(&rules, "50만");
@@ -277,10 +293,10 @@ fn a_reload_logs_the_rules_added_removed_and_changed_by_id() {
     .unwrap();
     std::fs::write(rules.join("lists/blocked_devices.txt"), "PHONE-STOLEN-7\n").unwrap();
     let out = run.wait_with_output().unwrap();
-    let printed = text(&out);
+    let log = log.join().unwrap();
+    let printed = format!("{}{log}", String::from_utf8_lossy(&out.stdout));
     assert!(out.status.success(), "{printed}");
     // The log's reload lines (the edits may land in one reload or several).
-    let log = String::from_utf8_lossy(&out.stderr);
     let reloads: Vec<&str> = log.lines().filter(|l| l.contains("rules reloaded")).collect();
     assert!(!reloads.is_empty(), "{printed}");
     let all = reloads.join("\n");
