@@ -207,9 +207,12 @@ pub fn run(
     let mut warmup = Warmup::new(opts.warmup);
     let limit = opts.limit.unwrap_or(u64::MAX);
     let started = Instant::now();
-    let (to_candidate, batches) = std::sync::mpsc::sync_channel::<(String, Arc<Vec<Item>>)>(2);
-    let (to_main, decided) = std::sync::mpsc::sync_channel::<Decided>(2);
     let cand = std::thread::scope(|scope| -> Result<Recorder, ReplayError> {
+        // Both ends live in this closure: whichever way it returns (a side's
+        // error included), they are dropped before the scope waits for the
+        // candidate's thread, so that thread never blocks on a full channel.
+        let (to_candidate, batches) = std::sync::mpsc::sync_channel::<(String, Arc<Vec<Item>>)>(2);
+        let (to_main, decided) = std::sync::mpsc::sync_channel::<Decided>(2);
         let worker = scope.spawn(move || -> Result<Recorder, ReplayError> {
             let mut cand = cand;
             for (file, batch) in batches {
@@ -273,9 +276,12 @@ pub fn run(
         }
         drop(to_candidate);
         for (batch, mine) in pending {
-            let theirs = decided.recv().expect("the candidate answers every batch it was sent");
+            // No answer: the candidate's side stopped on an error, which
+            // its thread returns below.
+            let Ok(theirs) = decided.recv() else { break };
             compare(&batch, &mine, &theirs, &mut changes, &mut reasons_only);
         }
+        drop(decided);
         if stopped {
             base.stopped_at_limit();
         }
