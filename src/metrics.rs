@@ -142,6 +142,9 @@ pub struct Metrics {
     /// spent at once on the last changelog checkpoint (it is written a few
     /// entities per turn, so this stays well under a millisecond).
     pub state_checkpoint_pause_seconds: Gauge,
+    /// `fds_state_checkpoint_failing`: 1 while the last checkpoint failed or
+    /// the open one is overdue (the `/readyz` warning), 0 once one is written.
+    pub state_checkpoint_failing: IntGauge,
     /// `fds_state_restores_total{result}`: restores of the state (the shared
     /// tables at start, accounts when partitions are assigned), `result` =
     /// `restored` (from the changelog), `local` (from the local copy),
@@ -420,6 +423,13 @@ impl Metrics {
                 Gauge::new(
                     "fds_state_checkpoint_pause_seconds",
                     "The longest the scoring thread spent at once on the last state checkpoint.",
+                ),
+            ),
+            state_checkpoint_failing: register(
+                r,
+                IntGauge::new(
+                    "fds_state_checkpoint_failing",
+                    "1 while state checkpoints fail or are overdue, 0 once one is written.",
                 ),
             ),
             state_restores: register(
@@ -746,7 +756,7 @@ mod tests {
     use super::*;
     use crate::state::StateConfig;
 
-    const ALL_NAMES: [&str; 41] = [
+    const ALL_NAMES: [&str; 42] = [
         "fds_events_consumed_total",
         "fds_decisions_total",
         "fds_decisions_late_total",
@@ -767,6 +777,7 @@ mod tests {
         "fds_state_checkpoints_total",
         "fds_state_local_copies_total",
         "fds_state_checkpoint_pause_seconds",
+        "fds_state_checkpoint_failing",
         "fds_state_restores_total",
         "fds_state_restore_records_refused_total",
         "fds_state_restore_seconds",

@@ -191,6 +191,15 @@ fn overdue(interval: Duration) -> Duration {
     interval * 10 + Duration::from_secs(120)
 }
 
+/// Checkpoints failing (a record refused) or overdue, or written again: a
+/// warning on `/readyz` and `fds_state_checkpoint_failing`, which an alert
+/// watches (decisions go on, but a restart would re-read the input since the
+/// last complete checkpoint, or forget what the input no longer holds).
+fn failing(health: &Health, metrics: &Metrics, yes: bool) {
+    health.set_checkpoint_failing(yes);
+    metrics.state_checkpoint_failing.set(i64::from(yes));
+}
+
 /// Where each input partition stands: the next offset whose message the
 /// state has not learnt.
 pub(super) type Positions = HashMap<(Feed, i32), i64>;
@@ -367,7 +376,7 @@ impl Changelog {
             // that keeps failing to store records shows as a checkpoint
             // that never completes rather than as a refusal.
             if open.started.elapsed() > overdue(self.interval) {
-                self.health.set_checkpoint_failing(true);
+                failing(&self.health, metrics, true);
             }
             if !open.handed || !self.records.is_empty() {
                 if self.records.is_empty() {
@@ -411,7 +420,7 @@ impl Changelog {
             }
             if self.failed.swap(false, Ordering::Relaxed) {
                 metrics.state_checkpoints.with_label_values(&["failed"]).inc();
-                self.health.set_checkpoint_failing(true);
+                failing(&self.health, metrics, true);
                 self.open = None;
                 self.whole = true;
                 self.last = Instant::now();
@@ -448,7 +457,7 @@ impl Changelog {
                 return;
             }
             metrics.state_checkpoints.with_label_values(&["written"]).inc();
-            self.health.set_checkpoint_failing(false);
+            failing(&self.health, metrics, false);
             metrics.state_checkpoint_pause_seconds.set(open.longest_turn.as_secs_f64());
             tracing::debug!(
                 checkpoint = open.id,
