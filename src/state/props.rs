@@ -20,8 +20,9 @@ use std::collections::HashMap;
 
 use proptest::prelude::*;
 
+use super::entity::PAYEE_DAYS;
 use super::*;
-use crate::event::build;
+use crate::event::{build, MINUTE_MS};
 
 /// A UTC midnight (2023-11-15): bucket edges of every width fall on it.
 const BASE: i64 = 19_676 * DAY_MS;
