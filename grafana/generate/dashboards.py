@@ -48,8 +48,9 @@ from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 # --------------------------------------------------------------------------
 # What the dashboards may refer to
 
-# Metrics of /work/notes/metrics-contract.md (src/metrics.rs). Histograms are
-# read as NAME_bucket / NAME_sum / NAME_count.
+# The metrics fds exports (src/metrics.rs; tests/dashboards.rs checks every
+# query against a real fds). Histograms are read as NAME_bucket / NAME_sum /
+# NAME_count.
 METRICS = {
     "fds_events_consumed_total", "fds_decisions_total", "fds_decisions_late_total",
     "fds_decisions_redelivered_total", "fds_dead_letter_total", "fds_rule_fired_total",
@@ -58,7 +59,7 @@ METRICS = {
     "fds_state_entities", "fds_state_bytes", "fds_state_sweeps_total", "fds_state_expired_total",
     "fds_merge_gave_up_total",
     "fds_state_checkpoints_total", "fds_state_local_copies_total",
-    "fds_state_checkpoint_pause_seconds", "fds_state_restores_total",
+    "fds_state_checkpoint_pause_seconds", "fds_state_checkpoint_failing", "fds_state_restores_total",
     "fds_state_restore_records_refused_total", "fds_state_restore_seconds",
     "fds_state_restore_bytes", "fds_shared_observations_total", "fds_shared_lag_seconds",
     "fds_rules_reloads_total", "fds_rules_loaded", "fds_model_reloads_total",
@@ -659,12 +660,15 @@ def state():
     d = d.with_panel(ts(
         "Checkpoints and restores by result",
         "State checkpoints to the changelog (written, failed) and state restores at start (restored, empty, "
-        "local, stale, refused) per interval.",
+        "local, stale, refused) per interval; \"checkpoints failing\" is 1 for an instance while its checkpoints "
+        "fail or one is overdue (the /readyz warning; alert FdsStateCheckpointsFailing after 15 minutes).",
         "short", [query(
             f'label_replace(sum by (result) (increase(fds_state_checkpoints_total{{{INSTANCE}}}{RATE})), "op", "checkpoint", "", "")'
             f' or label_replace(sum by (result) (increase(fds_state_restores_total{{{INSTANCE}}}{RATE})), "op", "restore", "", "")',
-            "{{op}} {{result}}")],
-        w=6, bars=True, overrides=[(".*(failed|refused)", color("red"))]))
+            "{{op}} {{result}}"),
+                  query(f"max by (instance) (fds_state_checkpoint_failing{{{INSTANCE}}})",
+                        "checkpoints failing · {{instance}}")],
+        w=6, bars=True, overrides=[(".*(failed|refused|failing).*", color("red"))]))
     d = d.with_panel(ts(
         "Checkpoint pause",
         "The longest the scoring thread stopped at once for the last state checkpoint, per instance, against "
