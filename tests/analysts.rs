@@ -92,6 +92,29 @@ must_fire = ["LARGE_NEW_PAYEE"]
     assert!(printed.contains("2 cases, 1 files") && printed.contains("1 passed, 1 failed"), "{printed}");
     assert!(!printed.contains(":1: FAILED"), "the passing case is not listed: {printed}");
 
+    // The same results for a CI server: a JUnit report with a test per case
+    // at its line, and with coverage required a test per rule.
+    let junit = dir.path().join("rule-tests.xml");
+    let out =
+        fds(&["rules", "test", "--require-coverage", "--junit", junit.to_str().unwrap(), dir.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    for expected in [
+        r#"<testsuites name="fds rules test" tests="4" failures="3">"#,
+        r#"tests="2" failures="1">"#,
+        r#"<testcase name="a million won to a new payee is held" "#,
+        r#"line="1"/>"#,
+        r#"<testcase name="800,000 won to a new payee at night" "#,
+        r#"line="9">"#,
+        r#"<failure message="expected hold; expected to fire: LARGE_NEW_PAYEE" type="rule test">"#,
+        "got allow, score 0 of 100; fired NIGHT_NEW_PAYEE (NT001 hold/delay shadow)</failure>",
+        r#"<testsuite name="coverage" tests="2" failures="2">"#,
+        r#"<failure message="rule LARGE_NEW_PAYEE has no near miss (case that must not fire it)" type="coverage"/>"#,
+        "rule NIGHT_NEW_PAYEE has no case that must fire it and no near miss",
+    ] {
+        assert!(xml.contains(expected), "{expected} not in\n{xml}");
+    }
+
     // A case file with a mistake is refused with its position, before anything runs.
     std::fs::write(
         dir.path().join("tests/large.toml"),

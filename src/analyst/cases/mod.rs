@@ -48,6 +48,7 @@
 //! is reported, each at `file:line:column`, before anything runs.
 
 mod format;
+pub mod junit;
 
 use std::collections::BTreeSet;
 use std::fmt;

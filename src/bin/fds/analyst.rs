@@ -111,7 +111,7 @@ pub(crate) fn rules_check(dir: &Path) -> Result<()> {
 
 /// `fds rules test`: exit 1 on a failed case, a case file with problems, or
 /// (with `--require-coverage`) a rule without a firing and a near-miss case.
-pub(crate) fn rules_test(config: &Config, dir: &Path, require_coverage: bool) -> Result<()> {
+pub(crate) fn rules_test(config: &Config, dir: &Path, require_coverage: bool, junit: Option<&Path>) -> Result<()> {
     use fds::analyst::cases;
     let set = Arc::new(load_rules(dir)?);
     let cases = match cases::load(dir, &set) {
@@ -122,6 +122,11 @@ pub(crate) fn rules_test(config: &Config, dir: &Path, require_coverage: bool) ->
         }
     };
     let outcome = cases::run(dir, &set, &cases, &config.state);
+    if let Some(path) = junit {
+        let rules: Vec<&str> = set.rules().iter().map(|r| r.id()).collect();
+        let report = cases::junit::report(&cases, &outcome, &rules, require_coverage);
+        std::fs::write(path, report).with_context(|| format!("cannot write {}", path.display()))?;
+    }
     for failure in &outcome.failures {
         println!("{failure}");
     }

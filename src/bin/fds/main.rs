@@ -415,6 +415,10 @@ enum RulesCommand {
         /// miss (a case that must not fire it).
         #[arg(long)]
         require_coverage: bool,
+        /// Also write the results as a JUnit XML report (one test per case,
+        /// with its file and line) for a CI server to show.
+        #[arg(long, value_name = "FILE")]
+        junit: Option<PathBuf>,
     },
 }
 
@@ -516,8 +520,8 @@ fn run() -> Result<()> {
         Command::Rules { command: RulesCommand::Check { dir } } => {
             rules_check(&dir.unwrap_or_else(|| config.rules_dir.clone()))
         }
-        Command::Rules { command: RulesCommand::Test { dir, require_coverage } } => {
-            rules_test(&config, &dir.unwrap_or_else(|| config.rules_dir.clone()), require_coverage)
+        Command::Rules { command: RulesCommand::Test { dir, require_coverage, junit } } => {
+            rules_test(&config, &dir.unwrap_or_else(|| config.rules_dir.clone()), require_coverage, junit.as_deref())
         }
         Command::Run { brokers, rules, listen, state_dir, model } => {
             let model = model.resolve(&config);
