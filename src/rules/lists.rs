@@ -112,12 +112,24 @@ impl List {
 
     pub(crate) fn with_windows(name: String, lines: impl IntoIterator<Item = (String, Window)>) -> List {
         let lines = lines.into_iter();
-        let mut entries: HashMap<Box<str>, Entry, ahash::RandomState> =
-            HashMap::with_capacity_and_hasher(lines.size_hint().0, ahash::RandomState::new());
-        let mut more: Vec<Vec<Window>> = Vec::new();
+        let entries = HashMap::with_capacity_and_hasher(lines.size_hint().0, ahash::RandomState::new());
+        let mut list = List { name, entries, more: Vec::new() };
+        list.insert_all(lines);
+        list
+    }
+
+    /// This list with more lines, as if they had been written at its end:
+    /// a rule test's own entries, without reading the list's file again.
+    pub(crate) fn extended(&self, lines: impl IntoIterator<Item = (String, Window)>) -> List {
+        let mut list = self.clone();
+        list.insert_all(lines);
+        list
+    }
+
+    fn insert_all(&mut self, lines: impl IntoIterator<Item = (String, Window)>) {
         for (key, window) in lines {
             use std::collections::hash_map::Entry as Slot;
-            let e = match entries.entry(key.into_boxed_str()) {
+            let e = match self.entries.entry(key.into_boxed_str()) {
                 Slot::Vacant(v) => {
                     v.insert(Entry { window, more: Entry::ONE });
                     continue;
@@ -125,19 +137,18 @@ impl List {
                 Slot::Occupied(o) => o.into_mut(),
             };
             match e {
-                e if e.more != Entry::ONE => more[e.more as usize].push(window),
+                e if e.more != Entry::ONE => self.more[e.more as usize].push(window),
                 e => match e.window.union(window) {
                     Some(hull) => e.window = hull,
                     None => {
                         // `more` cannot reach u32::MAX entries: a list file
                         // holds at most a few million lines.
-                        e.more = more.len() as u32;
-                        more.push(vec![e.window, window]);
+                        e.more = self.more.len() as u32;
+                        self.more.push(vec![e.window, window]);
                     }
                 },
             }
         }
-        List { name, entries, more }
     }
 
     pub(crate) fn name(&self) -> &str {

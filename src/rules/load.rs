@@ -54,32 +54,6 @@ pub(crate) fn load_dir(dir: &Path) -> Result<RuleSet, RulesError> {
     Ok(set)
 }
 
-/// [`load_dir`] with lines added to some lists, for a rule test that needs
-/// entries the shipped lists do not have. The version is the one of the
-/// files as extended.
-pub(crate) fn load_dir_with_list_lines(dir: &Path, extra: &[(String, Vec<String>)]) -> Result<RuleSet, RulesError> {
-    let mut files = read_dir_files(dir)?;
-    for (name, lines) in extra {
-        let rel = format!("{LISTS_DIR}/{name}.txt");
-        let index = match files.iter().position(|f| f.rel == rel) {
-            Some(i) => i,
-            None => {
-                files.push(SourceFile { path: dir.join(&rel), rel, bytes: Vec::new() });
-                files.len() - 1
-            }
-        };
-        let bytes = &mut files[index].bytes;
-        if !bytes.is_empty() && !bytes.ends_with(b"\n") {
-            bytes.push(b'\n');
-        }
-        for line in lines {
-            bytes.extend_from_slice(line.as_bytes());
-            bytes.push(b'\n');
-        }
-    }
-    build(files)
-}
-
 pub(crate) fn from_files(files: &[(&str, &str)]) -> Result<RuleSet, RulesError> {
     let files = files
         .iter()
@@ -734,6 +708,37 @@ reason = "X1"
                 && set.lists[0].contains("088-2", 0)
                 && !set.lists[0].contains("088-3", 0)
         );
+    }
+
+    #[test]
+    fn lines_added_to_a_loaded_list_match_as_if_written_in_its_file() {
+        let set = RuleSet::from_files(&[("r.toml", RULE), ("lists/mules.txt", "088-1\n")]).unwrap();
+        let day = |d: &str| lists_day(d);
+        let lines = vec![("mules".to_owned(), vec!["088-2".to_owned(), "088-3 added=2026-11-02".to_owned()])];
+        let extended = set.with_list_lines(&lines).unwrap();
+        let mules = &extended.lists[0];
+        assert!(mules.contains("088-1", 0) && mules.contains("088-2", 0));
+        assert!(!mules.contains("088-3", day("2026-11-01")) && mules.contains("088-3", day("2026-11-02")));
+        assert!(!set.lists[0].contains("088-2", 0), "the loaded set is left as it was");
+        let from_files =
+            RuleSet::from_files(&[("r.toml", RULE), ("lists/mules.txt", "088-1\n088-2\n088-3 added=2026-11-02\n")])
+                .unwrap();
+        assert_eq!(extended.lists[0].counts_at(day("2026-11-01")), from_files.lists[0].counts_at(day("2026-11-01")));
+
+        // Every refused line, by list and line, and a list the set lacks.
+        let bad = vec![
+            ("mules".to_owned(), vec!["088-4".to_owned(), "088-5 sorce=x".to_owned()]),
+            ("payees".to_owned(), vec!["088-6".to_owned()]),
+        ];
+        let problems = set.with_list_lines(&bad).unwrap_err();
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].starts_with("mules line 2: unknown attribute `sorce`"), "{problems:?}");
+        assert_eq!(problems[1], "no list `payees` (lists/payees.txt)");
+    }
+
+    /// Midnight KST of `date` (`YYYY-MM-DD`), as event-time ms.
+    fn lists_day(date: &str) -> i64 {
+        crate::event::EventTime::parse_kst(&format!("{}000000", date.replace('-', ""))).unwrap().millis()
     }
 
     #[test]

@@ -59,7 +59,7 @@ use arc_swap::ArcSwap;
 
 use crate::engine::{Decision, Engine};
 use crate::event::Event;
-use crate::rules::{self, Problem, RuleSet, RulesError, Verification};
+use crate::rules::{self, Problem, RuleSet, Verification};
 use crate::state::StateConfig;
 
 /// The directory of case files inside a rules directory.
@@ -186,16 +186,12 @@ pub fn load(rules_dir: &Path, set: &RuleSet) -> Result<Vec<Case>, CasesError> {
     }
 }
 
-/// Run every case on a fresh engine with `state`'s settings and no model.
-/// `rules_dir` is read again only for cases that add list lines.
-pub fn run(rules_dir: &Path, set: &Arc<RuleSet>, cases: &[Case], state: &StateConfig) -> Outcome {
+/// Run every case on a fresh engine with `state`'s settings and no model; a
+/// case that adds list lines runs on `set` with its lists extended by them.
+pub fn run(set: &Arc<RuleSet>, cases: &[Case], state: &StateConfig) -> Outcome {
     let mut failures = Vec::new();
     for case in cases {
-        let set = if case.lists.is_empty() {
-            Ok(set.clone())
-        } else {
-            rules::load_dir_with_list_lines(rules_dir, &case.lists).map(Arc::new)
-        };
+        let set = if case.lists.is_empty() { Ok(set.clone()) } else { set.with_list_lines(&case.lists).map(Arc::new) };
         let result = match set {
             Ok(set) => run_case(case, set, state),
             Err(e) => Err(Failure {
@@ -203,7 +199,7 @@ pub fn run(rules_dir: &Path, set: &Arc<RuleSet>, cases: &[Case], state: &StateCo
                 line: case.line,
                 name: case.name.clone(),
                 expected: vec!["its list lines to load".to_owned()],
-                got: one_line(&e),
+                got: e.join("; "),
             }),
         };
         if let Err(failure) = result {
@@ -212,10 +208,6 @@ pub fn run(rules_dir: &Path, set: &Arc<RuleSet>, cases: &[Case], state: &StateCo
     }
     let files = cases.iter().map(|c| &c.path).collect::<BTreeSet<_>>().len();
     Outcome { cases: cases.len(), files, failures, coverage: coverage(set, cases) }
-}
-
-fn one_line(e: &RulesError) -> String {
-    e.to_string().replace('\n', "; ")
 }
 
 fn coverage(set: &RuleSet, cases: &[Case]) -> Coverage {

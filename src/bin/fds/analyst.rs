@@ -121,7 +121,7 @@ pub(crate) fn rules_test(config: &Config, dir: &Path, require_coverage: bool, ju
             std::process::exit(1);
         }
     };
-    let outcome = cases::run(dir, &set, &cases, &config.state);
+    let outcome = cases::run(&set, &cases, &config.state);
     if let Some(path) = junit {
         let rules: Vec<&str> = set.rules().iter().map(|r| r.id()).collect();
         let report = cases::junit::report(&cases, &outcome, &rules, require_coverage);
