@@ -35,6 +35,23 @@ fn demo_prints_a_report_with_quality_per_typology() {
 }
 
 #[test]
+fn output_piped_into_a_reader_that_stops_early_ends_fds_without_a_panic() {
+    // `fds rules check | head -0`: the reader is gone before fds prints.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_fds"))
+        .args(["rules", "check", "rules"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    use std::os::unix::process::ExitStatusExt;
+    assert!(out.status.success() || out.status.signal() == Some(13), "{:?}: {stderr}", out.status);
+}
+
+#[test]
 fn replay_without_a_readable_file_says_which() {
     let out = fds(&["replay", "no/such/file.jsonl"]);
     assert!(!out.status.success());

@@ -446,12 +446,27 @@ fn main() -> ExitCode {
     }
 }
 
+/// `fds rules check | head` should stop `fds` as it stops `cat`, not make it
+/// panic on the closed pipe: the default action of SIGPIPE, which Rust's
+/// runtime ignores. Not for `run` and `load`, which keep sockets to brokers
+/// and scrapers that may close.
+fn end_quietly_when_stdout_closes() {
+    // SAFETY: called once at start, before any thread is spawned; restores a
+    // signal's default disposition, which touches no Rust state.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn run() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run { .. } | Command::Load { .. }) {
+        end_quietly_when_stdout_closes();
+    }
     let config = match &cli.config {
         Some(path) => Config::from_file(path)?,
         None => Config::default(),
