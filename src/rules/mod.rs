@@ -461,6 +461,15 @@ impl RuleSet {
     }
 }
 
+/// What a list file would refuse in `line` (one line of a list): each
+/// problem at its byte offset in the line. For list lines written elsewhere,
+/// such as a rule test's, checked where they are written.
+pub fn list_line_problems(line: &str) -> Vec<(usize, String)> {
+    let mut problems = Vec::new();
+    lists::parse(line, &mut |offset, message| problems.push((offset, message)));
+    problems
+}
+
 /// Compile one condition (a rule's `when`) against the feature schema and the
 /// given list names, as loading a rule file does. The condition language's
 /// own entry point, for the property tests and fuzz targets that hold it to

@@ -159,6 +159,15 @@ fn parse_case(cx: &mut FileCx<'_>, raw: &Spanned<RawCase>, set: &RuleSet, number
             );
             cx.report(list.span().start, format!("no list `{}` in the rules directory{hint}", list.get_ref()));
         }
+        for line in lines {
+            // Where the line's text begins in the file (inside its quotes;
+            // at the string when escapes make it differ from the text).
+            let span = line.span();
+            let base = span.start + cx.text.get(span).and_then(|raw| raw.find(line.get_ref().as_str())).unwrap_or(0);
+            for (offset, message) in rules::list_line_problems(line.get_ref()) {
+                cx.report(base + offset, format!("list line `{}`: {message}", line.get_ref()));
+            }
+        }
         lists.push((list.get_ref().clone(), lines.iter().map(|l| l.get_ref().clone()).collect()));
     }
     // Events in time order; equal times keep the file's order, and the
@@ -540,7 +549,7 @@ events = [
   { at = "-1h", type = "transfer", app = "x" },
   { at = "-1h", type = "transfer", payee = "08-1234" },
 ]
-lists = { mule = ["088-1"] }
+lists = { mule = ["088-1"], mules = ["088-2 sorce=x"] }
 transfer = { amount = "100만원" }
 expect = "held"
 must_fire = ["LARGE", "LARGER"]
@@ -558,6 +567,7 @@ expect = "hold"
             "t.toml:6:42: a `transfer` event has no `app`",
             "t.toml:7:3: this event would be refused on the wire: invalid transfer event: recv_client_bank_code",
             "t.toml:9:11: no list `mule` in the rules directory; did you mean `mules`?",
+            "t.toml:9:45: list line `088-2 sorce=x`: unknown attribute `sorce`; did you mean `source`?",
             "t.toml:10:23: write amounts without `원`",
             "t.toml:11:10: `expect` is \"hold\" or \"allow\", found \"held\"",
             "t.toml:12:23: `must_fire` names no rule `LARGER`; did you mean `LARGE`?",

@@ -37,7 +37,8 @@
 //!   ids, shadow rules included) are checked when given.
 //! - `lists = { mule_accounts = ["088-5554443332"] }` adds list lines for
 //!   this case only, so list rules are tested without touching the lists
-//!   production reads.
+//!   production reads. Each line is checked as a list file checks its lines
+//!   (attributes such as `added=2026-11-01` included), at its position.
 //!
 //! Guarantees: every case runs on a fresh engine with the state settings
 //! `fds run` has, and without a model, so a case says what the rules do and
