@@ -317,20 +317,23 @@ verify = "callback"
 reason = "MU002"
 "#;
 
-/// Loading a rules directory whose list has a million entries (the issue's
-/// bound: under a second), and looking payees up in it.
-fn bench_lists(c: &mut Criterion) {
+/// A rules directory holding [`LIST_RULE`] and `mule_accounts` as given.
+fn list_dir(mule_accounts: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("temp dir");
     std::fs::create_dir(dir.path().join("lists")).expect("lists dir");
     std::fs::write(dir.path().join("mule.toml"), LIST_RULE).expect("rule file");
-    std::fs::write(dir.path().join("lists/mule_accounts.txt"), million_entry_list()).expect("list file");
+    std::fs::write(dir.path().join("lists/mule_accounts.txt"), mule_accounts).expect("list file");
+    dir
+}
+
+/// Loading a rules directory whose list has a million entries (the issue's
+/// bound: under a second), and looking payees up in it.
+fn bench_lists(c: &mut Criterion) {
+    let dir = list_dir(&million_entry_list());
     let mut group = c.benchmark_group("rules/load_list");
     group.sample_size(10);
     group.bench_function("1m_entries", |b| b.iter_with_large_drop(|| RuleSet::load_dir(dir.path()).expect("loads")));
-    let full = tempfile::tempdir().expect("temp dir");
-    std::fs::create_dir(full.path().join("lists")).expect("lists dir");
-    std::fs::write(full.path().join("mule.toml"), LIST_RULE).expect("rule file");
-    std::fs::write(full.path().join("lists/mule_accounts.txt"), million_entry_list_every_attribute()).expect("list");
+    let full = list_dir(&million_entry_list_every_attribute());
     group.bench_function("1m_entries_every_attribute", |b| {
         b.iter_with_large_drop(|| RuleSet::load_dir(full.path()).expect("loads"))
     });
