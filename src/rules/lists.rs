@@ -114,19 +114,13 @@ impl List {
         let lines = lines.into_iter();
         let entries = HashMap::with_capacity_and_hasher(lines.size_hint().0, ahash::RandomState::new());
         let mut list = List { name, entries, more: Vec::new() };
-        list.insert_all(lines);
+        list.extend(lines);
         list
     }
 
-    /// This list with more lines, as if they had been written at its end:
-    /// a rule test's own entries, without reading the list's file again.
-    pub(crate) fn extended(&self, lines: impl IntoIterator<Item = (String, Window)>) -> List {
-        let mut list = self.clone();
-        list.insert_all(lines);
-        list
-    }
-
-    fn insert_all(&mut self, lines: impl IntoIterator<Item = (String, Window)>) {
+    /// Add lines as if they had been written at the end of the list's file:
+    /// also how a rule test's own entries join a loaded list.
+    pub(crate) fn extend(&mut self, lines: impl IntoIterator<Item = (String, Window)>) {
         for (key, window) in lines {
             use std::collections::hash_map::Entry as Slot;
             let e = match self.entries.entry(key.into_boxed_str()) {

@@ -259,6 +259,7 @@ pub struct RuleOutcome {
 }
 
 /// A compiled, immutable rules directory.
+#[derive(Clone)]
 pub struct RuleSet {
     version: String,
     rules: Vec<Rule>,
@@ -353,35 +354,28 @@ impl RuleSet {
     /// with every line that would be refused in a list file, and every list
     /// name the set does not have.
     pub fn with_list_lines(&self, lines: &[(String, Vec<String>)]) -> Result<RuleSet, Vec<String>> {
-        let mut lists = self.lists.clone();
+        let mut set = self.clone();
         let mut problems = Vec::new();
         for (name, added) in lines {
-            let Some(list) = lists.iter_mut().find(|l| l.name() == name) else {
+            let Some(list) = set.lists.iter_mut().find(|l| l.name() == name) else {
                 problems.push(format!("no list `{name}` (lists/{name}.txt)"));
                 continue;
             };
-            let mut parsed = Vec::with_capacity(added.len());
             for (i, line) in added.iter().enumerate() {
                 let mut bad = Vec::new();
                 let entries = lists::parse(line, &mut |_, message| bad.push(message));
-                match bad.is_empty() {
-                    true => parsed.extend(entries),
-                    false => problems.extend(bad.into_iter().map(|m| format!("{name} line {}: {m}", i + 1))),
+                if bad.is_empty() {
+                    list.extend(entries);
+                } else {
+                    problems.extend(bad.into_iter().map(|m| format!("{name} line {}: {m}", i + 1)));
                 }
             }
-            *list = list.extended(parsed);
         }
-        if !problems.is_empty() {
-            return Err(problems);
+        if problems.is_empty() {
+            Ok(set)
+        } else {
+            Err(problems)
         }
-        Ok(RuleSet {
-            version: self.version.clone(),
-            rules: self.rules.clone(),
-            compiled: self.compiled.clone(),
-            lists,
-            settings: self.settings,
-            load_time: self.load_time,
-        })
     }
 
     /// This rule set with the named shadow rules made live, as if their
@@ -390,14 +384,7 @@ impl RuleSet {
     /// with every unknown id (with the nearest one) and every rule that is
     /// already live.
     pub fn with_promoted(&self, ids: &[String]) -> Result<RuleSet, Vec<String>> {
-        let mut set = RuleSet {
-            version: self.version.clone(),
-            rules: self.rules.clone(),
-            compiled: self.compiled.clone(),
-            lists: self.lists.clone(),
-            settings: self.settings,
-            load_time: self.load_time,
-        };
+        let mut set = self.clone();
         let mut problems = Vec::new();
         for id in ids {
             match set.rules.iter().position(|r| r.id == *id) {
